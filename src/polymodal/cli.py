@@ -1,0 +1,195 @@
+"""The ``polymodal`` command line. Each later capability fills its own command here.
+
+Errors a user can fix (:class:`PolymodalError`) end in one paragraph on stderr and exit code 2, never a
+traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from polymodal.errors import PolymodalError
+
+app = typer.Typer(
+    name="polymodal",
+    help="Multimodal learning that works offline: train, evaluate and serve image-text models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Generate, check and describe datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("world")
+def data_world(
+    out: Path = typer.Option(..., "--out", help="Folder to write the world into."),
+    scenes: int = typer.Option(2000, "--scenes", min=3, help="Number of scenes (images)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same files."),
+    size: int = typer.Option(64, "--size", min=32, max=1024, help="Canvas side in pixels."),
+    min_objects: int = typer.Option(2, "--min-objects", min=1),
+    max_objects: int = typer.Option(5, "--max-objects", min=1, max=10),
+    captions_per_image: int = typer.Option(5, "--captions-per-image", min=1, max=20),
+    workers: int = typer.Option(0, "--workers", min=0, help="Render processes (0: one per core)."),
+) -> None:
+    """Generate the built-in procedural scene world: images, captions, questions, labels and splits.
+
+    Example:  polymodal data world --out world --scenes 10000 --seed 0
+    """
+    from polymodal.data.world import WorldConfig, generate_world
+
+    cfg = WorldConfig(
+        num_scenes=scenes,
+        seed=seed,
+        image_size=size,
+        min_objects=min_objects,
+        max_objects=max_objects,
+        captions_per_image=captions_per_image,
+    )
+    manifest = generate_world(out, cfg, workers=workers or None, progress=True)
+    typer.echo(manifest.summary())
+
+
+@data_app.command("check")
+def data_check(
+    spec: Path = typer.Argument(..., help="A run config (YAML), a data-source YAML, or a world folder."),
+    verify_images: bool = typer.Option(True, "--verify-images/--no-verify-images", help="Decode every image."),
+) -> None:
+    """Report counts and problems per source: missing/corrupt images, empty captions, orphans.
+
+    Exit code 1 when any problem is found, so it can guard a pipeline.
+
+    Example:  polymodal data check configs/data/world.yaml
+    """
+    from polymodal.data.check import check_spec
+
+    reports = check_spec(spec, verify_images=verify_images)
+    for r in reports:
+        typer.echo(r.format())
+    if any(r.num_problems for r in reports):
+        raise typer.Exit(code=1)
+
+
+@data_app.command("stats")
+def data_stats(
+    spec: Path = typer.Argument(..., help="A run config (YAML), a data-source YAML, or a world folder."),
+) -> None:
+    """Describe the sources: samples, images, text lengths, answer and label distributions.
+
+    Example:  polymodal data stats configs/data/world.yaml
+    """
+    from polymodal.data.check import stats_spec
+
+    for block in stats_spec(spec):
+        typer.echo(block)
+
+
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("quickstart_out"), "--out", help="Folder for the world and the run."),
+    scenes: int = typer.Option(2000, "--scenes", min=10),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """The first thing to run: generate the built-in world, then (as the library grows) train and evaluate.
+
+    Example:  polymodal quickstart --out quickstart_out
+    """
+    from polymodal.quickstart import run_quickstart
+
+    run_quickstart(out, scenes=scenes, seed=seed)
+
+
+def _not_yet(name: str, issue: str) -> None:
+    raise PolymodalError(f"'polymodal {name}' is not available yet in this version ({issue}).")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(ctx: typer.Context) -> None:
+    """Train or fine-tune a model from a YAML config (coming with the training capability).
+
+    Example:  polymodal train configs/quickstart.yaml --set train.epochs=3
+    """
+    _not_yet("train", "training and evaluation")
+
+
+@app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def evaluate(ctx: typer.Context) -> None:
+    """Evaluate a checkpoint on a dataset (coming with the training capability).
+
+    Example:  polymodal eval --checkpoint runs/quickstart --data configs/data/world.yaml
+    """
+    _not_yet("eval", "training and evaluation")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def predict(ctx: typer.Context) -> None:
+    """Caption, answer, rank or classify with a model (coming with the training capability).
+
+    Example:  polymodal predict caption --checkpoint runs/quickstart img.png
+    """
+    _not_yet("predict", "training and evaluation")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def index(ctx: typer.Context) -> None:
+    """Build and update a cross-modal search index (coming with the serving capability).
+
+    Example:  polymodal index build --model runs/quickstart --images imgs/ --out idx
+    """
+    _not_yet("index", "search and serving")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def search(ctx: typer.Context) -> None:
+    """Search an index by text or by image (coming with the serving capability).
+
+    Example:  polymodal search idx "a red cube left of a sphere" -k 10
+    """
+    _not_yet("search", "search and serving")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve(ctx: typer.Context) -> None:
+    """Serve a model over HTTP with a web page (coming with the serving capability).
+
+    Example:  polymodal serve --model runs/quickstart --port 8000
+    """
+    _not_yet("serve", "search and serving")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Parameters, FLOPs, memory and latency of a model (coming with the models capability).
+
+    Example:  polymodal bench model tiny
+    """
+    _not_yet("bench", "models")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: user-fixable errors print one paragraph and exit 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except PolymodalError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors come here in standalone_mode=False
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

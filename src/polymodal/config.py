@@ -1,0 +1,149 @@
+"""Typed run configs: YAML in, validated, every mistake reported with the key and the file.
+
+Later capabilities (models, training, serving) add their own sections to :class:`RunConfig`; the
+loading, ``--set`` overrides and error formatting here are shared by all of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from polymodal.data.sources import DataSource
+from polymodal.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored typos."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(StrictModel):
+    """Named splits, each one source or a list of sources that are concatenated."""
+
+    train: list[DataSource] = Field(default_factory=list)
+    val: list[DataSource] = Field(default_factory=list)
+    test: list[DataSource] = Field(default_factory=list)
+
+
+class RunConfig(StrictModel):
+    seed: int = 0
+    output_dir: Path = Path("runs/default")
+    data: DataConfig = Field(default_factory=DataConfig)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            # pydantic inserts the discriminator value (e.g. 'vqa_v2') into the location of a union member
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "<root>"
+
+
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """Turn pydantic's report into lines that name the key, the file and what was expected."""
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x in _discriminator_tags()))
+        key = _location(loc)
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            lines.append(f"  unknown key '{key}' (check the spelling; see the documented fields of this section)")
+        elif kind == "missing":
+            lines.append(f"  missing required key '{key}'")
+        elif kind == "union_tag_invalid":
+            lines.append(f"  key '{key}.format': {e['msg']}")
+        elif kind == "union_tag_not_found":
+            lines.append(f"  key '{key}': a data source needs a 'format' key")
+        else:
+            lines.append(f"  key '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _discriminator_tags() -> frozenset[str]:
+    from polymodal.data.sources import FORMAT_NAMES
+
+    return frozenset(FORMAT_NAMES)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node: Any = tree
+    for k in keys[:-1]:
+        if isinstance(node, list):
+            try:
+                node = node[int(k)]
+            except (ValueError, IndexError):
+                raise ConfigError(f"{source}: --set {dotted}: '{k}' is not a valid index") from None
+            continue
+        node = node.setdefault(k, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"{source}: --set {dotted}: '{k}' holds a value, not a section")
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides; values are parsed as YAML (so 3, 1e-4, true, [a, b] work)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source}: override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw), source)
+    return tree
+
+
+def read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
+def resolve_paths(cfg: Any, base_dir: Path) -> Any:
+    """Anchor the relative paths of every data source at ``base_dir``."""
+    if isinstance(cfg, DataConfig):
+        return DataConfig(**{name: [s.resolved(base_dir) for s in getattr(cfg, name)] for name in ("train", "val", "test")})
+    if isinstance(cfg, RunConfig):
+        return cfg.model_copy(update={"data": resolve_paths(cfg.data, base_dir)})
+    return cfg
+
+
+def validate(model: type[M], tree: Any, source: str) -> M:
+    try:
+        return model.model_validate(tree if tree is not None else {})
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source, model)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a run config, apply ``--set`` overrides, validate it and resolve its relative paths."""
+    path = Path(path)
+    tree = read_yaml(path) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(tree).__name__}")
+    apply_overrides(tree, overrides or [], source=str(path))
+    cfg = validate(RunConfig, tree, str(path))
+    return resolve_paths(cfg, path.parent.resolve())
+
+
+_SOURCE_ADAPTER: TypeAdapter[Any] = TypeAdapter(DataSource)
+
+
+def parse_source(tree: Any, source: str, base_dir: Path) -> DataSource:
+    """Validate one data-source mapping (e.g. from ``polymodal data check``)."""
+    try:
+        spec = _SOURCE_ADAPTER.validate_python(tree)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+    return spec.resolved(base_dir)

@@ -1,0 +1,46 @@
+"""The one record every data format produces, so models and tasks never see a format's quirks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One example: an image (by path or bytes) with a text and its targets.
+
+    Images are referenced, not decoded: decoding happens in DataLoader workers so that reading a
+    format's index stays fast and memory-light even for millions of records.
+
+    Attributes:
+        sample_id: unique within a source (caption id, question id, row number ...).
+        origin: where the record came from, as ``file:record`` - used in every error message.
+        image_path: local image file, or None when the image travels as ``image_bytes``.
+        image_bytes: encoded image bytes (WebDataset shards stream images without touching disk).
+        image_id: groups several texts of one image (retrieval counts a hit on any of its captions).
+        text: a caption, a question or a statement.
+        answers: the human answers of a VQA question (VQA v2: 10), or the single answer of CLEVR/GQA.
+        label: a class name / index or a regression target.
+        audio_path, video_path: optional further modalities.
+        split: train / val / test / ... when the format knows it.
+        meta: format-specific extras (question family, answer type, template id, held-out flag ...).
+    """
+
+    sample_id: str
+    origin: str = ""
+    image_path: Path | None = None
+    image_bytes: bytes | None = None
+    image_id: str | None = None
+    text: str | None = None
+    answers: tuple[str, ...] = ()
+    label: str | int | float | None = None
+    audio_path: Path | None = None
+    video_path: Path | None = None
+    split: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_image(self) -> bool:
+        return self.image_path is not None or self.image_bytes is not None
