@@ -1,0 +1,43 @@
+"""Decoding images safely: every failure names the file, and huge images are refused before decoding."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from polymodal.errors import DataError
+
+# A 20k x 20k PNG decodes to 1.2 GB; refuse anything past ~90 megapixels before decoding it.
+MAX_PIXELS = 90_000_000
+
+
+def open_image(source: Path | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode to RGB, raising :class:`DataError` for missing, truncated, corrupt or oversized images."""
+    label = name or (str(source) if isinstance(source, Path) else "<image bytes>")
+    try:
+        fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {label}") from None
+    except OSError as e:
+        raise DataError(f"cannot read image {label}: {e.strerror or e}") from None
+    with fp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(fp)
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise DataError(f"image {label} is {w}x{h} pixels, more than the limit of {max_pixels} pixels")
+                img.load()
+        except DataError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise DataError(f"image {label} has more pixels than the limit of {max_pixels} (decompression-bomb guard)") from None
+        except UnidentifiedImageError as e:
+            raise DataError(f"not a readable image: {label} ({e})") from None
+        except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
+            raise DataError(f"corrupt image {label}: {e}") from None
+    return img.convert("RGB")

@@ -1,0 +1,141 @@
+"""Image preprocessing and augmentation in PIL + torch (no torchvision), and the cross-modal flip.
+
+A processor's settings travel with a checkpoint (``to_dict``/``from_dict``), so a model is always run
+with the exact preprocessing it was trained with.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+
+# CLIP's statistics are the usual default for pretrained towers; world models use them too.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ImageProcessorConfig:
+    size: int = 64
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    resize_mode: str = "shortest_then_center_crop"  # or "squash" (resize to size x size, no crop)
+    interpolation: str = "bicubic"
+    # training-only augmentation; defaults keep colour words true (no hue shift: 'red' must stay red)
+    random_resized_crop: tuple[float, float] | None = None  # area scale range, e.g. (0.8, 1.0)
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"image processor: size must be >= 8, got {self.size}")
+        if self.resize_mode not in ("shortest_then_center_crop", "squash"):
+            raise ValueError(f"image processor: resize_mode must be 'shortest_then_center_crop' or 'squash', got {self.resize_mode!r}")
+        if self.interpolation not in _INTERP:
+            raise ValueError(f"image processor: interpolation must be one of {sorted(_INTERP)}, got {self.interpolation!r}")
+
+
+_INTERP = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
+
+
+class ImageProcessor:
+    """PIL image -> normalised float tensor [3, size, size]; ``train=True`` adds the configured augmentation."""
+
+    def __init__(self, config: ImageProcessorConfig | None = None, train: bool = False, seed: int | None = None) -> None:
+        self.config = config or ImageProcessorConfig()
+        self.train = train
+        self._rng = np.random.default_rng(seed)
+        self._mean = torch.tensor(self.config.mean, dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(self.config.std, dtype=torch.float32).view(3, 1, 1)
+
+    def _resize(self, img: Image.Image) -> Image.Image:
+        c, interp = self.config, _INTERP[self.config.interpolation]
+        if self.train and c.random_resized_crop is not None:
+            return self._random_resized_crop(img, interp)
+        if c.resize_mode == "squash":
+            return img.resize((c.size, c.size), interp) if img.size != (c.size, c.size) else img
+        w, h = img.size
+        if (w, h) == (c.size, c.size):
+            return img
+        scale = c.size / min(w, h)
+        nw, nh = max(c.size, round(w * scale)), max(c.size, round(h * scale))
+        img = img.resize((nw, nh), interp)
+        left, top = (nw - c.size) // 2, (nh - c.size) // 2
+        return img.crop((left, top, left + c.size, top + c.size))
+
+    def _random_resized_crop(self, img: Image.Image, interp: int) -> Image.Image:
+        lo, hi = self.config.random_resized_crop  # type: ignore[misc]
+        w, h = img.size
+        for _ in range(10):
+            area = w * h * self._rng.uniform(lo, hi)
+            ratio = math.exp(self._rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+            if 0 < cw <= w and 0 < ch <= h:
+                x, y = int(self._rng.integers(0, w - cw + 1)), int(self._rng.integers(0, h - ch + 1))
+                return img.resize((self.config.size, self.config.size), interp, box=(x, y, x + cw, y + ch))
+        return img.resize((self.config.size, self.config.size), interp)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        img = self._resize(img)
+        if self.train and self.config.brightness > 0:
+            img = ImageEnhance.Brightness(img).enhance(1 + self._rng.uniform(-self.config.brightness, self.config.brightness))
+        if self.train and self.config.contrast > 0:
+            img = ImageEnhance.Contrast(img).enhance(1 + self._rng.uniform(-self.config.contrast, self.config.contrast))
+        arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+        return (arr - self._mean) / self._std
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], train: bool = False) -> "ImageProcessor":
+        d = dict(d)
+        for key in ("mean", "std", "random_resized_crop"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(ImageProcessorConfig(**d), train=train)
+
+
+# ----- cross-modal augmentation ---------------------------------------------------------------------
+
+_SWAPS = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
+_SWAP_RE = re.compile(r"\b(" + "|".join(sorted(_SWAPS, key=len, reverse=True)) + r")\b", re.IGNORECASE)
+
+
+def swap_left_right(text: str) -> str:
+    """'a cube left of a ball' -> 'a cube right of a ball', keeping the case of each word."""
+
+    def repl(m: re.Match[str]) -> str:
+        word = m.group(0)
+        out = _SWAPS[word.lower()]
+        return out.upper() if word.isupper() else out.capitalize() if word[0].isupper() else out
+
+    return _SWAP_RE.sub(repl, text)
+
+
+@dataclass
+class FlipResult:
+    image: Image.Image
+    text: str | None
+    answers: tuple[str, ...] = field(default_factory=tuple)
+
+
+def consistent_hflip(image: Image.Image, text: str | None, answers: Sequence[str] = ()) -> FlipResult:
+    """Mirror the image and swap 'left'/'right' in the text and answers, so the pair stays true.
+
+    A plain horizontal flip silently turns "the cube left of the ball" into a false caption; flipping
+    both sides together keeps it an augmentation instead of label noise.
+    """
+    return FlipResult(
+        image=image.transpose(Image.FLIP_LEFT_RIGHT),
+        text=swap_left_right(text) if text is not None else None,
+        answers=tuple(swap_left_right(a) for a in answers),
+    )

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from polymodal.data.processors import ImageProcessor, ImageProcessorConfig, consistent_hflip, swap_left_right
+
+
+def _gradient_image(w: int, h: int) -> Image.Image:
+    x = np.tile(np.linspace(0, 255, w, dtype=np.uint8), (h, 1))
+    return Image.fromarray(np.stack([x, np.zeros_like(x), 255 - x], axis=-1))
+
+
+def test_eval_transform_shape_and_normalisation() -> None:
+    cfg = ImageProcessorConfig(size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    out = ImageProcessor(cfg)(Image.new("RGB", (100, 60), (255, 0, 128)))
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    assert torch.allclose(out[0], torch.ones(32, 32)) and torch.allclose(out[1], -torch.ones(32, 32))
+    assert torch.allclose(out[2], torch.full((32, 32), 128 / 255 * 2 - 1), atol=1e-6)
+
+
+def test_center_crop_keeps_the_middle_of_a_wide_image() -> None:
+    img = Image.new("RGB", (400, 100), (0, 0, 0))
+    img.paste((255, 255, 255), (100, 0, 300, 100))  # white middle half; the crop keeps its centre
+    out = ImageProcessor(ImageProcessorConfig(size=16, mean=(0, 0, 0), std=(1, 1, 1)))(img)
+    assert out.min() > 0.95  # only the white middle survives the crop
+
+
+def test_train_augmentation_varies_and_is_seeded() -> None:
+    cfg = ImageProcessorConfig(size=24, random_resized_crop=(0.5, 1.0), brightness=0.3)
+    img = _gradient_image(64, 64)
+    a = [ImageProcessor(cfg, train=True, seed=1)(img) for _ in range(2)]
+    p = ImageProcessor(cfg, train=True, seed=1)
+    b = [p(img), p(img)]
+    assert torch.equal(a[0], b[0])  # same seed, same first draw
+    assert not torch.equal(b[0], b[1])  # successive draws differ
+    assert not torch.equal(ImageProcessor(cfg)(img), b[0])  # eval mode is untouched by augmentation
+
+
+def test_processor_config_round_trips() -> None:
+    cfg = ImageProcessorConfig(size=48, random_resized_crop=(0.8, 1.0))
+    again = ImageProcessor.from_dict(ImageProcessor(cfg).to_dict())
+    assert again.config == cfg
+
+
+def test_bad_processor_settings_name_the_option() -> None:
+    with pytest.raises(ValueError, match="resize_mode"):
+        ImageProcessorConfig(resize_mode="stretch")
+    with pytest.raises(ValueError, match="size"):
+        ImageProcessorConfig(size=2)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("a cube left of a ball", "a cube right of a ball"),
+        ("Left of the cone is the rightmost sphere", "Right of the cone is the leftmost sphere"),
+        ("LEFT and right", "RIGHT and left"),
+        ("the leftover cube is bright", "the leftover cube is bright"),  # whole words only
+    ],
+)
+def test_swap_left_right(text: str, expected: str) -> None:
+    assert swap_left_right(text) == expected
+
+
+def test_flip_mirrors_image_and_keeps_text_true() -> None:
+    img = Image.new("RGB", (8, 4), (0, 0, 0))
+    img.putpixel((0, 0), (255, 0, 0))
+    out = consistent_hflip(img, "the red dot is left of the rest", ("left", "yes"))
+    assert out.image.getpixel((7, 0)) == (255, 0, 0) and out.image.getpixel((0, 0)) == (0, 0, 0)
+    assert out.text == "the red dot is right of the rest"
+    assert out.answers == ("right", "yes")
+    # flipping twice restores everything
+    back = consistent_hflip(out.image, out.text, out.answers)
+    assert back.text == "the red dot is left of the rest" and back.answers == ("left", "yes")
+    assert np.array_equal(np.asarray(back.image), np.asarray(img))
