@@ -1,0 +1,123 @@
+"""Text tokenisation through Hugging Face ``tokenizers``: train one on a corpus, or load a pretrained one.
+
+A trained tokenizer is saved as a standard ``tokenizer.json``, so it loads with ``transformers`` too,
+and pretrained ``tokenizer.json`` / BERT ``vocab.txt`` files load here without ``transformers``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from polymodal.errors import DataError
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, CLS, SEP, MASK)
+
+
+@dataclass
+class TextBatch:
+    input_ids: torch.Tensor  # [B, T] long
+    attention_mask: torch.Tensor  # [B, T] long, 1 for real tokens
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    kind: str = "wordpiece",
+    vocab_size: int = 2000,
+    min_frequency: int = 1,
+) -> "TextTokenizer":
+    """Train a lower-casing WordPiece or BPE tokenizer; '[CLS] text [SEP]' framing like BERT."""
+    if kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token=UNK))
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS))
+        tok.decoder = decoders.WordPiece()
+    elif kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token=UNK))
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS), end_of_word_suffix="</w>")
+        tok.decoder = decoders.BPEDecoder(suffix="</w>")
+    else:
+        raise ValueError(f"tokenizer kind must be 'wordpiece' or 'bpe', got {kind!r}")
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True, strip_accents=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tok.token_to_id(CLS), tok.token_to_id(SEP)
+    tok.post_processor = processors.TemplateProcessing(single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B {SEP}", special_tokens=[(CLS, cls_id), (SEP, sep_id)])
+    return TextTokenizer(tok)
+
+
+def load_tokenizer(path: str | Path) -> "TextTokenizer":
+    """Load ``tokenizer.json`` (a file or a folder holding one) or a BERT-style ``vocab.txt``."""
+    path = Path(path)
+    candidates = [path] if path.is_file() else [path / "tokenizer.json", path / "vocab.txt"]
+    for p in candidates:
+        if not p.is_file():
+            continue
+        if p.name.endswith(".txt"):
+            from tokenizers.implementations import BertWordPieceTokenizer
+
+            return TextTokenizer(BertWordPieceTokenizer(str(p), lowercase=True)._tokenizer)
+        try:
+            return TextTokenizer(Tokenizer.from_file(str(p)))
+        except Exception as e:  # the tokenizers library raises plain Exceptions for malformed files
+            raise DataError(f"{p}: not a valid tokenizer.json ({e})") from None
+    raise DataError(f"no tokenizer found at {path}: expected a tokenizer.json file, or a folder with tokenizer.json or vocab.txt")
+
+
+class TextTokenizer:
+    """Batched encoding to padded tensors, with the special-token ids models need (pad, mask, cls, sep)."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.pad_id = self._require(PAD, fallback=("<pad>",))
+        self.unk_id = self._id(UNK, ("<unk>",))
+        self.cls_id = self._id(CLS, ("<s>", "<|startoftext|>", "<bos>"))
+        self.sep_id = self._id(SEP, ("</s>", "<|endoftext|>", "<eos>"))
+        self.mask_id = self._id(MASK, ("<mask>",))
+
+    def _id(self, token: str, fallback: Sequence[str] = ()) -> int | None:
+        for t in (token, *fallback):
+            i = self.tokenizer.token_to_id(t)
+            if i is not None:
+                return i
+        return None
+
+    def _require(self, token: str, fallback: Sequence[str] = ()) -> int:
+        i = self._id(token, fallback)
+        return 0 if i is None else i
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, texts: Sequence[str], max_length: int, add_special_tokens: bool = True) -> TextBatch:
+        """Pad to the longest text in the batch (at most ``max_length``), truncating longer ones."""
+        encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        length = min(max_length, max((len(e.ids) for e in encs), default=1)) or 1
+        ids = torch.full((len(encs), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(encs), length), dtype=torch.long)
+        for i, e in enumerate(encs):
+            seq = e.ids[:length]
+            if len(e.ids) > length and add_special_tokens and self.sep_id is not None:
+                seq[-1] = self.sep_id  # keep the end marker after truncation: decoders learn to stop
+            ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[i, : len(seq)] = 1
+        return TextBatch(ids, mask)
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        out = folder / "tokenizer.json"
+        tmp = out.with_suffix(".json.tmp")
+        self.tokenizer.save(str(tmp))
+        tmp.replace(out)
+        return out
