@@ -1,0 +1,110 @@
+"""Torch datasets over ``Sample`` records: images decode in DataLoader workers, bad ones are counted.
+
+A corrupt or missing image must never kill a long run, and must never vanish silently: the dataset
+returns None for it, the collator drops it and reports how many it dropped in ``batch["num_skipped"]``,
+and the trainer sums and logs that count.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from polymodal.data.images import open_image
+from polymodal.data.processors import ImageProcessor, consistent_hflip
+from polymodal.data.sample import Sample
+from polymodal.data.tokenizers import TextTokenizer
+from polymodal.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedSample:
+    sample: Sample
+    image: torch.Tensor | None
+    text: str | None
+    answers: tuple[str, ...]
+
+
+def _load(sample: Sample, image_processor: ImageProcessor | None, flip_prob: float, rng: np.random.Generator) -> LoadedSample | None:
+    text, answers, pixels = sample.text, sample.answers, None
+    if image_processor is not None and sample.has_image:
+        try:
+            img = open_image(sample.image_bytes if sample.image_bytes is not None else sample.image_path, name=sample.origin or None)
+        except DataError as e:
+            log.warning("skipping %s: %s", sample.origin or sample.sample_id, e)
+            return None
+        if flip_prob > 0 and rng.random() < flip_prob:
+            flipped = consistent_hflip(img, text, answers)
+            img, text, answers = flipped.image, flipped.text, flipped.answers
+        pixels = image_processor(img)
+    return LoadedSample(sample, pixels, text, tuple(answers))
+
+
+class SampleDataset(Dataset):
+    """Map-style dataset over a list of samples (COCO, VQA, Karpathy, JSONL, image folders ...)."""
+
+    def __init__(self, samples: Sequence[Sample], image_processor: ImageProcessor | None, flip_prob: float = 0.0, seed: int = 0) -> None:
+        self.samples = samples
+        self.image_processor = image_processor
+        self.flip_prob = flip_prob
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> LoadedSample | None:
+        rng = np.random.default_rng([self.seed, index])
+        return _load(self.samples[index], self.image_processor, self.flip_prob, rng)
+
+
+class StreamingSampleDataset(IterableDataset):
+    """Iterable dataset over a streamed source (WebDataset shards); each worker takes every k-th sample."""
+
+    def __init__(self, samples: Callable[[], Iterable[Sample]], image_processor: ImageProcessor | None, flip_prob: float = 0.0, seed: int = 0) -> None:
+        self.samples = samples
+        self.image_processor = image_processor
+        self.flip_prob = flip_prob
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[LoadedSample | None]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        rng = np.random.default_rng([self.seed, wid])
+        for i, sample in enumerate(self.samples()):
+            if i % nw == wid:
+                yield _load(sample, self.image_processor, self.flip_prob, rng)
+
+
+class Collator:
+    """Stack images, tokenise texts in one batched call, and count what was skipped."""
+
+    def __init__(self, tokenizer: TextTokenizer | None, max_length: int = 32) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, items: list[LoadedSample | None]) -> dict[str, Any]:
+        kept = [it for it in items if it is not None]
+        batch: dict[str, Any] = {"num_skipped": len(items) - len(kept), "samples": [it.sample for it in kept]}
+        if not kept:
+            return batch
+        if all(it.image is not None for it in kept):
+            batch["image"] = torch.stack([it.image for it in kept])  # type: ignore[misc]
+        texts = [it.text for it in kept]
+        if self.tokenizer is not None and all(t is not None for t in texts):
+            enc = self.tokenizer.encode(texts, self.max_length)  # type: ignore[arg-type]
+            batch["text_ids"], batch["text_mask"] = enc.input_ids, enc.attention_mask
+        batch["text"] = texts
+        batch["answers"] = [it.answers for it in kept]
+        labels = [it.sample.label for it in kept]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in labels):
+            batch["label"] = torch.tensor(labels)
+        else:
+            batch["label"] = labels
+        return batch

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from polymodal.data.dataset import Collator, SampleDataset, StreamingSampleDataset
+from polymodal.data.images import open_image
+from polymodal.data.processors import ImageProcessor, ImageProcessorConfig
+from polymodal.data.sample import Sample
+from polymodal.data.tokenizers import train_tokenizer
+from polymodal.errors import DataError
+
+
+@pytest.fixture()
+def images(tmp_path: Path) -> dict[str, Path]:
+    good = tmp_path / "good.png"
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(good)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, format="PNG")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    text = tmp_path / "text.jpg"
+    text.write_text("this is not an image")
+    return {"good": good, "truncated": truncated, "text": text, "missing": tmp_path / "missing.png"}
+
+
+@pytest.mark.parametrize("kind, message", [("truncated", "corrupt image"), ("text", "not a readable image"), ("missing", "not found")])
+def test_open_image_errors_name_the_file(images: dict[str, Path], kind: str, message: str) -> None:
+    with pytest.raises(DataError, match=message) as err:
+        open_image(images[kind])
+    assert str(images[kind]) in str(err.value)
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    Image.new("1", (12000, 12000)).save(big)  # 144 megapixels, tiny on disk
+    with pytest.raises(DataError, match="more pixels than the limit"):
+        open_image(big)
+
+
+def test_corrupt_samples_are_skipped_and_counted(images: dict[str, Path]) -> None:
+    samples = [
+        Sample("0", origin="f:0", image_path=images["good"], text="a green square", label=1),
+        Sample("1", origin="f:1", image_path=images["truncated"], text="broken", label=0),
+        Sample("2", origin="f:2", image_path=images["missing"], text="gone", label=0),
+        Sample("3", origin="f:3", image_path=images["good"], text="left of it", label=1),
+    ]
+    tok = train_tokenizer(["a green square", "left of it", "right"], vocab_size=60)
+    ds = SampleDataset(samples, ImageProcessor(ImageProcessorConfig(size=16)))
+    loader = DataLoader(ds, batch_size=4, collate_fn=Collator(tok, max_length=8), num_workers=1)
+    (batch,) = list(loader)
+    assert batch["num_skipped"] == 2
+    assert batch["image"].shape == (2, 3, 16, 16)
+    assert batch["text_ids"].shape[0] == 2 and batch["label"].tolist() == [1, 1]
+    assert [s.sample_id for s in batch["samples"]] == ["0", "3"]
+
+
+def test_flip_augmentation_in_the_dataset_swaps_text(images: dict[str, Path]) -> None:
+    s = Sample("0", image_path=images["good"], text="the cube is left of the ball", answers=("left",))
+    ds = SampleDataset([s], ImageProcessor(ImageProcessorConfig(size=8)), flip_prob=1.0)
+    item = ds[0]
+    assert item.text == "the cube is right of the ball" and item.answers == ("right",)
+
+
+def test_streaming_dataset_splits_work_across_workers(images: dict[str, Path]) -> None:
+    data = Image.open(images["good"])
+    buf = io.BytesIO()
+    data.save(buf, format="PNG")
+    samples = [Sample(str(i), image_bytes=buf.getvalue(), text=f"item {i}", label=i) for i in range(10)]
+    ds = StreamingSampleDataset(lambda: iter(samples), ImageProcessor(ImageProcessorConfig(size=8)))
+    loader = DataLoader(ds, batch_size=3, collate_fn=Collator(None), num_workers=2)
+    seen = sorted(int(s.sample_id) for b in loader for s in b["samples"])
+    assert seen == list(range(10))  # every sample exactly once, none duplicated across workers
+    assert all(isinstance(b["image"], torch.Tensor) for b in loader)
