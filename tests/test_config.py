@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from polymodal.config import load_config, parse_source
+from polymodal.data.sources import VqaV2Source
+from polymodal.errors import ConfigError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_valid_config_resolves_paths_against_its_folder(tmp_path: Path) -> None:
+    p = _write(
+        tmp_path,
+        "seed: 3\ndata:\n  train:\n    - {format: vqa_v2, questions: q.json, annotations: a.json, images: imgs, image_template: '{split}_{image_id:06d}.png'}\n",
+    )
+    cfg = load_config(p)
+    src = cfg.data.train[0]
+    assert isinstance(src, VqaV2Source) and cfg.seed == 3
+    assert src.questions == (tmp_path / "q.json").resolve() and src.images == (tmp_path / "imgs").resolve()
+
+
+def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:
+    p = _write(tmp_path, "data:\n  train:\n    - {format: coco_captions, annotations: a.json, images: i, imagez: x}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert str(p) in msg and "unknown key 'data.train[0].imagez'" in msg
+
+
+def test_unknown_top_level_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key 'trian'"):
+        load_config(_write(tmp_path, "trian: {}\n"))
+
+
+def test_wrong_type_and_missing_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="key 'seed'"):
+        load_config(_write(tmp_path, "seed: many\n"))
+    with pytest.raises(ConfigError, match="missing required key 'data.train\\[0\\].images'"):
+        load_config(_write(tmp_path, "data:\n  train:\n    - {format: coco_captions, annotations: a.json}\n"))
+
+
+def test_unknown_format_lists_the_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="coco_captions"):
+        load_config(_write(tmp_path, "data:\n  train:\n    - {format: cocoo, path: x}\n"))
+
+
+def test_overrides_apply_and_are_validated(tmp_path: Path) -> None:
+    p = _write(tmp_path, "seed: 1\n")
+    assert load_config(p, ["seed=7"]).seed == 7
+    with pytest.raises(ConfigError, match="unknown key 'sede'"):
+        load_config(p, ["sede=7"])
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(p, ["seed"])
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, "data: [unclosed\n"))
+
+
+def test_parse_single_source(tmp_path: Path) -> None:
+    spec = parse_source({"format": "image_folder", "root": "pics"}, "inline", tmp_path)
+    assert spec.root == (tmp_path / "pics").resolve()
+    with pytest.raises(ConfigError, match="a data source needs a 'format' key"):
+        parse_source({"root": "pics"}, "inline", tmp_path)
