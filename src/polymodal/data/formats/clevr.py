@@ -1,0 +1,61 @@
+"""CLEVR: ``CLEVR_<split>_questions.json`` with a ``questions`` list.
+
+Each question has image_filename, image_index, question, answer (absent on the test split),
+program, question_family_index and split. ``images`` is the folder holding that split's images
+(e.g. ``CLEVR_v1.0/images/val``). The program and every other unmapped key go to ``Sample.meta``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from polymodal.data.formats._common import (
+    check_record,
+    clean_text,
+    extras,
+    json_list,
+    load_json,
+    origin,
+    require_dir,
+)
+from polymodal.data.report import DataReport
+from polymodal.data.sample import Sample
+from polymodal.data.sources import ClevrSource
+
+FORMAT = "clevr"
+_KNOWN = frozenset({"image_filename", "image_index", "question", "answer", "split", "question_index"})
+
+
+def read(spec: ClevrSource, report: DataReport) -> Iterator[Sample]:
+    tree = load_json(spec.questions, FORMAT, "questions")
+    questions = json_list(tree, "questions", spec.questions, FORMAT, "questions")
+    require_dir(spec.images, FORMAT, "images")
+    info = tree.get("info") if isinstance(tree.get("info"), dict) else {}
+    return _samples(spec, questions, info.get("split"), report)
+
+
+def _samples(
+    spec: ClevrSource, questions: list[Any], file_split: str | None, report: DataReport
+) -> Iterator[Sample]:
+    path = spec.questions
+    for i, q in enumerate(questions):
+        where = origin(path, f"record {i}")
+        if not check_record(q, ("image_filename", "question"), report, where):
+            continue
+        text = clean_text(q["question"])
+        if not text:
+            report.add("empty_text", where, "empty question")
+            continue
+        answer = q.get("answer")
+        image_id = q.get("image_index", q["image_filename"])
+        yield Sample(
+            sample_id=str(q.get("question_index", i)),
+            origin=where,
+            image_path=spec.images / str(q["image_filename"]),
+            image_id=str(image_id),
+            text=text,
+            answers=(str(answer),) if answer is not None else (),
+            split=q.get("split", file_split),
+            meta=extras(q, _KNOWN),
+        )

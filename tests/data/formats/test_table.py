@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from polymodal.config import parse_source
+from polymodal.data.formats import read_source
+from polymodal.data.report import DataReport
+from polymodal.data.sources import TableSource
+from polymodal.errors import DataError
+
+
+def test_jsonl_fields_paths_meta_and_bad_lines(tmp_path: Path, report: DataReport) -> None:
+    lines = [
+        json.dumps(
+            {
+                "id": "a",
+                "image": "imgs/a.png",
+                "text": "a red cube",
+                "label": "cube",
+                "split": "train",
+                "answers": ["red", "red", "crimson"],
+                "family": "color",
+                "sound": "a.wav",
+            }
+        ),
+        "",
+        '{"id": "b", "image": "/abs/b.png", "text": "broken',
+        json.dumps([1, 2]),
+        json.dumps({"id": "c", "image": "c.png", "text": "  ", "label": 2}),
+        json.dumps({"image": "d.png", "text": "no id"}),
+        json.dumps({"id": "e", "image": "e.png", "label": 0.5}),
+    ]
+    path = tmp_path / "data" / "train.jsonl"
+    path.parent.mkdir()
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    spec = TableSource(format="jsonl", path=path, id_field="id", answers_field="answers", audio_field="sound")
+    samples = list(read_source(spec, report))
+    assert [s.sample_id for s in samples] == ["a", "e"]
+    a, e = samples
+    assert a.image_path == path.parent / "imgs" / "a.png"
+    assert a.audio_path == path.parent / "a.wav"
+    assert (a.text, a.label, a.split) == ("a red cube", "cube", "train")
+    assert a.answers == ("red", "red", "crimson")
+    assert a.meta == {"family": "color"}
+    assert a.origin == f"{path}:line 1"
+    assert e.label == 0.5 and e.text is None and e.origin == f"{path}:line 7"
+    assert report.counts["bad_record"] == 3  # malformed JSON (line 3), a list (line 4), no id (line 6)
+    assert report.counts["empty_text"] == 1
+    bad = [p for p in report.problems if p.kind == "bad_record"]
+    assert [p.origin for p in bad] == [f"{path}:line 3", f"{path}:line 4", f"{path}:line 6"]
+    assert "not valid JSON" in bad[0].message
+
+
+def test_jsonl_root_option_from_yaml_mapping(tmp_path: Path, report: DataReport) -> None:
+    (tmp_path / "media").mkdir()
+    (tmp_path / "rows.jsonl").write_text(
+        json.dumps({"img": "x.png", "caption": "hello"}) + "\n", encoding="utf-8"
+    )
+    spec = parse_source(
+        {
+            "format": "jsonl",
+            "path": "rows.jsonl",
+            "root": "media",
+            "image_field": "img",
+            "text_field": "caption",
+        },
+        "test",
+        tmp_path,
+    )
+    (s,) = list(read_source(spec, report))
+    assert s.image_path == (tmp_path / "media" / "x.png").resolve()
+    assert s.text == "hello" and s.sample_id == "1"
+
+
+def test_jsonl_image_id_column_groups_texts(tmp_path: Path, report: DataReport) -> None:
+    rows = [{"image": "a.png", "text": "t1", "image_id": 7}, {"image": "a.png", "text": "t2"}]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    samples = list(read_source(TableSource(format="jsonl", path=path), report))
+    assert [s.image_id for s in samples] == ["7", "a.png"]
+    assert "image_id" not in samples[0].meta
+
+
+def test_jsonl_row_with_no_configured_column_is_bad(tmp_path: Path, report: DataReport) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"img": "x.png"}) + "\n", encoding="utf-8")
+    assert list(read_source(TableSource(format="jsonl", path=path), report)) == []
+    assert report.counts["bad_record"] == 1
+    assert "none of the configured columns" in report.problems[0].message
+
+
+def test_csv_fields_numbers_answers_and_line_numbers(tmp_path: Path, report: DataReport) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text(
+        "uid,picture,caption,score,answers,clip\n"
+        'r1,a.jpg,"a caption, with comma",3,yes|yeah| yes ,v/1.mp4\n'
+        'r2,b.jpg,"two\nlines",0.25,,\n'
+        "r3,c.jpg,short row\n"
+        "r4,,,cat,,\n",
+        encoding="utf-8",
+    )
+    spec = TableSource(
+        format="csv",
+        path=path,
+        id_field="uid",
+        image_field="picture",
+        text_field="caption",
+        label_field="score",
+        answers_field="answers",
+        video_field="clip",
+    )
+    samples = list(read_source(spec, report))
+    assert [s.sample_id for s in samples] == ["r1", "r2"]
+    r1, r2 = samples
+    assert r1.text == "a caption, with comma" and r1.label == 3
+    assert r1.answers == ("yes", "yeah", "yes")
+    assert r1.video_path == tmp_path / "v" / "1.mp4" and r1.image_path == tmp_path / "a.jpg"
+    assert r2.text == "two\nlines" and r2.label == 0.25 and r2.answers == () and r2.video_path is None
+    assert r2.origin == f"{path}:line 3"
+    assert report.counts["bad_record"] == 1  # r3: wrong number of columns, at line 5 (r2 spans 3-4)
+    assert report.problems[0].origin == f"{path}:line 5"
+    assert report.counts["empty_text"] == 1  # r4
+
+
+def test_csv_explicit_column_missing_from_header(tmp_path: Path, report: DataReport) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text("image,text\na.jpg,hi\n", encoding="utf-8")
+    with pytest.raises(DataError, match="label_field 'grade' is not a column"):
+        read_source(TableSource(format="csv", path=path, label_field="grade"), report)
+    # the default label column 'label' may be absent
+    (s,) = list(read_source(TableSource(format="csv", path=path), report))
+    assert s.label is None and s.text == "hi"
+
+
+def test_missing_table_file(tmp_path: Path, report: DataReport) -> None:
+    with pytest.raises(DataError, match=r"jsonl source: path file not found: .*x\.jsonl"):
+        read_source(TableSource(format="jsonl", path=tmp_path / "x.jsonl"), report)
