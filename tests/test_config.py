@@ -72,3 +72,13 @@ def test_parse_single_source(tmp_path: Path) -> None:
     assert spec.root == (tmp_path / "pics").resolve()
     with pytest.raises(ConfigError, match="a data source needs a 'format' key"):
         parse_source({"root": "pics"}, "inline", tmp_path)
+
+
+def test_a_single_source_needs_no_list(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, "data:\n  val: {format: image_folder, root: pics}\n"))
+    assert len(cfg.data.val) == 1 and cfg.data.val[0].root == (tmp_path / "pics").resolve()
+
+
+def test_webdataset_urls_are_not_turned_into_paths(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, "data:\n  train: {format: webdataset, urls: ['https://h/x-{0..1}.tar', 'local.tar']}\n"))
+    assert cfg.data.train[0].urls == ["https://h/x-{0..1}.tar", str((tmp_path / "local.tar").resolve())]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from polymodal.data.sources import DataSource
 from polymodal.errors import ConfigError
@@ -30,6 +30,11 @@ class DataConfig(StrictModel):
     train: list[DataSource] = Field(default_factory=list)
     val: list[DataSource] = Field(default_factory=list)
     test: list[DataSource] = Field(default_factory=list)
+
+    @field_validator("train", "val", "test", mode="before")
+    @classmethod
+    def _one_source_is_a_list_of_one(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
 
 
 class RunConfig(StrictModel):

@@ -43,6 +43,8 @@ class DataReport:
         lines = [f"{self.source}"]
         for kind, n in sorted(self.counts.items()):
             lines.append(f"  {kind}: {n}")
+        if not self.num_problems:
+            lines.append("  problems: none")
         for p in self.problems:
             lines.append(f"  [{p.kind}] {p.origin}: {p.message}")
         hidden = self.num_problems - len(self.problems)

@@ -121,7 +121,8 @@ class WebDatasetSource(_Spec):
 
     def resolved(self, base_dir: Path) -> "WebDatasetSource":
         urls = [self.urls] if isinstance(self.urls, str) else list(self.urls)
-        anchored = [u if Path(u).is_absolute() else str((base_dir / u).resolve()) for u in urls]
+        # URLs and pipe: commands are not paths: leave them for the reader to explain
+        anchored = [u if Path(u).is_absolute() or "://" in u or u.startswith("pipe:") else str((base_dir / u).resolve()) for u in urls]
         return self.model_copy(update={"urls": anchored if isinstance(self.urls, list) else anchored[0]})
 
 
