@@ -173,7 +173,10 @@ def bench(ctx: typer.Context) -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: user-fixable errors print one paragraph and exit 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode click *returns* the code of typer.Exit instead of exiting
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except PolymodalError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
