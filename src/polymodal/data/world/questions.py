@@ -117,6 +117,15 @@ def _pick(rng: np.random.Generator, seq: Any) -> Any:
     return seq[int(rng.integers(len(seq)))]
 
 
+def _two_refs(scene: Scene, rng: np.random.Generator, exclude: tuple[str, ...] = ()) -> tuple[dict[str, str], dict[str, str]] | None:
+    """Descriptions of two different objects, or None when the scene has no such pair to offer."""
+    if len(scene.objects) < 2:
+        return None
+    i, j = rng.choice(len(scene.objects), size=2, replace=False)
+    r1, r2 = refer(scene, scene.objects[i], rng, exclude), refer(scene, scene.objects[j], rng, exclude)
+    return None if r1 is None or r2 is None else (r1, r2)
+
+
 Builder = Callable[[Scene, np.random.Generator, int, Lexicon], "tuple[dict[str, str], dict[str, Any]] | None"]
 
 
@@ -143,14 +152,11 @@ def _attribute(scene: Scene, rng: np.random.Generator, t: int, lex: Lexicon):
 
 def _comparison(scene: Scene, rng: np.random.Generator, t: int, lex: Lexicon):
     if t in (3, 5):  # same-attribute question about two referred objects
-        if len(scene.objects) < 2:
-            return None
         attr = _pick(rng, ("color", "shape", "size", "material"))
-        i, j = rng.choice(len(scene.objects), size=2, replace=False)
-        r1 = refer(scene, scene.objects[i], rng, exclude=(attr,))
-        r2 = refer(scene, scene.objects[j], rng, exclude=(attr,))
-        if r1 is None or r2 is None:
+        pair = _two_refs(scene, rng, exclude=(attr,))
+        if pair is None:
             return None
+        r1, r2 = pair
         slots = {"attr": attr, "r1": noun_phrase(r1, lex, rng), "r2": noun_phrase(r2, lex, rng)}
         return slots, {"op": "same_attr", "attr": attr, "a": {"filter": r1}, "b": {"filter": r2}}
     a = random_filter(rng, _pick(rng, scene.objects), max_attrs=1)
@@ -165,12 +171,10 @@ def _comparison(scene: Scene, rng: np.random.Generator, t: int, lex: Lexicon):
 def _spatial(scene: Scene, rng: np.random.Generator, t: int, lex: Lexicon):
     rel = _pick(rng, RELATIONS)
     if t == 0:
-        if len(scene.objects) < 2:
+        pair = _two_refs(scene, rng)
+        if pair is None:
             return None
-        i, j = rng.choice(len(scene.objects), size=2, replace=False)
-        r1, r2 = refer(scene, scene.objects[i], rng), refer(scene, scene.objects[j], rng)
-        if r1 is None or r2 is None:
-            return None
+        r1, r2 = pair
         slots = {"r1": noun_phrase(r1, lex, rng), "r2": noun_phrase(r2, lex, rng), "rel": lex.relation(rel, rng)}
         return slots, {"op": "relate", "rel": rel, "a": {"filter": r1}, "b": {"filter": r2}}
     ref = refer(scene, _pick(rng, scene.objects), rng)
@@ -188,12 +192,10 @@ def _compositional(scene: Scene, rng: np.random.Generator, t: int, lex: Lexicon)
     if rel1 == OPPOSITE[rel2]:
         return None  # 'right of the thing left of X' is usually X itself: a trivial question
     if t == 2:
-        if len(scene.objects) < 2:
+        pair = _two_refs(scene, rng)
+        if pair is None:
             return None
-        i, j = rng.choice(len(scene.objects), size=2, replace=False)
-        r1, r2 = refer(scene, scene.objects[i], rng), refer(scene, scene.objects[j], rng)
-        if r1 is None or r2 is None:
-            return None
+        r1, r2 = pair
         slots = {"r1": noun_phrase(r1, lex, rng), "r2": noun_phrase(r2, lex, rng), "rel1": lex.relation(rel1, rng), "rel2": lex.relation(rel2, rng)}
         return slots, {"op": "relate", "rel": rel2, "a": {"nearest": rel1, "of": {"filter": r1}}, "b": {"filter": r2}}
     ref = refer(scene, _pick(rng, scene.objects), rng)
