@@ -1,0 +1,208 @@
+"""Image-text contrastive loss (ITC): symmetric InfoNCE with a learnable temperature.
+
+Why the options exist:
+
+* ``gather`` (on by default, active only under ``torch.distributed``): negatives come from every
+  rank's batch, not just the local one; the gather keeps gradients (``all_gather_with_grad``) so each
+  rank's encoder learns from the whole global similarity matrix.
+* ``local_loss``: each rank only scores its *local* rows against all gathered columns, so the logits
+  are ``[local_batch, global_batch]`` instead of ``[global_batch, global_batch]`` - memory linear in the
+  local batch. The mean of the per-rank losses equals the full-batch loss, and (with DDP's gradient
+  averaging) the gradients equal the full-batch gradients.
+* ``image_ids``: several captions of one image may share a batch. Their pairs are *masked*: for the
+  pair (image i, text i), every other column j with ``image_ids[j] == image_ids[i]`` is removed from
+  the softmax (logit set to -inf), so it is neither a negative nor an extra positive. We chose masking
+  over multi-positive soft targets because the loss then reduces exactly to standard InfoNCE when ids
+  are unique, labels stay hard indices (so accuracy is well defined), and a duplicated image (identical
+  features) is never pushed away from itself.
+
+Gradient convention under distribution: on each rank, the gradient of the local features is
+``world_size`` times the gradient of the mean per-rank loss; DDP divides parameter gradients by
+``world_size``, so a DDP step equals the single-process full-batch step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polymodal import distributed as pdist
+from polymodal.losses._checks import LossInputError, check_rank, check_same_dim
+
+__all__ = ["ITCLoss", "ITCOutput", "itc_loss"]
+
+DEFAULT_TEMPERATURE = 0.07
+MAX_LOGIT_SCALE = 100.0
+
+
+@dataclass
+class ITCOutput:
+    """Result of one ITC evaluation.
+
+    Attributes:
+        loss: scalar, mean of the image->text and text->image cross-entropies (has grad).
+        logits_per_image: ``[rows, columns]`` scaled similarities, image rows against text columns;
+            rows are local (``local_loss`` or single process) or global, columns always global.
+        logits_per_text: ``[rows, columns]`` text rows against image columns.
+        labels: ``[rows]`` column index of each row's positive.
+        acc_i2t, acc_t2i: detached top-1 accuracies over the rows, for logging.
+        logit_scale: detached scale actually used (``exp`` of the parameter, clamped).
+    """
+
+    loss: torch.Tensor
+    logits_per_image: torch.Tensor
+    logits_per_text: torch.Tensor
+    labels: torch.Tensor
+    acc_i2t: torch.Tensor
+    acc_t2i: torch.Tensor
+    logit_scale: torch.Tensor
+
+
+def _check_features(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+    check_rank("itc: image_features", image_features, ("batch", "dim"))
+    check_rank("itc: text_features", text_features, ("batch", "dim"))
+    check_same_dim(
+        "itc", "image_features batch", image_features.shape[0], "text_features batch", text_features.shape[0]
+    )
+    check_same_dim(
+        "itc", "image_features dim", image_features.shape[1], "text_features dim", text_features.shape[1]
+    )
+
+
+def _mask_same_image(
+    logits: torch.Tensor, row_ids: torch.Tensor, col_ids: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    same = row_ids[:, None] == col_ids[None, :]
+    same[torch.arange(labels.shape[0], device=labels.device), labels] = False
+    return logits.masked_fill(same, float("-inf"))
+
+
+def itc_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    *,
+    image_ids: torch.Tensor | None = None,
+    gather: bool = True,
+    local_loss: bool = False,
+    normalize: bool = True,
+    max_logit_scale: float = MAX_LOGIT_SCALE,
+) -> ITCOutput:
+    """Symmetric InfoNCE between paired image and text features (pair i = row i of each).
+
+    Args:
+        image_features, text_features: ``[batch, dim]``; pair i is (image i, text i).
+        logit_scale: *log* of the inverse temperature (CLIP's parametrisation, so the optimiser works
+            in log space and the scale stays positive). Clamped at ``log(max_logit_scale)`` inside the
+            forward (no gradient above the clamp) so training cannot blow the scale past 100.
+        image_ids: optional ``[batch]`` integer ids; same-image pairs are masked (see module doc).
+            Under distribution the ids must be globally unique per image.
+        gather: gather features from all ranks (with gradient) when ``torch.distributed`` is
+            initialised; ignored otherwise.
+        local_loss: score only local rows against the gathered columns (see module doc).
+        normalize: L2-normalise the features first; turn off only if they already are.
+    """
+    _check_features(image_features, text_features)
+    batch = image_features.shape[0]
+    if image_ids is not None:
+        check_rank("itc: image_ids", image_ids, ("batch",))
+        check_same_dim("itc", "image_ids length", image_ids.shape[0], "features batch", batch)
+
+    if normalize:
+        image_features = F.normalize(image_features, dim=-1)
+        text_features = F.normalize(text_features, dim=-1)
+    log_scale = torch.as_tensor(logit_scale, dtype=image_features.dtype, device=image_features.device)
+    scale = log_scale.clamp(max=math.log(max_logit_scale)).exp()
+
+    distributed = gather and pdist.world_size() > 1
+    if distributed:
+        all_images = pdist.all_gather_with_grad(image_features)
+        all_texts = pdist.all_gather_with_grad(text_features)
+        all_ids = pdist.all_gather_no_grad(image_ids) if image_ids is not None else None
+    else:
+        all_images, all_texts, all_ids = image_features, text_features, image_ids
+
+    if local_loss or not distributed:
+        logits_per_image = scale * image_features @ all_texts.T
+        logits_per_text = scale * text_features @ all_images.T
+        offset = pdist.rank() * batch if distributed else 0
+        row_ids = image_ids
+    else:
+        logits_per_image = scale * all_images @ all_texts.T
+        logits_per_text = logits_per_image.T
+        offset = 0
+        row_ids = all_ids
+
+    rows = logits_per_image.shape[0]
+    labels = torch.arange(rows, device=logits_per_image.device) + offset
+    if row_ids is not None and all_ids is not None:
+        logits_per_image = _mask_same_image(logits_per_image, row_ids, all_ids, labels)
+        logits_per_text = _mask_same_image(logits_per_text, row_ids, all_ids, labels)
+
+    loss = 0.5 * (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels))
+    with torch.no_grad():
+        acc_i2t = (logits_per_image.argmax(dim=1) == labels).float().mean()
+        acc_t2i = (logits_per_text.argmax(dim=1) == labels).float().mean()
+    return ITCOutput(
+        loss=loss,
+        logits_per_image=logits_per_image,
+        logits_per_text=logits_per_text,
+        labels=labels,
+        acc_i2t=acc_i2t,
+        acc_t2i=acc_t2i,
+        logit_scale=scale.detach(),
+    )
+
+
+class ITCLoss(nn.Module):
+    """ITC with its own learnable temperature, so the loss (not the model) owns the parameter.
+
+    Remember to give ``logit_scale`` to the optimiser (it is a parameter of this module) and to
+    exclude it from weight decay, as CLIP does.
+    """
+
+    def __init__(
+        self,
+        init_temperature: float = DEFAULT_TEMPERATURE,
+        *,
+        learnable: bool = True,
+        max_logit_scale: float = MAX_LOGIT_SCALE,
+        gather: bool = True,
+        local_loss: bool = False,
+    ) -> None:
+        super().__init__()
+        if init_temperature <= 0:
+            raise LossInputError(f"itc: init_temperature must be > 0, got {init_temperature}")
+        value = torch.tensor(math.log(1.0 / init_temperature))
+        if learnable:
+            self.logit_scale = nn.Parameter(value)
+        else:
+            self.register_buffer("logit_scale", value)
+        self.max_logit_scale = max_logit_scale
+        self.gather = gather
+        self.local_loss = local_loss
+
+    @property
+    def scale(self) -> float:
+        """The inverse temperature currently applied (for logging)."""
+        return float(self.logit_scale.detach().clamp(max=math.log(self.max_logit_scale)).exp())
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        image_ids: torch.Tensor | None = None,
+    ) -> ITCOutput:
+        return itc_loss(
+            image_features,
+            text_features,
+            self.logit_scale,
+            image_ids=image_ids,
+            gather=self.gather,
+            local_loss=self.local_loss,
+            max_logit_scale=self.max_logit_scale,
+        )
