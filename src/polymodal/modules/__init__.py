@@ -1,0 +1,1 @@
+"""Plain, typed nn.Module building blocks (encoders, fusion ops, heads) that models are composed from."""
