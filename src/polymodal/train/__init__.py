@@ -1,0 +1,1 @@
+"""Training: the Trainer, accumulation, schedules, checkpoints and logging."""
