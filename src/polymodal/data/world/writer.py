@@ -120,7 +120,11 @@ def _build(job: tuple[str, int]) -> dict[str, Any]:
         "scene": scene.to_json(),
         "file_name": name,
         "captions": captions,
-        "questions": [asdict(q) | {"held_out": q.held_out} for q in questions],
+        # programs are freshly built per question, so no deep copy (dataclasses.asdict) is needed
+        "questions": [
+            {"text": q.text, "answer": q.answer, "family": q.family, "template": q.template, "program": q.program, "held_out": q.held_out}
+            for q in questions
+        ],
         "statements": [{"text": statements[i][0].text, "program": statements[i][0].program, "label": statements[i][1]} for i in order],
     }
     if split == "test":
@@ -132,8 +136,8 @@ def _build(job: tuple[str, int]) -> dict[str, Any]:
 def _write_json(path: Path, obj: Any) -> None:
     """Write then rename: a killed run never leaves a half-written annotation file behind."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, separators=(",", ":"))
+    # json.dumps uses the C encoder; json.dump streams through the pure-Python one (5x slower here)
+    tmp.write_text(json.dumps(obj, separators=(",", ":")), encoding="utf-8")
     os.replace(tmp, path)
 
 
