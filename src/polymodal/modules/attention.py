@@ -1,0 +1,199 @@
+"""Multi-head attention (self and cross) on top of ``F.scaled_dot_product_attention``.
+
+Why it looks the way it does:
+
+* One fused ``Linear`` produces q, k and v for self-attention (one matmul instead of three); cross-
+  attention has one ``Linear`` for q and one fused ``Linear`` for k and v of the context.
+* Masks are built once per forward by the stack (:func:`self_attention_mask`,
+  :func:`cross_attention_mask`) in the form SDPA takes (bool, True = may attend) and shared by every
+  layer, instead of being rebuilt per layer.
+* Without a padding mask a causal layer uses SDPA's ``is_causal`` (the fastest kernels); with one,
+  the causal and padding masks are combined into a single boolean mask.
+* Incremental decoding keeps past keys / values in a :class:`LayerKV` per attention layer; cross-
+  attention keys / values of the encoder tokens are projected once and reused for every new token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from polymodal.errors import ConfigError
+
+__all__ = [
+    "LayerKV",
+    "MultiHeadAttention",
+    "causal_mask",
+    "cross_attention_mask",
+    "self_attention_mask",
+]
+
+
+@dataclass
+class LayerKV:
+    """Cached keys / values of one attention layer, ``[batch, heads, seq, head_dim]`` each.
+
+    Mutable on purpose: the attention layer appends to it during incremental decoding.
+    """
+
+    k: Tensor | None = None
+    v: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def index_select(self, index: Tensor) -> LayerKV:
+        """A new cache with batch rows picked by ``index`` (beam search reordering / expansion)."""
+        if self.k is None or self.v is None:
+            return LayerKV()
+        index = index.to(self.k.device)
+        return LayerKV(self.k.index_select(0, index), self.v.index_select(0, index))
+
+
+def causal_mask(q_len: int, k_len: int, past_len: int, device: torch.device) -> Tensor:
+    """``[q_len, k_len]`` bool: query ``i`` (absolute position ``past_len + i``) sees keys ``<= itself``."""
+    i = torch.arange(q_len, device=device).unsqueeze(1) + past_len
+    j = torch.arange(k_len, device=device).unsqueeze(0)
+    return j <= i
+
+
+def self_attention_mask(
+    key_mask: Tensor | None,
+    q_len: int,
+    *,
+    causal: bool,
+    past_len: int = 0,
+    device: torch.device | None = None,
+) -> tuple[Tensor | None, bool]:
+    """Turn a padding mask ``[B, past_len + q_len]`` (True = real) into SDPA's ``(attn_mask, is_causal)``.
+
+    Returns ``(None, True)`` when SDPA's built-in causal masking is exact (no padding, no cache), so
+    the fast path is taken; otherwise an explicit bool mask broadcastable to ``[B, 1, q_len, k_len]``.
+    A query row with no key it may attend to (a causal row of left padding, an all-padding sequence)
+    would softmax over nothing and produce NaN, which then leaks into real tokens of the next layer
+    through ``0 * NaN``; such rows are allowed to attend to themselves / everything instead. Real
+    tokens never attend to padding either way.
+    """
+    k_len = past_len + q_len
+    if key_mask is None:
+        if not causal:
+            return None, False
+        if past_len == 0:
+            return None, True
+        if q_len == 1:  # one new token may see every cached one
+            return None, False
+        return causal_mask(q_len, k_len, past_len, device or torch.device("cpu")), False
+    if key_mask.dtype != torch.bool:
+        key_mask = key_mask != 0
+    keys = key_mask[:, None, None, :]  # [B, 1, 1, S]
+    if causal:
+        allowed = causal_mask(q_len, k_len, past_len, key_mask.device)
+        diagonal = torch.arange(k_len, device=key_mask.device).unsqueeze(0) == (
+            torch.arange(q_len, device=key_mask.device).unsqueeze(1) + past_len
+        )
+        return (keys & allowed) | diagonal, False
+    return keys | ~key_mask.any(dim=-1)[:, None, None, None], False
+
+
+def cross_attention_mask(key_mask: Tensor | None) -> Tensor | None:
+    """Padding mask of the context ``[B, S]`` (True = real) -> SDPA mask ``[B, 1, 1, S]`` (or None).
+
+    A context with no real token at all would give NaN; its queries attend to all of it instead.
+    """
+    if key_mask is None:
+        return None
+    if key_mask.dtype != torch.bool:
+        key_mask = key_mask != 0
+    return (key_mask | ~key_mask.any(dim=-1, keepdim=True))[:, None, None, :]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self- or cross-attention with a fused projection and an optional KV cache.
+
+    ``cross=False``: ``forward(x)`` attends over ``x`` itself (q, k, v from one ``Linear``).
+    ``cross=True``: ``forward(x, context)`` attends from ``x`` over ``context`` (``kv_dim`` wide).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        cross: bool = False,
+        kv_dim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % heads != 0:
+            raise ConfigError(f"attention: width {dim} is not divisible by heads={heads}")
+        self.dim = dim
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.cross = cross
+        self.dropout = dropout
+        if cross:
+            self.q = nn.Linear(dim, dim, bias=bias)
+            self.kv = nn.Linear(kv_dim or dim, 2 * dim, bias=bias)
+        else:
+            if kv_dim is not None and kv_dim != dim:
+                raise ConfigError("attention: kv_dim only applies to cross-attention (cross=True)")
+            self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+
+    def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of a cross-attention context, ``[B, heads, S, head_dim]`` each."""
+        b, s, _ = context.shape
+        k, v = self.kv(context).view(b, s, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return k, v
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        cache: LayerKV | None = None,
+    ) -> Tensor:
+        """``x`` ``[B, T, dim]`` -> ``[B, T, dim]``.
+
+        ``attn_mask``/``is_causal`` come from :func:`self_attention_mask` / :func:`cross_attention_mask`.
+        With ``cache``: self-attention appends this call's keys / values to it and attends over all of
+        them; cross-attention stores the context's keys / values when ``context`` is given and reuses
+        the stored ones when it is None.
+        """
+        b, t, _ = x.shape
+        if self.cross:
+            q = self.q(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+            if context is not None:
+                k, v = self.project_kv(context)
+                if cache is not None:
+                    cache.k, cache.v = k, v
+            elif cache is not None and cache.k is not None and cache.v is not None:
+                k, v = cache.k, cache.v
+            else:
+                raise ValueError("cross-attention needs a context or a cache holding its keys/values")
+        else:
+            if context is not None:
+                raise ValueError("self-attention takes no context; build it with cross=True")
+            # [B, T, 3, H, hd] -> three [B, H, T, hd] views; unbind's backward is one stack, not 3 scatters
+            q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            if cache is not None:
+                if cache.k is not None and cache.v is not None:
+                    k = torch.cat([cache.k, k], dim=2)
+                    v = torch.cat([cache.v, v], dim=2)
+                cache.k, cache.v = k, v
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal and attn_mask is None,
+        )
+        return self.proj(out.transpose(1, 2).reshape(b, t, self.dim))

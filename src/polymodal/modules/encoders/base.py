@@ -1,0 +1,105 @@
+"""What every encoder returns and promises, so models can swap a ViT for a CNN or a Hugging Face tower.
+
+An encoder turns one modality into a sequence of token features plus one pooled vector:
+
+* ``tokens``  ``[batch, tokens, width]``  what fusion / cross-attention / captioning decoders consume;
+* ``pooled``  ``[batch, output_dim]``     what contrastive heads and classifiers consume;
+* ``mask``    ``[batch, tokens]`` bool, True = a real token (None when every token is real).
+
+Wrong input shapes raise :class:`ShapeError` with a message that names the encoder, the input and the
+shape it expected, because "mat1 and mat2 shapes cannot be multiplied" three modules deep tells a
+user nothing about which of their images was the wrong size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from polymodal.errors import PolymodalError
+
+__all__ = ["Encoder", "EncoderOutput", "ShapeError", "format_shape", "shape_error"]
+
+
+class ShapeError(PolymodalError, ValueError):
+    """An encoder received an input of the wrong rank, size, channel count or dtype."""
+
+
+@dataclass
+class EncoderOutput:
+    """The typed result of every encoder (never a tuple, so fields can't be swapped silently)."""
+
+    tokens: Tensor  # [B, T, D] with D = encoder.width
+    pooled: Tensor  # [B, output_dim]
+    mask: Tensor | None = None  # [B, T] bool, True = real token; None = all real
+
+
+def format_shape(shape: Tensor | Sequence[int | str] | torch.Size) -> str:
+    """``[8, 3, 64, 64]`` for a tensor or a sequence of sizes / symbolic names like ``"batch"``."""
+    dims = tuple(shape.shape) if isinstance(shape, Tensor) else tuple(shape)
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def shape_error(where: str, what: str, expected: Sequence[int | str], got: Tensor) -> ShapeError:
+    """Build the one message format every encoder uses: ``<where>: expected <what> [..], got [..]``."""
+    return ShapeError(f"{where}: expected {what} {format_shape(expected)}, got {format_shape(got)}")
+
+
+class Encoder(nn.Module):
+    """Base class of every encoder: the sizes a model needs to wire heads, plus locked-tower tuning.
+
+    Subclasses set ``width`` (feature size of ``tokens``) and ``output_dim`` (size of ``pooled``) in
+    ``__init__`` and return :class:`EncoderOutput` from ``forward``.
+    """
+
+    modality: ClassVar[str] = "input"
+    name: ClassVar[str] = "encoder"
+
+    width: int
+    output_dim: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._frozen = False
+
+    @property
+    def where(self) -> str:
+        """Prefix for error messages, e.g. ``image encoder 'vit'``."""
+        return f"{self.modality} encoder '{self.name}'"
+
+    @property
+    def frozen(self) -> bool:
+        return getattr(self, "_frozen", False)
+
+    def freeze(self) -> Encoder:
+        """Lock the encoder (LiT-style locked-tower tuning): no gradients and eval mode for good.
+
+        Eval mode is kept even when the parent model calls ``.train()``, so dropout / batch-norm
+        statistics of a frozen tower never change. With no parameter requiring grad and inputs that
+        don't either, autograd records nothing here, so no activations are kept for backward.
+        """
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self._frozen = True
+        super().train(False)
+        return self
+
+    def unfreeze(self) -> Encoder:
+        """Undo :meth:`freeze` (the caller picks train/eval mode afterwards)."""
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self._frozen = False
+        return self
+
+    def train(self, mode: bool = True) -> Encoder:
+        return super().train(False if self.frozen else mode)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute transformer blocks in backward to save memory (no-op for encoders without any)."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "grad_checkpointing"):
+                m.grad_checkpointing = enable

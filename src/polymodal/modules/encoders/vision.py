@@ -1,0 +1,194 @@
+"""Image encoders: a Vision Transformer and a small CNN for low-resolution images.
+
+Both return :class:`EncoderOutput` with ``tokens`` for fusion / captioning and ``pooled`` for
+contrastive or classification heads, and reject images of the wrong shape with a :class:`ShapeError`
+naming the expected ``[batch, channels, size, size]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from polymodal.errors import ConfigError
+from polymodal.modules.encoders.base import Encoder, EncoderOutput, ShapeError, shape_error
+from polymodal.modules.transformer import Transformer
+
+__all__ = ["SmallCNN", "VisionTransformer"]
+
+
+def _check_images(where: str, images: Tensor, channels: int, size: int) -> None:
+    expected = ("batch", channels, size, size)
+    if images.dim() != 4 or images.shape[1] != channels or images.shape[2] != size or images.shape[3] != size:
+        raise shape_error(where, "images", expected, images)
+    if not images.is_floating_point():
+        raise ShapeError(
+            f"{where}: expected floating-point images (normalised by the image processor), got {images.dtype}"
+        )
+
+
+class VisionTransformer(Encoder):
+    """ViT: patch embedding, class token, learned positions, pre-LN blocks, final LayerNorm.
+
+    ``tokens`` are ``[B, 1 + num_patches, width]`` with the class token at position 0. ``pooled`` is
+    the class token (``pool='cls'``) or the mean of the patch tokens (``pool='mean'``), projected to
+    ``output_dim`` when given (no bias, as in CLIP), so ``encoder.output_dim`` is its size.
+    """
+
+    modality = "image"
+    name = "vit"
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        output_dim: int | None = None,
+        pool: Literal["cls", "mean"] = "cls",
+        grad_checkpointing: bool = False,
+        *,
+        in_channels: int = 3,
+        dropout: float = 0.0,
+        norm_eps: float = 1e-5,
+        ln_pre: bool = False,
+        activation: str = "gelu",
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size != 0:
+            raise ConfigError(f"vit: image_size {image_size} is not a multiple of patch_size {patch_size}")
+        if pool not in ("cls", "mean"):
+            raise ConfigError(f"vit: pool must be 'cls' or 'mean', got {pool!r}")
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.grid = image_size // patch_size
+        self.num_tokens = 1 + self.grid**2
+        self.pool = pool
+        self.width = width
+        self.output_dim = output_dim or width
+
+        # A strided conv is exactly a linear map of each non-overlapping patch.
+        self.patch_embed = nn.Conv2d(
+            in_channels, width, kernel_size=patch_size, stride=patch_size, bias=False
+        )
+        scale = width**-0.5
+        self.cls_token = nn.Parameter(scale * torch.randn(width))
+        self.pos_embed = nn.Parameter(scale * torch.randn(self.num_tokens, width))
+        self.ln_pre = nn.LayerNorm(width, eps=norm_eps) if ln_pre else nn.Identity()
+        self.transformer = Transformer(
+            width,
+            depth,
+            heads,
+            mlp_ratio,
+            dropout=dropout,
+            norm_eps=norm_eps,
+            activation=activation,
+            grad_checkpointing=grad_checkpointing,
+        )
+        self.ln_post = nn.LayerNorm(width, eps=norm_eps)
+        self.proj = nn.Linear(width, output_dim, bias=False) if output_dim else None
+        if self.proj is not None:
+            nn.init.normal_(self.proj.weight, std=scale)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.transformer.grad_checkpointing
+
+    @grad_checkpointing.setter
+    def grad_checkpointing(self, enable: bool) -> None:
+        self.transformer.grad_checkpointing = enable
+
+    def forward(self, images: Tensor) -> EncoderOutput:
+        """``images`` ``[B, in_channels, image_size, image_size]`` float -> :class:`EncoderOutput`."""
+        _check_images(self.where, images, self.in_channels, self.image_size)
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # [B, N, width]
+        cls = self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)
+        x = self.transformer(self.ln_pre(x))
+        tokens = self.ln_post(x)
+        pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+        if self.proj is not None:
+            pooled = self.proj(pooled)
+        return EncoderOutput(tokens=tokens, pooled=pooled, mask=None)
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        groups = math.gcd(channels, 8)  # <= 8 groups that divide the channels; stable at batch size 1
+        return nn.GroupNorm(groups, channels)
+    raise ConfigError(f"cnn: norm must be 'group' or 'batch', got {kind!r}")
+
+
+class SmallCNN(Encoder):
+    """A few conv-norm-ReLU stages for 32-64 px images, where a ViT has too few patches to shine.
+
+    Each stage halves the resolution (a stride-2 3x3 conv) and refines it (a 3x3 conv). The final
+    feature map is flattened into ``tokens`` ``[B, H*W, width]`` (``H = image_size / 2**stages``)
+    and mean-pooled into ``pooled`` (projected to ``output_dim`` when given). Group norm by default
+    so results don't depend on the batch size (contrastive batches, batch-1 inference).
+    """
+
+    modality = "image"
+    name = "cnn"
+
+    def __init__(
+        self,
+        image_size: int,
+        channels: Sequence[int] = (32, 64, 128),
+        width: int = 128,
+        output_dim: int | None = None,
+        *,
+        in_channels: int = 3,
+        norm: Literal["group", "batch"] = "group",
+    ) -> None:
+        super().__init__()
+        if not channels:
+            raise ConfigError("cnn: channels must name at least one stage")
+        if image_size % (2 ** len(channels)) != 0:
+            raise ConfigError(
+                f"cnn: image_size {image_size} must be divisible by 2**{len(channels)} (one halving per stage)"
+            )
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.width = width
+        self.output_dim = output_dim or width
+        self.grid = image_size // 2 ** len(channels)
+        self.num_tokens = self.grid**2
+
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for c in channels:
+            layers += [
+                nn.Conv2d(prev, c, 3, stride=2, padding=1, bias=False),
+                _norm(norm, c),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c, c, 3, padding=1, bias=False),
+                _norm(norm, c),
+                nn.ReLU(inplace=True),
+            ]
+            prev = c
+        self.features = nn.Sequential(*layers)
+        self.to_tokens = nn.Linear(prev, width)
+        self.proj = nn.Linear(width, output_dim, bias=False) if output_dim else None
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, images: Tensor) -> EncoderOutput:
+        """``images`` ``[B, in_channels, image_size, image_size]`` float -> :class:`EncoderOutput`."""
+        _check_images(self.where, images, self.in_channels, self.image_size)
+        fmap = self.features(images)  # [B, C, g, g]
+        tokens = self.to_tokens(fmap.flatten(2).transpose(1, 2))  # [B, g*g, width]
+        pooled = tokens.mean(dim=1)
+        if self.proj is not None:
+            pooled = self.proj(pooled)
+        return EncoderOutput(tokens=tokens, pooled=pooled, mask=None)

@@ -1,0 +1,328 @@
+"""Pre-LayerNorm transformer blocks and stacks, with a KV cache for incremental decoding.
+
+One stack serves every use in the library: a bidirectional encoder (ViT, BERT-style text), a causal
+text encoder (CLIP-style), and a decoder / fusion encoder whose blocks also cross-attend to another
+modality's tokens (captioning, BLIP-style fusion). Pre-LN keeps deep stacks trainable without warm-up
+tricks; masks are built once per forward and shared by all layers.
+
+KV cache, for a captioner's generate loop (see :class:`KVCache`)::
+
+    cache = KVCache()
+    h = stack(x_prompt, context=image_tokens, context_mask=image_mask, cache=cache)  # fills the cache
+    while ...:
+        h = stack(x_new_token, cache=cache)          # attends to everything cached; context reused
+        cache = reorder_cache(cache, beam_indices)   # beam search: follow the surviving beams
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from polymodal.errors import ConfigError
+from polymodal.modules.attention import (
+    LayerKV,
+    MultiHeadAttention,
+    cross_attention_mask,
+    self_attention_mask,
+)
+
+__all__ = [
+    "MLP",
+    "KVCache",
+    "LayerCache",
+    "QuickGELU",
+    "Transformer",
+    "TransformerBlock",
+    "make_activation",
+    "reorder_cache",
+]
+
+
+@dataclass
+class LayerCache:
+    """Keys / values cached by one block: its self-attention and (if any) its cross-attention."""
+
+    self_attn: LayerKV = field(default_factory=LayerKV)
+    cross_attn: LayerKV = field(default_factory=LayerKV)
+
+    def index_select(self, index: Tensor) -> LayerCache:
+        return LayerCache(self.self_attn.index_select(index), self.cross_attn.index_select(index))
+
+
+@dataclass
+class KVCache:
+    """Everything incremental decoding needs to continue a sequence, for a whole stack.
+
+    Start with an empty ``KVCache()`` and pass the same object to every call: the stack fills
+    ``layers`` on the first call and appends to them on later ones (it is updated in place).
+
+    * ``layers``: one :class:`LayerCache` per block.
+    * ``key_mask``: ``[B, length]`` padding mask of every cached position (None = all real), so
+      later calls only pass the mask of their new tokens.
+    * ``context_mask``: the encoder-token padding mask given with the context on the first call;
+      reused on later calls, which need not pass the context again (its keys / values are cached).
+    """
+
+    layers: list[LayerCache] = field(default_factory=list)
+    key_mask: Tensor | None = None
+    context_mask: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """Number of positions already cached (= position offset of the next token)."""
+        return self.layers[0].self_attn.length if self.layers else 0
+
+    def index_select(self, index: Tensor) -> KVCache:
+        """A new cache whose batch row ``i`` is row ``index[i]`` of this one.
+
+        Use it to reorder beams after a beam-search step, or to expand a batch to ``n`` beams per
+        example with ``index = torch.arange(B).repeat_interleave(n)``.
+        """
+
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.index_select(0, index.to(t.device))
+
+        return KVCache(
+            layers=[layer.index_select(index) for layer in self.layers],
+            key_mask=pick(self.key_mask),
+            context_mask=pick(self.context_mask),
+        )
+
+
+def reorder_cache(cache: KVCache, beam_indices: Tensor) -> KVCache:
+    """Beam search: return the cache rearranged so row ``i`` continues beam ``beam_indices[i]``."""
+    return cache.index_select(beam_indices)
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``: the activation OpenAI's CLIP weights were trained with."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_activation(name: str) -> nn.Module:
+    """``'gelu'`` (exact), ``'gelu_tanh'`` (tanh approximation) or ``'quick_gelu'`` (CLIP)."""
+    if name == "gelu":
+        return nn.GELU()
+    if name == "gelu_tanh":
+        return nn.GELU(approximate="tanh")
+    if name == "quick_gelu":
+        return QuickGELU()
+    raise ConfigError(f"transformer: activation must be 'gelu', 'gelu_tanh' or 'quick_gelu', got {name!r}")
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: Linear -> GELU -> Linear."""
+
+    def __init__(
+        self, width: int, hidden: int, dropout: float = 0.0, bias: bool = True, activation: str = "gelu"
+    ) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, hidden, bias=bias)
+        self.act = make_activation(activation)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.proj = nn.Linear(hidden, width, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.drop(self.act(self.fc(x))))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: ``x + SelfAttn(LN x)``, optionally ``+ CrossAttn(LN x, context)``, ``+ MLP(LN x)``.
+
+    Causality is not a property of the block: the stack passes the mask (``attn_mask`` /
+    ``is_causal``) so it is built once for all blocks. The cross-attention sub-layer exists when
+    ``cross_attention=True`` and runs only when a context is given or cached, so one set of weights
+    can also run text-only (as BLIP's text encoder does for its contrastive loss).
+    """
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        *,
+        cross_attention: bool = False,
+        context_dim: int | None = None,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        norm_eps: float = 1e-5,
+        bias: bool = True,
+        activation: str = "gelu",
+    ) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width, eps=norm_eps)
+        self.attn = MultiHeadAttention(width, heads, bias=bias, dropout=attn_dropout)
+        self.ln_cross: nn.LayerNorm | None = None
+        self.cross_attn: MultiHeadAttention | None = None
+        if cross_attention:
+            self.ln_cross = nn.LayerNorm(width, eps=norm_eps)
+            self.cross_attn = MultiHeadAttention(
+                width, heads, cross=True, kv_dim=context_dim or width, bias=bias, dropout=attn_dropout
+            )
+        self.ln_2 = nn.LayerNorm(width, eps=norm_eps)
+        self.mlp = MLP(width, int(width * mlp_ratio), dropout=dropout, bias=bias, activation=activation)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        cache: LayerCache | None = None,
+    ) -> Tensor:
+        """``x`` ``[B, T, width]``; masks in SDPA form (see :mod:`polymodal.modules.attention`)."""
+        x = x + self.drop(
+            self.attn(
+                self.ln_1(x),
+                attn_mask=attn_mask,
+                is_causal=is_causal,
+                cache=cache.self_attn if cache is not None else None,
+            )
+        )
+        if self.cross_attn is not None and self.ln_cross is not None:
+            cross_cache = cache.cross_attn if cache is not None else None
+            if context is not None or (cross_cache is not None and cross_cache.k is not None):
+                x = x + self.drop(
+                    self.cross_attn(self.ln_cross(x), context, attn_mask=context_mask, cache=cross_cache)
+                )
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class Transformer(nn.Module):
+    """A stack of pre-LN :class:`TransformerBlock` (no final LayerNorm: the encoder owning it adds one).
+
+    ``causal=True`` makes every self-attention causal. ``grad_checkpointing=True`` recomputes each
+    block during backward (``torch.utils.checkpoint``, non-reentrant) to trade compute for memory;
+    it only applies when gradients are being recorded and no cache is used.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        *,
+        causal: bool = False,
+        cross_attention: bool = False,
+        context_dim: int | None = None,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        norm_eps: float = 1e-5,
+        bias: bool = True,
+        activation: str = "gelu",
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ConfigError(f"transformer: depth must be >= 1, got {depth}")
+        self.width = width
+        self.depth = depth
+        self.causal = causal
+        self.cross_attention = cross_attention
+        self.grad_checkpointing = grad_checkpointing
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                width,
+                heads,
+                mlp_ratio,
+                cross_attention=cross_attention,
+                context_dim=context_dim,
+                dropout=dropout,
+                attn_dropout=attn_dropout,
+                norm_eps=norm_eps,
+                bias=bias,
+                activation=activation,
+            )
+            for _ in range(depth)
+        )
+        self.apply(_init_weights)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """``x`` ``[B, T, width]`` -> ``[B, T, width]``.
+
+        ``mask`` ``[B, T]`` marks the real tokens of ``x`` (True / 1); ``context`` ``[B, S, context_dim]``
+        with ``context_mask`` ``[B, S]`` feeds the cross-attention sub-layers. With ``cache`` the
+        tokens in ``x`` continue the cached sequence (positions ``cache.length ...``) and the cache
+        is updated in place.
+        """
+        b, t, _ = x.shape
+        if mask is not None:
+            if mask.shape != (b, t):
+                raise _shape_error("mask", (b, t), mask)
+            mask = mask if mask.dtype == torch.bool else mask != 0
+        if context_mask is not None and context_mask.dtype != torch.bool:
+            context_mask = context_mask != 0
+        past = 0
+        key_mask = mask
+        if cache is not None:
+            if not cache.layers:
+                cache.layers = [LayerCache() for _ in range(self.depth)]
+            elif len(cache.layers) != self.depth:
+                raise ValueError(
+                    f"transformer: the cache has {len(cache.layers)} layers, the stack {self.depth}"
+                )
+            past = cache.length
+            if mask is not None or cache.key_mask is not None:
+                old = (
+                    cache.key_mask if cache.key_mask is not None else x.new_ones((b, past), dtype=torch.bool)
+                )
+                new = mask if mask is not None else x.new_ones((b, t), dtype=torch.bool)
+                key_mask = torch.cat([old, new], dim=1) if past else new
+                cache.key_mask = key_mask
+            if context is not None:
+                cache.context_mask = context_mask
+            elif context_mask is None:
+                context_mask = cache.context_mask
+        attn_mask, is_causal = self_attention_mask(
+            key_mask, t, causal=self.causal, past_len=past, device=x.device
+        )
+        ctx_mask = cross_attention_mask(context_mask)
+        use_checkpoint = self.grad_checkpointing and cache is None and torch.is_grad_enabled()
+        for i, block in enumerate(self.blocks):
+            kwargs = {
+                "attn_mask": attn_mask,
+                "is_causal": is_causal,
+                "context": context,
+                "context_mask": ctx_mask,
+            }
+            if use_checkpoint:
+                x = checkpoint(block, x, use_reentrant=False, **kwargs)
+            else:
+                x = block(x, cache=cache.layers[i] if cache is not None else None, **kwargs)
+        return x
+
+
+def _shape_error(what: str, expected: tuple, got: Tensor) -> Exception:
+    # Imported here: encoders import this module, so a top-level import would be circular.
+    from polymodal.modules.encoders.base import shape_error
+
+    return shape_error("transformer", what, expected, got)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Small truncated-normal weights and zero biases (the ViT / BERT recipe)."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,235 @@
+"""Attention masks, the pre-LN stack, KV-cache decoding and beam reordering, gradient checkpointing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from polymodal.errors import ConfigError
+from polymodal.modules.attention import (
+    LayerKV,
+    MultiHeadAttention,
+    cross_attention_mask,
+    self_attention_mask,
+)
+from polymodal.modules.encoders.base import ShapeError
+from polymodal.modules.transformer import (
+    KVCache,
+    LayerCache,
+    Transformer,
+    TransformerBlock,
+    make_activation,
+    reorder_cache,
+)
+
+W, H = 32, 4
+
+
+def _reference_attention(q, k, v, allowed):
+    """Plain softmax attention; ``allowed`` [B, 1|H, T, S] bool (True = may attend)."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def _split(x, attn):
+    b, t, _ = x.shape
+    q, k, v = attn.qkv(x).view(b, t, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    return q, k, v
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_self_attention_matches_reference_with_padding(causal):
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(W, H).eval()
+    x = torch.randn(3, 7, W)
+    key_mask = torch.ones(3, 7, dtype=torch.bool)
+    key_mask[1, 5:] = False
+    key_mask[2, 2:] = False
+    mask, is_causal = self_attention_mask(key_mask, 7, causal=causal)
+    out = attn(x, attn_mask=mask, is_causal=is_causal)
+
+    q, k, v = _split(x, attn)
+    allowed = key_mask[:, None, None, :].expand(3, 1, 7, 7)
+    if causal:
+        allowed = allowed & torch.ones(7, 7, dtype=torch.bool).tril()
+    ref = attn.proj(_reference_attention(q, k, v, allowed).transpose(1, 2).reshape(3, 7, W))
+    real = key_mask
+    torch.testing.assert_close(out[real], ref[real], atol=1e-5, rtol=1e-5)
+
+
+def test_causal_without_padding_uses_sdpa_is_causal_fast_path():
+    mask, is_causal = self_attention_mask(None, 5, causal=True)
+    assert mask is None and is_causal is True
+    # With cached keys the top-left aligned SDPA causal mask would be wrong: an explicit mask is built.
+    mask, is_causal = self_attention_mask(None, 3, causal=True, past_len=4)
+    assert is_causal is False and mask is not None
+    assert mask.tolist()[0] == [True] * 5 + [False] * 2
+    # A single new token sees everything cached: no mask at all.
+    assert self_attention_mask(None, 1, causal=True, past_len=4) == (None, False)
+
+
+def test_fully_masked_rows_do_not_produce_nan():
+    """Left padding + causal and all-padding sequences: no NaN anywhere, real tokens unaffected."""
+    torch.manual_seed(0)
+    stack = Transformer(W, 2, H, causal=True).eval()
+    x = torch.randn(2, 6, W)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    out = stack(x, mask=mask)
+    assert torch.isfinite(out).all()
+    # The real tokens of row 0 equal those of the same sequence without its left padding
+    # (position embeddings live outside the stack, so the stack alone is shift-invariant).
+    alone = stack(x[:1, 2:])
+    torch.testing.assert_close(out[0, 2:], alone[0], atol=1e-5, rtol=1e-5)
+    ctx_mask = cross_attention_mask(torch.zeros(1, 3, dtype=torch.bool))
+    assert ctx_mask is not None and ctx_mask.all()
+
+
+def test_cross_attention_ignores_padded_context():
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(W, H, cross=True, kv_dim=24).eval()
+    x, ctx = torch.randn(2, 4, W), torch.randn(2, 5, 24)
+    ctx_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    out = attn(x, ctx, attn_mask=cross_attention_mask(ctx_mask))
+    ctx2 = ctx.clone()
+    ctx2[0, 3:] = 100.0
+    out2 = attn(x, ctx2, attn_mask=cross_attention_mask(ctx_mask))
+    torch.testing.assert_close(out, out2, atol=1e-6, rtol=1e-6)
+    ctx2[1, 4] = 100.0  # a real context token: must matter
+    assert not torch.allclose(attn(x, ctx2, attn_mask=cross_attention_mask(ctx_mask))[1], out[1])
+
+
+def test_cross_attention_without_context_or_cache_is_an_error():
+    attn = MultiHeadAttention(W, H, cross=True)
+    with pytest.raises(ValueError, match="context"):
+        attn(torch.randn(1, 2, W))
+    with pytest.raises(ConfigError, match="divisible"):
+        MultiHeadAttention(30, 4)
+
+
+def _decode_incrementally(stack, x, chunks, mask=None, context=None, context_mask=None):
+    cache = KVCache()
+    outs, start = [], 0
+    for i, size in enumerate(chunks):
+        kw = {"context": context, "context_mask": context_mask} if i == 0 else {}
+        m = None if mask is None else mask[:, start : start + size]
+        outs.append(stack(x[:, start : start + size], mask=m, cache=cache, **kw))
+        start += size
+    return torch.cat(outs, dim=1), cache
+
+
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_kv_cache_incremental_equals_full_forward(cross, padded):
+    torch.manual_seed(0)
+    stack = Transformer(W, 3, H, causal=True, cross_attention=cross, context_dim=16).eval()
+    x = torch.randn(2, 9, W)
+    context = torch.randn(2, 5, 16) if cross else None
+    context_mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool) if cross else None
+    mask = None
+    if padded:
+        mask = torch.ones(2, 9, dtype=torch.bool)
+        mask[0, :2] = False  # left padding in the prompt
+    full = stack(x, mask=mask, context=context, context_mask=context_mask)
+    inc, cache = _decode_incrementally(stack, x, [4, 1, 1, 3], mask, context, context_mask)
+    torch.testing.assert_close(inc, full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 9
+    if cross:  # the context's keys/values are projected once and cached
+        assert cache.layers[0].cross_attn.k.shape == (2, H, 5, W // H)
+
+
+def test_cross_attention_stack_really_uses_the_context():
+    torch.manual_seed(0)
+    stack = Transformer(W, 2, H, causal=True, cross_attention=True).eval()
+    x, ctx = torch.randn(1, 4, W), torch.randn(1, 3, W)
+    assert not torch.allclose(stack(x, context=ctx), stack(x, context=ctx + 1.0))
+    # Without a context the cross-attention sub-layers are skipped (text-only mode).
+    assert torch.isfinite(stack(x)).all()
+
+
+def test_reorder_cache_equals_recomputed_cache():
+    torch.manual_seed(0)
+    stack = Transformer(W, 2, H, causal=True, cross_attention=True).eval()
+    b, beams = 2, 3
+    context = torch.randn(b, 4, W)
+    expand = torch.arange(b).repeat_interleave(beams)
+    prefix = torch.randn(b * beams, 5, W)  # each beam already has its own history
+
+    cache = KVCache()
+    stack(prefix[:, :1], context=context[expand], cache=cache)
+    for i in range(1, 5):
+        stack(prefix[:, i : i + 1], cache=cache)
+    beam_indices = torch.tensor([2, 0, 0, 4, 5, 3])  # survivors, staying within each example
+    reordered = reorder_cache(cache, beam_indices)
+    step = torch.randn(b * beams, 1, W)
+    got = stack(step, cache=reordered)
+
+    fresh = KVCache()
+    stack(prefix[beam_indices], context=context[expand][beam_indices], cache=fresh)
+    want = stack(step, cache=fresh)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # and equal to a full forward over the reordered histories
+    full = stack(torch.cat([prefix[beam_indices], step], 1), context=context[expand][beam_indices])
+    torch.testing.assert_close(got[:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
+    assert reordered is not cache and cache.layers[0].self_attn.k.shape[0] == b * beams
+
+
+def test_reorder_cache_keeps_masks_in_step():
+    cache = KVCache(
+        layers=[],
+        key_mask=torch.tensor([[1, 0], [1, 1]], dtype=torch.bool),
+        context_mask=torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool),
+    )
+    out = reorder_cache(cache, torch.tensor([1, 1]))
+    assert out.key_mask.tolist() == [[True, True], [True, True]]
+    assert out.context_mask.tolist() == [[True, False, False], [True, False, False]]
+    assert LayerKV().index_select(torch.tensor([0])).k is None
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    stack = Transformer(W, 3, H, causal=True, cross_attention=True)
+    x, ctx = torch.randn(2, 6, W), torch.randn(2, 3, W)
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2], dtype=torch.bool)
+
+    def grads(ckpt: bool):
+        stack.zero_grad()
+        stack.grad_checkpointing = ckpt
+        stack(x, mask=mask, context=ctx).pow(2).mean().backward()
+        return [p.grad.clone() for p in stack.parameters()]
+
+    plain, ckpt = grads(False), grads(True)
+    assert len(plain) == len(ckpt) > 0
+    for a, b in zip(plain, ckpt):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_block_and_stack_shapes_and_errors():
+    block = TransformerBlock(W, H, mlp_ratio=2.0)
+    assert block(torch.randn(2, 3, W)).shape == (2, 3, W)
+    assert block.mlp.fc.out_features == 2 * W
+    stack = Transformer(W, 2, H)
+    with pytest.raises(ShapeError, match=r"mask \[2, 3\], got \[2, 4\]"):
+        stack(torch.randn(2, 3, W), mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="layers"):
+        stack(torch.randn(1, 1, W), cache=KVCache(layers=[LayerCache()]))  # wrong depth
+    with pytest.raises(ConfigError, match="depth"):
+        Transformer(W, 0, H)
+
+
+def test_qkv_is_one_fused_projection():
+    attn = MultiHeadAttention(W, H)
+    linears = [m for m in attn.modules() if isinstance(m, torch.nn.Linear)]
+    assert [tuple(m.weight.shape) for m in linears] == [(3 * W, W), (W, W)]
+
+
+def test_activation_choices():
+    x = torch.linspace(-3, 3, 7)
+    torch.testing.assert_close(make_activation("quick_gelu")(x), x * torch.sigmoid(1.702 * x))
+    torch.testing.assert_close(make_activation("gelu")(x), torch.nn.functional.gelu(x))
+    block = TransformerBlock(W, H, activation="gelu_tanh")
+    assert block.mlp.act.approximate == "tanh"
+    with pytest.raises(ConfigError, match="activation"):
+        make_activation("relu6")
