@@ -10,7 +10,7 @@ import pytest
 
 from polymodal.cli import main
 
-COMMANDS = ["quickstart", "train", "eval", "predict", "index", "search", "serve", "bench"]
+COMMANDS = ["score", "quickstart", "train", "eval", "predict", "index", "search", "serve", "bench model"]
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

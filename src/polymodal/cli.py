@@ -103,6 +103,32 @@ def quickstart(
     run_quickstart(out, scenes=scenes, seed=seed)
 
 
+@app.command()
+def score(
+    task: str = typer.Argument(..., help="'caption' (COCO results JSON) or 'vqa' (VQA results JSON)."),
+    predictions: Path = typer.Argument(..., help="Results file: [{image_id, caption}] or [{question_id, answer}]."),
+    annotations: Path = typer.Argument(..., help="COCO captions JSON, or VQA v2 annotations JSON."),
+    questions: Optional[Path] = typer.Option(None, "--questions", help="VQA v2 questions JSON (VQA only)."),
+    metrics: Optional[list[str]] = typer.Option(None, "--metric", help="Caption metrics to compute (repeat); default all."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Score only the items that have a prediction."),
+    percent: bool = typer.Option(False, "--percent", help="Print x100, as the official tools do."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores to this JSON file."),
+) -> None:
+    """Score a predictions file against annotations in the official tools' formats.
+
+    Example:  polymodal score caption captions_val2014_results.json captions_val2014.json
+    Example:  polymodal score vqa results.json v2_mscoco_val2014_annotations.json --questions v2_OpenEnded_mscoco_val2014_questions.json
+    """
+    import json
+
+    from polymodal.metrics import format_table, score_file
+
+    scores = score_file(task, predictions, annotations, questions, allow_missing=allow_missing, metrics=metrics)
+    typer.echo(format_table(scores, percent=percent))
+    if json_out is not None:
+        json_out.write_text(json.dumps(scores, indent=1))
+
+
 def _not_yet(name: str, issue: str) -> None:
     raise PolymodalError(f"'polymodal {name}' is not available yet in this version ({issue}).")
 
@@ -161,13 +187,25 @@ def serve(ctx: typer.Context) -> None:
     _not_yet("serve", "search and serving")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench(ctx: typer.Context) -> None:
-    """Parameters, FLOPs, memory and latency of a model (coming with the models capability).
+bench_app = typer.Typer(help="Measure models: parameters, FLOPs and latency.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
-    Example:  polymodal bench model tiny
+
+@bench_app.command("model")
+def bench_model(
+    names: list[str] = typer.Argument(None, help="Shipped model configs (e.g. vqa-tiny) or YAML paths; none: all shipped."),
+    batch: int = typer.Option(8, "--batch", min=1),
+    repeats: int = typer.Option(5, "--repeats", min=1),
+) -> None:
+    """Parameters, forward FLOPs per sample and latency per sample of model configs.
+
+    Example:  polymodal bench model dual_encoder-tiny captioner-small --batch 16
     """
-    _not_yet("bench", "models")
+    from polymodal.models.cost import measure
+    from polymodal.models.factory import list_model_configs
+
+    for name in names or list_model_configs():
+        typer.echo(measure(name, batch=batch, repeats=repeats).format())
 
 
 def main(argv: Optional[list[str]] = None) -> None:
