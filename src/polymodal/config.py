@@ -54,11 +54,16 @@ def _location(loc: tuple[Any, ...]) -> str:
     return "".join(parts) or "<root>"
 
 
-def format_validation_error(err: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
-    """Turn pydantic's report into lines that name the key, the file and what was expected."""
+def format_validation_error(err: ValidationError, source: str, union_tags: frozenset[str] = frozenset()) -> str:
+    """Turn pydantic's report into lines that name the key, the file and what was expected.
+
+    ``union_tags`` are the discriminator values of tagged unions in the model (pydantic puts them in
+    the error location, where a user would not expect them); data-source formats are always included.
+    """
     lines = [f"{source}: invalid configuration"]
+    tags = union_tags | _discriminator_tags()
     for e in err.errors():
-        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x in _discriminator_tags()))
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x in tags))
         key = _location(loc)
         kind = e["type"]
         if kind == "extra_forbidden":
@@ -128,7 +133,7 @@ def validate(model: type[M], tree: Any, source: str) -> M:
     try:
         return model.model_validate(tree if tree is not None else {})
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source, model)) from None
+        raise ConfigError(format_validation_error(e, source)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -1,0 +1,91 @@
+"""CLIP-style dual encoder: two towers, one shared embedding space, a learnable temperature.
+
+Zero-shot classification builds one text embedding per class from prompt templates and averages
+the normalised embeddings over templates (prompt ensembling, as in CLIP), so a class is
+represented by what all its phrasings share.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from polymodal.data.tokenizers import TextTokenizer
+from polymodal.losses import ITCLoss
+from polymodal.models.outputs import DualEncoderOutput
+from polymodal.modules.encoders.base import Encoder
+
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "an image showing a {}.")
+
+
+def _projection(in_dim: int, out_dim: int) -> nn.Module:
+    return nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)
+
+
+class DualEncoder(nn.Module):
+    def __init__(
+        self,
+        image_encoder: Encoder,
+        text_encoder: Encoder,
+        embed_dim: int,
+        init_temperature: float = 0.07,
+        learnable_temperature: bool = True,
+        gather: bool = True,
+        local_loss: bool = False,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.embed_dim = embed_dim
+        self.image_proj = _projection(image_encoder.output_dim, embed_dim)
+        self.text_proj = _projection(text_encoder.output_dim, embed_dim)
+        self.itc = ITCLoss(init_temperature, learnable=learnable_temperature, gather=gather, local_loss=local_loss)
+
+    def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
+        z = self.image_proj(self.image_encoder(images).pooled)
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def encode_text(self, text_ids: Tensor, text_mask: Tensor | None = None, normalize: bool = True) -> Tensor:
+        z = self.text_proj(self.text_encoder(text_ids, text_mask).pooled)
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def forward(
+        self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, image_ids: Tensor | None = None
+    ) -> DualEncoderOutput:
+        img = self.encode_image(images)
+        txt = self.encode_text(text_ids, text_mask)
+        itc = self.itc(img, txt, image_ids=image_ids)
+        return DualEncoderOutput(image_embeds=img, text_embeds=txt, loss=itc.loss, itc=itc)
+
+    @property
+    def logit_scale(self) -> float:
+        return self.itc.scale
+
+    @torch.no_grad()
+    def zero_shot_weights(
+        self,
+        class_names: Sequence[str],
+        tokenizer: TextTokenizer,
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        max_length: int = 32,
+    ) -> Tensor:
+        """``[C, E]`` class embeddings: the renormalised mean over templates of each class's prompts."""
+        if not class_names:
+            raise ValueError("zero-shot: give at least one class name")
+        if not templates or any("{}" not in t for t in templates):
+            raise ValueError("zero-shot: every template needs a '{}' where the class name goes")
+        device = next(self.parameters()).device
+        rows = []
+        for name in class_names:
+            enc = tokenizer.encode([t.format(name) for t in templates], max_length)
+            emb = self.encode_text(enc.input_ids.to(device), enc.attention_mask.to(device))
+            rows.append(F.normalize(emb.mean(dim=0), dim=-1))
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def zero_shot_logits(self, images: Tensor, class_weights: Tensor) -> Tensor:
+        """Scaled cosine similarities ``[B, C]``; softmax gives class probabilities."""
+        return self.itc.scale * self.encode_image(images) @ class_weights.t()

@@ -1,0 +1,206 @@
+"""``build_model(config)``: task models assembled from YAML, with an explicit registry.
+
+A model config names its type and its towers; sizes that depend on the data (vocabulary size,
+special-token ids, the answer vocabulary) come from a :class:`BuildContext` at build time, so the
+same YAML works with any tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from torch import nn
+
+from polymodal.config import format_validation_error, read_yaml
+from polymodal.data.tokenizers import TextTokenizer
+from polymodal.errors import ConfigError
+from polymodal.models.backbone import ImageTextBackbone
+from polymodal.models.classifier import MultimodalClassifier
+from polymodal.models.dual_encoder import DualEncoder
+from polymodal.models.fusion_encoder import FusionEncoder
+from polymodal.models.vqa import AnswerVocab, VQAClassifier
+from polymodal.modules.encoders import Encoder, build_encoder
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+
+
+class EncoderSpec(BaseModel):
+    """``{name: vit, width: 128, ...}``: the name picks the encoder, the rest are its options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class _ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DualEncoderConfig(_ModelConfig):
+    type: Literal["dual_encoder"]
+    vision: EncoderSpec
+    text: EncoderSpec
+    embed_dim: int = 128
+    init_temperature: float = 0.07
+    local_loss: bool = False
+
+
+class FusionEncoderConfig(_ModelConfig):
+    type: Literal["fusion_encoder"]
+    vision: EncoderSpec
+    text: EncoderSpec
+    fusion_depth: int = 2
+    fusion_heads: int | None = None
+    embed_dim: int = 128
+    weights: dict[str, float] = Field(default_factory=lambda: {"itc": 1.0, "itm": 1.0, "mlm": 1.0})
+    mlm_probability: float = 0.15
+
+
+class CaptionerConfig(_ModelConfig):
+    type: Literal["captioner"]
+    vision: EncoderSpec
+    decoder: EncoderSpec
+    label_smoothing: float = 0.1
+
+
+class VQAConfig(_ModelConfig):
+    type: Literal["vqa"]
+    vision: EncoderSpec
+    text: EncoderSpec
+    fusion_depth: int = 2
+    fusion_heads: int | None = None
+    hidden: int | None = None
+    max_answers: int = 3129
+
+
+class ClassifierConfig(_ModelConfig):
+    type: Literal["classifier"]
+    encoders: dict[str, EncoderSpec]
+    num_outputs: int = 2
+    task: Literal["classification", "regression"] = "classification"
+    stage: Literal["late", "early", "hybrid"] = "late"
+    fusion: str = "concat"
+    fusion_dim: int = 256
+    fusion_options: dict[str, Any] = Field(default_factory=dict)
+    early_options: dict[str, Any] = Field(default_factory=dict)
+
+
+ModelConfig = Annotated[
+    Union[DualEncoderConfig, FusionEncoderConfig, CaptionerConfig, VQAConfig, ClassifierConfig], Field(discriminator="type")
+]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelConfig)
+
+
+@dataclass
+class BuildContext:
+    """What a model needs from the data: the tokenizer (vocabulary, special ids) and VQA answers."""
+
+    tokenizer: TextTokenizer | None = None
+    answer_vocab: AnswerVocab | None = None
+    vocab_size: int | None = None  # used when there is no tokenizer (e.g. benchmarks)
+
+
+def parse_model_config(tree: Any, source: str = "model config") -> Any:
+    try:
+        return _ADAPTER.validate_python(tree)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source, frozenset(MODELS))) from None
+
+
+def load_model_config(name_or_path: str | Path) -> Any:
+    """A path to a YAML file, or the name of a shipped config (``polymodal bench model`` lists them)."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        shipped = MODEL_CONFIG_DIR / f"{name_or_path}.yaml"
+        if not shipped.is_file():
+            names = ", ".join(list_model_configs())
+            raise ConfigError(f"model config {name_or_path!r} is neither a file nor a shipped config; shipped: {names}")
+        path = shipped
+    return parse_model_config(read_yaml(path), str(path))
+
+
+def list_model_configs() -> list[str]:
+    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml"))
+
+
+def _vocab(ctx: BuildContext) -> int:
+    if ctx.tokenizer is not None:
+        return ctx.tokenizer.vocab_size
+    if ctx.vocab_size is not None:
+        return ctx.vocab_size
+    raise ConfigError("building a text model needs a tokenizer (or vocab_size) in the BuildContext")
+
+
+def _text_encoder(spec: EncoderSpec, ctx: BuildContext, **forced: Any) -> Encoder:
+    opts = spec.options()
+    if spec.name == "text_transformer":
+        opts.setdefault("vocab_size", _vocab(ctx))
+        if ctx.tokenizer is not None:
+            opts.setdefault("pad_id", ctx.tokenizer.pad_id)
+    return build_encoder(spec.name, **(opts | forced))
+
+
+def _vision_encoder(spec: EncoderSpec) -> Encoder:
+    return build_encoder(spec.name, **spec.options())
+
+
+def _backbone(cfg: FusionEncoderConfig | VQAConfig, ctx: BuildContext) -> ImageTextBackbone:
+    return ImageTextBackbone(_vision_encoder(cfg.vision), _text_encoder(cfg.text, ctx), cfg.fusion_depth, cfg.fusion_heads)
+
+
+def _dual_encoder(cfg: DualEncoderConfig, ctx: BuildContext) -> nn.Module:
+    return DualEncoder(_vision_encoder(cfg.vision), _text_encoder(cfg.text, ctx), cfg.embed_dim, cfg.init_temperature, local_loss=cfg.local_loss)
+
+
+def _fusion_encoder(cfg: FusionEncoderConfig, ctx: BuildContext) -> nn.Module:
+    tok = ctx.tokenizer
+    mask_id = tok.mask_id if tok is not None and tok.mask_id is not None else _vocab(ctx) - 1
+    pad_id = tok.pad_id if tok is not None else 0
+    specials = tuple(i for i in (tok.cls_id, tok.sep_id, tok.unk_id) if i is not None) if tok is not None else ()
+    return FusionEncoder(_backbone(cfg, ctx), _vocab(ctx), mask_id, pad_id, specials, cfg.embed_dim, cfg.weights, cfg.mlm_probability)
+
+
+def _captioner(cfg: CaptionerConfig, ctx: BuildContext) -> nn.Module:
+    from polymodal.models.captioner import Captioner
+
+    vision = _vision_encoder(cfg.vision)
+    decoder = _text_encoder(cfg.decoder, ctx, causal=True, cross_attention=True, context_dim=vision.width)
+    tok = ctx.tokenizer
+    bos, eos, pad = (tok.cls_id, tok.sep_id, tok.pad_id) if tok is not None else (1, 2, 0)
+    return Captioner(vision, decoder, bos_id=bos, eos_id=eos, pad_id=pad, label_smoothing=cfg.label_smoothing)
+
+
+def _vqa(cfg: VQAConfig, ctx: BuildContext) -> nn.Module:
+    if ctx.answer_vocab is None:
+        raise ConfigError("building a VQA model needs the answer vocabulary (built from the training answers)")
+    return VQAClassifier(_backbone(cfg, ctx), ctx.answer_vocab, cfg.hidden)
+
+
+def _classifier(cfg: ClassifierConfig, ctx: BuildContext) -> nn.Module:
+    encoders = {m: (_text_encoder(s, ctx) if m == "text" else _vision_encoder(s)) for m, s in cfg.encoders.items()}
+    return MultimodalClassifier(
+        encoders, cfg.num_outputs, cfg.task, cfg.stage, cfg.fusion, cfg.fusion_dim, cfg.fusion_options, cfg.early_options
+    )
+
+
+MODELS: dict[str, Callable[[Any, BuildContext], nn.Module]] = {
+    "dual_encoder": _dual_encoder,
+    "fusion_encoder": _fusion_encoder,
+    "captioner": _captioner,
+    "vqa": _vqa,
+    "classifier": _classifier,
+}
+
+
+def build_model(config: Any, ctx: BuildContext | None = None) -> nn.Module:
+    """Build from a parsed config, a mapping, or the name/path of a YAML model config."""
+    if isinstance(config, (str, Path)):
+        config = load_model_config(config)
+    elif isinstance(config, dict):
+        config = parse_model_config(config)
+    return MODELS[config.type](config, ctx or BuildContext())

@@ -1,0 +1,112 @@
+"""ALBEF-style pretraining model: ITC on the towers, ITM with hard negatives and MLM on the fusion.
+
+Hard negatives for ITM are drawn from the ITC similarities of the same batch (the texts an image is
+most easily confused with), which is what makes ITM learn fine-grained alignment rather than the
+trivial "random caption" distinction.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from polymodal.losses import ITCLoss, MultiTaskLoss, itm_loss, itm_pairs, mask_tokens, mlm_loss, sample_hard_negatives
+from polymodal.models.backbone import ImageTextBackbone
+from polymodal.models.dual_encoder import _projection
+from polymodal.models.outputs import FusionEncoderOutput
+from polymodal.modules.encoders.base import EncoderOutput
+
+OBJECTIVES = ("itc", "itm", "mlm")
+
+
+def _select(out: EncoderOutput, index: Tensor) -> EncoderOutput:
+    return EncoderOutput(out.tokens[index], out.pooled[index], None if out.mask is None else out.mask[index])
+
+
+class FusionEncoder(nn.Module):
+    def __init__(
+        self,
+        backbone: ImageTextBackbone,
+        vocab_size: int,
+        mask_token_id: int,
+        pad_token_id: int,
+        special_token_ids: tuple[int, ...] = (),
+        embed_dim: int = 128,
+        weights: Mapping[str, float] | None = None,
+        mlm_probability: float = 0.15,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.image_proj = _projection(backbone.image_encoder.output_dim, embed_dim)
+        self.text_proj = _projection(backbone.text_encoder.output_dim, embed_dim)
+        self.itc = ITCLoss()
+        self.itm_head = nn.Linear(backbone.width, 2)
+        self.mlm_head = nn.Sequential(nn.Linear(backbone.width, backbone.width), nn.GELU(), nn.LayerNorm(backbone.width), nn.Linear(backbone.width, vocab_size))
+        weights = dict(weights or {k: 1.0 for k in OBJECTIVES})
+        unknown = set(weights) - set(OBJECTIVES)
+        if unknown:
+            raise ValueError(f"fusion encoder: unknown objectives {sorted(unknown)}; valid: {list(OBJECTIVES)}")
+        self.objectives = MultiTaskLoss(weights)
+        self.vocab_size = vocab_size
+        self.mask_token_id = mask_token_id
+        self.pad_token_id = pad_token_id
+        self.special_token_ids = tuple(special_token_ids)
+        self.mlm_probability = mlm_probability
+
+    def _special_mask(self, ids: Tensor) -> Tensor:
+        special = ids == self.pad_token_id
+        for t in self.special_token_ids:
+            special |= ids == t
+        return special
+
+    def forward(
+        self,
+        images: Tensor,
+        text_ids: Tensor,
+        text_mask: Tensor | None = None,
+        image_ids: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> FusionEncoderOutput:
+        weights = self.objectives.weights
+        image = self.backbone.encode_image(images)
+        text = self.backbone.encode_text(text_ids, text_mask)
+        losses: dict[str, Tensor] = {}
+        itc = None
+        itm_acc = None
+        if "itc" in weights or "itm" in weights:
+            img_z = F.normalize(self.image_proj(image.pooled), dim=-1)
+            txt_z = F.normalize(self.text_proj(text.pooled), dim=-1)
+            itc = self.itc(img_z, txt_z, image_ids=image_ids)
+            if "itc" in weights:
+                losses["itc"] = itc.loss
+        if "itm" in weights and images.shape[0] > 1:
+            with torch.no_grad():
+                logits = itc.logits_per_image.detach().float()  # type: ignore[union-attr]
+                negs = sample_hard_negatives(logits, logits.t(), image_ids=image_ids, generator=generator)
+            pairs = itm_pairs(negs)
+            fused = self.backbone.fuse(_select(text, pairs.text_index), _select(image, pairs.image_index))
+            out = itm_loss(self.itm_head(fused.pooled), pairs.labels)
+            losses["itm"], itm_acc = out.loss, out.accuracy
+        if "mlm" in weights:
+            masked = mask_tokens(
+                text_ids,
+                self.vocab_size,
+                self.mask_token_id,
+                special_tokens_mask=self._special_mask(text_ids),
+                prob=self.mlm_probability,
+                generator=generator,
+            )
+            masked_text = self.backbone.encode_text(masked.input_ids, text_mask)
+            fused = self.backbone.fuse(masked_text, image)
+            losses["mlm"] = mlm_loss(self.mlm_head(fused.tokens), masked.labels)
+        total = self.objectives(losses)
+        return FusionEncoderOutput(loss=total.total, parts=total.parts, itm_accuracy=itm_acc, itc=itc)
+
+    @torch.no_grad()
+    def itm_score(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> Tensor:
+        """Probability ``[B]`` that each (image, text) pair matches."""
+        fused = self.backbone(images, text_ids, text_mask)
+        return self.itm_head(fused.pooled).softmax(dim=-1)[:, 1]

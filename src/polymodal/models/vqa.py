@@ -1,0 +1,80 @@
+"""VQA as answer classification over a vocabulary built from the training answers.
+
+Targets are VQA soft scores (min(#humans who gave the answer / 3, 1)), so a question whose humans
+disagree teaches every plausible answer in proportion, as the official metric rewards them.
+Answers are normalised the way the official evaluation normalises them before counting, so
+"two" and "2" are one class.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from polymodal.losses import vqa_bce_loss, vqa_soft_targets
+from polymodal.metrics.vqa import normalize_answer
+from polymodal.models.backbone import ImageTextBackbone
+from polymodal.models.outputs import VQAOutput
+
+
+@dataclass(frozen=True)
+class AnswerVocab:
+    answers: tuple[str, ...]
+
+    @classmethod
+    def build(cls, answer_lists: Iterable[Sequence[str]], max_answers: int | None = 3129, min_count: int = 1) -> "AnswerVocab":
+        """Most frequent normalised answers first (3,129 is the usual VQA v2 vocabulary size)."""
+        counts: Counter[str] = Counter()
+        for answers in answer_lists:
+            counts.update({normalize_answer(a) for a in answers})  # count questions, not annotators
+        ranked = [a for a, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count and a]
+        if not ranked:
+            raise ValueError("answer vocabulary: no answers found in the training data")
+        return cls(tuple(ranked[:max_answers] if max_answers else ranked))
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+    def index(self) -> dict[str, int]:
+        return {a: i for i, a in enumerate(self.answers)}
+
+    def targets(self, batch_answers: Sequence[Sequence[str]]) -> Tensor:
+        """``[B, A]`` soft scores; answers outside the vocabulary contribute nothing."""
+        normalised = [[normalize_answer(a) for a in answers] for answers in batch_answers]
+        return vqa_soft_targets(normalised, self.index())
+
+    def decode(self, logits: Tensor) -> list[str]:
+        return [self.answers[i] for i in logits.argmax(dim=-1).tolist()]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"answers": list(self.answers)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[str]]) -> "AnswerVocab":
+        return cls(tuple(d["answers"]))
+
+
+class VQAClassifier(nn.Module):
+    def __init__(self, backbone: ImageTextBackbone, vocab: AnswerVocab, hidden: int | None = None, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.vocab = vocab
+        hidden = hidden or 2 * backbone.width
+        self.head = nn.Sequential(nn.Linear(backbone.width, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Dropout(dropout), nn.Linear(hidden, len(vocab)))
+
+    def forward(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, answers: Sequence[Sequence[str]] | None = None) -> VQAOutput:
+        logits = self.head(self.backbone(images, text_ids, text_mask).pooled)
+        loss = None
+        if answers is not None:
+            if len(answers) != logits.shape[0]:
+                raise ValueError(f"vqa: got {len(answers)} answer lists for a batch of {logits.shape[0]} questions")
+            loss = vqa_bce_loss(logits, self.vocab.targets(answers).to(logits.device, logits.dtype))
+        return VQAOutput(logits=logits, loss=loss)
+
+    @torch.no_grad()
+    def answer(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> list[str]:
+        return self.vocab.decode(self.forward(images, text_ids, text_mask).logits)
