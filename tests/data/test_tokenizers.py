@@ -48,3 +48,13 @@ def test_missing_or_broken_tokenizer_names_the_path(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(DataError, match="tokenizer.json"):
         load_tokenizer(tmp_path)
+
+
+def test_wordpiece_training_is_reproducible_and_never_unknown() -> None:
+    corpus = [f"a {c} {s} is left of a {s}" for c in ("red", "blue", "green") for s in ("cube", "sphere", "cone")] * 3
+    vocabs = {tuple(sorted(train_tokenizer(corpus, vocab_size=40).tokenizer.get_vocab().items())) for _ in range(5)}
+    assert len(vocabs) == 1  # the HF trainer gave a different vocabulary on most runs
+    tok = train_tokenizer(corpus, vocab_size=40)
+    ids = tok.encode(["a purple cube"], 16).input_ids[0].tolist()
+    assert tok.unk_id not in ids  # unseen words fall back to character pieces
+    assert tok.decode(ids) == "a purple cube"

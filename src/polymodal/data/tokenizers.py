@@ -6,6 +6,7 @@ and pretrained ``tokenizer.json`` / BERT ``vocab.txt`` files load here without `
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -25,16 +26,43 @@ class TextBatch:
     attention_mask: torch.Tensor  # [B, T] long, 1 for real tokens
 
 
+def _normalizer() -> normalizers.Normalizer:
+    return normalizers.BertNormalizer(lowercase=True, clean_text=True, strip_accents=True)
+
+
+def _wordpiece_vocab(texts: Iterable[str], vocab_size: int, min_frequency: int) -> dict[str, int]:
+    """Specials, every character (word-initial and '##' continuation), then words by frequency.
+
+    The tie-break (frequency, then the word itself) makes the vocabulary a pure function of the
+    corpus. Words that do not fit fall back to character pieces, so nothing becomes [UNK].
+    """
+    norm, pre = _normalizer(), pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)))
+    chars = sorted({c for w in counts for c in w})
+    pieces = list(SPECIAL_TOKENS) + chars + [f"##{c}" for c in chars]
+    budget = max(0, vocab_size - len(pieces))
+    words = [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_frequency and len(w) > 1]
+    taken = set(pieces)
+    pieces += [w for w in words if w not in taken][:budget]
+    return {tok: i for i, tok in enumerate(pieces)}
+
+
 def train_tokenizer(
     texts: Iterable[str],
     kind: str = "wordpiece",
     vocab_size: int = 2000,
     min_frequency: int = 1,
 ) -> "TextTokenizer":
-    """Train a lower-casing WordPiece or BPE tokenizer; '[CLS] text [SEP]' framing like BERT."""
+    """Train a lower-casing WordPiece or BPE tokenizer with '[CLS] text [SEP]' framing like BERT.
+
+    ``wordpiece`` is built here deterministically (same corpus, same ids: runs reproduce). ``bpe``
+    uses the ``tokenizers`` trainer, which breaks frequency ties nondeterministically, so two runs
+    on the same corpus may number some merges differently; save the tokenizer with the run.
+    """
     if kind == "wordpiece":
-        tok = Tokenizer(models.WordPiece(unk_token=UNK))
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS))
+        tok = Tokenizer(models.WordPiece(vocab=_wordpiece_vocab(texts, vocab_size, min_frequency), unk_token=UNK))
         tok.decoder = decoders.WordPiece()
     elif kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=UNK))
@@ -42,9 +70,12 @@ def train_tokenizer(
         tok.decoder = decoders.BPEDecoder(suffix="</w>")
     else:
         raise ValueError(f"tokenizer kind must be 'wordpiece' or 'bpe', got {kind!r}")
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True, strip_accents=True)
+    tok.normalizer = _normalizer()
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainer=trainer)
+    if kind == "bpe":
+        tok.train_from_iterator(texts, trainer=trainer)
+    else:
+        tok.add_special_tokens(list(SPECIAL_TOKENS))  # already in the vocab: marks them special for decode
     cls_id, sep_id = tok.token_to_id(CLS), tok.token_to_id(SEP)
     tok.post_processor = processors.TemplateProcessing(single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B {SEP}", special_tokens=[(CLS, cls_id), (SEP, sep_id)])
     return TextTokenizer(tok)
