@@ -222,3 +222,25 @@ def test_bench_model_counts_params_and_flops() -> None:
     # ViT-tiny at 64 px: 65 tokens x 2 layers x 128 width; the patch embedding alone is 2*64*192*128 FLOPs
     assert tiny.flops_per_sample > 2 * 64 * 192 * 128
     assert small.flops_per_sample > 3 * tiny.flops_per_sample and small.params > tiny.params
+
+
+def test_generative_vqa_overfits_and_learns_only_answers(world_batch: WorldBatch) -> None:
+    from polymodal.models.captioner import Captioner
+    from polymodal.models.generative_vqa import GenerativeVQA
+
+    torch.manual_seed(0)
+    tok = world_batch.tokenizer
+    decoder = TextTransformer(vocab_size=tok.vocab_size, max_length=40, width=64, depth=2, heads=2, causal=True, cross_attention=True, context_dim=64)
+    captioner = Captioner(vit(), decoder, bos_id=tok.cls_id, eos_id=tok.sep_id, pad_id=tok.pad_id, label_smoothing=0.0)
+    model = GenerativeVQA(captioner, tok)
+    answers = [a[0] for a in world_batch.answers]
+    ids, mask, label_mask = model.training_batch(world_batch.questions, answers)
+    # the label mask covers exactly the answer's tokens plus [SEP]
+    for row, answer in zip(range(8), answers):
+        n_answer = len(tok.encode([answer], 40).input_ids[0]) - 2
+        assert label_mask[row].sum().item() == n_answer + 1
+        assert ids[row][label_mask[row].bool()][-1] == tok.sep_id
+    losses = train(model, lambda: model(world_batch.images, world_batch.questions, answers).loss, 150, lr=2e-3)
+    assert losses[-1] < 0.05, losses[-5:]
+    model.eval()
+    assert model.answer(world_batch.images, world_batch.questions) == answers
