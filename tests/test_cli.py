@@ -58,3 +58,32 @@ def test_user_errors_are_one_paragraph_and_exit_2(tmp_path: Path, capsys: pytest
 def test_console_script_is_installed() -> None:
     out = subprocess.run([sys.executable, "-m", "polymodal.cli", "--help"], capture_output=True, text=True, check=True)
     assert "quickstart" in out.stdout and "data" in out.stdout
+
+
+def test_score_command_on_world_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Score perfect and wrong predictions in the official result formats against world annotations."""
+    import json
+
+    run(capsys, "data", "world", "--out", str(tmp_path / "w"), "--scenes", "30", "--workers", "1")
+    coco = json.loads((tmp_path / "w/annotations/captions_val.json").read_text())
+    first = {}
+    for a in coco["annotations"]:
+        first.setdefault(a["image_id"], a["caption"])
+    (tmp_path / "caps.json").write_text(json.dumps([{"image_id": i, "caption": c} for i, c in first.items()]))
+    code, out, err = run(capsys, "score", "caption", str(tmp_path / "caps.json"), str(tmp_path / "w/annotations/captions_val.json"),
+                         "--metric", "bleu", "--metric", "cider", "--json", str(tmp_path / "s.json"))
+    assert code == 0, err
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert scores["Bleu_1"] > 0.9 and "CIDEr" in out
+    anns = json.loads((tmp_path / "w/vqa/annotations_val.json").read_text())["annotations"]
+    right = [{"question_id": a["question_id"], "answer": a["multiple_choice_answer"]} for a in anns]
+    wrong = [{"question_id": a["question_id"], "answer": "purple elephant"} for a in anns]
+    for preds, expected in ((right, 1.0), (wrong, 0.0)):
+        (tmp_path / "vqa.json").write_text(json.dumps(preds))
+        code, out, err = run(capsys, "score", "vqa", str(tmp_path / "vqa.json"), str(tmp_path / "w/vqa/annotations_val.json"),
+                             "--questions", str(tmp_path / "w/vqa/questions_val.json"), "--json", str(tmp_path / "v.json"))
+        assert code == 0, err
+        assert json.loads((tmp_path / "v.json").read_text())["overall"] == pytest.approx(expected)
+    (tmp_path / "vqa.json").write_text(json.dumps(right[:-1]))  # one question without a prediction
+    code, _, err = run(capsys, "score", "vqa", str(tmp_path / "vqa.json"), str(tmp_path / "w/vqa/annotations_val.json"))
+    assert code == 2 and "vqa.json" in err
