@@ -81,8 +81,9 @@ def format_validation_error(err: ValidationError, source: str, union_tags: froze
 
 def _discriminator_tags() -> frozenset[str]:
     from polymodal.data.sources import FORMAT_NAMES
+    from polymodal.models.configs import MODEL_TYPES
 
-    return frozenset(FORMAT_NAMES)
+    return frozenset(FORMAT_NAMES) | frozenset(MODEL_TYPES)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:

@@ -9,91 +9,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from torch import nn
 
-from polymodal.config import format_validation_error, read_yaml
+from polymodal.config import read_yaml
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.errors import ConfigError
 from polymodal.models.backbone import ImageTextBackbone
 from polymodal.models.classifier import MultimodalClassifier
+from polymodal.models.configs import (
+    CaptionerConfig,
+    ClassifierConfig,
+    DualEncoderConfig,
+    EncoderSpec,
+    FusionEncoderConfig,
+    VQAConfig,
+    parse_model_config,
+)
 from polymodal.models.dual_encoder import DualEncoder
 from polymodal.models.fusion_encoder import FusionEncoder
 from polymodal.models.vqa import AnswerVocab, VQAClassifier
 from polymodal.modules.encoders import Encoder, build_encoder
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
-
-
-class EncoderSpec(BaseModel):
-    """``{name: vit, width: 128, ...}``: the name picks the encoder, the rest are its options."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    name: str
-
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class _ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DualEncoderConfig(_ModelConfig):
-    type: Literal["dual_encoder"]
-    vision: EncoderSpec
-    text: EncoderSpec
-    embed_dim: int = 128
-    init_temperature: float = 0.07
-    local_loss: bool = False
-
-
-class FusionEncoderConfig(_ModelConfig):
-    type: Literal["fusion_encoder"]
-    vision: EncoderSpec
-    text: EncoderSpec
-    fusion_depth: int = 2
-    fusion_heads: int | None = None
-    embed_dim: int = 128
-    weights: dict[str, float] = Field(default_factory=lambda: {"itc": 1.0, "itm": 1.0, "mlm": 1.0})
-    mlm_probability: float = 0.15
-
-
-class CaptionerConfig(_ModelConfig):
-    type: Literal["captioner"]
-    vision: EncoderSpec
-    decoder: EncoderSpec
-    label_smoothing: float = 0.1
-
-
-class VQAConfig(_ModelConfig):
-    type: Literal["vqa"]
-    vision: EncoderSpec
-    text: EncoderSpec
-    fusion_depth: int = 2
-    fusion_heads: int | None = None
-    hidden: int | None = None
-    max_answers: int = 3129
-
-
-class ClassifierConfig(_ModelConfig):
-    type: Literal["classifier"]
-    encoders: dict[str, EncoderSpec]
-    num_outputs: int = 2
-    task: Literal["classification", "regression"] = "classification"
-    stage: Literal["late", "early", "hybrid"] = "late"
-    fusion: str = "concat"
-    fusion_dim: int = 256
-    fusion_options: dict[str, Any] = Field(default_factory=dict)
-    early_options: dict[str, Any] = Field(default_factory=dict)
-
-
-ModelConfig = Annotated[
-    Union[DualEncoderConfig, FusionEncoderConfig, CaptionerConfig, VQAConfig, ClassifierConfig], Field(discriminator="type")
-]
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelConfig)
 
 
 @dataclass
@@ -103,13 +42,6 @@ class BuildContext:
     tokenizer: TextTokenizer | None = None
     answer_vocab: AnswerVocab | None = None
     vocab_size: int | None = None  # used when there is no tokenizer (e.g. benchmarks)
-
-
-def parse_model_config(tree: Any, source: str = "model config") -> Any:
-    try:
-        return _ADAPTER.validate_python(tree)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source, frozenset(MODELS))) from None
 
 
 def load_model_config(name_or_path: str | Path) -> Any:

@@ -1,0 +1,1 @@
+"""Task models composed from :mod:`polymodal.modules` (import the submodules you need)."""
