@@ -133,13 +133,32 @@ def _not_yet(name: str, issue: str) -> None:
     raise PolymodalError(f"'polymodal {name}' is not available yet in this version ({issue}).")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train(ctx: typer.Context) -> None:
-    """Train or fine-tune a model from a YAML config (coming with the training capability).
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Run config YAML (data, model, tokenizer, image, optim, train)."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a config key: --set train.epochs=3 (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in output_dir from its latest checkpoint."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Run folder (default: output_dir in the config)."),
+) -> None:
+    """Train or fine-tune a model from a YAML config; checkpoints, logs and metrics go to the run folder.
 
-    Example:  polymodal train configs/quickstart.yaml --set train.epochs=3
+    Example:  polymodal train configs/world_vqa.yaml --set train.epochs=3 --set optim.lr=5e-4
+    Example:  polymodal train configs/world_vqa.yaml --resume
     """
-    _not_yet("train", "training and evaluation")
+    import json
+    import logging
+
+    from polymodal.config import load_config
+    from polymodal.train.trainer import Trainer
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sets = list(overrides or [])
+    if output_dir is not None:
+        sets.append(f"output_dir={output_dir}")
+    cfg = load_config(config, sets)
+    summary = Trainer(cfg, resume=resume).fit()
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k in ("steps", "epochs", "test")}, indent=1, default=float))
+    typer.echo(f"run folder: {cfg.output_dir}")
 
 
 @app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

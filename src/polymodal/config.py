@@ -7,12 +7,13 @@ loading, ``--set`` overrides and error formatting here are shared by all of them
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from polymodal.data.sources import DataSource
+from polymodal.models.configs import ModelConfig
 from polymodal.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
@@ -37,10 +38,71 @@ class DataConfig(StrictModel):
         return [value] if isinstance(value, dict) else value
 
 
+class TokenizerSettings(StrictModel):
+    """Load a pretrained tokenizer (``path``) or train one on the training texts."""
+
+    path: Path | None = None
+    kind: Literal["wordpiece", "bpe"] = "wordpiece"
+    vocab_size: int = Field(2000, ge=10)
+    max_length: int = Field(32, ge=4)
+
+
+class ImageSettings(StrictModel):
+    """Image preprocessing; the train-only augmentation keeps colour words true (no hue shift)."""
+
+    size: int = Field(64, ge=8)
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    random_resized_crop: tuple[float, float] | None = None
+    brightness: float = 0.0
+    contrast: float = 0.0
+    flip_prob: float = Field(0.0, ge=0.0, le=1.0, description="cross-modal flip: mirrors the image, swaps left/right in the text")
+
+
+class OptimSettings(StrictModel):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class EarlyStopping(StrictModel):
+    metric: str
+    mode: Literal["max", "min"] = "max"
+    patience: int = Field(3, ge=1)
+
+
+class TrainSettings(StrictModel):
+    task: Literal["retrieval", "captioning", "vqa", "classification"]
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(2, ge=0)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(500, ge=1, description="optimizer steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1)
+    eval_every_epochs: int = Field(1, ge=1)
+    max_eval_samples: int | None = Field(None, ge=1)
+    early_stopping: EarlyStopping | None = None
+
+
 class RunConfig(StrictModel):
     seed: int = 0
     output_dir: Path = Path("runs/default")
     data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig | None = None
+    tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
+    image: ImageSettings = Field(default_factory=ImageSettings)
+    optim: OptimSettings = Field(default_factory=OptimSettings)
+    train: TrainSettings | None = None
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -126,7 +188,10 @@ def resolve_paths(cfg: Any, base_dir: Path) -> Any:
     if isinstance(cfg, DataConfig):
         return DataConfig(**{name: [s.resolved(base_dir) for s in getattr(cfg, name)] for name in ("train", "val", "test")})
     if isinstance(cfg, RunConfig):
-        return cfg.model_copy(update={"data": resolve_paths(cfg.data, base_dir)})
+        update: dict[str, Any] = {"data": resolve_paths(cfg.data, base_dir)}
+        if cfg.tokenizer.path is not None and not cfg.tokenizer.path.is_absolute():
+            update["tokenizer"] = cfg.tokenizer.model_copy(update={"path": (base_dir / cfg.tokenizer.path).resolve()})
+        return cfg.model_copy(update=update)
     return cfg
 
 

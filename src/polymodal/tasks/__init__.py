@@ -1,0 +1,28 @@
+"""Task adapters between data, models and metrics; :func:`build_task` picks one by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from polymodal.tasks.base import EvalResult, StepOutput, Task
+from polymodal.tasks.captioning import CaptioningTask
+from polymodal.tasks.classification import ClassificationTask
+from polymodal.tasks.retrieval import RetrievalTask
+from polymodal.tasks.vqa import VQATask
+
+TASKS = ("retrieval", "captioning", "vqa", "classification")
+
+
+def build_task(name: str, tokenizer: Any, max_length: int) -> Task:
+    if name == "retrieval":
+        return RetrievalTask(tokenizer, max_length)
+    if name == "captioning":
+        return CaptioningTask(tokenizer)
+    if name == "vqa":
+        return VQATask()
+    if name == "classification":
+        return ClassificationTask()
+    raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+
+
+__all__ = ["TASKS", "EvalResult", "StepOutput", "Task", "build_task"]

@@ -1,0 +1,70 @@
+"""What a task owns: which samples it uses, how a batch becomes a loss, how a model is evaluated.
+
+Models never compute metrics and the trainer knows no task: a task adapter sits between them, so
+one training loop serves retrieval, captioning, VQA and classification alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from polymodal.data.sample import Sample
+from polymodal.data.tokenizers import TextTokenizer
+from polymodal.models.factory import BuildContext
+
+LoaderFactory = Callable[[Sequence[Sample], bool], DataLoader]  # (samples, with_images) -> loader
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)  # per-family scores, examples for the report
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+
+
+def image_id_tensor(samples: Sequence[Sample]) -> Tensor:
+    """Small ints that are equal exactly when two samples show the same image (for ITC masking)."""
+    index: dict[str, int] = {}
+    return torch.tensor([index.setdefault(s.image_id or s.sample_id, len(index)) for s in samples])
+
+
+class Task:
+    name: str = "task"
+    model_type: str = ""
+
+    def select(self, sample: Sample) -> bool:
+        """Does this task train on this sample? (A world split mixes captions, questions, statements.)"""
+        raise NotImplementedError
+
+    def prepare(self, train: Sequence[Sample]) -> None:
+        """Learn what the model's shape depends on (answer vocabulary, class names) from training data."""
+
+    def context(self, tokenizer: TextTokenizer) -> BuildContext:
+        return BuildContext(tokenizer=tokenizer)
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able state saved with checkpoints (e.g. the answer vocabulary)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:
+        raise NotImplementedError

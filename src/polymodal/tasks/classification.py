@@ -1,0 +1,61 @@
+"""Multimodal classification: labels mapped to indices from the training data, accuracy and macro-F1."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from polymodal.data.sample import Sample
+from polymodal.metrics import classification_scores
+from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    model_type = "classifier"
+
+    def __init__(self) -> None:
+        self.classes: list[str] = []
+
+    def select(self, sample: Sample) -> bool:
+        return sample.label is not None and not sample.answers
+
+    def prepare(self, train: Sequence[Sample]) -> None:
+        if not self.classes:
+            self.classes = sorted({str(s.label) for s in train})
+            if len(self.classes) < 2:
+                raise ValueError(f"classification: the training data has {len(self.classes)} distinct label(s); need at least 2")
+
+    def state(self) -> dict[str, Any]:
+        return {"classes": self.classes}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.classes = list(state.get("classes", self.classes))
+
+    def targets(self, samples: Sequence[Sample]) -> torch.Tensor:
+        index = {c: i for i, c in enumerate(self.classes)}
+        return torch.tensor([index.get(str(s.label), -100) for s in samples])
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        labels = self.targets(batch["samples"]).to(batch["text_ids"].device if "text_ids" in batch else batch["image"].device)
+        out = model(batch, labels)
+        acc = (out.logits.argmax(-1) == labels).float().mean()
+        return StepOutput(out.loss, {"acc": float(acc)})
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:
+        truth: list[int] = []
+        pred: list[int] = []
+        for b in make_loader(samples, True):
+            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+            pred += model(batch).logits.argmax(-1).tolist()
+            truth += self.targets(b["samples"]).tolist()
+        scores = classification_scores(truth, pred, zero_division=0)
+        k = len(self.classes)
+        confusion = [[0] * k for _ in range(k)]
+        for t, p in zip(truth, pred):
+            if 0 <= t < k:
+                confusion[t][p] += 1
+        return EvalResult(dict(scores), {"classes": self.classes, "confusion": confusion})

@@ -1,0 +1,67 @@
+"""Image-text retrieval with a dual encoder: ITC training, R@K both ways at evaluation.
+
+Evaluation embeds each distinct image once and every caption once, then ranks in blocks, so a
+gallery of 5k images and 25k captions never materialises a float64 N x M matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from polymodal.data.sample import Sample
+from polymodal.metrics import retrieval_metrics
+from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, image_id_tensor
+
+
+class RetrievalTask(Task):
+    name = "retrieval"
+    model_type = "dual_encoder"
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def select(self, sample: Sample) -> bool:
+        return sample.has_image and bool(sample.text) and not sample.answers and sample.label is None
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        ids = image_id_tensor(batch["samples"]).to(batch["image"].device)
+        out = model(batch["image"], batch["text_ids"], batch["text_mask"], image_ids=ids)
+        return StepOutput(out.loss, {"acc_i2t": float(out.itc.acc_i2t), "logit_scale": float(out.itc.logit_scale)})
+
+    @torch.no_grad()
+    def embed(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device):
+        first: dict[str, Sample] = {}
+        for s in samples:
+            first.setdefault(s.image_id or s.sample_id, s)
+        image_keys = list(first)
+        position = {k: i for i, k in enumerate(image_keys)}
+        image_emb = torch.cat([model.encode_image(b["image"].to(device)).float().cpu() for b in make_loader(list(first.values()), True) if "image" in b])
+        texts = [s.text for s in samples]
+        chunks = []
+        for start in range(0, len(texts), 512):
+            enc = self.tokenizer.encode(texts[start : start + 512], self.max_length)
+            chunks.append(model.encode_text(enc.input_ids.to(device), enc.attention_mask.to(device)).float().cpu())
+        text_to_image = torch.tensor([position[s.image_id or s.sample_id] for s in samples])
+        return image_emb, torch.cat(chunks), text_to_image, list(first.values())
+
+    def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:
+        image_emb, text_emb, text_to_image, images = self.embed(model, samples, make_loader, device)
+        m = retrieval_metrics(image_emb, text_emb, text_to_image)
+        metrics = {f"i2t_{k}": v for k, v in m["image_to_text"].items()} | {f"t2i_{k}": v for k, v in m["text_to_image"].items()}
+        metrics["rsum"] = m["rsum"]
+        examples = []
+        sims = text_emb[:8] @ image_emb.t()
+        for j in range(min(8, len(samples))):
+            top = sims[j].topk(min(5, sims.shape[1]))
+            examples.append(
+                {
+                    "query": samples[j].text,
+                    "gold": str(images[int(text_to_image[j])].image_path),
+                    "top": [(str(images[int(i)].image_path), float(v), int(i) == int(text_to_image[j])) for v, i in zip(top.values, top.indices)],
+                }
+            )
+        return EvalResult(metrics, {"gallery_images": len(images), "captions": len(samples), "examples": examples})

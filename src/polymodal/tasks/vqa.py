@@ -1,0 +1,78 @@
+"""VQA as answer classification: vocabulary from the training answers, official accuracy at evaluation.
+
+Accuracy is reported overall, per answer type and per question family (the world's ``family`` meta,
+or VQA v2's question type), with the official leave-one-out formula over the human answers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from polymodal.data.sample import Sample
+from polymodal.data.tokenizers import TextTokenizer
+from polymodal.metrics import vqa_accuracy
+from polymodal.models.factory import BuildContext
+from polymodal.models.vqa import AnswerVocab
+from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task
+
+
+class VQATask(Task):
+    name = "vqa"
+    model_type = "vqa"
+
+    def __init__(self, max_answers: int = 3129) -> None:
+        self.max_answers = max_answers
+        self.vocab: AnswerVocab | None = None
+
+    def select(self, sample: Sample) -> bool:
+        return sample.has_image and bool(sample.text) and bool(sample.answers)
+
+    def prepare(self, train: Sequence[Sample]) -> None:
+        if self.vocab is None:
+            self.vocab = AnswerVocab.build((s.answers for s in train), max_answers=self.max_answers)
+
+    def context(self, tokenizer: TextTokenizer) -> BuildContext:
+        return BuildContext(tokenizer=tokenizer, answer_vocab=self.vocab)
+
+    def state(self) -> dict[str, Any]:
+        return {"answer_vocab": self.vocab.to_dict()} if self.vocab else {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if "answer_vocab" in state:
+            self.vocab = AnswerVocab.from_dict(state["answer_vocab"])
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        out = model(batch["image"], batch["text_ids"], batch["text_mask"], answers=batch["answers"])
+        return StepOutput(out.loss)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> list[str]:
+        preds: list[str] = []
+        for b in make_loader(samples, True):
+            preds += model.answer(b["image"].to(device), b["text_ids"].to(device), b["text_mask"].to(device))
+        return preds
+
+    def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:
+        preds = self.predict(model, samples, make_loader, device)
+        if len(preds) != len(samples):
+            raise RuntimeError(f"vqa evaluation: {len(samples) - len(preds)} questions were skipped (unreadable images); see the log")
+        by_family: dict[str, list[float]] = defaultdict(list)
+        by_type: dict[str, list[float]] = defaultdict(list)
+        scores = []
+        for s, p in zip(samples, preds):
+            acc = vqa_accuracy(p, list(s.answers))
+            scores.append(acc)
+            by_family[str(s.meta.get("family") or s.meta.get("question_type") or "all")].append(acc)
+            by_type[str(s.meta.get("answer_type") or "unknown")].append(acc)
+        metrics = {"accuracy": sum(scores) / max(1, len(scores))}
+        metrics |= {f"acc_{t}": sum(v) / len(v) for t, v in sorted(by_type.items())}
+        examples = [
+            {"image": str(s.image_path), "question": s.text, "predicted": p, "answers": list(dict.fromkeys(s.answers)), "correct": vqa_accuracy(p, list(s.answers)) >= 1.0}
+            for s, p in list(zip(samples, preds))[:12]
+        ]
+        details = {"by_family": {f: sum(v) / len(v) for f, v in sorted(by_family.items())}, "examples": examples, "questions": len(samples)}
+        return EvalResult(metrics, details)

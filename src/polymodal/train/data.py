@@ -1,0 +1,110 @@
+"""Training data: read the configured sources, keep what the task uses, and load it resumably.
+
+The sampler draws a fixed permutation per (seed, epoch) and can start part-way through it, so a
+resumed run sees exactly the batches the interrupted run would have seen next, without replaying
+the ones before.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from polymodal.config import DataConfig, ImageSettings
+from polymodal.data.dataset import Collator, SampleDataset
+from polymodal.data.formats import describe, read_source
+from polymodal.data.processors import ImageProcessor, ImageProcessorConfig
+from polymodal.data.report import DataReport
+from polymodal.data.sample import Sample
+from polymodal.data.tokenizers import TextTokenizer
+from polymodal.errors import DataError
+from polymodal.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+
+def load_split(data: DataConfig, split: str, task: Task) -> list[Sample]:
+    """All samples of a split that the task trains on; skipped records are counted in the log."""
+    samples: list[Sample] = []
+    for spec in getattr(data, split):
+        report = DataReport(describe(spec))
+        kept = [s for s in read_source(spec, report) if task.select(s)]
+        if report.num_problems:
+            log.warning("%s: %d problem records skipped\n%s", describe(spec), report.num_problems, report.format())
+        log.info("%s split: %d %s samples from %s", split, len(kept), task.name, describe(spec))
+        samples += kept
+    return samples
+
+
+def require(samples: Sequence[Sample], split: str, task: Task) -> None:
+    if not samples:
+        raise DataError(
+            f"the {split} split has no samples for the {task.name} task: check data.{split} in the config "
+            f"(a {task.name} task needs {'captions' if task.name in ('retrieval', 'captioning') else 'questions with answers' if task.name == 'vqa' else 'labelled rows'})"
+        )
+
+
+class ResumableSampler(Sampler[int]):
+    """A seeded permutation per epoch that can start at any position (for mid-epoch resume)."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch = 0
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.size, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order()[self.start :])
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+
+def image_processor(settings: ImageSettings, train: bool, seed: int = 0) -> ImageProcessor:
+    cfg = ImageProcessorConfig(
+        size=settings.size,
+        mean=settings.mean,
+        std=settings.std,
+        random_resized_crop=settings.random_resized_crop if train else None,
+        brightness=settings.brightness if train else 0.0,
+        contrast=settings.contrast if train else 0.0,
+    )
+    return ImageProcessor(cfg, train=train, seed=seed)
+
+
+def make_loader(
+    samples: Sequence[Sample],
+    processor: ImageProcessor | None,
+    tokenizer: TextTokenizer,
+    max_length: int,
+    batch_size: int,
+    num_workers: int,
+    sampler: Sampler[int] | None = None,
+    flip_prob: float = 0.0,
+    seed: int = 0,
+) -> DataLoader:
+    dataset = SampleDataset(samples, processor, flip_prob=flip_prob, seed=seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=Collator(tokenizer, max_length),
+        persistent_workers=False,
+        # workers get their seeds from this generator, not from the global RNG, so creating a loader
+        # on resume does not shift the random stream that dropout and masking draw from
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=False,
+    )

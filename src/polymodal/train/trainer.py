@@ -1,0 +1,310 @@
+"""The training loop: one loop for every task, with checkpoints that lose nothing.
+
+Why it looks the way it does:
+- a NaN/inf loss stops the run *before* the bad step is applied, so the last checkpoint is good;
+- checkpoints are written atomically and carry optimizer, scheduler, RNG and data position, so
+  ``--resume`` continues mid-epoch with the very batches the killed run would have seen next;
+- the data order comes from a seeded per-epoch permutation, never from the global RNG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from polymodal.config import RunConfig
+from polymodal.data.sample import Sample
+from polymodal.data.tokenizers import TextTokenizer, load_tokenizer, train_tokenizer
+from polymodal.errors import ConfigError, PolymodalError
+from polymodal.models.factory import build_model
+from polymodal.tasks import Task, build_task
+from polymodal.tasks.base import to_device
+from polymodal.train.data import ResumableSampler, image_processor, load_split, make_loader, require
+from polymodal.train.run_log import RunLog
+from polymodal.train.schedule import param_groups, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(PolymodalError):
+    """The loss became NaN or infinite; the run stopped before applying the step."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    step_in_epoch: int = 0  # micro-batches of the current epoch already consumed
+    global_step: int = 0  # optimizer steps
+    best: float | None = None
+    bad_evals: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device is 'cuda' but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, resume: bool = False, progress: bool = True) -> None:
+        if cfg.train is None:
+            raise ConfigError("the config has no 'train' section (train: {task: ..., epochs: ...})")
+        if cfg.model is None:
+            raise ConfigError("the config has no 'model' section (model: {type: ..., vision: ..., text: ...})")
+        self.cfg = cfg
+        self.settings = cfg.train
+        self.run_dir = Path(cfg.output_dir)
+        self.resume = resume
+        self.progress = progress
+        self.device = pick_device(self.settings.device)
+        self.state = TrainState()
+
+    # ---------------------------------------------------------------- setup
+    def _tokenizer(self, train: Sequence[Sample]) -> TextTokenizer:
+        saved = self.run_dir / "tokenizer.json"
+        if self.resume and saved.is_file():
+            return load_tokenizer(saved)
+        if self.cfg.tokenizer.path is not None:
+            return load_tokenizer(self.cfg.tokenizer.path)
+        texts = [s.text for s in train if s.text] + [a for s in train for a in s.answers]
+        return train_tokenizer(texts, kind=self.cfg.tokenizer.kind, vocab_size=self.cfg.tokenizer.vocab_size)
+
+    def _model_config(self, task: Task) -> Any:
+        mc = self.cfg.model
+        if mc.type == "classifier":
+            mc = mc.model_copy(update={"num_outputs": len(task.classes)})  # type: ignore[attr-defined]
+        return mc
+
+    def setup(self) -> None:
+        s = self.settings
+        seed_everything(self.cfg.seed)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        placeholder = build_task(s.task, None, self.cfg.tokenizer.max_length)
+        if self.cfg.model.type != placeholder.model_type:  # fail before reading any data
+            raise ConfigError(f"train.task '{s.task}' needs a model of type '{placeholder.model_type}', but model.type is '{self.cfg.model.type}'")
+        train = load_split(self.cfg.data, "train", placeholder)
+        require(train, "train", placeholder)
+        self.tokenizer = self._tokenizer(train)
+        self.task = build_task(s.task, self.tokenizer, self.cfg.tokenizer.max_length)
+        self.checkpoint = None
+        if self.resume:
+            from polymodal.train.checkpoint import latest_checkpoint, load_checkpoint
+
+            path = latest_checkpoint(self.run_dir)
+            if path is None:
+                raise PolymodalError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}; start without --resume")
+            self.checkpoint = load_checkpoint(path)
+            self.task.load_state(self.checkpoint.processors.get("task_state", {}))
+        self.task.prepare(train)
+        self.train_samples = train
+        self.val_samples = load_split(self.cfg.data, "val", self.task)
+        self.test_samples = load_split(self.cfg.data, "test", self.task)
+        self.model_config = self._model_config(self.task)
+        self.model = build_model(self.model_config, self.task.context(self.tokenizer)).to(self.device)
+        self.tokenizer.save(self.run_dir)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(self.cfg.model_dump_json()), sort_keys=False))
+
+        o = self.cfg.optim
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
+        micro_per_epoch = math.ceil(len(train) / s.batch_size)
+        self.steps_per_epoch = math.ceil(micro_per_epoch / s.accumulation)
+        self.total_steps = s.max_steps or self.steps_per_epoch * s.epochs
+        self.scheduler = warmup_cosine(self.optimizer, o.warmup_steps, self.total_steps, o.min_lr_ratio)
+        self.scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" and self.device.type == "cuda" else None
+        if self.checkpoint is not None:
+            self.checkpoint.load_model_state(self.model)
+            restored = self.checkpoint.load_training_state(self.optimizer, self.scheduler, self.scaler)
+            self.state = TrainState(**restored)
+            log.info("resumed from %s at epoch %d, step %d", self.checkpoint.path, self.state.epoch, self.state.global_step)
+        self.forward_model = torch.compile(self.model) if s.compile else self.model
+        self.train_processor = image_processor(self.cfg.image, train=True, seed=self.cfg.seed)
+        self.eval_processor = image_processor(self.cfg.image, train=False)
+        self.sampler = ResumableSampler(len(train), self.cfg.seed)
+
+    def eval_loader(self, samples: Sequence[Sample], with_images: bool = True):
+        return make_loader(
+            samples, self.eval_processor if with_images else None, self.tokenizer, self.cfg.tokenizer.max_length,
+            self.settings.eval_batch_size, self.settings.num_workers, seed=self.cfg.seed,
+        )
+
+    # ---------------------------------------------------------------- checkpoints
+    def processors(self) -> dict[str, Any]:
+        return {
+            "image": self.eval_processor.to_dict(),
+            "text_max_length": self.cfg.tokenizer.max_length,
+            "task": self.task.name,
+            "task_state": self.task.state(),
+        }
+
+    def save(self) -> Path:
+        from polymodal.train.checkpoint import save_checkpoint
+
+        st = self.state
+        train_state = {
+            "epoch": st.epoch, "step_in_epoch": st.step_in_epoch, "global_step": st.global_step,
+            "best": st.best, "bad_evals": st.bad_evals, "history": st.history,
+        }
+        return save_checkpoint(
+            self.run_dir, model=self.model, model_config=self.model_config.model_dump(), global_step=st.global_step,
+            processors=self.processors(), tokenizer=self.tokenizer, optimizer=self.optimizer, scheduler=self.scheduler,
+            scaler=self.scaler, train_state=train_state, keep_last=self.settings.keep_checkpoints,
+        )
+
+    # ---------------------------------------------------------------- loop
+    def _autocast(self):
+        enabled = self.settings.precision in ("bf16", "fp16")
+        dtype = torch.bfloat16 if self.settings.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
+
+    def _train_epoch(self, run_log: RunLog) -> bool:
+        """One epoch from the saved position; returns False when max_steps was reached."""
+        s, st = self.settings, self.state
+        self.sampler.set_position(st.epoch, st.step_in_epoch * s.batch_size)
+        loader = make_loader(
+            self.train_samples, self.train_processor, self.tokenizer, self.cfg.tokenizer.max_length, s.batch_size,
+            s.num_workers, sampler=self.sampler, flip_prob=self.cfg.image.flip_prob, seed=self.cfg.seed * 1000 + st.epoch,
+        )
+        micro_total = math.ceil(len(self.train_samples) / s.batch_size)
+        bar = tqdm(total=micro_total, initial=st.step_in_epoch, desc=f"epoch {st.epoch + 1}/{s.epochs}", unit="batch", disable=not self.progress, dynamic_ncols=True)
+        self.model.train()
+        window: list[float] = []
+        skipped = 0
+        t0, seen = time.perf_counter(), 0
+        for batch in loader:
+            skipped += batch["num_skipped"]
+            if "image" not in batch:
+                st.step_in_epoch += 1
+                continue
+            batch = to_device(batch, self.device)
+            with self._autocast():
+                out = self.task.loss(self.forward_model, batch)
+            loss = out.loss
+            if not torch.isfinite(loss):
+                last = (self.run_dir / "checkpoints" / "latest")
+                where = last.read_text().strip() if last.is_file() else "none written yet"
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at optimizer step {st.global_step} (epoch {st.epoch + 1}); the step was not "
+                    f"applied. Last good checkpoint: {where}. Lower optim.lr, keep optim.grad_clip on, or check the data."
+                )
+            (self.scaler.scale(loss / s.accumulation) if self.scaler else loss / s.accumulation).backward()
+            st.step_in_epoch += 1
+            seen += len(batch["samples"])
+            window.append(loss.item())
+            bar.update()
+            if st.step_in_epoch % s.accumulation and st.step_in_epoch < micro_total:
+                continue
+            self._optimizer_step()
+            st.global_step += 1
+            if st.global_step % s.log_every == 0:
+                rate = seen / max(1e-9, time.perf_counter() - t0)
+                values = {"loss": sum(window) / len(window), "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate} | out.logs
+                run_log.write(st.global_step, st.epoch, "train", values)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
+                window.clear()
+            if st.global_step % s.checkpoint_every == 0:
+                self.save()
+            if st.global_step >= self.total_steps:
+                break
+        bar.close()
+        if skipped:
+            log.warning("epoch %d: %d samples skipped (unreadable images); see the warnings above", st.epoch + 1, skipped)
+        return st.global_step < self.total_steps
+
+    def _optimizer_step(self) -> None:
+        clip = self.cfg.optim.grad_clip
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def evaluate(self, samples: Sequence[Sample]) -> Any:
+        if self.settings.max_eval_samples:
+            samples = samples[: self.settings.max_eval_samples]
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            return self.task.evaluate(self.model, samples, lambda ss, img=True: self.eval_loader(ss, img), self.device)
+
+    def _early_stop(self, metrics: dict[str, float]) -> tuple[bool, bool]:
+        """(is_best, should_stop) for the configured metric."""
+        es = self.settings.early_stopping
+        if es is None:
+            return True, False
+        if es.metric not in metrics:
+            raise ConfigError(f"train.early_stopping.metric '{es.metric}' is not among the validation metrics {sorted(metrics)}")
+        value, st = metrics[es.metric], self.state
+        better = st.best is None or (value > st.best if es.mode == "max" else value < st.best)
+        if better:
+            st.best, st.bad_evals = value, 0
+        else:
+            st.bad_evals += 1
+        return better, st.bad_evals >= es.patience
+
+    def fit(self) -> dict[str, Any]:
+        from polymodal.train.checkpoint import mark_best
+
+        self.setup()
+        s, st = self.settings, self.state
+        run_log = RunLog(self.run_dir, resume=self.resume)
+        started = time.perf_counter()
+        try:
+            while st.epoch < s.epochs:
+                more = self._train_epoch(run_log)
+                finished_epoch = st.step_in_epoch >= math.ceil(len(self.train_samples) / s.batch_size)
+                if finished_epoch:
+                    st.epoch += 1
+                    st.step_in_epoch = 0
+                stop = not more
+                if self.val_samples and (finished_epoch and st.epoch % s.eval_every_epochs == 0 or stop):
+                    result = self.evaluate(self.val_samples)
+                    run_log.write(st.global_step, st.epoch, "val", result.metrics)
+                    st.history.append({"step": st.global_step, "epoch": st.epoch, "val": result.metrics})
+                    is_best, stop_early = self._early_stop(result.metrics)
+                    path = self.save()
+                    if is_best:
+                        mark_best(self.run_dir, path)
+                    if stop_early:
+                        log.info("early stopping: %s did not improve for %d evaluations", s.early_stopping.metric, s.early_stopping.patience)  # type: ignore[union-attr]
+                        break
+                else:
+                    mark_best(self.run_dir, self.save())
+                if stop:
+                    break
+        finally:
+            run_log.close()
+        summary: dict[str, Any] = {"steps": st.global_step, "epochs": st.epoch, "train_seconds": time.perf_counter() - started, "history": st.history}
+        if self.test_samples:
+            result = self.evaluate(self.test_samples)
+            summary["test"] = result.metrics
+            summary["test_details"] = {k: v for k, v in result.details.items() if k != "examples"}
+        tmp = self.run_dir / "metrics.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1, default=float))
+        os.replace(tmp, self.run_dir / "metrics.json")
+        return summary

@@ -1,0 +1,170 @@
+"""The training loop end to end on a small built-in world: every task, resume after a kill, NaN stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from polymodal.config import load_config
+from polymodal.data.world import WorldConfig, generate_world
+from polymodal.errors import ConfigError
+from polymodal.train.trainer import Trainer, TrainingDiverged
+
+VIT = {"name": "vit", "image_size": 32, "patch_size": 8, "width": 32, "depth": 1, "heads": 2}
+TEXT = {"name": "text_transformer", "max_length": 32, "width": 32, "depth": 1, "heads": 2}
+TPL = "{split}_{image_id:06d}.png"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("trainworld")
+    generate_world(root, WorldConfig(num_scenes=60, seed=2, image_size=32), workers=1)
+    return root
+
+
+def sources(world: Path, kind: str, split: str) -> dict:
+    if kind == "captions":
+        return {"format": "coco_captions", "annotations": str(world / f"annotations/captions_{split}.json"), "images": str(world / f"images/{split}")}
+    if kind == "vqa":
+        return {"format": "vqa_v2", "questions": str(world / f"vqa/questions_{split}.json"), "annotations": str(world / f"vqa/annotations_{split}.json"), "images": str(world / f"images/{split}"), "image_template": TPL}
+    return {"format": "jsonl", "path": str(world / f"classification/{split}.jsonl"), "root": str(world), "id_field": "id"}
+
+
+MODELS = {
+    "retrieval": ("captions", {"type": "dual_encoder", "vision": VIT, "text": TEXT | {"causal": True}, "embed_dim": 32}),
+    "captioning": ("captions", {"type": "captioner", "vision": VIT, "decoder": TEXT | {"causal": True}}),
+    "vqa": ("vqa", {"type": "vqa", "vision": VIT, "text": TEXT | {"causal": False}, "fusion_depth": 1}),
+    "classification": ("statements", {"type": "classifier", "encoders": {"image": VIT, "text": TEXT | {"causal": False}}, "stage": "late", "fusion": "concat", "fusion_dim": 32}),
+}
+
+
+def write_config(tmp: Path, world: Path, task: str, **train: object) -> Path:
+    kind, model = MODELS[task]
+    cfg = {
+        "seed": 1,
+        "output_dir": str(tmp / "run"),
+        "data": {split: sources(world, kind, split) for split in ("train", "val", "test")},
+        "model": model,
+        "tokenizer": {"vocab_size": 200, "max_length": 32},
+        "image": {"size": 32},
+        "optim": {"lr": 1e-3, "warmup_steps": 2},
+        "train": {"task": task, "epochs": 1, "batch_size": 16, "eval_batch_size": 64, "num_workers": 0, "log_every": 1, "checkpoint_every": 1000} | train,
+    }
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("task, metric", [("retrieval", "t2i_R@1"), ("captioning", "CIDEr"), ("vqa", "accuracy"), ("classification", "accuracy")])
+def test_every_task_trains_evaluates_and_writes_a_run(tmp_path: Path, world: Path, task: str, metric: str) -> None:
+    cfg = load_config(write_config(tmp_path, world, task, max_steps=4))
+    summary = Trainer(cfg, progress=False).fit()
+    run = tmp_path / "run"
+    assert summary["steps"] == 4 and metric in summary["test"]
+    assert 0.0 <= summary["test"][metric] <= (10.0 if metric == "CIDEr" else 1.0)
+    assert json.loads((run / "metrics.json").read_text())["test"][metric] == pytest.approx(summary["test"][metric])
+    log = (run / "log.csv").read_text().splitlines()
+    assert log[0] == "step,epoch,split,name,value" and any(",train,loss," in line for line in log)
+    assert (run / "checkpoints" / "best").is_file() and (run / "tokenizer.json").is_file() and (run / "config.yaml").is_file()
+
+
+def test_training_lowers_the_loss(tmp_path: Path, world: Path) -> None:
+    cfg = load_config(write_config(tmp_path, world, "vqa", epochs=4))
+    Trainer(cfg, progress=False).fit()
+    losses = [float(line.split(",")[-1]) for line in (tmp_path / "run/log.csv").read_text().splitlines() if ",train,loss," in line]
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+
+
+def test_nan_loss_stops_before_the_step_and_keeps_the_checkpoint(tmp_path: Path, world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from polymodal.tasks.vqa import VQATask
+    from polymodal.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    cfg = load_config(write_config(tmp_path, world, "vqa", checkpoint_every=2, max_steps=10))
+    real = VQATask.loss
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch):
+        calls["n"] += 1
+        out = real(self, model, batch)
+        if calls["n"] == 4:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(VQATask, "loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="optimizer step 3") as err:
+        Trainer(cfg, progress=False).fit()
+    assert "step_00000002" in str(err.value)
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "run"))
+    assert ckpt.meta["global_step"] == 2
+    assert all(torch.isfinite(t).all() for t in ckpt.model_state().values())
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    from polymodal.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    return load_checkpoint(latest_checkpoint(run)).model_state()
+
+
+def test_resume_after_kill_matches_an_unbroken_run(tmp_path: Path, world: Path) -> None:
+    """Kill a real training process mid-epoch (SIGKILL), resume it, and compare with an unbroken run."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    unbroken = write_config(tmp_path / "a", world, "vqa", epochs=2, checkpoint_every=3)
+    broken = write_config(tmp_path / "b", world, "vqa", epochs=2, checkpoint_every=3)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "polymodal.cli", "train"]
+    subprocess.run(cmd + [str(unbroken)], check=True, env=env, capture_output=True)
+
+    proc = subprocess.Popen(cmd + [str(broken)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "b/run/checkpoints/latest"
+    deadline = time.time() + 120
+    while not latest.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b/run/metrics.json").exists(), "the run finished before it could be killed"
+    killed_at = latest.read_text().strip()
+    subprocess.run(cmd + [str(broken), "--resume"], check=True, env=env, capture_output=True)
+
+    a, b = _final_weights(tmp_path / "a/run"), _final_weights(tmp_path / "b/run")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), (name, killed_at)
+    ma = json.loads((tmp_path / "a/run/metrics.json").read_text())["test"]
+    mb = json.loads((tmp_path / "b/run/metrics.json").read_text())["test"]
+    assert ma == pytest.approx(mb)
+
+
+def test_config_mistakes_are_named(tmp_path: Path, world: Path) -> None:
+    path = write_config(tmp_path, world, "vqa")
+    with pytest.raises(ConfigError, match="needs a model of type 'dual_encoder', but model.type is 'vqa'"):
+        Trainer(load_config(path, ["train.task=retrieval"]), progress=False).fit()
+    with pytest.raises(ConfigError, match="unknown key 'train.epoch'"):
+        load_config(path, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="early_stopping.metric 'bleu'"):
+        Trainer(load_config(path, ["train.early_stopping={metric: bleu}", "train.max_steps=1"]), progress=False).fit()
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, world: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    copy = tmp_path / "w"
+    shutil.copytree(world, copy)
+    images = sorted((copy / "images/train").iterdir())
+    broken = images[: int(0.3 * len(images))]
+    for p in broken:
+        p.write_bytes(b"not a png")
+    cfg = load_config(write_config(tmp_path, copy, "classification", epochs=1))
+    with caplog.at_level("WARNING"):
+        summary = Trainer(cfg, progress=False).fit()
+    assert summary["steps"] >= 1
+    assert any("samples skipped (unreadable images)" in r.message for r in caplog.records)
