@@ -156,7 +156,16 @@ def train(
     if output_dir is not None:
         sets.append(f"output_dir={output_dir}")
     cfg = load_config(config, sets)
-    summary = Trainer(cfg, resume=resume).fit()
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        summary = trainer.fit()
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if not trainer.is_main:
+        return
     typer.echo(json.dumps({k: v for k, v in summary.items() if k in ("steps", "epochs", "test")}, indent=1, default=float))
     typer.echo(f"run folder: {cfg.output_dir}")
 

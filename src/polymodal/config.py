@@ -92,6 +92,7 @@ class TrainSettings(StrictModel):
     eval_every_epochs: int = Field(1, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)
     early_stopping: EarlyStopping | None = None
+    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="strategy under torchrun; batch_size is per process")
 
 
 class RunConfig(StrictModel):

@@ -168,3 +168,25 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, world: Path, cap
         summary = Trainer(cfg, progress=False).fit()
     assert summary["steps"] >= 1
     assert any("samples skipped (unreadable images)" in r.message for r in caplog.records)
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path, world: Path) -> None:
+    """torchrun with 2 CPU processes (gloo), batch 8 each, gathers ITC negatives across ranks and must
+    reach the weights of one process with batch 16."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    single = write_config(tmp_path / "one", world, "retrieval", batch_size=16, max_steps=4)
+    ddp = write_config(tmp_path / "two", world, "retrieval", batch_size=8, max_steps=4)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "polymodal.cli", "train", str(single)], check=True, env=env, capture_output=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "-m", "polymodal.cli", "train", str(ddp)],
+        env=env, capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    a, b = _final_weights(tmp_path / "one/run"), _final_weights(tmp_path / "two/run")
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+    # only rank 0 wrote checkpoints and logs
+    assert len(list((tmp_path / "two/run/checkpoints").glob("step_*"))) >= 1
+    assert not any(p.name.startswith("step_") and ".tmp" in p.name for p in (tmp_path / "two/run/checkpoints").iterdir())

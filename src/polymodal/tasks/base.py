@@ -6,6 +6,7 @@ one training loop serves retrieval, captioning, VQA and classification alike.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -37,9 +38,16 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def image_id_tensor(samples: Sequence[Sample]) -> Tensor:
-    """Small ints that are equal exactly when two samples show the same image (for ITC masking)."""
-    index: dict[str, int] = {}
-    return torch.tensor([index.setdefault(s.image_id or s.sample_id, len(index)) for s in samples])
+    """Ints equal exactly when two samples show the same image (for ITC masking).
+
+    A stable 63-bit hash of the id, not a per-batch index: under DDP the ids of all ranks are
+    gathered together and must mean the same image everywhere (Python's hash() is salted per process).
+    """
+    def key(s: Sample) -> int:
+        digest = hashlib.blake2b((s.image_id or s.sample_id).encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") >> 1
+
+    return torch.tensor([key(s) for s in samples], dtype=torch.int64)
 
 
 class Task:

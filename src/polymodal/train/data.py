@@ -48,27 +48,41 @@ def require(samples: Sequence[Sample], split: str, task: Task) -> None:
 
 
 class ResumableSampler(Sampler[int]):
-    """A seeded permutation per epoch that can start at any position (for mid-epoch resume)."""
+    """A seeded permutation per epoch that can start at any position (for mid-epoch resume).
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+    Under DDP every rank draws the same permutation and takes every ``world_size``-th index from
+    ``rank``: batch k of all ranks together is then exactly batch k of a single process whose batch
+    is ``world_size`` times larger. The permutation is padded by repetition to a multiple of
+    ``world_size`` so all ranks take the same number of steps (as torch's DistributedSampler does).
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
         self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start = 0
 
     def set_position(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
+    @property
+    def shard_size(self) -> int:
+        return -(-self.size // self.world_size)
+
     def order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.size))
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.size, generator=g).tolist()
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        padded = order + order[: self.shard_size * self.world_size - self.size]
+        return padded[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order()[self.start :])
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return self.shard_size - self.start
 
 
 def image_processor(settings: ImageSettings, train: bool, seed: int = 0) -> ImageProcessor:

@@ -42,6 +42,16 @@ class TrainingDiverged(PolymodalError):
     """The loss became NaN or infinite; the run stopped before applying the step."""
 
 
+class _NullLog:
+    """What ranks other than 0 log to: nothing."""
+
+    def write(self, *args: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class TrainState:
     epoch: int = 0
@@ -62,8 +72,32 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("train.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun (WORLD_SIZE > 1).
+
+    NCCL on GPUs, gloo on CPUs: PyTorch's own stack, nothing home-made.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 class Trainer:
@@ -78,6 +112,9 @@ class Trainer:
         self.resume = resume
         self.progress = progress
         self.device = pick_device(self.settings.device)
+        self.rank, self.world = init_distributed(self.device)
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
         self.state = TrainState()
 
     # ---------------------------------------------------------------- setup
@@ -100,6 +137,8 @@ class Trainer:
         s = self.settings
         seed_everything(self.cfg.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.world > 1 and self.settings.distributed == "fsdp":
+            raise ConfigError("train.distributed: fsdp is not available yet in this version; use ddp")
         placeholder = build_task(s.task, None, self.cfg.tokenizer.max_length)
         if self.cfg.model.type != placeholder.model_type:  # fail before reading any data
             raise ConfigError(f"train.task '{s.task}' needs a model of type '{placeholder.model_type}', but model.type is '{self.cfg.model.type}'")
@@ -122,12 +161,14 @@ class Trainer:
         self.test_samples = load_split(self.cfg.data, "test", self.task)
         self.model_config = self._model_config(self.task)
         self.model = build_model(self.model_config, self.task.context(self.tokenizer)).to(self.device)
-        self.tokenizer.save(self.run_dir)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(self.cfg.model_dump_json()), sort_keys=False))
+        if self.is_main:
+            self.tokenizer.save(self.run_dir)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(self.cfg.model_dump_json()), sort_keys=False))
 
         o = self.cfg.optim
         self.optimizer = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
-        micro_per_epoch = math.ceil(len(train) / s.batch_size)
+        self.sampler = ResumableSampler(len(train), self.cfg.seed, rank=self.rank, world_size=self.world)
+        self.micro_per_epoch = micro_per_epoch = math.ceil(self.sampler.shard_size / s.batch_size)
         self.steps_per_epoch = math.ceil(micro_per_epoch / s.accumulation)
         self.total_steps = s.max_steps or self.steps_per_epoch * s.epochs
         self.scheduler = warmup_cosine(self.optimizer, o.warmup_steps, self.total_steps, o.min_lr_ratio)
@@ -137,10 +178,14 @@ class Trainer:
             restored = self.checkpoint.load_training_state(self.optimizer, self.scheduler, self.scaler)
             self.state = TrainState(**restored)
             log.info("resumed from %s at epoch %d, step %d", self.checkpoint.path, self.state.epoch, self.state.global_step)
-        self.forward_model = torch.compile(self.model) if s.compile else self.model
-        self.train_processor = image_processor(self.cfg.image, train=True, seed=self.cfg.seed)
+        wrapped: torch.nn.Module = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            wrapped = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward_model = torch.compile(wrapped) if s.compile else wrapped
+        self.train_processor = image_processor(self.cfg.image, train=True, seed=self.cfg.seed + self.rank)
         self.eval_processor = image_processor(self.cfg.image, train=False)
-        self.sampler = ResumableSampler(len(train), self.cfg.seed)
 
     def eval_loader(self, samples: Sequence[Sample], with_images: bool = True):
         return make_loader(
@@ -157,19 +202,25 @@ class Trainer:
             "task_state": self.task.state(),
         }
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Rank 0 writes; every rank waits for it, so no rank runs ahead of a checkpoint."""
         from polymodal.train.checkpoint import save_checkpoint
 
+        if not self.is_main:
+            _barrier(self.world)
+            return None
         st = self.state
         train_state = {
             "epoch": st.epoch, "step_in_epoch": st.step_in_epoch, "global_step": st.global_step,
             "best": st.best, "bad_evals": st.bad_evals, "history": st.history,
         }
-        return save_checkpoint(
+        path = save_checkpoint(
             self.run_dir, model=self.model, model_config=self.model_config.model_dump(), global_step=st.global_step,
             processors=self.processors(), tokenizer=self.tokenizer, optimizer=self.optimizer, scheduler=self.scheduler,
             scaler=self.scaler, train_state=train_state, keep_last=self.settings.keep_checkpoints,
         )
+        _barrier(self.world)
+        return path
 
     # ---------------------------------------------------------------- loop
     def _autocast(self):
@@ -185,7 +236,7 @@ class Trainer:
             self.train_samples, self.train_processor, self.tokenizer, self.cfg.tokenizer.max_length, s.batch_size,
             s.num_workers, sampler=self.sampler, flip_prob=self.cfg.image.flip_prob, seed=self.cfg.seed * 1000 + st.epoch,
         )
-        micro_total = math.ceil(len(self.train_samples) / s.batch_size)
+        micro_total = self.micro_per_epoch
         bar = tqdm(total=micro_total, initial=st.step_in_epoch, desc=f"epoch {st.epoch + 1}/{s.epochs}", unit="batch", disable=not self.progress, dynamic_ncols=True)
         self.model.train()
         window: list[float] = []
@@ -200,7 +251,7 @@ class Trainer:
             with self._autocast():
                 out = self.task.loss(self.forward_model, batch)
             loss = out.loss
-            if not torch.isfinite(loss):
+            if not self._all_finite(loss):
                 last = (self.run_dir / "checkpoints" / "latest")
                 where = last.read_text().strip() if last.is_file() else "none written yet"
                 raise TrainingDiverged(
@@ -216,7 +267,7 @@ class Trainer:
                 continue
             self._optimizer_step()
             st.global_step += 1
-            if st.global_step % s.log_every == 0:
+            if st.global_step % s.log_every == 0 and self.is_main:
                 rate = seen / max(1e-9, time.perf_counter() - t0)
                 values = {"loss": sum(window) / len(window), "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate} | out.logs
                 run_log.write(st.global_step, st.epoch, "train", values)
@@ -230,6 +281,15 @@ class Trainer:
         if skipped:
             log.warning("epoch %d: %d samples skipped (unreadable images); see the warnings above", st.epoch + 1, skipped)
         return st.global_step < self.total_steps
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Every rank must agree, or one rank stops while the others wait for it forever."""
+        ok = torch.isfinite(loss.detach()).float()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
 
     def _optimizer_step(self) -> None:
         clip = self.cfg.optim.grad_clip
@@ -252,6 +312,20 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             return self.task.evaluate(self.model, samples, lambda ss, img=True: self.eval_loader(ss, img), self.device)
 
+    def _validate(self, run_log: Any) -> tuple[bool, bool]:
+        """Rank 0 evaluates (the others wait); the early-stopping verdict is shared with every rank."""
+        verdict = torch.zeros(2)
+        if self.is_main:
+            result = self.evaluate(self.val_samples)
+            run_log.write(self.state.global_step, self.state.epoch, "val", result.metrics)
+            self.state.history.append({"step": self.state.global_step, "epoch": self.state.epoch, "val": result.metrics})
+            verdict = torch.tensor([float(x) for x in self._early_stop(result.metrics)])
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast(verdict, src=0)
+        return bool(verdict[0]), bool(verdict[1])
+
     def _early_stop(self, metrics: dict[str, float]) -> tuple[bool, bool]:
         """(is_best, should_stop) for the configured metric."""
         es = self.settings.early_stopping
@@ -272,34 +346,35 @@ class Trainer:
 
         self.setup()
         s, st = self.settings, self.state
-        run_log = RunLog(self.run_dir, resume=self.resume)
+        run_log = RunLog(self.run_dir, resume=self.resume) if self.is_main else _NullLog()
         started = time.perf_counter()
         try:
             while st.epoch < s.epochs:
                 more = self._train_epoch(run_log)
-                finished_epoch = st.step_in_epoch >= math.ceil(len(self.train_samples) / s.batch_size)
+                finished_epoch = st.step_in_epoch >= self.micro_per_epoch
                 if finished_epoch:
                     st.epoch += 1
                     st.step_in_epoch = 0
                 stop = not more
                 if self.val_samples and (finished_epoch and st.epoch % s.eval_every_epochs == 0 or stop):
-                    result = self.evaluate(self.val_samples)
-                    run_log.write(st.global_step, st.epoch, "val", result.metrics)
-                    st.history.append({"step": st.global_step, "epoch": st.epoch, "val": result.metrics})
-                    is_best, stop_early = self._early_stop(result.metrics)
+                    is_best, stop_early = self._validate(run_log)
                     path = self.save()
-                    if is_best:
+                    if is_best and path is not None:
                         mark_best(self.run_dir, path)
                     if stop_early:
                         log.info("early stopping: %s did not improve for %d evaluations", s.early_stopping.metric, s.early_stopping.patience)  # type: ignore[union-attr]
                         break
                 else:
-                    mark_best(self.run_dir, self.save())
+                    path = self.save()
+                    if path is not None:
+                        mark_best(self.run_dir, path)
                 if stop:
                     break
         finally:
             run_log.close()
         summary: dict[str, Any] = {"steps": st.global_step, "epochs": st.epoch, "train_seconds": time.perf_counter() - started, "history": st.history}
+        if not self.is_main:
+            return summary
         if self.test_samples:
             result = self.evaluate(self.test_samples)
             summary["test"] = result.metrics
