@@ -51,7 +51,9 @@ def test_data_check_finds_a_corrupt_image_and_fails(tmp_path: Path, capsys: pyte
 def test_user_errors_are_one_paragraph_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "data", "check", str(tmp_path / "nothing-here"))
     assert code == 2 and err.startswith("error:") and "Traceback" not in err
-    code, _, err = run(capsys, "train", "cfg.yaml")
+    code, _, err = run(capsys, "train", str(tmp_path / "cfg.yaml"))
+    assert code == 2 and "config file not found" in err and "cfg.yaml" in err
+    code, _, err = run(capsys, "serve")
     assert code == 2 and "not available yet" in err
 
 
