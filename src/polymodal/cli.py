@@ -7,6 +7,7 @@ traceback; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -170,22 +171,167 @@ def train(
     typer.echo(f"run folder: {cfg.output_dir}")
 
 
-@app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def evaluate(ctx: typer.Context) -> None:
-    """Evaluate a checkpoint on a dataset (coming with the training capability).
+@app.command(name="eval")
+def evaluate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Run folder, its checkpoints/ folder or one step_* folder."),
+    data: Path = typer.Option(..., "--data", "-d", help="Data spec: a run config, a data-source YAML or a world folder."),
+    splits: Optional[list[str]] = typer.Option(None, "--split", help="Split to evaluate (repeatable); default: every split except train."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json, report.html and report.md (default: RUN/eval)."),
+    max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="Evaluate at most this many samples per split."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
+    workers: int = typer.Option(2, "--workers", min=0, help="Data-loader processes decoding images (0: in the main process)."),
+    device: str = typer.Option("auto", "--device", help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."),
+) -> None:
+    """Evaluate a checkpoint on every split of a data spec; print the metrics, write eval.json and a report.
 
-    Example:  polymodal eval --checkpoint runs/quickstart --data configs/data/world.yaml
+    The checkpoint's task picks the samples it uses (a world split mixes captions, questions and statements).
+
+    Example:  polymodal eval --checkpoint runs/world_vqa --data world/
+
+    Example:  polymodal eval --checkpoint runs/world_vqa --data world/ --split test --split test_heldout --out vqa_eval
+
+    Example:  polymodal eval --checkpoint runs/world_retrieval/checkpoints/step_00001000 --data configs/world_retrieval.yaml --max-samples 500
     """
-    _not_yet("eval", "training and evaluation")
+    import logging
+
+    from polymodal.evaluate import evaluate_checkpoint, format_metrics
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = evaluate_checkpoint(
+        checkpoint, data, out_dir=out, splits=splits or None, max_samples=max_samples,
+        device=device, batch_size=batch_size, num_workers=workers,
+    )
+    typer.echo(f"{result['model_type']} model, {result['task']} task, step {result['global_step']}: {result['checkpoint']}")
+    typer.echo(format_metrics(result["metrics"], {s: r["samples"] for s, r in result["splits"].items()}))
+    for split, why in result["skipped_splits"].items():
+        typer.echo(f"skipped split {split}: {why}")
+    typer.echo(f"wrote {result['eval_json']}")
+    for key in ("report_html", "report_md"):
+        if key in result:
+            typer.echo(f"wrote {result[key]}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def predict(ctx: typer.Context) -> None:
-    """Caption, answer, rank or classify with a model (coming with the training capability).
+class PredictAction(str, Enum):
+    caption = "caption"
+    answer = "answer"
+    rank_texts = "rank-texts"
+    rank_images = "rank-images"
+    classify = "classify"
 
-    Example:  polymodal predict caption --checkpoint runs/quickstart img.png
+
+def _read_texts(values: list[str]) -> list[str]:
+    """Texts as given; a value naming an existing .txt file is replaced by its non-empty lines."""
+    out: list[str] = []
+    for v in values:
+        p = Path(v)
+        if p.suffix.lower() == ".txt" and p.is_file():
+            try:
+                out += [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+            except (OSError, UnicodeDecodeError) as e:
+                raise PolymodalError(f"cannot read the texts file {p}: {e}") from None
+        else:
+            out.append(v)
+    return out
+
+
+@app.command()
+def predict(
+    action: PredictAction = typer.Argument(..., help="caption | answer | rank-texts | rank-images | classify"),
+    inputs: Optional[list[str]] = typer.Argument(None, help="Images (caption, rank-images) or texts (rank-texts)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Run folder, its checkpoints/ folder or one step_* folder."),
+    image: Optional[list[Path]] = typer.Option(None, "--image", "-i", help="Image for answer, rank-texts and classify (repeatable for classify)."),
+    question: Optional[list[str]] = typer.Option(None, "--question", "-q", help="Question for answer (repeatable)."),
+    text: Optional[list[str]] = typer.Option(None, "--text", "-t", help="Query for rank-images; statement for classify (repeatable)."),
+    texts: Optional[list[str]] = typer.Option(None, "--texts", help="Candidates for rank-texts: texts, or a .txt file with one per line."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many results to show (answers, ranked texts or images)."),
+    method: str = typer.Option("greedy", "--method", help="Caption decoding: greedy, beam or nucleus."),
+    beam_size: int = typer.Option(3, "--beam-size", min=1, help="Beams for --method beam."),
+    max_length: int = typer.Option(30, "--max-length", min=1, help="Most tokens per caption."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    device: str = typer.Option("cpu", "--device", help="'cpu', 'cuda', 'cuda:N' or 'auto'."),
+) -> None:
+    """Caption, answer, rank or classify with a trained model.
+
+    Example:  polymodal predict caption --checkpoint runs/world_captioning img1.png img2.png
+
+    Example:  polymodal predict answer --checkpoint runs/world_vqa --image x.png --question "what color is the cube?"
+
+    Example:  polymodal predict rank-texts --checkpoint runs/world_retrieval --image x.png --texts "a red cube" "two blue spheres"
+
+    Example:  polymodal predict rank-texts --checkpoint runs/world_retrieval --image x.png --texts captions.txt
+
+    Example:  polymodal predict rank-images --checkpoint runs/world_retrieval --text "a red cube" img*.png
+
+    Example:  polymodal predict classify --checkpoint runs/world_classification --image x.png --text "the cube is left of the sphere"
     """
-    _not_yet("predict", "training and evaluation")
+    import json
+
+    from polymodal import predict as P
+    from polymodal.api import model_from_checkpoint
+    from polymodal.train.checkpoint import load_checkpoint
+
+    act = action.value
+    rest = list(inputs or [])
+    images, questions, queries = list(image or []), list(question or []), list(text or [])
+    # check the request before reading any weights
+    if act in ("caption", "rank-images") and not rest:
+        raise PolymodalError(f"predict {act}: give the image files after the options, e.g. 'polymodal predict {act} --checkpoint RUN img1.png img2.png'")
+    if act in ("answer", "rank-texts") and len(images) != 1:
+        raise PolymodalError(f"predict {act}: give exactly one --image (got {len(images)})")
+    if act == "answer" and not questions:
+        raise PolymodalError("predict answer: give at least one --question \"...\"")
+    if act == "rank-texts":
+        candidates = _read_texts(list(texts or []) + rest)
+        if not candidates:
+            raise PolymodalError("predict rank-texts: give candidate texts with --texts \"t1\" \"t2\" or --texts file.txt")
+    if act == "rank-images" and len(queries) != 1:
+        raise PolymodalError(f"predict rank-images: give exactly one --text query (got {len(queries)})")
+    if act in ("caption", "answer", "rank-texts") and (queries or (act != "answer" and questions)):
+        raise PolymodalError(f"predict {act}: --text/--question do not apply here; see 'polymodal predict --help'")
+    if act != "rank-texts" and texts:
+        raise PolymodalError(f"predict {act}: --texts applies to rank-texts only")
+    if act in ("answer", "classify") and rest:
+        raise PolymodalError(f"predict {act}: unexpected arguments {' '.join(rest)}; pass the image with --image")
+
+    ckpt = load_checkpoint(checkpoint)
+    P.require_model_type(ckpt.model_type, act, str(ckpt.path))
+    model, proc = model_from_checkpoint(ckpt, device)
+
+    results: list[dict] = []
+    if act == "caption":
+        captions = P.caption(model, proc, rest, max_length=max_length, method=method, beam_size=beam_size)
+        results = [{"image": p, "caption": c} for p, c in zip(rest, captions)]
+        lines = [f"{p}\t{c}" for p, c in zip(rest, captions)]
+    elif act == "answer":
+        ranked = P.answer_top_k(model, proc, images[0], questions, k=top_k)
+        results = [{"question": q, "answer": r[0][0], "top": [{"answer": a, "score": s} for a, s in r]} for q, r in zip(questions, ranked)]
+        lines = []
+        for q, r in zip(questions, ranked):
+            lines.append(f"Q: {q}\nA: {r[0][0]}  ({r[0][1]:.3f})")
+            if len(r) > 1:
+                lines.append("   also: " + ", ".join(f"{a} ({s:.3f})" for a, s in r[1:]))
+    elif act == "rank-texts":
+        ranked_items = P.rank_texts(model, proc, images[0], candidates, top_k=top_k)
+        results = [{"rank": n, "text": r.item, "score": r.score} for n, r in enumerate(ranked_items, 1)]
+        lines = [f"{n:>3}. {r.score:+.4f}  {r.item}" for n, r in enumerate(ranked_items, 1)]
+    elif act == "rank-images":
+        ranked_items = P.rank_images(model, proc, queries[0], rest, top_k=top_k)
+        results = [{"rank": n, "image": r.item, "score": r.score} for n, r in enumerate(ranked_items, 1)]
+        lines = [f"{n:>3}. {r.score:+.4f}  {r.item}" for n, r in enumerate(ranked_items, 1)]
+    else:
+        preds = P.classify(model, proc, images or None, queries or None)
+        n = max(len(images), len(queries))
+        pairs = list(zip((images * n if len(images) == 1 else images) or [None] * n, (queries * n if len(queries) == 1 else queries) or [None] * n))
+        results = [
+            {"image": str(i) if i is not None else None, "text": t, "label": c.label, "score": c.score, "scores": c.scores}
+            for (i, t), c in zip(pairs, preds)
+        ]
+        lines = []
+        for (i, t), c in zip(pairs, preds):
+            what = " | ".join(str(x) for x in (i, t) if x is not None)
+            others = ", ".join(f"{k} {v:.3f}" for k, v in list(c.scores.items())[:top_k])
+            lines.append(f"{what}\n  -> {c.label}  ({c.score:.3f}; {others})")
+    typer.echo(json.dumps(results, indent=1) if as_json else "\n".join(lines))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

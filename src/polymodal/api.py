@@ -1,0 +1,211 @@
+"""One-line loading: ``model, processors = load_model("runs/vqa")``.
+
+The weights always come with the exact preprocessing they were trained with (LAVIS-style): the image
+processor (size, normalisation, resize mode), the text tokenizer and its ``max_length``, and the task's
+state (the VQA answer vocabulary, the classifier's class names), all read from the checkpoint folder.
+
+    from polymodal.api import load_model
+    from polymodal import predict
+
+    model, proc = load_model("runs/world_vqa")              # a run folder, checkpoints/ or step_* folder
+    print(predict.answer(model, proc, ["scene.png"], ["what color is the cube?"]))
+
+    pixels = proc.images(["a.png", "b.png"])                 # [2, 3, S, S], normalised as in training
+    ids, mask = proc.texts(["a red cube", "two spheres"])    # [2, L] token ids and attention mask
+
+Only local polymodal checkpoints are loaded for now; names from the Hugging Face hub come later.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from PIL import Image
+from torch import nn
+
+from polymodal.data.images import open_image
+from polymodal.data.processors import ImageProcessor
+from polymodal.data.tokenizers import TextTokenizer
+from polymodal.errors import ConfigError, DataError, PolymodalError
+
+__all__ = [
+    "TASK_OF_MODEL",
+    "ImageInput",
+    "Processors",
+    "load_model",
+    "model_from_checkpoint",
+    "processors_from_checkpoint",
+    "resolve_device",
+]
+
+ImageInput = Union[Image.Image, str, "os.PathLike[str]", bytes]
+
+# The task a model type is trained and evaluated with (a checkpoint written by the trainer names it too).
+TASK_OF_MODEL: dict[str, str] = {
+    "dual_encoder": "retrieval",
+    "captioner": "captioning",
+    "vqa": "vqa",
+    "classifier": "classification",
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    name = (device or "cpu").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {device!r} is not a device name; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for, but no CUDA device is available; use 'cpu' or 'auto'")
+    return dev
+
+
+@dataclass
+class Processors:
+    """The preprocessing a checkpoint's weights were trained with, ready to turn inputs into tensors.
+
+    ``task`` is the task adapter's name (``vqa``, ``retrieval``, ...) and ``task_state`` its saved state
+    (``{"answer_vocab": ...}`` for VQA, ``{"classes": [...]}`` for classification).
+    """
+
+    image: ImageProcessor
+    tokenizer: TextTokenizer | None
+    max_length: int
+    task: str | None
+    task_state: dict[str, Any] = field(default_factory=dict)
+    model_type: str | None = None
+    source: str = ""  # where the weights came from, for messages
+
+    def load_image(self, image: ImageInput) -> Image.Image:
+        """A PIL image (RGB) from a PIL image, a path or encoded bytes; errors name the file."""
+        if isinstance(image, Image.Image):
+            return image.convert("RGB") if image.mode != "RGB" else image
+        if isinstance(image, (bytes, bytearray)):
+            return open_image(bytes(image))
+        if isinstance(image, (str, os.PathLike)):
+            return open_image(Path(image))
+        raise DataError(f"an image must be a PIL image, a file path or encoded bytes, got {type(image).__name__}")
+
+    def images(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """``[B, 3, S, S]`` float pixels, processed exactly as at evaluation time in training."""
+        if isinstance(images, (str, os.PathLike, Image.Image, bytes)):
+            images = [images]  # type: ignore[list-item]
+        if len(images) == 0:
+            raise DataError("no images given")
+        return torch.stack([self.image(self.load_image(im)) for im in images])
+
+    def texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)``, each ``[B, L]`` with ``L <= max_length``."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if self.tokenizer is None:
+            raise PolymodalError(f"{self.source or 'this checkpoint'} has no text tokenizer, so it cannot encode texts")
+        if len(texts) == 0:
+            raise DataError("no texts given")
+        enc = self.tokenizer.encode(list(texts), self.max_length)
+        return enc.input_ids, enc.attention_mask
+
+    def build_task(self) -> Any:
+        """The task adapter (with its saved state) that trained these weights, for evaluation."""
+        from polymodal.tasks import build_task
+
+        if not self.task:
+            raise PolymodalError(
+                f"{self.source or 'this checkpoint'} holds a {self.model_type!r} model, which no evaluation task uses"
+            )
+        task = build_task(self.task, self.tokenizer, self.max_length)
+        task.load_state(self.task_state)
+        return task
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    *,
+    expect_type: str | None = None,
+) -> tuple[nn.Module, Processors]:
+    """Load a model and its processors from a local polymodal checkpoint, in eval mode on ``device``.
+
+    ``name_or_path`` is a run folder (its best checkpoint, else its latest), a ``checkpoints/`` folder
+    or one ``step_*`` folder. ``expect_type`` (``"vqa"``, ``"dual_encoder"``, ...) rejects a checkpoint
+    of another model type with an error naming both.
+    """
+    from polymodal.train.checkpoint import CheckpointError, load_checkpoint
+
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            f"{str(name_or_path)!r}: no such file or folder (looked for {path.resolve()}). Only local polymodal "
+            "checkpoints are supported yet: pass a run folder, its checkpoints/ folder or a step_* folder "
+            "(model names from the Hugging Face hub are not loaded yet)"
+        )
+    ckpt = load_checkpoint(path, expect_type=expect_type)
+    return model_from_checkpoint(ckpt, device)
+
+
+def processors_from_checkpoint(ckpt: Any) -> Processors:
+    """The :class:`Processors` of a loaded :class:`~polymodal.train.checkpoint.Checkpoint`."""
+    from polymodal.train.checkpoint import PROCESSORS_FILE, CheckpointError
+
+    p = ckpt.processors
+    where = ckpt.path / PROCESSORS_FILE
+    if not isinstance(p.get("image"), dict):
+        raise CheckpointError(f"{where} has no 'image' processor settings; the checkpoint was not written by polymodal's trainer")
+    try:
+        image = ImageProcessor.from_dict(p["image"], train=False)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: the 'image' processor settings are invalid ({e})") from None
+    model_type = ckpt.model_type
+    task = p.get("task") or TASK_OF_MODEL.get(str(model_type))
+    max_length = p.get("text_max_length")
+    if not isinstance(max_length, int):
+        max_length = 32
+    return Processors(
+        image=image,
+        tokenizer=ckpt.tokenizer,
+        max_length=max_length,
+        task=task,
+        task_state=dict(p.get("task_state") or {}),
+        model_type=model_type,
+        source=str(ckpt.path),
+    )
+
+
+def model_from_checkpoint(ckpt: Any, device: str | torch.device = "cpu") -> tuple[nn.Module, Processors]:
+    """Rebuild the model of a loaded checkpoint, load its (sha256-checked) weights, eval mode."""
+    from polymodal.models.configs import parse_model_config
+    from polymodal.models.factory import BuildContext, build_model
+    from polymodal.models.vqa import AnswerVocab
+    from polymodal.train.checkpoint import CONFIG_FILE, PROCESSORS_FILE, CheckpointError
+
+    processors = processors_from_checkpoint(ckpt)
+    config = parse_model_config(ckpt.model_config, str(ckpt.path / CONFIG_FILE))
+    vocab = None
+    if "answer_vocab" in processors.task_state:
+        try:
+            vocab = AnswerVocab.from_dict(processors.task_state["answer_vocab"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{ckpt.path / PROCESSORS_FILE}: the answer vocabulary is malformed ({e})") from None
+    if config.type == "vqa" and vocab is None:
+        raise CheckpointError(
+            f"{ckpt.path / PROCESSORS_FILE} holds no answer vocabulary (task_state.answer_vocab), which a VQA model needs"
+        )
+    if config.type != "classifier" and ckpt.tokenizer is None:
+        raise CheckpointError(f"{ckpt.path} has no tokenizer.json, which a {config.type!r} model needs")
+    try:
+        model = build_model(config, BuildContext(tokenizer=ckpt.tokenizer, answer_vocab=vocab))
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt.path / CONFIG_FILE}: cannot rebuild the model: {e}") from None
+    ckpt.load_model_state(model)
+    model.eval()
+    return model.to(resolve_device(device)), processors

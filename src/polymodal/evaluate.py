@@ -1,0 +1,295 @@
+"""Evaluate a checkpoint on every split of a data spec: ``eval.json``, ``report.html`` and ``report.md``.
+
+    from polymodal.evaluate import evaluate_checkpoint, format_metrics
+
+    result = evaluate_checkpoint("runs/world_vqa", "world/", splits=["test", "test_heldout"])
+    print(format_metrics(result["metrics"]))
+
+The data spec is anything ``polymodal data check`` reads (a run config, a data-source YAML, a world
+folder). Each split keeps the samples the checkpoint's task uses (a world split mixes captions,
+questions and statements) and is evaluated by that task, in batches: sample records are read up front,
+images are decoded batch by batch in the data loader and never held all at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polymodal.data.sample import Sample
+from polymodal.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EVAL_FILE", "default_out_dir", "evaluate_checkpoint", "format_metrics", "read_splits", "run_dir_of"]
+
+EVAL_FILE = "eval.json"
+_INDEXED = re.compile(r"^(?P<split>.+)\[\d+\]$")
+_MAX_LIST = 1000  # longer lists in the details are summarised in eval.json, not written out
+
+
+def read_splits(data_spec: str | os.PathLike[str]) -> dict[str, list[Any]]:
+    """``{split: [source, ...]}`` from a spec, in the spec's order (``test[0]``, ``test[1]`` -> ``test``)."""
+    from polymodal.data.check import load_spec
+
+    groups: dict[str, list[Any]] = {}
+    for name, source in load_spec(data_spec):
+        m = _INDEXED.match(name)
+        groups.setdefault(m["split"] if m else name, []).append(source)
+    return groups
+
+
+def _pick_splits(groups: Mapping[str, list[Any]], splits: Sequence[str] | None, spec: Any) -> list[str]:
+    if splits:
+        unknown = [s for s in splits if s not in groups]
+        if unknown:
+            raise ConfigError(
+                f"{spec}: no split named {', '.join(map(repr, unknown))}; the spec has {', '.join(groups)}"
+            )
+        return list(dict.fromkeys(splits))
+    chosen = [s for s in groups if s != "train"]
+    return chosen or list(groups)
+
+
+def _select(sources: list[Any], task: Any, max_samples: int | None) -> tuple[list[Sample], int]:
+    """The samples the task uses, read source by source (stops reading at ``max_samples``)."""
+    from polymodal.data.formats import describe, read_source
+    from polymodal.data.report import DataReport
+
+    kept: list[Sample] = []
+    problems = 0
+    for source in sources:
+        if max_samples is not None and len(kept) >= max_samples:
+            break
+        report = DataReport(describe(source))
+        selected = (s for s in read_source(source, report) if task.select(s))
+        if max_samples is not None:
+            selected = itertools.islice(selected, max_samples - len(kept))
+        kept.extend(selected)
+        if report.num_problems:
+            problems += report.num_problems
+            log.warning("%s: %d problem records skipped\n%s", describe(source), report.num_problems, report.format())
+    return kept, problems
+
+
+def run_dir_of(checkpoint_dir: Path) -> Path | None:
+    """The run folder of ``RUN/checkpoints/step_X``, or None for a checkpoint living elsewhere."""
+    parent = checkpoint_dir.parent
+    return parent.parent if parent.name == "checkpoints" else None
+
+
+def default_out_dir(checkpoint_dir: Path) -> Path:
+    run = run_dir_of(checkpoint_dir)
+    return (run if run is not None else checkpoint_dir) / "eval"
+
+
+def _compact(obj: Any) -> Any:
+    """JSON-ready details: tensors to lists, huge lists summarised, non-finite floats to None."""
+    if isinstance(obj, torch.Tensor):
+        obj = obj.tolist() if obj.numel() <= _MAX_LIST else {"omitted": f"tensor of shape {list(obj.shape)}"}
+    if isinstance(obj, Mapping):
+        return {str(k): _compact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        if len(obj) > _MAX_LIST:
+            return {"omitted": f"list of {len(obj)} items"}
+        return [_compact(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "item"):  # numpy scalars
+        return _compact(obj.item())
+    return str(obj)
+
+
+def format_metrics(metrics: Mapping[str, Mapping[str, float]], counts: Mapping[str, int] | None = None) -> str:
+    """A text table: one row per metric, one column per split."""
+    from polymodal.report import format_value
+
+    splits = list(metrics)
+    if not splits:
+        return "(no metrics)"
+    names: list[str] = list(dict.fromkeys(k for m in metrics.values() for k in m))
+    rows = [["metric", *splits]]
+    if counts:
+        rows.append(["samples", *(str(counts.get(s, "")) for s in splits)])
+    rows += [[n, *(format_value(metrics[s].get(n)) for s in splits)] for n in names]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for j, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    data_spec: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    splits: Sequence[str] | None = None,
+    max_samples: int | None = None,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on the splits of ``data_spec`` and write ``eval.json`` and the report.
+
+    ``splits`` defaults to every split of the spec except ``train`` (for a world folder: val, test and
+    test_heldout); ``max_samples`` caps the samples per split. ``out_dir`` defaults to ``<run>/eval/``.
+    Returns what ``eval.json`` holds (``metrics`` per split, ``splits`` with details) plus the paths written.
+    """
+    from polymodal.api import model_from_checkpoint, resolve_device
+    from polymodal.train.checkpoint import load_checkpoint
+    from polymodal.train.data import make_loader
+
+    if max_samples is not None and max_samples < 1:
+        raise ConfigError(f"max_samples must be at least 1, got {max_samples}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint)
+    groups = read_splits(data_spec)  # read the spec before the weights: a typo fails fast
+    chosen = _pick_splits(groups, splits, data_spec)
+    model, proc = model_from_checkpoint(ckpt, dev)
+    task = proc.build_task()
+    out = Path(out_dir) if out_dir is not None else default_out_dir(ckpt.path)
+
+    def loader(samples: Sequence[Sample], with_images: bool = True) -> Any:
+        return make_loader(samples, proc.image if with_images else None, proc.tokenizer, proc.max_length, batch_size, num_workers)  # type: ignore[arg-type]
+
+    results: dict[str, dict[str, Any]] = {}
+    samples_of: dict[str, list[Sample]] = {}
+    skipped: dict[str, str] = {}
+    for split in chosen:
+        samples, problems = _select(groups[split], task, max_samples)
+        if not samples:
+            skipped[split] = f"no samples for the {task.name} task"
+            log.info("%s: no %s samples, skipped", split, task.name)
+            continue
+        log.info("%s: evaluating %d %s samples", split, len(samples), task.name)
+        started = time.perf_counter()
+        with torch.no_grad():
+            result = task.evaluate(model, samples, loader, dev)
+        results[split] = {
+            "samples": len(samples),
+            "problem_records": problems,
+            "seconds": round(time.perf_counter() - started, 3),
+            "metrics": {k: float(v) for k, v in result.metrics.items()},
+            "details": _compact(result.details),
+        }
+        samples_of[split] = samples
+    if not results:
+        raise DataError(
+            f"{data_spec}: none of the splits {', '.join(chosen)} has samples for the {task.name} task of "
+            f"{ckpt.path} ({proc.model_type} model); check that the data holds "
+            f"{'captions' if task.name in ('retrieval', 'captioning') else 'questions with answers' if task.name == 'vqa' else 'labelled rows'}"
+        )
+
+    summary: dict[str, Any] = {
+        "checkpoint": str(ckpt.path),
+        "model_type": proc.model_type,
+        "task": task.name,
+        "global_step": ckpt.global_step,
+        "data": str(data_spec),
+        "device": str(dev),
+        "max_samples": max_samples,
+        "metrics": {s: r["metrics"] for s, r in results.items()},
+        "splits": results,
+        "skipped_splits": skipped,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / EVAL_FILE, summary)
+    paths: dict[str, str] = {"out_dir": str(out), "eval_json": str(out / EVAL_FILE)}
+    if report:
+        from polymodal.report import write_report
+
+        html, md = write_report(_report_data(summary, samples_of, ckpt.path), out)
+        paths |= {"report_html": str(html), "report_md": str(md)}
+    return summary | paths
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def _report_data(summary: dict[str, Any], samples_of: dict[str, list[Sample]], ckpt_path: Path) -> Any:
+    from polymodal.report import (
+        CaptionExample,
+        ClassificationResult,
+        ReportData,
+        RetrievalExample,
+        VQAExample,
+    )
+
+    splits: dict[str, dict[str, Any]] = summary["splits"]
+    task = summary["task"]
+    primary = "test" if "test" in splits else next(iter(splits))
+    run = run_dir_of(ckpt_path)
+    log_csv = run / "log.csv" if run is not None else None
+    name = run.name if run is not None else ckpt_path.name
+    notes: list[str] = []
+    data = ReportData(
+        title=f"{name}: {summary['model_type']} evaluated on {Path(summary['data']).name}",
+        run_info={
+            "checkpoint": summary["checkpoint"],
+            "model type": str(summary["model_type"]),
+            "task": task,
+            "step": str(summary["global_step"]),
+            "data": summary["data"],
+            "splits": ", ".join(f"{s} ({r['samples']} samples)" for s, r in splits.items()),
+            "device": summary["device"],
+        },
+        metrics={s: r["metrics"] for s, r in splits.items()},
+        training_curves=str(log_csv) if log_csv is not None and log_csv.is_file() else None,
+        notes=notes,
+    )
+    if summary["max_samples"]:
+        notes.append(f"At most {summary['max_samples']} samples per split were evaluated.")
+    for s, why in summary["skipped_splits"].items():
+        notes.append(f"Split '{s}' was not evaluated: {why}.")
+    examples = splits[primary]["details"].get("examples") or []
+    if task == "vqa":
+        families = {s: r["details"]["by_family"] for s, r in splits.items() if r["details"].get("by_family")}
+        data.vqa_by_family = families or None
+        data.vqa_examples = []
+        for s, r in splits.items():
+            for ex, sample in zip(r["details"].get("examples") or [], samples_of[s]):
+                fam = sample.meta.get("family") if sample.text == ex.get("question") else None
+                label = f"{fam} ({s})" if fam and len(splits) > 1 else (fam or (s if len(splits) > 1 else None))
+                data.vqa_examples.append(
+                    VQAExample(ex["image"], ex["question"], ex["predicted"], list(ex.get("answers") or []), bool(ex.get("correct")), label)
+                )
+    elif task == "retrieval":
+        data.retrieval_examples = [
+            RetrievalExample(ex["query"], [tuple(t) for t in ex.get("top") or []], gold_image=ex.get("gold")) for ex in examples
+        ]
+        notes.append(f"Retrieval examples are text-to-image queries from the '{primary}' split.")
+    elif task == "captioning":
+        data.caption_examples = [CaptionExample(ex["image"], ex["caption"], list(ex.get("references") or [])) for ex in examples]
+        notes.append(f"Caption examples are from the '{primary}' split.")
+    elif task == "classification":
+        details = splits[primary]["details"]
+        classes, confusion = details.get("classes"), details.get("confusion")
+        if classes and isinstance(confusion, list):
+            acc = splits[primary]["metrics"].get("accuracy")
+            data.classification = ClassificationResult(classes, confusion, {"model": acc} if acc is not None else {})
+            notes.append(f"The confusion matrix is from the '{primary}' split.")
+    return data

@@ -1,0 +1,139 @@
+"""``evaluate_checkpoint`` and ``polymodal eval``: every split of a spec, eval.json, the report, the table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from polymodal.cli import main
+from polymodal.errors import ConfigError
+from polymodal.evaluate import _compact, evaluate_checkpoint, format_metrics
+from polymodal.tasks import captioning
+from tests.test_api import TinyRuns, tiny_runs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> TinyRuns:
+    return tiny_runs(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _no_java(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(captioning, "meteor_available", lambda: False)  # METEOR starts a JVM: seconds per call
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def vqa_eval(runs: TinyRuns) -> dict:
+    """The VQA run evaluated on the whole world folder, into the default folder RUN/eval."""
+    return evaluate_checkpoint(runs.runs["vqa"], runs.world, num_workers=0)
+
+
+def test_world_folder_evaluates_every_split_but_train(runs: TinyRuns, vqa_eval: dict) -> None:
+    assert list(vqa_eval["metrics"]) == ["val", "test", "test_heldout"]
+    out = runs.runs["vqa"] / "eval"
+    assert Path(vqa_eval["eval_json"]) == out / "eval.json"
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["task"] == "vqa" and saved["model_type"] == "vqa" and saved["global_step"] == 3
+    for split in ("val", "test", "test_heldout"):
+        metrics = saved["splits"][split]["metrics"]
+        assert 0.0 <= metrics["accuracy"] <= 1.0
+        assert metrics == pytest.approx(vqa_eval["metrics"][split])
+    assert saved["splits"]["test"]["samples"] > 0 and saved["splits"]["test_heldout"]["samples"] > 0
+
+
+def test_vqa_accuracy_per_family_for_test_and_heldout(runs: TinyRuns, vqa_eval: dict) -> None:
+    saved = json.loads(Path(vqa_eval["eval_json"]).read_text())
+    fams = {s: saved["splits"][s]["details"]["by_family"] for s in ("test", "test_heldout")}
+    assert {"count", "existence", "attribute"} <= set(fams["test"])
+    assert fams["test_heldout"] and all(0.0 <= v <= 1.0 for v in fams["test_heldout"].values())
+    html = Path(vqa_eval["report_html"]).read_text()
+    assert "VQA accuracy by question family" in html
+    for word in ("val", "test", "test_heldout", "accuracy", "acc_yes/no", "existence", "Training curves", "VQA examples"):
+        assert word in html, word
+    md = Path(vqa_eval["report_md"]).read_text()
+    assert "| family | val | test | test_heldout |" in md
+
+
+def test_metrics_equal_the_trainers_test_metrics(runs: TinyRuns, tmp_path: Path) -> None:
+    """Evaluating the run config's test split reproduces metrics.json: same weights, same preprocessing."""
+    for task in ("vqa", "classification", "retrieval"):
+        result = evaluate_checkpoint(runs.runs[task], runs.configs[task], out_dir=tmp_path / task, splits=["test"], num_workers=0, batch_size=7, report=False)
+        trained = json.loads((runs.runs[task] / "metrics.json").read_text())["test"]
+        assert result["metrics"]["test"] == pytest.approx(trained, abs=1e-6), task
+        assert not (tmp_path / task / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    "task, metric, section",
+    [("retrieval", "t2i_R@1", "Retrieval examples"), ("captioning", "CIDEr", "Caption examples"), ("classification", "macro_f1", "Confusion matrix")],
+)
+def test_each_task_gets_its_report_section(runs: TinyRuns, tmp_path: Path, task: str, metric: str, section: str) -> None:
+    result = evaluate_checkpoint(runs.runs[task], runs.world, out_dir=tmp_path, splits=["test"], max_samples=10, num_workers=0)
+    assert result["splits"]["test"]["samples"] <= 10
+    html = (tmp_path / "report.html").read_text()
+    assert section in html and metric in html and "test" in html
+    assert metric in json.loads((tmp_path / "eval.json").read_text())["metrics"]["test"]
+
+
+def test_splits_without_samples_for_the_task_are_skipped_and_noted(runs: TinyRuns, tmp_path: Path) -> None:
+    result = evaluate_checkpoint(runs.runs["retrieval"], runs.world, out_dir=tmp_path, splits=["test", "test_heldout"], max_samples=5, num_workers=0)
+    assert list(result["metrics"]) == ["test"]
+    assert "test_heldout" in result["skipped_splits"]
+    assert "test_heldout" in (tmp_path / "report.md").read_text()
+
+
+def test_an_unknown_split_names_the_ones_there_are(runs: TinyRuns, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'tset'.*val, test, test_heldout"):
+        evaluate_checkpoint(runs.runs["vqa"], runs.world, out_dir=tmp_path, splits=["tset"])
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_cli_eval_prints_the_table_and_exits_0(runs: TinyRuns, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(
+        capsys, "eval", "--checkpoint", str(runs.runs["vqa"]), "--data", str(runs.world),
+        "--split", "test", "--split", "test_heldout", "--out", str(tmp_path), "--workers", "0", "--device", "cpu",
+    )
+    assert code == 0, err
+    header = next(line for line in out.splitlines() if line.startswith("metric"))
+    assert header.split() == ["metric", "test", "test_heldout"]
+    assert any(line.startswith("accuracy ") for line in out.splitlines())
+    assert str(tmp_path / "eval.json") in out and (tmp_path / "report.html").is_file()
+    assert list(json.loads((tmp_path / "eval.json").read_text())["metrics"]) == ["test", "test_heldout"]
+
+
+def test_cli_eval_on_a_folder_that_is_not_a_checkpoint_exits_2(runs: TinyRuns, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", str(tmp_path), "--data", str(runs.world))
+    assert code == 2 and err.startswith("error:") and str(tmp_path) in err and "Traceback" not in err
+
+
+def test_cli_eval_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "eval", "--help")
+    assert code == 0 and "--split" in out and "--max-samples" in out and "Example" in out
+
+
+def test_format_metrics_is_one_column_per_split() -> None:
+    table = format_metrics({"test": {"accuracy": 0.5, "f1": 0.25}, "val": {"accuracy": 0.75}}, {"test": 4, "val": 8})
+    lines = table.splitlines()
+    assert lines[0].split() == ["metric", "test", "val"]
+    assert lines[2].split() == ["samples", "4", "8"]
+    assert lines[3].split() == ["accuracy", "0.5000", "0.7500"]
+    assert lines[4].split() == ["f1", "0.2500", "–"]
+
+
+def test_huge_detail_arrays_are_not_written() -> None:
+    compact = _compact({"ranks": list(range(5000)), "small": (1, 2.5, float("nan")), "nested": {"x": [[0] * 3] * 2}})
+    assert compact["ranks"] == {"omitted": "list of 5000 items"}
+    assert compact["small"] == [1, 2.5, None] and compact["nested"] == {"x": [[0, 0, 0], [0, 0, 0]]}
+    json.dumps(compact, allow_nan=False)
