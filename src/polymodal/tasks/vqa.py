@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from polymodal.data.sample import Sample
+from polymodal.errors import DataError
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.metrics import vqa_accuracy
 from polymodal.models.factory import BuildContext
@@ -59,7 +60,7 @@ class VQATask(Task):
     def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:
         preds = self.predict(model, samples, make_loader, device)
         if len(preds) != len(samples):
-            raise RuntimeError(f"vqa evaluation: {len(samples) - len(preds)} questions were skipped (unreadable images); see the log")
+            raise DataError(f"vqa evaluation: {len(samples) - len(preds)} questions were skipped (unreadable images); run 'polymodal data check' on the data")
         by_family: dict[str, list[float]] = defaultdict(list)
         by_type: dict[str, list[float]] = defaultdict(list)
         scores = []
