@@ -8,19 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from polymodal.cli import main
+from tests.cli_runner import run_cli
 
 COMMANDS = ["score", "quickstart", "train", "eval", "predict", "index", "search", "serve", "bench model"]
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_cli
 
 
 @pytest.mark.parametrize("command", COMMANDS + ["data world", "data check", "data stats"])

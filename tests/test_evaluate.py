@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from polymodal.cli import main
+from tests.cli_runner import run_cli
 from polymodal.errors import ConfigError
 from polymodal.evaluate import _compact, evaluate_checkpoint, format_metrics
 from polymodal.tasks import captioning
@@ -24,14 +24,6 @@ def _no_java(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(captioning, "meteor_available", lambda: False)  # METEOR starts a JVM: seconds per call
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

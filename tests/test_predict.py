@@ -11,7 +11,7 @@ import torch
 
 from polymodal import predict
 from polymodal.api import load_model
-from polymodal.cli import main
+from tests.cli_runner import run_cli
 from polymodal.data.images import open_image
 from polymodal.errors import DataError
 from tests.test_api import TinyRuns, tiny_runs, vqa_samples
@@ -27,14 +27,6 @@ def images(runs: TinyRuns) -> list[Path]:
     return sorted((runs.world / "images/test").iterdir())[:4]
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # ------------------------------------------------------------------------------------------- Python API
