@@ -42,5 +42,10 @@ class Sample:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def image_key(self) -> str:
+        """What identifies this sample's image: its image_id, or the sample itself when there is none."""
+        return self.image_id or self.sample_id
+
+    @property
     def has_image(self) -> bool:
         return self.image_path is not None or self.image_bytes is not None

@@ -52,8 +52,6 @@ def dummy_forward(model: nn.Module, cfg: Any, batch: int) -> Any:
     if cfg.type == "classifier":
         inputs = {"image": images, "text_ids": ids, "text_mask": mask}
         return lambda: model(inputs)
-    if cfg.type == "captioner":
-        return lambda: model(images, ids, mask)
     return lambda: model(images, ids, mask)
 
 

@@ -44,10 +44,23 @@ def image_id_tensor(samples: Sequence[Sample]) -> Tensor:
     gathered together and must mean the same image everywhere (Python's hash() is salted per process).
     """
     def key(s: Sample) -> int:
-        digest = hashlib.blake2b((s.image_id or s.sample_id).encode(), digest_size=8).digest()
+        digest = hashlib.blake2b(s.image_key.encode(), digest_size=8).digest()
         return int.from_bytes(digest, "little") >> 1
 
     return torch.tensor([key(s) for s in samples], dtype=torch.int64)
+
+
+def is_caption(sample: Sample) -> bool:
+    """An image with a caption (not a question, not a labelled statement)."""
+    return sample.has_image and bool(sample.text) and not sample.answers and sample.label is None
+
+
+def group_by_image(samples: Sequence[Sample]) -> dict[str, list[Sample]]:
+    """Samples per distinct image, in first-seen order (evaluation embeds or captions each image once)."""
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(s.image_key, []).append(s)
+    return groups
 
 
 class Task:

@@ -14,7 +14,7 @@ from torch import nn
 from polymodal.data.sample import Sample
 from polymodal.metrics import caption_scores
 from polymodal.metrics.meteor import meteor_available
-from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task
+from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, group_by_image, is_caption
 
 
 class CaptioningTask(Task):
@@ -28,24 +28,21 @@ class CaptioningTask(Task):
         self.beam_size = beam_size
 
     def select(self, sample: Sample) -> bool:
-        return sample.has_image and bool(sample.text) and not sample.answers and sample.label is None
+        return is_caption(sample)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         return StepOutput(model(batch["image"], batch["text_ids"], batch["text_mask"]).loss)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:
-        refs: dict[str, list[str]] = {}
-        first: dict[str, Sample] = {}
-        for s in samples:
-            key = s.image_id or s.sample_id
-            refs.setdefault(key, []).append(s.text or "")
-            first.setdefault(key, s)
+        groups = group_by_image(samples)
+        refs = {key: [s.text or "" for s in group] for key, group in groups.items()}
+        first = {key: group[0] for key, group in groups.items()}
         cands: dict[str, str] = {}
         for b in make_loader(list(first.values()), True):
             out = model.generate(b["image"].to(device), max_length=self.max_new_tokens, method=self.method, beam_size=self.beam_size)
             for s, seq in zip(b["samples"], out.sequences):
-                cands[s.image_id or s.sample_id] = self.tokenizer.decode(seq)
+                cands[s.image_key] = self.tokenizer.decode(seq)
         refs = {k: v for k, v in refs.items() if k in cands}
         wanted = ["bleu", "rouge", "cider"] + (["meteor"] if meteor_available() else [])
         scores = caption_scores(refs, cands, wanted)

@@ -13,7 +13,7 @@ from torch import nn
 
 from polymodal.data.sample import Sample
 from polymodal.metrics import retrieval_metrics
-from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, image_id_tensor
+from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, group_by_image, image_id_tensor, is_caption
 
 
 class RetrievalTask(Task):
@@ -25,7 +25,7 @@ class RetrievalTask(Task):
         self.max_length = max_length
 
     def select(self, sample: Sample) -> bool:
-        return sample.has_image and bool(sample.text) and not sample.answers and sample.label is None
+        return is_caption(sample)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         ids = image_id_tensor(batch["samples"]).to(batch["image"].device)
@@ -34,18 +34,15 @@ class RetrievalTask(Task):
 
     @torch.no_grad()
     def embed(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device):
-        first: dict[str, Sample] = {}
-        for s in samples:
-            first.setdefault(s.image_id or s.sample_id, s)
-        image_keys = list(first)
-        position = {k: i for i, k in enumerate(image_keys)}
+        first = {key: group[0] for key, group in group_by_image(samples).items()}
+        position = {k: i for i, k in enumerate(first)}
         image_emb = torch.cat([model.encode_image(b["image"].to(device)).float().cpu() for b in make_loader(list(first.values()), True) if "image" in b])
         texts = [s.text for s in samples]
         chunks = []
         for start in range(0, len(texts), 512):
             enc = self.tokenizer.encode(texts[start : start + 512], self.max_length)
             chunks.append(model.encode_text(enc.input_ids.to(device), enc.attention_mask.to(device)).float().cpu())
-        text_to_image = torch.tensor([position[s.image_id or s.sample_id] for s in samples])
+        text_to_image = torch.tensor([position[s.image_key] for s in samples])
         return image_emb, torch.cat(chunks), text_to_image, list(first.values())
 
     def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:
