@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from polymodal.data.sample import Sample
+from polymodal.errors import DataError
 from polymodal.metrics import retrieval_metrics
 from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, group_by_image, image_id_tensor, is_caption
 
@@ -36,7 +37,13 @@ class RetrievalTask(Task):
     def embed(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device):
         first = {key: group[0] for key, group in group_by_image(samples).items()}
         position = {k: i for i, k in enumerate(first)}
-        image_emb = torch.cat([model.encode_image(b["image"].to(device)).float().cpu() for b in make_loader(list(first.values()), True) if "image" in b])
+        loaded = [b for b in make_loader(list(first.values()), True) if "image" in b]
+        embedded = [s.image_key for b in loaded for s in b["samples"]]
+        if embedded != list(first):
+            # a skipped (unreadable) image would shift every later row and silently corrupt the ranks
+            missing = [k for k in first if k not in set(embedded)]
+            raise DataError(f"retrieval evaluation: {len(missing)} gallery image(s) could not be read (e.g. {first[missing[0]].image_path}); run 'polymodal data check' on the data")
+        image_emb = torch.cat([model.encode_image(b["image"].to(device)).float().cpu() for b in loaded])
         texts = [s.text for s in samples]
         chunks = []
         for start in range(0, len(texts), 512):
