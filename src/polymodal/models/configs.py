@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-MODEL_TYPES: tuple[str, ...] = ("dual_encoder", "fusion_encoder", "captioner", "vqa", "classifier")
+MODEL_TYPES: tuple[str, ...] = ("dual_encoder", "fusion_encoder", "captioner", "vqa", "classifier", "multitask")
 
 
 class EncoderSpec(BaseModel):
@@ -75,8 +75,31 @@ class ClassifierConfig(_ModelConfig):
     early_options: dict[str, Any] = Field(default_factory=dict)
 
 
+class MultiTaskConfig(_ModelConfig):
+    """One model for retrieval, captioning, VQA and statement classification (see models/multitask.py).
+
+    ``weights`` picks the objectives and their weights among itc, itm, mlm (pretraining), lm
+    (captioning), vqa and cls (classification); itc is required, a weight of 0 switches one off.
+    """
+
+    type: Literal["multitask"]
+    vision: EncoderSpec
+    text: EncoderSpec
+    decoder: EncoderSpec
+    fusion_depth: int = 2
+    fusion_heads: int | None = None
+    embed_dim: int = 128
+    weights: dict[str, float] = Field(default_factory=lambda: {"itc": 1.0, "lm": 1.0, "vqa": 1.0, "cls": 1.0})
+    mlm_probability: float = 0.15
+    label_smoothing: float = 0.0
+    max_answers: int = 3129
+    num_classes: int = 2
+    dropout: float = 0.1
+
+
 ModelConfig = Annotated[
-    Union[DualEncoderConfig, FusionEncoderConfig, CaptionerConfig, VQAConfig, ClassifierConfig], Field(discriminator="type")
+    Union[DualEncoderConfig, FusionEncoderConfig, CaptionerConfig, VQAConfig, ClassifierConfig, MultiTaskConfig],
+    Field(discriminator="type"),
 ]
 
 

@@ -24,6 +24,7 @@ from polymodal.models.configs import (
     DualEncoderConfig,
     EncoderSpec,
     FusionEncoderConfig,
+    MultiTaskConfig,
     VQAConfig,
     parse_model_config,
 )
@@ -81,7 +82,7 @@ def _vision_encoder(spec: EncoderSpec) -> Encoder:
     return build_encoder(spec.name, **spec.options())
 
 
-def _backbone(cfg: FusionEncoderConfig | VQAConfig, ctx: BuildContext) -> ImageTextBackbone:
+def _backbone(cfg: FusionEncoderConfig | VQAConfig | MultiTaskConfig, ctx: BuildContext) -> ImageTextBackbone:
     return ImageTextBackbone(_vision_encoder(cfg.vision), _text_encoder(cfg.text, ctx), cfg.fusion_depth, cfg.fusion_heads)
 
 
@@ -89,22 +90,42 @@ def _dual_encoder(cfg: DualEncoderConfig, ctx: BuildContext) -> nn.Module:
     return DualEncoder(_vision_encoder(cfg.vision), _text_encoder(cfg.text, ctx), cfg.embed_dim, cfg.init_temperature, local_loss=cfg.local_loss)
 
 
-def _fusion_encoder(cfg: FusionEncoderConfig, ctx: BuildContext) -> nn.Module:
+def _fusion_encoder_on(backbone: ImageTextBackbone, ctx: BuildContext, embed_dim: int, weights: dict[str, float], mlm_probability: float) -> FusionEncoder:
     tok = ctx.tokenizer
     mask_id = tok.mask_id if tok is not None and tok.mask_id is not None else _vocab(ctx) - 1
     pad_id = tok.pad_id if tok is not None else 0
     specials = tuple(i for i in (tok.cls_id, tok.sep_id, tok.unk_id) if i is not None) if tok is not None else ()
-    return FusionEncoder(_backbone(cfg, ctx), _vocab(ctx), mask_id, pad_id, specials, cfg.embed_dim, cfg.weights, cfg.mlm_probability)
+    return FusionEncoder(backbone, _vocab(ctx), mask_id, pad_id, specials, embed_dim, weights, mlm_probability)
+
+
+def _fusion_encoder(cfg: FusionEncoderConfig, ctx: BuildContext) -> nn.Module:
+    return _fusion_encoder_on(_backbone(cfg, ctx), ctx, cfg.embed_dim, cfg.weights, cfg.mlm_probability)
+
+
+def _multitask(cfg: MultiTaskConfig, ctx: BuildContext) -> nn.Module:
+    from polymodal.models.multitask import PRETRAIN_OBJECTIVES, MultiTaskModel, check_weights
+
+    weights = check_weights(cfg.weights)
+    if ctx.answer_vocab is None:
+        raise ConfigError("building a multitask model needs the answer vocabulary (built from the training answers)")
+    backbone = _backbone(cfg, ctx)
+    pretrain_weights = {k: v for k, v in weights.items() if k in PRETRAIN_OBJECTIVES and v > 0}
+    pretrain = _fusion_encoder_on(backbone, ctx, cfg.embed_dim, pretrain_weights, cfg.mlm_probability)
+    captioner = _captioner_on(backbone.image_encoder, cfg.decoder, ctx, cfg.label_smoothing)
+    return MultiTaskModel(pretrain, captioner, ctx.answer_vocab, cfg.num_classes, cfg.weights, cfg.dropout)
+
+
+def _captioner_on(vision: Encoder, spec: EncoderSpec, ctx: BuildContext, label_smoothing: float) -> nn.Module:
+    from polymodal.models.captioner import Captioner
+
+    decoder = _text_encoder(spec, ctx, causal=True, cross_attention=True, context_dim=vision.width)
+    tok = ctx.tokenizer
+    bos, eos, pad = (tok.cls_id, tok.sep_id, tok.pad_id) if tok is not None else (1, 2, 0)
+    return Captioner(vision, decoder, bos_id=bos, eos_id=eos, pad_id=pad, label_smoothing=label_smoothing)
 
 
 def _captioner(cfg: CaptionerConfig, ctx: BuildContext) -> nn.Module:
-    from polymodal.models.captioner import Captioner
-
-    vision = _vision_encoder(cfg.vision)
-    decoder = _text_encoder(cfg.decoder, ctx, causal=True, cross_attention=True, context_dim=vision.width)
-    tok = ctx.tokenizer
-    bos, eos, pad = (tok.cls_id, tok.sep_id, tok.pad_id) if tok is not None else (1, 2, 0)
-    return Captioner(vision, decoder, bos_id=bos, eos_id=eos, pad_id=pad, label_smoothing=cfg.label_smoothing)
+    return _captioner_on(_vision_encoder(cfg.vision), cfg.decoder, ctx, cfg.label_smoothing)
 
 
 def _vqa(cfg: VQAConfig, ctx: BuildContext) -> nn.Module:
@@ -126,6 +147,7 @@ MODELS: dict[str, Callable[[Any, BuildContext], nn.Module]] = {
     "captioner": _captioner,
     "vqa": _vqa,
     "classifier": _classifier,
+    "multitask": _multitask,
 }
 
 

@@ -43,12 +43,18 @@ class FusionEncoder(nn.Module):
         self.image_proj = _projection(backbone.image_encoder.output_dim, embed_dim)
         self.text_proj = _projection(backbone.text_encoder.output_dim, embed_dim)
         self.itc = ITCLoss()
-        self.itm_head = nn.Linear(backbone.width, 2)
-        self.mlm_head = nn.Sequential(nn.Linear(backbone.width, backbone.width), nn.GELU(), nn.LayerNorm(backbone.width), nn.Linear(backbone.width, vocab_size))
         weights = dict(weights or {k: 1.0 for k in OBJECTIVES})
         unknown = set(weights) - set(OBJECTIVES)
         if unknown:
             raise ValueError(f"fusion encoder: unknown objectives {sorted(unknown)}; valid: {list(OBJECTIVES)}")
+        # heads exist only for the objectives that train them: an untrained head would be dead weight in
+        # every checkpoint, and DDP refuses parameters that never receive a gradient
+        self.itm_head = nn.Linear(backbone.width, 2) if "itm" in weights else None
+        self.mlm_head = (
+            nn.Sequential(nn.Linear(backbone.width, backbone.width), nn.GELU(), nn.LayerNorm(backbone.width), nn.Linear(backbone.width, vocab_size))
+            if "mlm" in weights
+            else None
+        )
         self.objectives = MultiTaskLoss(weights)
         self.vocab_size = vocab_size
         self.mask_token_id = mask_token_id
@@ -64,15 +70,19 @@ class FusionEncoder(nn.Module):
 
     def forward(
         self,
-        images: Tensor,
+        images: Tensor | EncoderOutput,
         text_ids: Tensor,
         text_mask: Tensor | None = None,
         image_ids: Tensor | None = None,
         generator: torch.Generator | None = None,
+        text: EncoderOutput | None = None,
     ) -> FusionEncoderOutput:
+        """``images`` may be already encoded and ``text`` the already encoded ``text_ids``: a multi-task
+        model encodes each once and shares the result between its objectives."""
         weights = self.objectives.weights
-        image = self.backbone.encode_image(images)
-        text = self.backbone.encode_text(text_ids, text_mask)
+        image = images if isinstance(images, EncoderOutput) else self.backbone.encode_image(images)
+        if text is None:
+            text = self.backbone.encode_text(text_ids, text_mask)
         losses: dict[str, Tensor] = {}
         itc = None
         itm_acc = None
@@ -82,13 +92,13 @@ class FusionEncoder(nn.Module):
             itc = self.itc(img_z, txt_z, image_ids=image_ids)
             if "itc" in weights:
                 losses["itc"] = itc.loss
-        if "itm" in weights and images.shape[0] > 1:
+        if "itm" in weights and text_ids.shape[0] > 1:
             with torch.no_grad():
                 logits = itc.logits_per_image.detach().float()  # type: ignore[union-attr]
                 negs = sample_hard_negatives(logits, logits.t(), image_ids=image_ids, generator=generator)
             pairs = itm_pairs(negs)
             fused = self.backbone.fuse(_select(text, pairs.text_index), _select(image, pairs.image_index))
-            out = itm_loss(self.itm_head(fused.pooled), pairs.labels)
+            out = itm_loss(self.itm_head(fused.pooled), pairs.labels)  # type: ignore[misc]
             losses["itm"], itm_acc = out.loss, out.accuracy
         if "mlm" in weights:
             masked = mask_tokens(
@@ -101,12 +111,14 @@ class FusionEncoder(nn.Module):
             )
             masked_text = self.backbone.encode_text(masked.input_ids, text_mask)
             fused = self.backbone.fuse(masked_text, image)
-            losses["mlm"] = mlm_loss(self.mlm_head(fused.tokens), masked.labels)
+            losses["mlm"] = mlm_loss(self.mlm_head(fused.tokens), masked.labels)  # type: ignore[misc]
         total = self.objectives(losses)
         return FusionEncoderOutput(loss=total.total, parts=total.parts, itm_accuracy=itm_acc, itc=itc)
 
     @torch.no_grad()
     def itm_score(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> Tensor:
         """Probability ``[B]`` that each (image, text) pair matches."""
+        if self.itm_head is None:
+            raise ValueError("fusion encoder: this model was built without the 'itm' objective, so it has no matching head")
         fused = self.backbone(images, text_ids, text_mask)
         return self.itm_head(fused.pooled).softmax(dim=-1)[:, 1]

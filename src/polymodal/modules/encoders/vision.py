@@ -135,6 +135,9 @@ class SmallCNN(Encoder):
     feature map is flattened into ``tokens`` ``[B, H*W, width]`` (``H = image_size / 2**stages``)
     and mean-pooled into ``pooled`` (projected to ``output_dim`` when given). Group norm by default
     so results don't depend on the batch size (contrastive batches, batch-1 inference).
+
+    ``positions=True`` adds a learned embedding per grid cell to the tokens: convolutions are nearly
+    translation-invariant, and a question like "what is left of the cube?" needs to know where.
     """
 
     modality = "image"
@@ -149,6 +152,7 @@ class SmallCNN(Encoder):
         *,
         in_channels: int = 3,
         norm: Literal["group", "batch"] = "group",
+        positions: bool = False,
     ) -> None:
         super().__init__()
         if not channels:
@@ -178,6 +182,7 @@ class SmallCNN(Encoder):
             prev = c
         self.features = nn.Sequential(*layers)
         self.to_tokens = nn.Linear(prev, width)
+        self.pos_embed = nn.Parameter(0.02 * torch.randn(self.num_tokens, width)) if positions else None
         self.proj = nn.Linear(width, output_dim, bias=False) if output_dim else None
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -188,6 +193,8 @@ class SmallCNN(Encoder):
         _check_images(self.where, images, self.in_channels, self.image_size)
         fmap = self.features(images)  # [B, C, g, g]
         tokens = self.to_tokens(fmap.flatten(2).transpose(1, 2))  # [B, g*g, width]
+        if self.pos_embed is not None:
+            tokens = tokens + self.pos_embed.to(tokens.dtype)
         pooled = tokens.mean(dim=1)
         if self.proj is not None:
             pooled = self.proj(pooled)

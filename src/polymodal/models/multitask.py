@@ -1,0 +1,207 @@
+"""One model for every world task: shared towers, one head (or decoder) per task.
+
+The image is encoded once per batch and feeds all objectives: ITC/ITM/MLM through the ALBEF-style
+:class:`FusionEncoder`, captioning LM through a :class:`Captioner` whose decoder cross-attends to the
+same image tokens, VQA and statement verification through the same image-grounded text backbone.
+Sharing is by module identity, so a checkpoint stores each tower once and every sub-model (retrieval,
+captioning, VQA) can be used on its own at inference.
+
+Two *ablation probes* sit beside the joint statement classifier: one sees only the image's pooled
+features, one only the statement's text features, both detached so they cannot shape the shared
+towers. When the label needs both modalities (as the world's statements do by construction) the
+probes stay near chance while the joint head does not; if a dataset leaks the label through one
+modality, its probe shows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from polymodal.errors import ConfigError
+from polymodal.losses import MultiTaskLoss, vqa_bce_loss
+from polymodal.models.backbone import ImageTextBackbone
+from polymodal.models.captioner import Captioner
+from polymodal.models.fusion_encoder import FusionEncoder
+from polymodal.models.vqa import AnswerVocab, VQAClassifier
+from polymodal.modules.encoders.base import EncoderOutput
+
+PRETRAIN_OBJECTIVES = ("itc", "itm", "mlm")
+OBJECTIVES = PRETRAIN_OBJECTIVES + ("lm", "vqa", "cls")
+PROBES = ("image_only", "text_only")
+REQUIRED = ("itc", "lm", "vqa", "cls")
+
+
+@dataclass
+class MultiTaskOutput:
+    loss: Tensor
+    parts: dict[str, Tensor]  # unweighted, detached, per objective (probes included)
+    accuracy: dict[str, Tensor]  # training-batch accuracies of the classification heads
+
+
+def _head(width: int, outputs: int, dropout: float = 0.1) -> nn.Module:
+    return nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.LayerNorm(2 * width), nn.Dropout(dropout), nn.Linear(2 * width, outputs))
+
+
+def _repeat(image: EncoderOutput, times: int) -> EncoderOutput:
+    """Rows for ``times - 1`` questions per image (image-major) followed by one statement per image."""
+    if times == 1:
+        return image
+    index = torch.cat([torch.arange(image.tokens.shape[0], device=image.tokens.device).repeat_interleave(times - 1),
+                       torch.arange(image.tokens.shape[0], device=image.tokens.device)])
+    mask = None if image.mask is None else image.mask[index]
+    return EncoderOutput(image.tokens[index], image.pooled[index], mask)
+
+
+def _pad_cat(a: Tensor, b: Tensor, pad: int) -> Tensor:
+    """Stack two ``[B, T]`` id/mask tensors of different lengths along the batch, right-padded."""
+    t = max(a.shape[1], b.shape[1])
+    return torch.cat([F.pad(a, (0, t - a.shape[1]), value=pad), F.pad(b, (0, t - b.shape[1]), value=pad)])
+
+
+def check_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """The objectives' weights as floats, or a ConfigError naming what is unknown or missing."""
+    weights = {k: float(v) for k, v in weights.items()}
+    unknown = sorted(set(weights) - set(OBJECTIVES))
+    if unknown:
+        raise ConfigError(f"multitask: unknown objectives {unknown}; valid: {list(OBJECTIVES)}")
+    missing = [k for k in REQUIRED if weights.get(k, 0.0) <= 0]
+    if missing:
+        raise ConfigError(
+            f"multitask: the weights of {missing} must be > 0: every head of a multi-task model is trained "
+            "(itc, lm, vqa and cls are required; itm and mlm are optional); for fewer tasks use a single-task model type"
+        )
+    return weights
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(
+        self,
+        pretrain: FusionEncoder,
+        captioner: Captioner,
+        vocab: AnswerVocab,
+        num_classes: int = 2,
+        weights: Mapping[str, float] | None = None,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        weights = check_weights(weights or {k: 1.0 for k in REQUIRED})
+        if captioner.image_encoder is not pretrain.backbone.image_encoder:
+            raise ConfigError("multitask: the captioner must share the backbone's image encoder")
+        self.weights = {k: v for k, v in weights.items() if v > 0}
+        self.pretrain = pretrain
+        self.captioner = captioner
+        self.vqa = VQAClassifier(pretrain.backbone, vocab, dropout=dropout)
+        width = pretrain.backbone.width
+        self.num_classes = num_classes
+        self.cls_head = _head(width, num_classes, dropout)
+        self.probes = nn.ModuleDict({
+            "image_only": _head(pretrain.backbone.image_encoder.output_dim, num_classes, dropout),
+            "text_only": _head(pretrain.backbone.text_encoder.output_dim, num_classes, dropout),
+        })
+        self.objectives = MultiTaskLoss({k: v for k, v in self.weights.items() if k not in PRETRAIN_OBJECTIVES} | {f"probe_{p}": 1.0 for p in PROBES})
+
+    @property
+    def backbone(self) -> ImageTextBackbone:
+        return self.pretrain.backbone
+
+    @property
+    def vocab(self) -> AnswerVocab:
+        return self.vqa.vocab
+
+    # ------------------------------------------------------------------ training
+    def forward(
+        self,
+        images: Tensor,
+        caption_ids: Tensor,
+        caption_mask: Tensor,
+        question_ids: Tensor,
+        question_mask: Tensor,
+        answers: Sequence[Sequence[str]],
+        statement_ids: Tensor,
+        statement_mask: Tensor,
+        labels: Tensor,
+        image_ids: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MultiTaskOutput:
+        """Per image: a caption, ``k >= 1`` questions with their answers (rows image-major), a statement
+        with its label. Several questions per image make VQA learn faster for little extra cost, since
+        the image is encoded once."""
+        b = images.shape[0]
+        for name, t in (("caption_ids", caption_ids), ("statement_ids", statement_ids), ("labels", labels)):
+            if t.shape[0] != b:
+                raise ValueError(f"multitask: {name} has {t.shape[0]} rows for {b} images (one per image expected)")
+        per_image = question_ids.shape[0] // b
+        if per_image < 1 or question_ids.shape[0] != per_image * b or len(answers) != question_ids.shape[0]:
+            raise ValueError(
+                f"multitask: expected k questions per image (rows image-major) and one answer list per question; got "
+                f"{question_ids.shape[0]} questions and {len(answers)} answer lists for {b} images"
+            )
+        image = self.backbone.encode_image(images)
+        caption = self.backbone.encode_text(caption_ids, caption_mask)
+        pre = self.pretrain(image, caption_ids, caption_mask, image_ids=image_ids, generator=generator, text=caption)
+        losses: dict[str, Tensor] = {}
+        accuracy: dict[str, Tensor] = {}
+        if pre.itm_accuracy is not None:
+            accuracy["itm"] = pre.itm_accuracy
+        losses["lm"] = self.captioner(image, caption_ids, caption_mask).loss
+
+        # questions and statements share one pass through the text encoder and the fusion layers
+        pad = self.captioner.pad_id
+        ids = _pad_cat(question_ids, statement_ids, pad)
+        mask = _pad_cat(question_mask.long(), statement_mask.long(), 0)
+        text = self.backbone.encode_text(ids, mask)
+        fused = self.backbone.fuse(text, _repeat(image, per_image + 1)).pooled
+        nq = per_image * b
+        vqa_logits = self.vqa.head(fused[:nq])
+        targets = self.vocab.targets(answers).to(vqa_logits.device, vqa_logits.dtype)
+        losses["vqa"] = vqa_bce_loss(vqa_logits, targets)
+        accuracy["vqa"] = targets.gather(1, vqa_logits.argmax(-1, keepdim=True)).float().mean().detach()
+        labels = labels.long()
+        cls_logits = self.cls_head(fused[nq:])
+        losses["cls"] = F.cross_entropy(cls_logits.float(), labels)
+        accuracy["cls"] = (cls_logits.argmax(-1) == labels).float().mean().detach()
+        probe_inputs = {"image_only": image.pooled.detach(), "text_only": text.pooled[nq:].detach()}
+        for name, features in probe_inputs.items():
+            logits = self.probes[name](features)
+            losses[f"probe_{name}"] = F.cross_entropy(logits.float(), labels)
+            accuracy[f"probe_{name}"] = (logits.argmax(-1) == labels).float().mean().detach()
+        rest = self.objectives(losses)
+        return MultiTaskOutput(loss=pre.loss + rest.total, parts=pre.parts | rest.parts, accuracy=accuracy)
+
+    # ------------------------------------------------------------------ inference
+    def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
+        z = self.pretrain.image_proj(self.backbone.encode_image(images).pooled)
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def encode_text(self, text_ids: Tensor, text_mask: Tensor | None = None, normalize: bool = True) -> Tensor:
+        z = self.pretrain.text_proj(self.backbone.encode_text(text_ids, text_mask).pooled)
+        return F.normalize(z, dim=-1) if normalize else z
+
+    @property
+    def logit_scale(self) -> float:
+        return self.pretrain.itc.scale
+
+    @torch.no_grad()
+    def answer(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> list[str]:
+        return self.vqa.answer(images, text_ids, text_mask)
+
+    @torch.no_grad()
+    def classify(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """Class probabilities of the joint head and of both single-modality probes, ``[B, C]`` each."""
+        image = self.backbone.encode_image(images)
+        text = self.backbone.encode_text(text_ids, text_mask)
+        fused = self.backbone.fuse(text, image).pooled
+        return {
+            "joint": self.cls_head(fused).softmax(-1),
+            "image_only": self.probes["image_only"](image.pooled).softmax(-1),
+            "text_only": self.probes["text_only"](text.pooled).softmax(-1),
+        }
+
+    @torch.no_grad()
+    def generate(self, images: Tensor, **options):  # -> GenerationOutput
+        return self.captioner.generate(images, **options)
