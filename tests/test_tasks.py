@@ -41,3 +41,62 @@ def test_retrieval_evaluation_refuses_a_gallery_with_unreadable_images(tmp_path:
     task = RetrievalTask(tok, 8)
     with pytest.raises(DataError, match="1 gallery image.*1.png"):
         task.evaluate(model, samples, lambda ss, img=True: make_loader(ss, proc, tok, 8, 2, 0), torch.device("cpu"))
+
+
+# ------------------------------------------------------------------------------------------ multitask
+
+
+def _mt_samples(tmp_path: Path) -> list[Sample]:
+    img = tmp_path / "a.png"
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(img)
+    img2 = tmp_path / "b.png"
+    Image.new("RGB", (16, 16), (0, 0, 200)).save(img2)
+    return [
+        Sample("c1", image_path=img, image_id="a", text="a red cube left of a ball."),
+        Sample("c2", image_path=img, image_id="a", text="a red cube."),
+        Sample("q1", image_path=img, image_id="a", text="what is left of the ball?", answers=("cube",) * 10),
+        Sample("q2", image_path=img, image_id="a", text="is the cube to the right of the ball?", answers=("no",) * 10),
+        Sample("s1", image_path=img, image_id="a", text="the cube is left of the ball.", label=1),
+        Sample("c3", image_path=img2, image_id="b", text="a blue cube."),  # no question, no statement
+    ]
+
+
+def test_multitask_items_group_by_image_and_count_incomplete_images(tmp_path: Path) -> None:
+    from polymodal.tasks.multitask import image_items, kind_of
+
+    samples = _mt_samples(tmp_path)
+    assert [kind_of(s) for s in samples] == ["caption", "caption", "question", "question", "statement", "caption"]
+    items, incomplete = image_items(samples)
+    assert incomplete == 1 and len(items) == 1
+    assert [s.sample_id for s in items[0].captions] == ["c1", "c2"] and len(items[0].questions) == 2
+
+
+def test_multitask_draws_are_seeded_by_epoch_and_index(tmp_path: Path) -> None:
+    from polymodal.tasks.multitask import ImageItemDataset, image_items
+
+    items, _ = image_items(_mt_samples(tmp_path))
+    proc = ImageProcessor(ImageProcessorConfig(size=16))
+    draws = lambda seed: [(it.caption_text, tuple(it.question_texts)) for it in (ImageItemDataset(items, proc, seed=seed, questions_per_image=2)[0] for _ in range(3))]
+    assert draws(5) == draws(5)  # a resumed run draws the very same texts
+    assert len({d for seed in range(12) for d in draws(seed)}) > 1  # and other epochs draw others
+
+
+def test_multitask_flip_keeps_every_text_true(tmp_path: Path) -> None:
+    from polymodal.tasks.multitask import ImageItemDataset, image_items
+
+    items, _ = image_items(_mt_samples(tmp_path))
+    proc = ImageProcessor(ImageProcessorConfig(size=16))
+    plain = ImageItemDataset(items, proc, flip_prob=0.0, seed=1, questions_per_image=2)[0]
+    flipped = ImageItemDataset(items, proc, flip_prob=1.0, seed=1, questions_per_image=2)[0]
+    assert torch.equal(flipped.image, plain.image.flip(-1))
+    assert flipped.statement_text == "the cube is right of the ball."
+    assert [q.replace("right", "LEFT").replace("left", "right").replace("LEFT", "left") for q in plain.question_texts] == flipped.question_texts
+    assert flipped.caption_text == plain.caption_text.replace("left", "right")
+
+
+def test_multitask_training_needs_complete_images(tmp_path: Path) -> None:
+    from polymodal.tasks.multitask import MultiTaskTask
+
+    samples = [s for s in _mt_samples(tmp_path) if s.label is None]
+    with pytest.raises(DataError, match="a caption, a question with answers and a labelled statement"):
+        MultiTaskTask(None, 16).train_items(samples)

@@ -76,7 +76,7 @@ class EarlyStopping(StrictModel):
 
 
 class TrainSettings(StrictModel):
-    task: Literal["retrieval", "captioning", "vqa", "classification"]
+    task: Literal["retrieval", "captioning", "vqa", "classification", "multitask"]
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     batch_size: int = Field(64, ge=1)
@@ -93,6 +93,7 @@ class TrainSettings(StrictModel):
     max_eval_samples: int | None = Field(None, ge=1)
     early_stopping: EarlyStopping | None = None
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="strategy under torchrun; batch_size is per process")
+    questions_per_image: int = Field(1, ge=1, description="multitask: questions drawn per image per step (the image is encoded once)")
 
 
 class RunConfig(StrictModel):

@@ -31,7 +31,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def sources(world: Path, kind: str, split: str) -> dict:
+def sources(world: Path, kind: str, split: str) -> dict | list[dict]:
+    if kind == "all":
+        return [sources(world, k, split) for k in ("captions", "vqa", "statements")]  # type: ignore[misc]
     if kind == "captions":
         return {"format": "coco_captions", "annotations": str(world / f"annotations/captions_{split}.json"), "images": str(world / f"images/{split}")}
     if kind == "vqa":
@@ -44,6 +46,8 @@ MODELS = {
     "captioning": ("captions", {"type": "captioner", "vision": VIT, "decoder": TEXT | {"causal": True}}),
     "vqa": ("vqa", {"type": "vqa", "vision": VIT, "text": TEXT | {"causal": False}, "fusion_depth": 1}),
     "classification": ("statements", {"type": "classifier", "encoders": {"image": VIT, "text": TEXT | {"causal": False}}, "stage": "late", "fusion": "concat", "fusion_dim": 32}),
+    "multitask": ("all", {"type": "multitask", "vision": {"name": "cnn", "image_size": 32, "channels": [8, 16], "width": 32, "positions": True},
+                          "text": TEXT | {"causal": False}, "decoder": TEXT, "fusion_depth": 1, "dropout": 0.0}),
 }
 
 
@@ -64,13 +68,16 @@ def write_config(tmp: Path, world: Path, task: str, **train: object) -> Path:
     return path
 
 
-@pytest.mark.parametrize("task, metric", [("retrieval", "t2i_R@1"), ("captioning", "CIDEr"), ("vqa", "accuracy"), ("classification", "accuracy")])
+@pytest.mark.parametrize(
+    "task, metric",
+    [("retrieval", "t2i_R@1"), ("captioning", "CIDEr"), ("vqa", "accuracy"), ("classification", "accuracy"), ("multitask", "vqa/accuracy")],
+)
 def test_every_task_trains_evaluates_and_writes_a_run(tmp_path: Path, world: Path, task: str, metric: str) -> None:
     cfg = load_config(write_config(tmp_path, world, task, max_steps=4))
     summary = Trainer(cfg, progress=False).fit()
     run = tmp_path / "run"
     assert summary["steps"] == 4 and metric in summary["test"]
-    assert 0.0 <= summary["test"][metric] <= (10.0 if metric == "CIDEr" else 1.0)
+    assert 0.0 <= summary["test"][metric] <= (10.0 if metric.endswith("CIDEr") else 1.0)
     assert json.loads((run / "metrics.json").read_text())["test"][metric] == pytest.approx(summary["test"][metric])
     log = (run / "log.csv").read_text().splitlines()
     assert log[0] == "step,epoch,split,name,value" and any(",train,loss," in line for line in log)
@@ -190,3 +197,17 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     # only rank 0 wrote checkpoints and logs
     assert len(list((tmp_path / "two/run/checkpoints").glob("step_*"))) >= 1
     assert not any(p.name.startswith("step_") and ".tmp" in p.name for p in (tmp_path / "two/run/checkpoints").iterdir())
+
+
+def test_multitask_runs_under_two_process_ddp(tmp_path: Path, world: Path) -> None:
+    """Every parameter of the multi-task model gets a gradient (DDP refuses unused ones), questions per
+    image work per rank, and rank 0 alone writes the run."""
+    cfg = write_config(tmp_path, world, "multitask", batch_size=4, max_steps=2, questions_per_image=2)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534", "-m", "polymodal.cli", "train", str(cfg)],
+        env=env, capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["steps"] == 2 and "classification/text_only_accuracy" in summary["test"]

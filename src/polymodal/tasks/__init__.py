@@ -7,13 +7,14 @@ from typing import Any
 from polymodal.tasks.base import EvalResult, StepOutput, Task
 from polymodal.tasks.captioning import CaptioningTask
 from polymodal.tasks.classification import ClassificationTask
+from polymodal.tasks.multitask import MultiTaskTask
 from polymodal.tasks.retrieval import RetrievalTask
 from polymodal.tasks.vqa import VQATask
 
-TASKS = ("retrieval", "captioning", "vqa", "classification")
+TASKS = ("retrieval", "captioning", "vqa", "classification", "multitask")
 
 
-def build_task(name: str, tokenizer: Any, max_length: int) -> Task:
+def build_task(name: str, tokenizer: Any, max_length: int, questions_per_image: int = 1) -> Task:
     if name == "retrieval":
         return RetrievalTask(tokenizer, max_length)
     if name == "captioning":
@@ -22,6 +23,8 @@ def build_task(name: str, tokenizer: Any, max_length: int) -> Task:
         return VQATask()
     if name == "classification":
         return ClassificationTask()
+    if name == "multitask":
+        return MultiTaskTask(tokenizer, max_length, questions_per_image=questions_per_image)
     raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
 
 

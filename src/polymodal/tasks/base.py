@@ -77,12 +77,24 @@ class Task:
     def context(self, tokenizer: TextTokenizer) -> BuildContext:
         return BuildContext(tokenizer=tokenizer)
 
+    def model_overrides(self) -> dict[str, Any]:
+        """Model config fields that the training data decides (e.g. the number of classes)."""
+        return {}
+
     def state(self) -> dict[str, Any]:
         """JSON-able state saved with checkpoints (e.g. the answer vocabulary)."""
         return {}
 
     def load_state(self, state: dict[str, Any]) -> None:
         pass
+
+    def train_items(self, samples: Sequence[Sample]) -> Sequence[Any]:
+        """What one training index draws: a sample by default; a multi-task item groups an image's texts."""
+        return samples
+
+    def train_dataset(self, items: Sequence[Any], processor: Any, flip_prob: float, seed: int) -> tuple[Any, Any] | None:
+        """``(dataset, collate_fn)`` over :meth:`train_items`, or None for the standard sample loader."""
+        return None
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         raise NotImplementedError

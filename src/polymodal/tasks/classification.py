@@ -28,6 +28,9 @@ class ClassificationTask(Task):
             if len(self.classes) < 2:
                 raise ValueError(f"classification: the training data has {len(self.classes)} distinct label(s); need at least 2")
 
+    def model_overrides(self) -> dict[str, Any]:
+        return {"num_outputs": len(self.classes)}
+
     def state(self) -> dict[str, Any]:
         return {"classes": self.classes}
 

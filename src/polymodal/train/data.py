@@ -107,15 +107,21 @@ def make_loader(
     sampler: Sampler[int] | None = None,
     flip_prob: float = 0.0,
     seed: int = 0,
+    task: Task | None = None,
 ) -> DataLoader:
-    dataset = SampleDataset(samples, processor, flip_prob=flip_prob, seed=seed)
+    """Batches of ``samples``; with ``task`` they are the task's training items and its own dataset."""
+    custom = task.train_dataset(samples, processor, flip_prob, seed) if task is not None else None
+    if custom is not None:
+        dataset, collate = custom
+    else:
+        dataset, collate = SampleDataset(samples, processor, flip_prob=flip_prob, seed=seed), Collator(tokenizer, max_length)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=Collator(tokenizer, max_length),
+        collate_fn=collate,
         persistent_workers=False,
         # workers get their seeds from this generator, not from the global RNG, so creating a loader
         # on resume does not shift the random stream that dropout and masking draw from

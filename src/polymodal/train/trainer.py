@@ -128,10 +128,7 @@ class Trainer:
         return train_tokenizer(texts, kind=self.cfg.tokenizer.kind, vocab_size=self.cfg.tokenizer.vocab_size)
 
     def _model_config(self, task: Task) -> Any:
-        mc = self.cfg.model
-        if mc.type == "classifier":
-            mc = mc.model_copy(update={"num_outputs": len(task.classes)})  # type: ignore[attr-defined]
-        return mc
+        return self.cfg.model.model_copy(update=task.model_overrides())
 
     def setup(self) -> None:
         s = self.settings
@@ -145,7 +142,7 @@ class Trainer:
         train = load_split(self.cfg.data, "train", placeholder)
         require(train, "train", placeholder)
         self.tokenizer = self._tokenizer(train)
-        self.task = build_task(s.task, self.tokenizer, self.cfg.tokenizer.max_length)
+        self.task = build_task(s.task, self.tokenizer, self.cfg.tokenizer.max_length, s.questions_per_image)
         self.checkpoint = None
         if self.resume:
             from polymodal.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -157,6 +154,7 @@ class Trainer:
             self.task.load_state(self.checkpoint.processors.get("task_state", {}))
         self.task.prepare(train)
         self.train_samples = train
+        self.train_items = self.task.train_items(train)
         self.val_samples = load_split(self.cfg.data, "val", self.task)
         self.test_samples = load_split(self.cfg.data, "test", self.task)
         self.model_config = self._model_config(self.task)
@@ -167,10 +165,10 @@ class Trainer:
 
         o = self.cfg.optim
         self.optimizer = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
-        self.sampler = ResumableSampler(len(train), self.cfg.seed, rank=self.rank, world_size=self.world)
+        self.sampler = ResumableSampler(len(self.train_items), self.cfg.seed, rank=self.rank, world_size=self.world)
         self.micro_per_epoch = micro_per_epoch = math.ceil(self.sampler.shard_size / s.batch_size)
         self.steps_per_epoch = math.ceil(micro_per_epoch / s.accumulation)
-        self.total_steps = s.max_steps or self.steps_per_epoch * s.epochs
+        self.total_steps = min(s.max_steps or math.inf, self.steps_per_epoch * s.epochs)
         self.scheduler = warmup_cosine(self.optimizer, o.warmup_steps, self.total_steps, o.min_lr_ratio)
         self.scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" and self.device.type == "cuda" else None
         if self.checkpoint is not None:
@@ -233,11 +231,13 @@ class Trainer:
         s, st = self.settings, self.state
         self.sampler.set_position(st.epoch, st.step_in_epoch * s.batch_size)
         loader = make_loader(
-            self.train_samples, self.train_processor, self.tokenizer, self.cfg.tokenizer.max_length, s.batch_size,
+            self.train_items, self.train_processor, self.tokenizer, self.cfg.tokenizer.max_length, s.batch_size,
             s.num_workers, sampler=self.sampler, flip_prob=self.cfg.image.flip_prob, seed=self.cfg.seed * 1000 + st.epoch,
+            task=self.task,
         )
         micro_total = self.micro_per_epoch
-        bar = tqdm(total=micro_total, initial=st.step_in_epoch, desc=f"epoch {st.epoch + 1}/{s.epochs}", unit="batch", disable=not self.progress, dynamic_ncols=True)
+        bar = self.bar
+        bar.set_description(f"epoch {st.epoch + 1}/{self.total_epochs}")
         self.model.train()
         window: list[float] = []
         skipped = 0
@@ -262,11 +262,11 @@ class Trainer:
             st.step_in_epoch += 1
             seen += len(batch["samples"])
             window.append(loss.item())
-            bar.update()
             if st.step_in_epoch % s.accumulation and st.step_in_epoch < micro_total:
                 continue
             self._optimizer_step()
             st.global_step += 1
+            bar.update()
             if st.global_step % s.log_every == 0 and self.is_main:
                 rate = seen / max(1e-9, time.perf_counter() - t0)
                 values = {"loss": sum(window) / len(window), "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate} | out.logs
@@ -277,7 +277,6 @@ class Trainer:
                 self.save()
             if st.global_step >= self.total_steps:
                 break
-        bar.close()
         if skipped:
             log.warning("epoch %d: %d samples skipped (unreadable images); see the warnings above", st.epoch + 1, skipped)
         return st.global_step < self.total_steps
@@ -348,6 +347,9 @@ class Trainer:
         s, st = self.settings, self.state
         run_log = RunLog(self.run_dir, resume=self.resume) if self.is_main else _NullLog()
         started = time.perf_counter()
+        # one bar over the whole run's optimizer steps, so its rate and ETA are the run's
+        self.total_epochs = min(s.epochs, math.ceil(self.total_steps / self.steps_per_epoch))
+        self.bar = tqdm(total=self.total_steps, initial=st.global_step, unit="step", disable=not self.progress, dynamic_ncols=True)
         try:
             while st.epoch < s.epochs:
                 more = self._train_epoch(run_log)
@@ -371,6 +373,7 @@ class Trainer:
                 if stop:
                     break
         finally:
+            self.bar.close()
             run_log.close()
         summary: dict[str, Any] = {"steps": st.global_step, "epochs": st.epoch, "train_seconds": time.perf_counter() - started, "history": st.history}
         if not self.is_main:

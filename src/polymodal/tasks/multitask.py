@@ -1,0 +1,248 @@
+"""Multi-task training on images that carry captions, questions and labelled statements at once.
+
+A training item is one *image* with everything known about it; each time the image is drawn, one of
+its captions, one of its questions and one of its statements are picked (seeded by epoch and index,
+so a resumed run draws the same ones). The image is decoded and encoded once for all four objectives.
+Evaluation splits the samples by kind and hands each kind to its own task's evaluation, so the
+numbers are the same ones the single-task models report.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from polymodal.data.images import open_image
+from polymodal.data.processors import ImageProcessor, consistent_hflip, swap_left_right
+from polymodal.data.sample import Sample
+from polymodal.data.tokenizers import TextTokenizer
+from polymodal.errors import DataError
+from polymodal.metrics import classification_scores
+from polymodal.models.factory import BuildContext
+from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, group_by_image, image_id_tensor, is_caption
+from polymodal.tasks.captioning import CaptioningTask
+from polymodal.tasks.classification import ClassificationTask
+from polymodal.tasks.retrieval import RetrievalTask
+from polymodal.tasks.vqa import VQATask
+
+log = logging.getLogger(__name__)
+
+KINDS = ("caption", "question", "statement")
+CLASSIFIER_VIEWS = ("joint", "text_only", "image_only")
+
+
+def kind_of(sample: Sample) -> str | None:
+    if not sample.has_image or not sample.text:
+        return None
+    if sample.answers:
+        return "question"
+    if sample.label is not None:
+        return "statement"
+    return "caption" if is_caption(sample) else None
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One training image and all of its texts, by kind."""
+
+    captions: tuple[Sample, ...]
+    questions: tuple[Sample, ...]
+    statements: tuple[Sample, ...]
+
+
+@dataclass
+class LoadedItem:
+    image: torch.Tensor
+    caption: Sample
+    caption_text: str
+    question_texts: list[str]
+    answers: list[tuple[str, ...]]  # one tuple per question
+    statement_text: str
+    label: Any
+
+
+def image_items(samples: Sequence[Sample]) -> tuple[list[ImageItem], int]:
+    """Items for images that have all three kinds of text, and how many images lacked one."""
+    items, incomplete = [], 0
+    for group in group_by_image(samples).values():
+        by_kind: dict[str, list[Sample]] = {k: [] for k in KINDS}
+        for s in group:
+            k = kind_of(s)
+            if k is not None:
+                by_kind[k].append(s)
+        if all(by_kind.values()):
+            items.append(ImageItem(tuple(by_kind["caption"]), tuple(by_kind["question"]), tuple(by_kind["statement"])))
+        else:
+            incomplete += 1
+    return items, incomplete
+
+
+class ImageItemDataset(Dataset):
+    """Decodes each image once per draw and picks one text of each kind with a per-(seed, index) RNG."""
+
+    def __init__(self, items: Sequence[ImageItem], processor: ImageProcessor, flip_prob: float = 0.0, seed: int = 0, questions_per_image: int = 1) -> None:
+        self.items, self.processor, self.flip_prob, self.seed = items, processor, flip_prob, seed
+        self.questions_per_image = questions_per_image
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> LoadedItem | None:
+        item = self.items[index]
+        rng = np.random.default_rng([self.seed, index])
+        caption = item.captions[int(rng.integers(len(item.captions)))]
+        k, n = self.questions_per_image, len(item.questions)
+        questions = [item.questions[int(i)] for i in rng.choice(n, size=k, replace=n < k)]
+        statement = item.statements[int(rng.integers(len(item.statements)))]
+        try:
+            img = open_image(caption.image_bytes if caption.image_bytes is not None else caption.image_path, name=caption.origin or None)
+        except DataError as e:
+            log.warning("skipping %s: %s", caption.origin or caption.sample_id, e)
+            return None
+        caption_text, statement_text = caption.text or "", statement.text or ""
+        question_texts = [q.text or "" for q in questions]
+        answers = [tuple(q.answers) for q in questions]
+        if self.flip_prob > 0 and rng.random() < self.flip_prob:
+            img = consistent_hflip(img, None).image
+            caption_text, statement_text = swap_left_right(caption_text), swap_left_right(statement_text)
+            question_texts = [swap_left_right(t) for t in question_texts]
+            answers = [tuple(swap_left_right(a) for a in ans) for ans in answers]
+        return LoadedItem(self.processor(img), caption, caption_text, question_texts, answers, statement_text, statement.label)
+
+
+class ImageItemCollator:
+    def __init__(self, tokenizer: TextTokenizer, max_length: int, class_index: dict[str, int]) -> None:
+        self.tokenizer, self.max_length, self.class_index = tokenizer, max_length, class_index
+
+    def __call__(self, items: list[LoadedItem | None]) -> dict[str, Any]:
+        kept = [it for it in items if it is not None]
+        batch: dict[str, Any] = {"num_skipped": len(items) - len(kept), "samples": [it.caption for it in kept]}
+        if not kept:
+            return batch
+        batch["image"] = torch.stack([it.image for it in kept])
+        for field, texts in (
+            ("caption", [it.caption_text for it in kept]),
+            ("question", [t for it in kept for t in it.question_texts]),  # image-major
+            ("statement", [it.statement_text for it in kept]),
+        ):
+            enc = self.tokenizer.encode(texts, self.max_length)
+            batch[f"{field}_ids"], batch[f"{field}_mask"] = enc.input_ids, enc.attention_mask
+        batch["answers"] = [a for it in kept for a in it.answers]
+        batch["labels"] = torch.tensor([self.class_index.get(str(it.label), -100) for it in kept])
+        batch["image_ids"] = image_id_tensor(batch["samples"])
+        return batch
+
+
+class MultiTaskTask(Task):
+    name = "multitask"
+    model_type = "multitask"
+
+    def __init__(self, tokenizer: Any, max_length: int, max_new_tokens: int = 40, questions_per_image: int = 1) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.questions_per_image = questions_per_image
+        self.retrieval = RetrievalTask(tokenizer, max_length)
+        self.captioning = CaptioningTask(tokenizer, max_new_tokens=max_new_tokens)
+        self.vqa = VQATask()
+        self.classification = ClassificationTask()
+
+    def select(self, sample: Sample) -> bool:
+        return kind_of(sample) is not None
+
+    def prepare(self, train: Sequence[Sample]) -> None:
+        self.vqa.prepare([s for s in train if kind_of(s) == "question"])
+        self.classification.prepare([s for s in train if kind_of(s) == "statement"])
+
+    def context(self, tokenizer: TextTokenizer) -> BuildContext:
+        return BuildContext(tokenizer=tokenizer, answer_vocab=self.vqa.vocab)
+
+    def model_overrides(self) -> dict[str, Any]:
+        return {"num_classes": len(self.classification.classes)}
+
+    def state(self) -> dict[str, Any]:
+        return self.vqa.state() | self.classification.state()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.vqa.load_state(state)
+        self.classification.load_state(state)
+
+    # ------------------------------------------------------------------ training data
+    def train_items(self, samples: Sequence[Sample]) -> list[ImageItem]:
+        items, incomplete = image_items(samples)
+        if incomplete:
+            log.warning("multitask: %d training image(s) lack a caption, a question or a labelled statement and are not used", incomplete)
+        if not items:
+            raise DataError(
+                "multitask training needs images that each have a caption, a question with answers and a labelled "
+                "statement (the built-in world has all three); none of the training images has all of them"
+            )
+        return items
+
+    def train_dataset(self, items: Sequence[Any], processor: ImageProcessor, flip_prob: float, seed: int) -> tuple[Dataset, Any]:
+        index = {c: i for i, c in enumerate(self.classification.classes)}
+        return ImageItemDataset(items, processor, flip_prob, seed, self.questions_per_image), ImageItemCollator(self.tokenizer, self.max_length, index)
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        out = model(
+            batch["image"], batch["caption_ids"], batch["caption_mask"], batch["question_ids"], batch["question_mask"],
+            batch["answers"], batch["statement_ids"], batch["statement_mask"], batch["labels"], image_ids=batch["image_ids"],
+        )
+        logs = {f"loss_{k}": float(v) for k, v in out.parts.items()} | {f"acc_{k}": float(v) for k, v in out.accuracy.items()}
+        return StepOutput(out.loss, logs)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate_statements(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:
+        """Accuracy of the joint head and of both single-modality probes, with the joint confusion matrix."""
+        truth: list[int] = []
+        preds: dict[str, list[int]] = {v: [] for v in CLASSIFIER_VIEWS}
+        for b in make_loader(samples, True):
+            if "image" not in b:
+                continue
+            probs = model.classify(b["image"].to(device), b["text_ids"].to(device), b["text_mask"].to(device))
+            for view in CLASSIFIER_VIEWS:
+                preds[view] += probs[view].argmax(-1).tolist()
+            truth += self.classification.targets(b["samples"]).tolist()
+        if len(truth) != len(samples):
+            raise DataError(f"classification evaluation: {len(samples) - len(truth)} statements were skipped (unreadable images); run 'polymodal data check' on the data")
+        metrics: dict[str, float] = {}
+        for view in CLASSIFIER_VIEWS:
+            scores = classification_scores(truth, preds[view], zero_division=0)
+            prefix = "" if view == "joint" else f"{view}_"
+            metrics[f"{prefix}accuracy"] = scores["accuracy"]
+            if view == "joint":
+                metrics |= {k: v for k, v in scores.items() if k != "accuracy"}
+        k = len(self.classification.classes)
+        confusion = [[0] * k for _ in range(k)]
+        for t, p in zip(truth, preds["joint"]):
+            if 0 <= t < k:
+                confusion[t][p] += 1
+        return EvalResult(metrics, {"classes": self.classification.classes, "confusion": confusion, "statements": len(truth)})
+
+    def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:
+        by_kind: dict[str, list[Sample]] = {k: [] for k in KINDS}
+        for s in samples:
+            k = kind_of(s)
+            if k is not None:
+                by_kind[k].append(s)
+        parts: list[tuple[str, Any, list[Sample]]] = [
+            ("retrieval", self.retrieval.evaluate, by_kind["caption"]),
+            ("captioning", self.captioning.evaluate, by_kind["caption"]),
+            ("vqa", self.vqa.evaluate, by_kind["question"]),
+            ("classification", self.evaluate_statements, by_kind["statement"]),
+        ]
+        metrics: dict[str, float] = {}
+        details: dict[str, Any] = {}
+        for name, evaluate, kind_samples in parts:
+            if not kind_samples:
+                continue
+            result = evaluate(model, kind_samples, make_loader, device)
+            metrics |= {f"{name}/{k}": v for k, v in result.metrics.items()}
+            details[name] = result.details
+        return EvalResult(metrics, details)
