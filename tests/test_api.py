@@ -28,6 +28,7 @@ MODELS = {
     "captioning": ("captions", {"type": "captioner", "vision": VIT, "decoder": TEXT | {"causal": True}}),
     "vqa": ("vqa", {"type": "vqa", "vision": VIT, "text": TEXT | {"causal": False}, "fusion_depth": 1}),
     "classification": ("statements", {"type": "classifier", "encoders": {"image": VIT, "text": TEXT | {"causal": False}}, "stage": "late", "fusion": "concat", "fusion_dim": 32}),
+    "multitask": ("all", {"type": "multitask", "vision": {"name": "cnn", "image_size": 32, "channels": [8, 16], "width": 32, "positions": True}, "text": TEXT | {"causal": False}, "decoder": TEXT, "fusion_depth": 1}),
 }
 
 
@@ -39,7 +40,9 @@ class TinyRuns:
     trainers: dict[str, Any]  # task -> the Trainer after fit() (its model holds the final weights)
 
 
-def _source(world: Path, kind: str, split: str) -> dict:
+def _source(world: Path, kind: str, split: str) -> dict | list[dict]:
+    if kind == "all":
+        return [_source(world, k, split) for k in ("captions", "vqa", "statements")]  # type: ignore[misc]
     if kind == "captions":
         return {"format": "coco_captions", "annotations": str(world / f"annotations/captions_{split}.json"), "images": str(world / f"images/{split}")}
     if kind == "vqa":

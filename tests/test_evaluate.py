@@ -60,7 +60,7 @@ def test_vqa_accuracy_per_family_for_test_and_heldout(runs: TinyRuns, vqa_eval: 
 
 def test_metrics_equal_the_trainers_test_metrics(runs: TinyRuns, tmp_path: Path) -> None:
     """Evaluating the run config's test split reproduces metrics.json: same weights, same preprocessing."""
-    for task in ("vqa", "classification", "retrieval"):
+    for task in ("vqa", "classification", "retrieval", "multitask"):
         result = evaluate_checkpoint(runs.runs[task], runs.configs[task], out_dir=tmp_path / task, splits=["test"], num_workers=0, batch_size=7, report=False)
         trained = json.loads((runs.runs[task] / "metrics.json").read_text())["test"]
         assert result["metrics"]["test"] == pytest.approx(trained, abs=1e-6), task
@@ -77,6 +77,19 @@ def test_each_task_gets_its_report_section(runs: TinyRuns, tmp_path: Path, task:
     html = (tmp_path / "report.html").read_text()
     assert section in html and metric in html and "test" in html
     assert metric in json.loads((tmp_path / "eval.json").read_text())["metrics"]["test"]
+
+
+def test_a_multitask_run_is_evaluated_on_every_task_with_every_report_section(runs: TinyRuns, tmp_path: Path) -> None:
+    result = evaluate_checkpoint(runs.runs["multitask"], runs.world, out_dir=tmp_path, splits=["test", "test_heldout"], num_workers=0)
+    test = result["metrics"]["test"]
+    for key in ("retrieval/t2i_R@1", "captioning/CIDEr", "vqa/accuracy", "classification/accuracy",
+                "classification/text_only_accuracy", "classification/image_only_accuracy"):
+        assert 0.0 <= test[key] <= 10.0, key
+    assert list(result["metrics"]["test_heldout"]) == ["vqa/accuracy", *[k for k in result["metrics"]["test_heldout"] if k != "vqa/accuracy"]]
+    assert all(k.startswith("vqa/") for k in result["metrics"]["test_heldout"])  # held-out split: questions only
+    html = (tmp_path / "report.html").read_text()
+    for section in ("Retrieval examples", "Caption examples", "VQA examples", "Confusion matrix", "text only", "image only", "existence"):
+        assert section in html, section
 
 
 def test_splits_without_samples_for_the_task_are_skipped_and_noted(runs: TinyRuns, tmp_path: Path) -> None:

@@ -157,6 +157,25 @@ def test_cli_classify(runs: TinyRuns, images: list[Path], capsys: pytest.Capture
     assert result["label"] in runs.trainers["classification"].task.classes and result["image"] == str(images[0])
 
 
+def test_a_multitask_model_does_every_predict_command(runs: TinyRuns, images: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = str(runs.runs["multitask"])
+    trainer = runs.trainers["multitask"]
+    model, proc = load_model(ckpt)
+    [caption] = predict.caption(model, proc, [images[0]])
+    with torch.no_grad():
+        expected = trainer.tokenizer.decode(trainer.model.generate(proc.images([images[0]]), max_length=30).sequences[0])
+    assert caption == expected
+    code, out, err = run_cli(capsys, "predict", "answer", "-c", ckpt, "-i", str(images[0]), "-q", "how many cubes are there?", "--json")
+    assert code == 0, err
+    assert json.loads(out)[0]["answer"] in model.vqa.vocab.answers
+    code, out, err = run_cli(capsys, "predict", "classify", "-c", ckpt, "-i", str(images[0]), "-t", "there is a red cube.", "--json")
+    assert code == 0, err
+    result = json.loads(out)[0]
+    assert result["label"] in trainer.task.classification.classes and abs(sum(result["scores"].values()) - 1) < 1e-4
+    code, out, err = run_cli(capsys, "predict", "rank-images", "-c", ckpt, "-t", "a red cube", *map(str, images), "-k", "2")
+    assert code == 0 and len(out.strip().splitlines()) == 2, err
+
+
 def test_cli_wrong_model_type_exits_2_with_one_paragraph(runs: TinyRuns, images: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "predict", "caption", "--checkpoint", str(runs.runs["retrieval"]), str(images[0]))
     assert code == 2 and out == ""

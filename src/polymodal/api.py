@@ -51,6 +51,7 @@ TASK_OF_MODEL: dict[str, str] = {
     "captioner": "captioning",
     "vqa": "vqa",
     "classifier": "classification",
+    "multitask": "multitask",
 }
 
 
@@ -196,9 +197,9 @@ def model_from_checkpoint(ckpt: Any, device: str | torch.device = "cpu") -> tupl
             vocab = AnswerVocab.from_dict(processors.task_state["answer_vocab"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{ckpt.path / PROCESSORS_FILE}: the answer vocabulary is malformed ({e})") from None
-    if config.type == "vqa" and vocab is None:
+    if config.type in ("vqa", "multitask") and vocab is None:
         raise CheckpointError(
-            f"{ckpt.path / PROCESSORS_FILE} holds no answer vocabulary (task_state.answer_vocab), which a VQA model needs"
+            f"{ckpt.path / PROCESSORS_FILE} holds no answer vocabulary (task_state.answer_vocab), which a {config.type!r} model needs"
         )
     if config.type != "classifier" and ckpt.tokenizer is None:
         raise CheckpointError(f"{ckpt.path} has no tokenizer.json, which a {config.type!r} model needs")

@@ -150,6 +150,7 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     num_workers: int = 0,
     report: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the splits of ``data_spec`` and write ``eval.json`` and the report.
 
@@ -173,13 +174,21 @@ def evaluate_checkpoint(
     task = proc.build_task()
     out = Path(out_dir) if out_dir is not None else default_out_dir(ckpt.path)
 
+    current = {"split": ""}
+
     def loader(samples: Sequence[Sample], with_images: bool = True) -> Any:
-        return make_loader(samples, proc.image if with_images else None, proc.tokenizer, proc.max_length, batch_size, num_workers)  # type: ignore[arg-type]
+        batches = make_loader(samples, proc.image if with_images else None, proc.tokenizer, proc.max_length, batch_size, num_workers)  # type: ignore[arg-type]
+        if not progress:
+            return batches
+        from tqdm import tqdm
+
+        return tqdm(batches, desc=f"eval {current['split']}", unit="batch", dynamic_ncols=True, leave=False)
 
     results: dict[str, dict[str, Any]] = {}
     samples_of: dict[str, list[Sample]] = {}
     skipped: dict[str, str] = {}
     for split in chosen:
+        current["split"] = split
         samples, problems = _select(groups[split], task, max_samples)
         if not samples:
             skipped[split] = f"no samples for the {task.name} task"
@@ -265,31 +274,48 @@ def _report_data(summary: dict[str, Any], samples_of: dict[str, list[Sample]], c
         notes.append(f"At most {summary['max_samples']} samples per split were evaluated.")
     for s, why in summary["skipped_splits"].items():
         notes.append(f"Split '{s}' was not evaluated: {why}.")
-    examples = splits[primary]["details"].get("examples") or []
-    if task == "vqa":
-        families = {s: r["details"]["by_family"] for s, r in splits.items() if r["details"].get("by_family")}
-        data.vqa_by_family = families or None
+    # a multi-task evaluation nests each task's details under its name; a single task's are at the top
+    def section(split: str, name: str) -> dict[str, Any]:
+        details = splits[split]["details"]
+        return (details.get(name) or {}) if task == "multitask" else (details if task == name else {})
+
+    def metrics_of(split: str, name: str) -> dict[str, float]:
+        m = splits[split]["metrics"]
+        if task != "multitask":
+            return m if task == name else {}
+        return {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith(name + "/")}
+
+    families = {s: section(s, "vqa")["by_family"] for s in splits if section(s, "vqa").get("by_family")}
+    if families:
+        data.vqa_by_family = families
         data.vqa_examples = []
-        for s, r in splits.items():
-            for ex, sample in zip(r["details"].get("examples") or [], samples_of[s]):
-                fam = sample.meta.get("family") if sample.text == ex.get("question") else None
+        for s in splits:
+            questions = {x.text: x for x in samples_of[s] if x.answers}
+            for ex in section(s, "vqa").get("examples") or []:
+                sample = questions.get(ex.get("question"))
+                fam = sample.meta.get("family") if sample is not None else None
                 label = f"{fam} ({s})" if fam and len(splits) > 1 else (fam or (s if len(splits) > 1 else None))
                 data.vqa_examples.append(
                     VQAExample(ex["image"], ex["question"], ex["predicted"], list(ex.get("answers") or []), bool(ex.get("correct")), label)
                 )
-    elif task == "retrieval":
+    retrieval = section(primary, "retrieval").get("examples") or []
+    if retrieval:
         data.retrieval_examples = [
-            RetrievalExample(ex["query"], [tuple(t) for t in ex.get("top") or []], gold_image=ex.get("gold")) for ex in examples
+            RetrievalExample(ex["query"], [tuple(t) for t in ex.get("top") or []], gold_image=ex.get("gold")) for ex in retrieval
         ]
         notes.append(f"Retrieval examples are text-to-image queries from the '{primary}' split.")
-    elif task == "captioning":
-        data.caption_examples = [CaptionExample(ex["image"], ex["caption"], list(ex.get("references") or [])) for ex in examples]
+    captions = section(primary, "captioning").get("examples") or []
+    if captions:
+        data.caption_examples = [CaptionExample(ex["image"], ex["caption"], list(ex.get("references") or [])) for ex in captions]
         notes.append(f"Caption examples are from the '{primary}' split.")
-    elif task == "classification":
-        details = splits[primary]["details"]
-        classes, confusion = details.get("classes"), details.get("confusion")
-        if classes and isinstance(confusion, list):
-            acc = splits[primary]["metrics"].get("accuracy")
-            data.classification = ClassificationResult(classes, confusion, {"model": acc} if acc is not None else {})
-            notes.append(f"The confusion matrix is from the '{primary}' split.")
+    cls = section(primary, "classification")
+    classes, confusion = cls.get("classes"), cls.get("confusion")
+    if classes and isinstance(confusion, list):
+        m = metrics_of(primary, "classification")
+        views = {"joint (image + text)": m.get("accuracy"), "text only": m.get("text_only_accuracy"), "image only": m.get("image_only_accuracy")}
+        accuracies = {k: v for k, v in views.items() if v is not None}
+        if task != "multitask" and "accuracy" in m:
+            accuracies = {"model": m["accuracy"]}
+        data.classification = ClassificationResult(classes, confusion, accuracies)
+        notes.append(f"The confusion matrix is from the '{primary}' split.")
     return data

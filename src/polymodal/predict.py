@@ -91,9 +91,11 @@ def model_type_of(model: nn.Module, processors: Processors | None = None) -> str
     from polymodal.models.classifier import MultimodalClassifier
     from polymodal.models.dual_encoder import DualEncoder
     from polymodal.models.fusion_encoder import FusionEncoder
+    from polymodal.models.multitask import MultiTaskModel
     from polymodal.models.vqa import VQAClassifier
 
     for cls, name in (
+        (MultiTaskModel, "multitask"),
         (Captioner, "captioner"),
         (VQAClassifier, "vqa"),
         (DualEncoder, "dual_encoder"),
@@ -110,7 +112,7 @@ def model_type_of(model: nn.Module, processors: Processors | None = None) -> str
 def require_model_type(model_type: str | None, command: str, source: str = "") -> None:
     """Raise :class:`WrongModelType` (one paragraph) unless ``model_type`` can run ``command``."""
     needed, what = COMMANDS[command]
-    if model_type == needed:
+    if model_type in (needed, "multitask"):  # a multi-task model does every command
         return
     fits = [c for c, (t, _) in COMMANDS.items() if t == model_type]
     hint = (
@@ -208,7 +210,13 @@ def caption(
 # ----------------------------------------------------------------------------------------------- VQA
 
 
+def _vqa_model(model: nn.Module) -> nn.Module:
+    """The VQA classifier itself (a multi-task model holds one beside its other heads)."""
+    return getattr(model, "vqa", model)
+
+
 def _vqa_logits(model: nn.Module, processors: Processors, images: list[Any], questions: list[str], batch_size: int) -> Iterator[torch.Tensor]:
+    model = _vqa_model(model)
     device = _device(model)
     for part in _chunks(len(questions), batch_size):
         ids, mask = processors.texts(questions[part])
@@ -230,7 +238,7 @@ def answer(
     imgs, qs = _pair(_images(images), _texts(questions), "answer")
     out: list[str] = []
     for logits in _vqa_logits(model, processors, imgs, qs, batch_size):
-        out += model.vocab.decode(logits)
+        out += _vqa_model(model).vocab.decode(logits)
     return out
 
 
@@ -248,7 +256,7 @@ def answer_top_k(
     _require(model, processors, "answer")
     imgs, qs = _pair(_images(images), _texts(questions), "answer")
     out: list[list[tuple[str, float]]] = []
-    vocab = model.vocab.answers
+    vocab = _vqa_model(model).vocab.answers
     for logits in _vqa_logits(model, processors, imgs, qs, batch_size):
         top = torch.sigmoid(logits.float()).topk(min(max(1, k), logits.shape[-1]), dim=-1)
         out += [[(vocab[i], float(v)) for v, i in zip(vals.tolist(), idx.tolist())] for vals, idx in zip(top.values, top.indices)]
@@ -349,7 +357,8 @@ def classify(
 ) -> list[Classification]:
     """One prediction per example; give the modalities the classifier reads (one image or text is broadcast)."""
     _require(model, processors, "classify")
-    modalities = list(getattr(model, "encoders", {}).keys())
+    multitask = model_type_of(model, processors) == "multitask"
+    modalities = ["image", "text"] if multitask else list(getattr(model, "encoders", {}).keys())
     unsupported = [m for m in modalities if m not in ("image", "text")]
     if unsupported:
         raise WrongModelType(f"classify: this classifier reads {', '.join(modalities)}; only image and text inputs are supported here")
@@ -372,7 +381,10 @@ def classify(
         if use_txt:
             ids, mask = processors.texts(txts[part])
             batch["text_ids"], batch["text_mask"] = ids.to(device), mask.to(device)
-        logits = model(batch).logits.float().cpu()
+        if multitask:  # the joint head's probabilities; log turns them back into logits for the softmax below
+            logits = model.classify(batch["image"], batch["text_ids"], batch["text_mask"])["joint"].float().cpu().log()
+        else:
+            logits = model(batch).logits.float().cpu()
         if getattr(model, "task", "classification") == "regression":
             for row in logits:
                 values = {f"output_{j}" if len(row) > 1 else "value": float(v) for j, v in enumerate(row)}
