@@ -73,7 +73,7 @@ def write_config(tmp: Path, world: Path, task: str, **train: object) -> Path:
     [("retrieval", "t2i_R@1"), ("captioning", "CIDEr"), ("vqa", "accuracy"), ("classification", "accuracy"), ("multitask", "vqa/accuracy")],
 )
 def test_every_task_trains_evaluates_and_writes_a_run(tmp_path: Path, world: Path, task: str, metric: str) -> None:
-    cfg = load_config(write_config(tmp_path, world, task, max_steps=4))
+    cfg = load_config(write_config(tmp_path, world, task, max_steps=4, epochs=3))  # a multitask epoch is one pass over images
     summary = Trainer(cfg, progress=False).fit()
     run = tmp_path / "run"
     assert summary["steps"] == 4 and metric in summary["test"]
