@@ -115,7 +115,7 @@ def itc_loss(
     if normalize:
         image_features = F.normalize(image_features, dim=-1)
         text_features = F.normalize(text_features, dim=-1)
-    log_scale = torch.as_tensor(logit_scale, dtype=image_features.dtype, device=image_features.device)
+    log_scale = torch.as_tensor(logit_scale, dtype=image_features.dtype, device=image_features.device).reshape(())
     scale = log_scale.clamp(max=math.log(max_logit_scale)).exp()
 
     distributed = gather and pdist.world_size() > 1
@@ -177,7 +177,8 @@ class ITCLoss(nn.Module):
         super().__init__()
         if init_temperature <= 0:
             raise LossInputError(f"itc: init_temperature must be > 0, got {init_temperature}")
-        value = torch.tensor(math.log(1.0 / init_temperature))
+        # shape [1], not a 0-d scalar: FSDP's fully_shard cannot shard 0-d parameters
+        value = torch.tensor([math.log(1.0 / init_temperature)])
         if learnable:
             self.logit_scale = nn.Parameter(value)
         else:
