@@ -134,8 +134,6 @@ class Trainer:
         s = self.settings
         seed_everything(self.cfg.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.world > 1 and self.settings.distributed == "fsdp":
-            raise ConfigError("train.distributed: fsdp is not available yet in this version; use ddp")
         placeholder = build_task(s.task, None, self.cfg.tokenizer.max_length)
         if self.cfg.model.type != placeholder.model_type:  # fail before reading any data
             raise ConfigError(f"train.task '{s.task}' needs a model of type '{placeholder.model_type}', but model.type is '{self.cfg.model.type}'")
@@ -159,6 +157,16 @@ class Trainer:
         self.test_samples = load_split(self.cfg.data, "test", self.task)
         self.model_config = self._model_config(self.task)
         self.model = build_model(self.model_config, self.task.context(self.tokenizer)).to(self.device)
+        if self.checkpoint is not None:
+            self.checkpoint.load_model_state(self.model)  # before sharding: the file holds full weights
+        self.fsdp = self.world > 1 and s.distributed == "fsdp"
+        self.eval_model = self.model
+        if self.fsdp:
+            from polymodal.train.fsdp import shard
+
+            # rank 0 keeps an unsharded copy: checkpoints are written from it and evaluation runs on it
+            self.eval_model = build_model(self.model_config, self.task.context(self.tokenizer)).to(self.device) if self.is_main else None
+            shard(self.model, self.device, self.world)
         if self.is_main:
             self.tokenizer.save(self.run_dir)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(self.cfg.model_dump_json()), sort_keys=False))
@@ -172,12 +180,11 @@ class Trainer:
         self.scheduler = warmup_cosine(self.optimizer, o.warmup_steps, self.total_steps, o.min_lr_ratio)
         self.scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" and self.device.type == "cuda" else None
         if self.checkpoint is not None:
-            self.checkpoint.load_model_state(self.model)
-            restored = self.checkpoint.load_training_state(self.optimizer, self.scheduler, self.scaler)
+            restored = self.checkpoint.load_training_state(self._optimizer_io(), self.scheduler, self.scaler)
             self.state = TrainState(**restored)
             log.info("resumed from %s at epoch %d, step %d", self.checkpoint.path, self.state.epoch, self.state.global_step)
         wrapped: torch.nn.Module = self.model
-        if self.world > 1:
+        if self.world > 1 and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
             wrapped = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -200,10 +207,34 @@ class Trainer:
             "task_state": self.task.state(),
         }
 
+    def _optimizer_io(self) -> Any:
+        """What checkpoints read and restore the optimizer through (its full state under FSDP)."""
+        if not self.fsdp:
+            return self.optimizer
+        from polymodal.train.fsdp import FullOptimizerState
+
+        return FullOptimizerState(self.model, self.optimizer)
+
+    def _sync_eval_model(self) -> None:
+        """Under FSDP, gather the full weights into rank 0's unsharded copy (every rank must call this)."""
+        if not self.fsdp:
+            return
+        from polymodal.train.fsdp import full_model_state
+
+        state = full_model_state(self.model)
+        if self.is_main:
+            self.eval_model.load_state_dict(state, strict=False)  # type: ignore[union-attr]
+
     def save(self) -> Path | None:
         """Rank 0 writes; every rank waits for it, so no rank runs ahead of a checkpoint."""
         from polymodal.train.checkpoint import save_checkpoint
 
+        optimizer: Any = self.optimizer
+        if self.fsdp:  # gathering is collective: every rank takes part before rank 0 writes
+            from polymodal.train.fsdp import GatheredState
+
+            self._sync_eval_model()
+            optimizer = GatheredState(self._optimizer_io().state_dict())
         if not self.is_main:
             _barrier(self.world)
             return None
@@ -213,8 +244,8 @@ class Trainer:
             "best": st.best, "bad_evals": st.bad_evals, "history": st.history,
         }
         path = save_checkpoint(
-            self.run_dir, model=self.model, model_config=self.model_config.model_dump(), global_step=st.global_step,
-            processors=self.processors(), tokenizer=self.tokenizer, optimizer=self.optimizer, scheduler=self.scheduler,
+            self.run_dir, model=self.eval_model, model_config=self.model_config.model_dump(), global_step=st.global_step,
+            processors=self.processors(), tokenizer=self.tokenizer, optimizer=optimizer, scheduler=self.scheduler,
             scaler=self.scaler, train_state=train_state, keep_last=self.settings.keep_checkpoints,
         )
         _barrier(self.world)
@@ -307,13 +338,15 @@ class Trainer:
     def evaluate(self, samples: Sequence[Sample]) -> Any:
         if self.settings.max_eval_samples:
             samples = samples[: self.settings.max_eval_samples]
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         with torch.no_grad(), self._autocast():
-            return self.task.evaluate(self.model, samples, lambda ss, img=True: self.eval_loader(ss, img), self.device)
+            return self.task.evaluate(model, samples, lambda ss, img=True: self.eval_loader(ss, img), self.device)
 
     def _validate(self, run_log: Any) -> tuple[bool, bool]:
         """Rank 0 evaluates (the others wait); the early-stopping verdict is shared with every rank."""
         verdict = torch.zeros(2)
+        self._sync_eval_model()
         if self.is_main:
             result = self.evaluate(self.val_samples)
             run_log.write(self.state.global_step, self.state.epoch, "val", result.metrics)
@@ -376,6 +409,8 @@ class Trainer:
             self.bar.close()
             run_log.close()
         summary: dict[str, Any] = {"steps": st.global_step, "epochs": st.epoch, "train_seconds": time.perf_counter() - started, "history": st.history}
+        if self.test_samples:
+            self._sync_eval_model()
         if not self.is_main:
             return summary
         if self.test_samples:
