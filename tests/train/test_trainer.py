@@ -161,7 +161,8 @@ def test_config_mistakes_are_named(tmp_path: Path, world: Path) -> None:
         Trainer(load_config(path, ["train.early_stopping={metric: bleu}", "train.max_steps=1"]), progress=False).fit()
 
 
-def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, world: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("task", ["classification", "multitask"])
+def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, world: Path, caplog: pytest.LogCaptureFixture, task: str) -> None:
     import shutil
 
     copy = tmp_path / "w"
@@ -170,11 +171,16 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, world: Path, cap
     broken = images[: int(0.3 * len(images))]
     for p in broken:
         p.write_bytes(b"not a png")
-    cfg = load_config(write_config(tmp_path, copy, "classification", epochs=1))
+    cfg = load_config(write_config(tmp_path, copy, task, epochs=1, batch_size=8))
+    cfg.data.val, cfg.data.test = [], []  # their images are intact; this is about training
     with caplog.at_level("WARNING"):
         summary = Trainer(cfg, progress=False).fit()
     assert summary["steps"] >= 1
-    assert any("samples skipped (unreadable images)" in r.message for r in caplog.records)
+    counted = [r.message for r in caplog.records if "samples skipped (unreadable images)" in r.message]
+    assert counted
+    skipped = sum(int(m.split(": ")[1].split()[0]) for m in counted)
+    # every broken image is counted once per draw: each statement row (classification) or each image (multitask)
+    assert skipped == (len(broken) * 2 if task == "classification" else len(broken))
 
 
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path, world: Path) -> None:
