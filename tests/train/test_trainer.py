@@ -183,17 +183,19 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, world: Path, cap
     assert skipped == (len(broken) * 2 if task == "classification" else len(broken))
 
 
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path, world: Path) -> None:
-    """torchrun with 2 CPU processes (gloo), batch 8 each, gathers ITC negatives across ranks and must
-    reach the weights of one process with batch 16."""
+@pytest.mark.parametrize("task, port", [("retrieval", 29533), ("captioning", 29536)])
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path, world: Path, task: str, port: int) -> None:
+    """torchrun with 2 CPU processes (gloo), batch 8 each, must reach the weights of one process with
+    batch 16: retrieval gathers ITC negatives across ranks, captioning averages its loss over the
+    tokens of both ranks (captions differ in length, so per-rank means would weight tokens unequally)."""
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    single = write_config(tmp_path / "one", world, "retrieval", batch_size=16, max_steps=4)
-    ddp = write_config(tmp_path / "two", world, "retrieval", batch_size=8, max_steps=4)
+    single = write_config(tmp_path / "one", world, task, batch_size=16, max_steps=4)
+    ddp = write_config(tmp_path / "two", world, task, batch_size=8, max_steps=4)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "polymodal.cli", "train", str(single)], check=True, env=env, capture_output=True)
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "-m", "polymodal.cli", "train", str(ddp)],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m", "polymodal.cli", "train", str(ddp)],
         env=env, capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -10,9 +10,9 @@ that ``logits[:, t]`` must predict).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from polymodal.losses._checks import LossInputError, check_rank, fmt_shape
+from polymodal.losses._token_mean import token_mean_cross_entropy
 from polymodal.losses.mlm import IGNORE_INDEX
 
 __all__ = ["lm_loss"]
@@ -26,7 +26,8 @@ def lm_loss(
     label_smoothing: float = 0.0,
     pad_token_id: int | None = None,
 ) -> torch.Tensor:
-    """Mean next-token cross-entropy over the non-ignored target positions.
+    """Mean next-token cross-entropy over the non-ignored target positions (of all ranks, when training
+    under DDP/FSDP: see ``_token_mean``).
 
     Args:
         logits: ``[batch, seq, vocab]`` decoder outputs.
@@ -50,11 +51,4 @@ def lm_loss(
     if shift:
         logits = logits[:, :-1]
         labels = labels[:, 1:]
-    if not bool((labels != IGNORE_INDEX).any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        label_smoothing=label_smoothing,
-    )
+    return token_mean_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), label_smoothing)

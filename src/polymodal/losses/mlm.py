@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from polymodal.losses._checks import LossInputError, check_rank, fmt_shape
 
@@ -103,7 +102,8 @@ def mask_tokens(
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the selected positions only (``labels == -100`` elsewhere).
 
-    ``logits`` ``[batch, seq, vocab]``, ``labels`` ``[batch, seq]``; the mean is over selected tokens.
+    ``logits`` ``[batch, seq, vocab]``, ``labels`` ``[batch, seq]``; the mean is over selected tokens
+    (of all ranks, when training under DDP/FSDP).
     A batch in which nothing was selected returns a zero that still carries the graph (instead of the
     NaN that ``cross_entropy`` would give), so the step and DDP's gradient sync go on unharmed.
     """
@@ -113,8 +113,6 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             f"mlm: labels: expected {fmt_shape(tuple(logits.shape[:2]))} (logits' [batch, seq]), got "
             f"{fmt_shape(tuple(labels.shape))}"
         )
-    if not bool((labels != IGNORE_INDEX).any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
-    )
+    from polymodal.losses._token_mean import token_mean_cross_entropy
+
+    return token_mean_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
