@@ -267,3 +267,11 @@ def test_classification_validates_shape() -> None:
         ClassificationResult(["a", "b", "c"], [[1, 2], [3, 4]])
     c = ClassificationResult(["a", "b"], [[3, 1], [0, 4]])
     assert c.chance == 0.5 and c.accuracy == 7 / 8 and c.per_class_recall() == [0.75, 1.0]
+
+
+def test_throughput_gets_its_own_panel_so_accuracies_stay_readable() -> None:
+    from polymodal.report.plots import curve_group
+
+    assert curve_group("train/samples_per_s") == "throughput"
+    assert curve_group("train/acc_vqa") == "metrics"
+    assert curve_group("train/loss_itc") == "loss" and curve_group("train/lr") == "learning rate"

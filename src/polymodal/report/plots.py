@@ -60,18 +60,23 @@ def _style(ax) -> None:
 
 
 def curve_group(name: str) -> str:
-    """Which panel a training series goes in: 'loss', 'learning rate' or 'metrics'."""
+    """Which panel a training series goes in: 'loss', 'learning rate', 'throughput' or 'metrics'.
+
+    Throughput (samples/s, in the hundreds) gets its own panel so accuracies (0-1) stay readable.
+    """
     low = name.lower()
     last = low.replace("\\", "/").split("/")[-1]
     if "loss" in low:
         return "loss"
     if last in ("lr", "learning_rate", "learning-rate") or last.startswith("lr_") or low.startswith("lr"):
         return "learning rate"
+    if "per_s" in last or "per_sec" in last or last in ("throughput", "samples_s"):
+        return "throughput"
     return "metrics"
 
 
 def plot_training_curves(curves: Curves) -> bytes:
-    groups: dict[str, list[str]] = {"loss": [], "learning rate": [], "metrics": []}
+    groups: dict[str, list[str]] = {"loss": [], "learning rate": [], "metrics": [], "throughput": []}
     for name in curves:
         groups[curve_group(name)].append(name)
     panels = [(title, names) for title, names in groups.items() if names]
@@ -89,6 +94,9 @@ def plot_training_curves(curves: Curves) -> bytes:
         ax.set_xlabel("step")
         if title == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        values = [p[1] for name in names for p in curves[name]]
+        if title == "loss" and values and min(values) > 0 and max(values) / min(values) > 50:
+            ax.set_yscale("log")  # a summed multi-task loss next to its parts spans decades
         _style(ax)
         ax.legend(fontsize=8, frameon=False)
     return _png(fig)
