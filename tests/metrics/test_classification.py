@@ -104,3 +104,9 @@ def test_matches_sklearn_when_installed():
         P = rng.integers(0, 2, (n, 3))
         for av in ("macro", "micro"):
             assert multilabel_f1(Y, P, av) == pytest.approx(sk.f1_score(Y, P, average=av, zero_division=0), abs=1e-12)
+
+
+def test_confusion_matrix_counts_rows_by_truth_and_leaves_out_unknown_labels() -> None:
+    from polymodal.metrics import confusion_matrix
+
+    assert confusion_matrix([0, 0, 1, 1, 1, -100], [0, 1, 1, 1, 0, 1], 2) == [[1, 1], [1, 2]]

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from polymodal.data.images import open_image
@@ -32,13 +33,21 @@ class LoadedSample:
     answers: tuple[str, ...]
 
 
+def open_or_skip(sample: Sample) -> Image.Image | None:
+    """The sample's image, or None (with a warning naming it) when it cannot be read: the collator
+    counts the Nones, so a bad image is skipped and reported, never fatal and never silent."""
+    try:
+        return open_image(sample.image_bytes if sample.image_bytes is not None else sample.image_path, name=sample.origin or None)
+    except DataError as e:
+        log.warning("skipping %s: %s", sample.origin or sample.sample_id, e)
+        return None
+
+
 def _load(sample: Sample, image_processor: ImageProcessor | None, flip_prob: float, rng: np.random.Generator) -> LoadedSample | None:
     text, answers, pixels = sample.text, sample.answers, None
     if image_processor is not None and sample.has_image:
-        try:
-            img = open_image(sample.image_bytes if sample.image_bytes is not None else sample.image_path, name=sample.origin or None)
-        except DataError as e:
-            log.warning("skipping %s: %s", sample.origin or sample.sample_id, e)
+        img = open_or_skip(sample)
+        if img is None:
             return None
         if flip_prob > 0 and rng.random() < flip_prob:
             flipped = consistent_hflip(img, text, answers)

@@ -19,6 +19,7 @@ from polymodal.metrics.cider import compute_cider_d
 from polymodal.metrics.classification import (
     accuracy,
     classification_scores,
+    confusion_matrix,
     macro_f1,
     mean_absolute_error,
     micro_f1,
@@ -46,6 +47,7 @@ __all__ = [
     "compute_cider_d",
     "compute_meteor",
     "compute_rouge_l",
+    "confusion_matrix",
     "format_table",
     "macro_f1",
     "mean_absolute_error",

@@ -155,6 +155,19 @@ def multilabel_f1(
     raise ValueError(f"average must be 'macro' or 'micro', got {average!r}")
 
 
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> list[list[int]]:
+    """``counts[t][p]``: examples of true class ``t`` predicted as ``p`` (rows: truth).
+
+    Truth outside ``[0, num_classes)`` (an unknown label mapped to -100) is left out, as the report
+    shows only the known classes.
+    """
+    counts = [[0] * num_classes for _ in range(num_classes)]
+    for t, p in zip(y_true, y_pred):
+        if 0 <= t < num_classes:
+            counts[t][p] += 1
+    return counts
+
+
 def mean_absolute_error(y_true: Sequence | np.ndarray, y_pred: Sequence | np.ndarray) -> float:
     """Mean of ``|y_true - y_pred|``."""
     t, p = _pair(y_true, y_pred)

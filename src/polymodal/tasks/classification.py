@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from polymodal.data.sample import Sample
-from polymodal.metrics import classification_scores
+from polymodal.metrics import classification_scores, confusion_matrix
 from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task
 
 
@@ -56,9 +56,4 @@ class ClassificationTask(Task):
             pred += model(batch).logits.argmax(-1).tolist()
             truth += self.targets(b["samples"]).tolist()
         scores = classification_scores(truth, pred, zero_division=0)
-        k = len(self.classes)
-        confusion = [[0] * k for _ in range(k)]
-        for t, p in zip(truth, pred):
-            if 0 <= t < k:
-                confusion[t][p] += 1
-        return EvalResult(dict(scores), {"classes": self.classes, "confusion": confusion})
+        return EvalResult(dict(scores), {"classes": self.classes, "confusion": confusion_matrix(truth, pred, len(self.classes))})

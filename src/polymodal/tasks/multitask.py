@@ -18,12 +18,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from polymodal.data.images import open_image
+from polymodal.data.dataset import open_or_skip
 from polymodal.data.processors import ImageProcessor, consistent_hflip, swap_left_right
 from polymodal.data.sample import Sample
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.errors import DataError
-from polymodal.metrics import classification_scores
+from polymodal.metrics import classification_scores, confusion_matrix
 from polymodal.models.factory import BuildContext
 from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, group_by_image, image_id_tensor, is_caption
 from polymodal.tasks.captioning import CaptioningTask
@@ -100,10 +100,8 @@ class ImageItemDataset(Dataset):
         k, n = self.questions_per_image, len(item.questions)
         questions = [item.questions[int(i)] for i in rng.choice(n, size=k, replace=n < k)]
         statement = item.statements[int(rng.integers(len(item.statements)))]
-        try:
-            img = open_image(caption.image_bytes if caption.image_bytes is not None else caption.image_path, name=caption.origin or None)
-        except DataError as e:
-            log.warning("skipping %s: %s", caption.origin or caption.sample_id, e)
+        img = open_or_skip(caption)
+        if img is None:
             return None
         caption_text, statement_text = caption.text or "", statement.text or ""
         question_texts = [q.text or "" for q in questions]
@@ -218,11 +216,7 @@ class MultiTaskTask(Task):
             metrics[f"{prefix}accuracy"] = scores["accuracy"]
             if view == "joint":
                 metrics |= {k: v for k, v in scores.items() if k != "accuracy"}
-        k = len(self.classification.classes)
-        confusion = [[0] * k for _ in range(k)]
-        for t, p in zip(truth, preds["joint"]):
-            if 0 <= t < k:
-                confusion[t][p] += 1
+        confusion = confusion_matrix(truth, preds["joint"], len(self.classification.classes))
         return EvalResult(metrics, {"classes": self.classification.classes, "confusion": confusion, "statements": len(truth)})
 
     def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:
