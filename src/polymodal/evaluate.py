@@ -174,21 +174,18 @@ def evaluate_checkpoint(
     task = proc.build_task()
     out = Path(out_dir) if out_dir is not None else default_out_dir(ckpt.path)
 
-    current = {"split": ""}
-
     def loader(samples: Sequence[Sample], with_images: bool = True) -> Any:
         batches = make_loader(samples, proc.image if with_images else None, proc.tokenizer, proc.max_length, batch_size, num_workers)  # type: ignore[arg-type]
         if not progress:
             return batches
         from tqdm import tqdm
 
-        return tqdm(batches, desc=f"eval {current['split']}", unit="batch", dynamic_ncols=True, leave=False)
+        return tqdm(batches, desc=f"eval {split}", unit="batch", dynamic_ncols=True, leave=False)  # the split being evaluated
 
     results: dict[str, dict[str, Any]] = {}
     samples_of: dict[str, list[Sample]] = {}
     skipped: dict[str, str] = {}
     for split in chosen:
-        current["split"] = split
         samples, problems = _select(groups[split], task, max_samples)
         if not samples:
             skipped[split] = f"no samples for the {task.name} task"

@@ -381,17 +381,17 @@ def classify(
         if use_txt:
             ids, mask = processors.texts(txts[part])
             batch["text_ids"], batch["text_mask"] = ids.to(device), mask.to(device)
-        if multitask:  # the joint head's probabilities; log turns them back into logits for the softmax below
-            logits = model.classify(batch["image"], batch["text_ids"], batch["text_mask"])["joint"].float().cpu().log()
+        if multitask:  # the joint head already gives probabilities
+            probs = model.classify(batch["image"], batch["text_ids"], batch["text_mask"])["joint"].float().cpu()
         else:
             logits = model(batch).logits.float().cpu()
-        if getattr(model, "task", "classification") == "regression":
-            for row in logits:
-                values = {f"output_{j}" if len(row) > 1 else "value": float(v) for j, v in enumerate(row)}
-                first = next(iter(values.values()))
-                out.append(Classification(label=f"{first:.6g}", score=first, scores=values))
-            continue
-        probs = logits.softmax(-1)
+            if getattr(model, "task", "classification") == "regression":
+                for row in logits:
+                    values = {f"output_{j}" if len(row) > 1 else "value": float(v) for j, v in enumerate(row)}
+                    first = next(iter(values.values()))
+                    out.append(Classification(label=f"{first:.6g}", score=first, scores=values))
+                continue
+            probs = logits.softmax(-1)
         names = classes if len(classes) == probs.shape[-1] else [str(j) for j in range(probs.shape[-1])]
         for row in probs:
             order = torch.argsort(row, descending=True, stable=True).tolist()
