@@ -77,3 +77,13 @@ def test_streaming_dataset_splits_work_across_workers(images: dict[str, Path]) -
     seen = sorted(int(s.sample_id) for b in loader for s in b["samples"])
     assert seen == list(range(10))  # every sample exactly once, none duplicated across workers
     assert all(isinstance(b["image"], torch.Tensor) for b in loader)
+
+
+def test_augmented_items_are_the_same_when_drawn_again(images: dict[str, Path]) -> None:
+    """What a resumed run relies on: item i of epoch e has the same crop and jitter however often it is drawn."""
+    s = Sample("0", image_path=images["good"], text="a green square")
+    proc = ImageProcessor(ImageProcessorConfig(size=8, random_resized_crop=(0.3, 1.0), brightness=0.4), train=True, seed=0)
+    ds = SampleDataset([s], proc, seed=11)
+    first = ds[0].image
+    assert torch.equal(ds[0].image, first)
+    assert not torch.equal(SampleDataset([s], proc, seed=12)[0].image, first)

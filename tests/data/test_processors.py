@@ -76,3 +76,28 @@ def test_flip_mirrors_image_and_keeps_text_true() -> None:
     back = consistent_hflip(out.image, out.text, out.answers)
     assert back.text == "the red dot is left of the rest" and back.answers == ("left", "yes")
     assert np.array_equal(np.asarray(back.image), np.asarray(img))
+
+
+def test_crop_box_reports_what_the_crop_kept() -> None:
+    cfg = ImageProcessorConfig(size=16, random_resized_crop=(0.3, 0.5))
+    img = _gradient_image(64, 64)
+    out = ImageProcessor(cfg, train=True).process(img, np.random.default_rng(3))
+    box = out.box
+    assert box is not None and 0 <= box.left < box.right <= 1 and 0 <= box.top < box.bottom <= 1
+    assert (box.right - box.left) * (box.bottom - box.top) < 0.6  # the area range, give or take the aspect ratio
+    cx, cy = (box.left + box.right) / 2, (box.top + box.bottom) / 2
+    assert box.point(cx, cy) == pytest.approx((0.5, 0.5))
+    assert box.point(box.left - 0.01, cy) is None  # cut off
+    centre = ImageProcessor(ImageProcessorConfig(size=16)).process(Image.new("RGB", (64, 32)))
+    assert (centre.box.left, centre.box.right, centre.box.top, centre.box.bottom) == (0.25, 0.75, 0.0, 1.0)
+
+
+def test_augmentation_follows_the_generator_it_is_given() -> None:
+    """Datasets hand in a generator seeded by (epoch, index): the same draw on a resumed run."""
+    cfg = ImageProcessorConfig(size=24, random_resized_crop=(0.5, 1.0), brightness=0.3, contrast=0.3)
+    img = _gradient_image(64, 64)
+    p = ImageProcessor(cfg, train=True, seed=0)
+    first = p(img, np.random.default_rng([7, 3]))
+    p(img)  # the processor's own generator moves on ...
+    assert torch.equal(p(img, np.random.default_rng([7, 3])), first)  # ... a given one does not care
+    assert not torch.equal(p(img, np.random.default_rng([8, 3])), first)

@@ -52,7 +52,7 @@ def _load(sample: Sample, image_processor: ImageProcessor | None, flip_prob: flo
         if flip_prob > 0 and rng.random() < flip_prob:
             flipped = consistent_hflip(img, text, answers)
             img, text, answers = flipped.image, flipped.text, flipped.answers
-        pixels = image_processor(img)
+        pixels = image_processor(img, rng)
     return LoadedSample(sample, pixels, text, tuple(answers))
 
 

@@ -44,6 +44,28 @@ class ImageProcessorConfig:
 _INTERP = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 
 
+@dataclass(frozen=True)
+class CropBox:
+    """The part of the source image that was kept, as fractions of its width and height."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+    def point(self, x: float, y: float) -> tuple[float, float] | None:
+        """Where a point given in source-image fractions lands in the crop, or None when it was cut off."""
+        nx = (x - self.left) / (self.right - self.left)
+        ny = (y - self.top) / (self.bottom - self.top)
+        return (nx, ny) if 0.0 <= nx <= 1.0 and 0.0 <= ny <= 1.0 else None
+
+
+@dataclass(frozen=True)
+class ProcessedImage:
+    pixels: torch.Tensor
+    box: CropBox | None  # None: the whole image was kept (resized, not cropped)
+
+
 class ImageProcessor:
     """PIL image -> normalised float tensor [3, size, size]; ``train=True`` adds the configured augmentation."""
 
@@ -54,43 +76,54 @@ class ImageProcessor:
         self._mean = torch.tensor(self.config.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(self.config.std, dtype=torch.float32).view(3, 1, 1)
 
-    def _resize(self, img: Image.Image) -> Image.Image:
+    def _resize(self, img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, CropBox | None]:
         c, interp = self.config, _INTERP[self.config.interpolation]
         if self.train and c.random_resized_crop is not None:
-            return self._random_resized_crop(img, interp)
+            return self._random_resized_crop(img, interp, rng)
         if c.resize_mode == "squash":
-            return img.resize((c.size, c.size), interp) if img.size != (c.size, c.size) else img
+            return (img.resize((c.size, c.size), interp) if img.size != (c.size, c.size) else img), None
         w, h = img.size
         if (w, h) == (c.size, c.size):
-            return img
+            return img, None
         scale = c.size / min(w, h)
         nw, nh = max(c.size, round(w * scale)), max(c.size, round(h * scale))
         img = img.resize((nw, nh), interp)
         left, top = (nw - c.size) // 2, (nh - c.size) // 2
-        return img.crop((left, top, left + c.size, top + c.size))
+        box = CropBox(left / nw, top / nh, (left + c.size) / nw, (top + c.size) / nh)
+        return img.crop((left, top, left + c.size, top + c.size)), box
 
-    def _random_resized_crop(self, img: Image.Image, interp: int) -> Image.Image:
+    def _random_resized_crop(self, img: Image.Image, interp: int, rng: np.random.Generator) -> tuple[Image.Image, CropBox | None]:
         lo, hi = self.config.random_resized_crop  # type: ignore[misc]
         w, h = img.size
         for _ in range(10):
-            area = w * h * self._rng.uniform(lo, hi)
-            ratio = math.exp(self._rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            area = w * h * rng.uniform(lo, hi)
+            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
             cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
             if 0 < cw <= w and 0 < ch <= h:
-                x, y = int(self._rng.integers(0, w - cw + 1)), int(self._rng.integers(0, h - ch + 1))
-                return img.resize((self.config.size, self.config.size), interp, box=(x, y, x + cw, y + ch))
-        return img.resize((self.config.size, self.config.size), interp)
+                x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+                crop = img.resize((self.config.size, self.config.size), interp, box=(x, y, x + cw, y + ch))
+                return crop, CropBox(x / w, y / h, (x + cw) / w, (y + ch) / h)
+        return img.resize((self.config.size, self.config.size), interp), None
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def process(self, img: Image.Image, rng: np.random.Generator | None = None) -> ProcessedImage:
+        """Pixels plus the crop that made them, so annotations in image fractions can follow the pixels.
+
+        ``rng`` drives the augmentation; datasets pass one seeded by (epoch, index) so that a resumed run
+        draws the very same crops and colour jitter. Without one the processor's own generator is used.
+        """
+        rng = rng if rng is not None else self._rng
         if img.mode != "RGB":
             img = img.convert("RGB")
-        img = self._resize(img)
+        img, box = self._resize(img, rng)
         if self.train and self.config.brightness > 0:
-            img = ImageEnhance.Brightness(img).enhance(1 + self._rng.uniform(-self.config.brightness, self.config.brightness))
+            img = ImageEnhance.Brightness(img).enhance(1 + rng.uniform(-self.config.brightness, self.config.brightness))
         if self.train and self.config.contrast > 0:
-            img = ImageEnhance.Contrast(img).enhance(1 + self._rng.uniform(-self.config.contrast, self.config.contrast))
+            img = ImageEnhance.Contrast(img).enhance(1 + rng.uniform(-self.config.contrast, self.config.contrast))
         arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-        return (arr - self._mean) / self._std
+        return ProcessedImage((arr - self._mean) / self._std, box)
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+        return self.process(img, rng).pixels
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self.config)
