@@ -58,6 +58,10 @@ def _mt_samples(tmp_path: Path) -> list[Sample]:
         Sample("q2", image_path=img, image_id="a", text="is the cube to the right of the ball?", answers=("no",) * 10),
         Sample("s1", image_path=img, image_id="a", text="the cube is left of the ball.", label=1),
         Sample("c3", image_path=img2, image_id="b", text="a blue cube."),  # no question, no statement
+        Sample("scene:a", image_path=img, image_id="a", meta={"objects": (
+            {"x": 0.25, "y": 0.5, "attributes": {"shape": "cube", "color": "red"}},
+            {"x": 0.75, "y": 0.5, "attributes": {"shape": "sphere", "color": "red"}},
+        )}),
     ]
 
 
@@ -65,10 +69,12 @@ def test_multitask_items_group_by_image_and_count_incomplete_images(tmp_path: Pa
     from polymodal.tasks.multitask import image_items, kind_of
 
     samples = _mt_samples(tmp_path)
-    assert [kind_of(s) for s in samples] == ["caption", "caption", "question", "question", "statement", "caption"]
+    assert [kind_of(s) for s in samples] == ["caption", "caption", "question", "question", "statement", "caption", "scene"]
     items, incomplete = image_items(samples)
     assert incomplete == 1 and len(items) == 1
     assert [s.sample_id for s in items[0].captions] == ["c1", "c2"] and len(items[0].questions) == 2
+    assert [o["attributes"]["shape"] for o in items[0].objects] == ["cube", "sphere"]
+    assert image_items(samples[:-1])[0][0].objects is None  # no scene graph: nothing to supervise objects with
 
 
 def test_multitask_draws_are_seeded_by_epoch_and_index(tmp_path: Path) -> None:
@@ -92,6 +98,25 @@ def test_multitask_flip_keeps_every_text_true(tmp_path: Path) -> None:
     assert flipped.statement_text == "the cube is right of the ball."
     assert [q.replace("right", "LEFT").replace("left", "right").replace("LEFT", "left") for q in plain.question_texts] == flipped.question_texts
     assert flipped.caption_text == plain.caption_text.replace("left", "right")
+    # the scene graph is mirrored with the pixels: the cube now stands on the right
+    assert [(o["x"], o["attributes"]["shape"]) for o in plain.objects] == [(0.25, "cube"), (0.75, "sphere")]
+    assert [(o["x"], o["attributes"]["shape"]) for o in flipped.objects] == [(0.75, "cube"), (0.25, "sphere")]
+
+
+def test_multitask_task_keeps_the_object_attributes_with_its_state(tmp_path: Path) -> None:
+    from polymodal.tasks.multitask import MultiTaskTask
+
+    samples = _mt_samples(tmp_path) + [Sample("s2", image_path=tmp_path / "a.png", image_id="a", text="there is a blue cube.", label=0)]
+    task = MultiTaskTask(None, 16)
+    task.prepare(samples)
+    assert task.objects is not None and task.objects.attributes == {"color": ["red"], "shape": ["cube", "sphere"]}
+    assert task.context(None).object_vocab is task.objects
+    again = MultiTaskTask(None, 16)
+    again.load_state(task.state())
+    assert again.objects.attributes == task.objects.attributes
+    plain = MultiTaskTask(None, 16)
+    plain.prepare([s for s in samples if s.sample_id != "scene:a"])
+    assert plain.objects is None and "object_attributes" not in plain.state()
 
 
 def test_multitask_training_needs_complete_images(tmp_path: Path) -> None:
@@ -100,3 +125,19 @@ def test_multitask_training_needs_complete_images(tmp_path: Path) -> None:
     samples = [s for s in _mt_samples(tmp_path) if s.label is None]
     with pytest.raises(DataError, match="a caption, a question with answers and a labelled statement"):
         MultiTaskTask(None, 16).train_items(samples)
+
+
+def test_multitask_objects_follow_the_crop(tmp_path: Path) -> None:
+    """A centre crop of a wide image keeps its middle half: object centres move with it, cut-off ones go."""
+    from polymodal.tasks.multitask import ImageItemDataset, image_items
+
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (32, 16), (90, 90, 90)).save(wide)
+    samples = [s for s in _mt_samples(tmp_path) if s.image_id == "a"]
+    samples = [Sample(s.sample_id, image_path=wide, image_id="a", text=s.text, answers=s.answers, label=s.label, meta=s.meta) for s in samples]
+    items, _ = image_items(samples)
+    loaded = ImageItemDataset(items, ImageProcessor(ImageProcessorConfig(size=16)), seed=0)[0]
+    assert loaded.image.shape == (3, 16, 16)
+    assert [(o["x"], o["attributes"]["shape"]) for o in loaded.objects] == [(0.0, "cube"), (1.0, "sphere")]
+    items = [type(items[0])(items[0].captions, items[0].questions, items[0].statements, ({"x": 0.1, "y": 0.5, "attributes": {"shape": "cone"}},))]
+    assert ImageItemDataset(items, ImageProcessor(ImageProcessorConfig(size=16)), seed=0)[0].objects == []

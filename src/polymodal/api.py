@@ -186,6 +186,7 @@ def model_from_checkpoint(ckpt: Any, device: str | torch.device = "cpu") -> tupl
     """Rebuild the model of a loaded checkpoint, load its (sha256-checked) weights, eval mode."""
     from polymodal.models.configs import parse_model_config
     from polymodal.models.factory import BuildContext, build_model
+    from polymodal.models.object_head import ObjectVocab
     from polymodal.models.vqa import AnswerVocab
     from polymodal.train.checkpoint import CONFIG_FILE, PROCESSORS_FILE, CheckpointError
 
@@ -203,8 +204,14 @@ def model_from_checkpoint(ckpt: Any, device: str | torch.device = "cpu") -> tupl
         )
     if config.type != "classifier" and ckpt.tokenizer is None:
         raise CheckpointError(f"{ckpt.path} has no tokenizer.json, which a {config.type!r} model needs")
+    objects = None
+    if processors.task_state.get("object_attributes"):
+        try:
+            objects = ObjectVocab(processors.task_state["object_attributes"])
+        except (AttributeError, TypeError, DataError) as e:
+            raise CheckpointError(f"{ckpt.path / PROCESSORS_FILE}: the object attributes are malformed ({e})") from None
     try:
-        model = build_model(config, BuildContext(tokenizer=ckpt.tokenizer, answer_vocab=vocab))
+        model = build_model(config, BuildContext(tokenizer=ckpt.tokenizer, answer_vocab=vocab, object_vocab=objects))
     except ConfigError as e:
         raise CheckpointError(f"{ckpt.path / CONFIG_FILE}: cannot rebuild the model: {e}") from None
     ckpt.load_model_state(model)

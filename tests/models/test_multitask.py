@@ -16,6 +16,7 @@ from polymodal.data.world import WorldConfig, generate_world
 from polymodal.errors import ConfigError
 from polymodal.models.factory import BuildContext, build_model
 from polymodal.models.multitask import MultiTaskModel
+from polymodal.models.object_head import ObjectVocab, token_grid
 from polymodal.models.vqa import AnswerVocab
 from polymodal.tasks.multitask import ImageItemCollator, ImageItemDataset, image_items
 
@@ -52,21 +53,27 @@ def parts(world: Path):
     return tok, vocab, items, incomplete
 
 
-def make_batch(parts, n: int = 8, questions_per_image: int = 1, seed: int = 0) -> dict:
+@pytest.fixture(scope="module")
+def objects(parts) -> ObjectVocab:
+    return ObjectVocab.build([o for it in parts[2] for o in it.objects])
+
+
+def make_batch(parts, n: int = 8, questions_per_image: int = 1, seed: int = 0, objects: ObjectVocab | None = None) -> dict:
     tok, _, items, _ = parts
     ds = ImageItemDataset(items[:n], ImageProcessor(ImageProcessorConfig(size=SIZE)), seed=seed, questions_per_image=questions_per_image)
-    return ImageItemCollator(tok, 48, {"0": 0, "1": 1})([ds[i] for i in range(n)])
+    return ImageItemCollator(tok, 48, {"0": 0, "1": 1}, objects)([ds[i] for i in range(n)])
 
 
-def build(parts, **changes: object) -> MultiTaskModel:
+def build(parts, objects: ObjectVocab | None = None, **changes: object) -> MultiTaskModel:
     tok, vocab, _, _ = parts
     torch.manual_seed(0)
-    return build_model(model_config(**changes), BuildContext(tokenizer=tok, answer_vocab=vocab))
+    return build_model(model_config(**changes), BuildContext(tokenizer=tok, answer_vocab=vocab, object_vocab=objects))
 
 
 def run(model: MultiTaskModel, b: dict):
     return model(b["image"], b["caption_ids"], b["caption_mask"], b["question_ids"], b["question_mask"], b["answers"],
-                 b["statement_ids"], b["statement_mask"], b["labels"], image_ids=b["image_ids"])
+                 b["statement_ids"], b["statement_mask"], b["labels"], image_ids=b["image_ids"],
+                 object_attributes=b.get("object_attributes"), object_xy=b.get("object_xy"), object_annotated=b.get("object_annotated"))
 
 
 def test_every_world_image_has_all_three_kinds_of_text(parts) -> None:
@@ -159,3 +166,77 @@ def test_fits_a_small_real_batch_on_every_task(parts) -> None:
     assert (probs["joint"].argmax(-1) == b["labels"]).float().mean() >= 0.875
     assert (sims.argmax(0) == torch.arange(8)).float().mean() >= 0.875
     assert out.parts["lm"] < 1.0
+
+
+# ------------------------------------------------------------------ object supervision (scene graphs)
+ALL_WITH_OBJ = {"itc": 1.0, "lm": 1.0, "vqa": 1.0, "cls": 1.0, "obj": 1.0}
+
+
+def test_world_scene_graphs_reach_every_training_image(parts, objects: ObjectVocab) -> None:
+    items = parts[2]
+    assert all(it.objects and 2 <= len(it.objects) <= 5 for it in items)
+    assert objects.attributes["material"] == ["metal", "rubber"] and objects.attributes["size"] == ["large", "small"]
+    assert len(objects.attributes["color"]) == 8 and len(objects.attributes["shape"]) == 4
+
+
+def test_object_targets_pad_and_mark_unannotated_images(objects: ObjectVocab) -> None:
+    one = [{"x": 0.1, "y": 0.2, "attributes": {"color": "red", "shape": "cube", "size": "small", "material": "metal"}},
+           {"x": 0.9, "y": 0.8, "attributes": {"color": "blue", "shape": "teapot"}}]
+    attrs, xy, annotated = objects.targets([one, None, []])
+    assert attrs.shape == (3, 2, 4) and xy.shape == (3, 2, 2)
+    assert annotated.tolist() == [True, False, True]
+    names = list(objects.attributes)
+    assert attrs[0, 0, names.index("color")] == objects.attributes["color"].index("red")
+    assert attrs[0, 1, names.index("shape")] == -100  # a value never seen in training is not a target
+    assert attrs[0, 1, names.index("size")] == -100  # nor is an attribute the object does not state
+    assert (attrs[1:] == -100).all() and torch.allclose(xy[0], torch.tensor([[0.1, 0.2], [0.9, 0.8]]))
+
+
+def test_token_grid_reads_square_grids_and_drops_a_cls_token() -> None:
+    tokens = torch.arange(2 * 17 * 3, dtype=torch.float32).reshape(2, 17, 3)
+    grid = token_grid(tokens)
+    assert grid.shape == (2, 3, 4, 4) and torch.equal(grid[:, :, 0, 1], tokens[:, 2])
+    assert token_grid(tokens[:, 1:]).shape == (2, 3, 4, 4)
+    with pytest.raises(ConfigError, match="square grid; got 7 tokens"):
+        token_grid(tokens[:, :7])
+
+
+def test_obj_objective_needs_scene_graphs(parts) -> None:
+    with pytest.raises(ConfigError, match="'obj' objective needs object annotations"):
+        build(parts, weights=ALL_WITH_OBJ)
+    assert build(parts).objects is None
+
+
+def test_obj_objective_trains_the_image_tower_from_the_scene_graph(parts, objects: ObjectVocab) -> None:
+    model = build(parts, objects, weights=ALL_WITH_OBJ)
+    b = make_batch(parts, n=8, objects=objects)
+    assert set(run(model, b).parts) >= {"obj", "itc", "vqa"}
+    with pytest.raises(ValueError, match="needs object_attributes"):
+        run(model, {k: v for k, v in b.items() if not k.startswith("object_")})
+    # the object head alone, on the image tower: it must learn to name what stands at each centre
+    params = list(model.backbone.image_encoder.parameters()) + list(model.objects.parameters())
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    first = None
+    for _ in range(80):
+        found = model.objects(model.backbone.encode_image(b["image"]).tokens, b["object_attributes"], b["object_xy"], b["object_annotated"])
+        first = first if first is not None else found.loss.item()
+        opt.zero_grad()
+        found.loss.backward()
+        opt.step()
+    assert found.loss.item() < 0.3 * first and float(found.attribute_accuracy) > 0.95
+    model.eval()
+    described = model.objects.describe(model.backbone.encode_image(b["image"]).tokens, b["object_xy"])
+    truth = [[o["attributes"] for o in it.objects] for it in parts[2][:8]]
+    hits = sum(d == t for ds, ts in zip(described, truth) for d, t in zip(ds, ts))
+    assert hits >= 0.9 * sum(len(t) for t in truth)
+
+
+def test_unannotated_images_do_not_teach_objectness(objects: ObjectVocab) -> None:
+    from polymodal.losses.objects import object_loss
+
+    attrs, xy, annotated = objects.targets([None, None])
+    logits = {name: torch.zeros(2, 1, len(v), requires_grad=True) for name, v in objects.attributes.items()}
+    objectness = torch.zeros(2, 4, 4, requires_grad=True)
+    out = object_loss(logits, attrs, objectness, xy, annotated)
+    out.loss.backward()
+    assert float(out.loss) == 0.0 and objectness.grad is not None and float(objectness.grad.abs().sum()) == 0.0

@@ -58,6 +58,17 @@ class ClevrSource(_Spec):
     images: Path
 
 
+class ScenesSource(_Spec):
+    """Scene graphs (CLEVR ``*_scenes.json`` layout): per image, objects with attributes and centres."""
+
+    format: Literal["scenes"]
+    path: Path
+    images: Path
+    image_size: tuple[int, int] | None = Field(
+        default=None, description="[width, height] of the images, needed when objects give CLEVR's pixel_coords"
+    )
+
+
 class GqaSource(_Spec):
     """GQA questions JSON keyed by question id, each with imageId, question and answer."""
 
@@ -132,6 +143,7 @@ DataSource = Annotated[
         VqaV2Source,
         ClevrSource,
         GqaSource,
+        ScenesSource,
         CcTsvSource,
         KarpathySource,
         TableSource,
@@ -146,6 +158,7 @@ FORMAT_NAMES: tuple[str, ...] = (
     "vqa_v2",
     "clevr",
     "gqa",
+    "scenes",
     "cc_tsv",
     "karpathy",
     "jsonl",

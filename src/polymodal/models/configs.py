@@ -79,7 +79,8 @@ class MultiTaskConfig(_ModelConfig):
     """One model for retrieval, captioning, VQA and statement classification (see models/multitask.py).
 
     ``weights`` picks the objectives and their weights among itc, itm, mlm (pretraining), lm
-    (captioning), vqa and cls (classification); itc is required, a weight of 0 switches one off.
+    (captioning), vqa, cls (classification) and obj (object attributes from scene graphs, optional);
+    itc, lm, vqa and cls are required, a weight of 0 switches an optional one off.
     """
 
     type: Literal["multitask"]

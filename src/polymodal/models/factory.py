@@ -30,6 +30,7 @@ from polymodal.models.configs import (
 )
 from polymodal.models.dual_encoder import DualEncoder
 from polymodal.models.fusion_encoder import FusionEncoder
+from polymodal.models.object_head import ObjectVocab
 from polymodal.models.vqa import AnswerVocab, VQAClassifier
 from polymodal.modules.encoders import Encoder, build_encoder
 
@@ -43,6 +44,7 @@ class BuildContext:
     tokenizer: TextTokenizer | None = None
     answer_vocab: AnswerVocab | None = None
     vocab_size: int | None = None  # used when there is no tokenizer (e.g. benchmarks)
+    object_vocab: ObjectVocab | None = None  # object attributes, when the data has scene graphs
 
 
 def load_model_config(name_or_path: str | Path) -> Any:
@@ -112,7 +114,7 @@ def _multitask(cfg: MultiTaskConfig, ctx: BuildContext) -> nn.Module:
     pretrain_weights = {k: v for k, v in weights.items() if k in PRETRAIN_OBJECTIVES and v > 0}
     pretrain = _fusion_encoder_on(backbone, ctx, cfg.embed_dim, pretrain_weights, cfg.mlm_probability)
     captioner = _captioner_on(backbone.image_encoder, cfg.decoder, ctx, cfg.label_smoothing)
-    return MultiTaskModel(pretrain, captioner, ctx.answer_vocab, cfg.num_classes, cfg.weights, cfg.dropout)
+    return MultiTaskModel(pretrain, captioner, ctx.answer_vocab, cfg.num_classes, cfg.weights, cfg.dropout, ctx.object_vocab)
 
 
 def _captioner_on(vision: Encoder, spec: EncoderSpec, ctx: BuildContext, label_smoothing: float) -> nn.Module:

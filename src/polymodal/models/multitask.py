@@ -27,11 +27,12 @@ from polymodal.losses import MultiTaskLoss, vqa_bce_loss
 from polymodal.models.backbone import ImageTextBackbone
 from polymodal.models.captioner import Captioner
 from polymodal.models.fusion_encoder import FusionEncoder
+from polymodal.models.object_head import ObjectHead, ObjectVocab
 from polymodal.models.vqa import AnswerVocab, VQAClassifier
 from polymodal.modules.encoders.base import EncoderOutput
 
 PRETRAIN_OBJECTIVES = ("itc", "itm", "mlm")
-OBJECTIVES = PRETRAIN_OBJECTIVES + ("lm", "vqa", "cls")
+OBJECTIVES = PRETRAIN_OBJECTIVES + ("lm", "vqa", "cls", "obj")
 PROBES = ("image_only", "text_only")
 REQUIRED = ("itc", "lm", "vqa", "cls")
 
@@ -73,7 +74,7 @@ def check_weights(weights: Mapping[str, float]) -> dict[str, float]:
     if missing:
         raise ConfigError(
             f"multitask: the weights of {missing} must be > 0: every head of a multi-task model is trained "
-            "(itc, lm, vqa and cls are required; itm and mlm are optional); for fewer tasks use a single-task model type"
+            "(itc, lm, vqa and cls are required; itm, mlm and obj are optional); for fewer tasks use a single-task model type"
         )
     return weights
 
@@ -87,9 +88,16 @@ class MultiTaskModel(nn.Module):
         num_classes: int = 2,
         weights: Mapping[str, float] | None = None,
         dropout: float = 0.1,
+        objects: ObjectVocab | None = None,
     ) -> None:
         super().__init__()
         weights = check_weights(weights or {k: 1.0 for k in REQUIRED})
+        if weights.get("obj", 0.0) > 0 and objects is None:
+            raise ConfigError(
+                "multitask: the 'obj' objective needs object annotations in the training data (a 'scenes' source "
+                "with each image's objects, as the built-in world writes); none were found. Set weights.obj to 0 "
+                "or add scene graphs"
+            )
         if captioner.image_encoder is not pretrain.backbone.image_encoder:
             raise ConfigError("multitask: the captioner must share the backbone's image encoder")
         self.weights = {k: v for k, v in weights.items() if v > 0}
@@ -103,6 +111,7 @@ class MultiTaskModel(nn.Module):
             "image_only": _head(pretrain.backbone.image_encoder.output_dim, num_classes, dropout),
             "text_only": _head(pretrain.backbone.text_encoder.output_dim, num_classes, dropout),
         })
+        self.objects = ObjectHead(pretrain.backbone.image_encoder.width, objects) if weights.get("obj", 0.0) > 0 and objects else None
         self.objectives = MultiTaskLoss({k: v for k, v in self.weights.items() if k not in PRETRAIN_OBJECTIVES} | {f"probe_{p}": 1.0 for p in PROBES})
 
     @property
@@ -127,10 +136,14 @@ class MultiTaskModel(nn.Module):
         labels: Tensor,
         image_ids: Tensor | None = None,
         generator: torch.Generator | None = None,
+        object_attributes: Tensor | None = None,
+        object_xy: Tensor | None = None,
+        object_annotated: Tensor | None = None,
     ) -> MultiTaskOutput:
         """Per image: a caption, ``k >= 1`` questions with their answers (rows image-major), a statement
-        with its label. Several questions per image make VQA learn faster for little extra cost, since
-        the image is encoded once."""
+        with its label, and (for the ``obj`` objective) its objects as :meth:`ObjectVocab.targets` gives
+        them. Several questions per image make VQA learn faster for little extra cost, since the image
+        is encoded once."""
         b = images.shape[0]
         for name, t in (("caption_ids", caption_ids), ("statement_ids", statement_ids), ("labels", labels)):
             if t.shape[0] != b:
@@ -170,6 +183,12 @@ class MultiTaskModel(nn.Module):
             logits = self.probes[name](features)
             losses[f"probe_{name}"] = F.cross_entropy(logits.float(), labels)
             accuracy[f"probe_{name}"] = (logits.argmax(-1) == labels).float().mean().detach()
+        if self.objects is not None:
+            if object_attributes is None or object_xy is None:
+                raise ValueError("multitask: this model trains the 'obj' objective, so every batch needs object_attributes and object_xy")
+            found = self.objects(image.tokens, object_attributes, object_xy, object_annotated)
+            losses["obj"] = found.loss
+            accuracy["obj"] = found.attribute_accuracy
         rest = self.objectives(losses)
         return MultiTaskOutput(loss=pre.loss + rest.total, parts=pre.parts | rest.parts, accuracy=accuracy)
 

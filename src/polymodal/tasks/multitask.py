@@ -19,12 +19,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from polymodal.data.dataset import open_or_skip
-from polymodal.data.processors import ImageProcessor, consistent_hflip, swap_left_right
+from polymodal.data.processors import CropBox, ImageProcessor, consistent_hflip, swap_left_right
 from polymodal.data.sample import Sample
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.errors import DataError
 from polymodal.metrics import classification_scores, confusion_matrix
 from polymodal.models.factory import BuildContext
+from polymodal.models.object_head import ObjectVocab
 from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, group_by_image, image_id_tensor, is_caption
 from polymodal.tasks.captioning import CaptioningTask
 from polymodal.tasks.classification import ClassificationTask
@@ -38,6 +39,9 @@ CLASSIFIER_VIEWS = ("joint", "text_only", "image_only")
 
 
 def kind_of(sample: Sample) -> str | None:
+    """caption, question, statement or scene (a scene graph: the image's objects, no text)."""
+    if sample.has_image and not sample.text and "objects" in sample.meta:
+        return "scene"
     if not sample.has_image or not sample.text:
         return None
     if sample.answers:
@@ -54,6 +58,7 @@ class ImageItem:
     captions: tuple[Sample, ...]
     questions: tuple[Sample, ...]
     statements: tuple[Sample, ...]
+    objects: tuple[dict[str, Any], ...] | None = None  # from the image's scene graph, when it has one
 
 
 @dataclass
@@ -65,19 +70,21 @@ class LoadedItem:
     answers: list[tuple[str, ...]]  # one tuple per question
     statement_text: str
     label: Any
+    objects: list[dict[str, Any]] | None = None
 
 
 def image_items(samples: Sequence[Sample]) -> tuple[list[ImageItem], int]:
     """Items for images that have all three kinds of text, and how many images lacked one."""
     items, incomplete = [], 0
     for group in group_by_image(samples).values():
-        by_kind: dict[str, list[Sample]] = {k: [] for k in KINDS}
+        by_kind: dict[str, list[Sample]] = {k: [] for k in (*KINDS, "scene")}
         for s in group:
             k = kind_of(s)
             if k is not None:
                 by_kind[k].append(s)
-        if all(by_kind.values()):
-            items.append(ImageItem(tuple(by_kind["caption"]), tuple(by_kind["question"]), tuple(by_kind["statement"])))
+        if all(by_kind[k] for k in KINDS):
+            objects = tuple(by_kind["scene"][0].meta["objects"]) if by_kind["scene"] else None
+            items.append(ImageItem(tuple(by_kind["caption"]), tuple(by_kind["question"]), tuple(by_kind["statement"]), objects))
         else:
             incomplete += 1
     return items, incomplete
@@ -106,17 +113,33 @@ class ImageItemDataset(Dataset):
         caption_text, statement_text = caption.text or "", statement.text or ""
         question_texts = [q.text or "" for q in questions]
         answers = [tuple(q.answers) for q in questions]
+        objects = None if item.objects is None else [dict(o) for o in item.objects]
         if self.flip_prob > 0 and rng.random() < self.flip_prob:
             img = consistent_hflip(img, None).image
             caption_text, statement_text = swap_left_right(caption_text), swap_left_right(statement_text)
             question_texts = [swap_left_right(t) for t in question_texts]
             answers = [tuple(swap_left_right(a) for a in ans) for ans in answers]
-        return LoadedItem(self.processor(img), caption, caption_text, question_texts, answers, statement_text, statement.label)
+            objects = None if objects is None else [o | {"x": 1.0 - o["x"]} for o in objects]
+        processed = self.processor.process(img, rng)
+        if objects is not None and processed.box is not None:
+            objects = _inside(objects, processed.box)
+        return LoadedItem(processed.pixels, caption, caption_text, question_texts, answers, statement_text, statement.label, objects)
+
+
+def _inside(objects: list[dict[str, Any]], box: CropBox) -> list[dict[str, Any]]:
+    """The objects whose centres survived the crop, at their positions in the cropped image."""
+    kept = []
+    for o in objects:
+        moved = box.point(o["x"], o["y"])
+        if moved is not None:
+            kept.append(o | {"x": moved[0], "y": moved[1]})
+    return kept
 
 
 class ImageItemCollator:
-    def __init__(self, tokenizer: TextTokenizer, max_length: int, class_index: dict[str, int]) -> None:
+    def __init__(self, tokenizer: TextTokenizer, max_length: int, class_index: dict[str, int], objects: ObjectVocab | None = None) -> None:
         self.tokenizer, self.max_length, self.class_index = tokenizer, max_length, class_index
+        self.objects = objects
 
     def __call__(self, items: list[LoadedItem | None]) -> dict[str, Any]:
         kept = [it for it in items if it is not None]
@@ -134,6 +157,8 @@ class ImageItemCollator:
         batch["answers"] = [a for it in kept for a in it.answers]
         batch["labels"] = torch.tensor([self.class_index.get(str(it.label), -100) for it in kept])
         batch["image_ids"] = image_id_tensor(batch["samples"])
+        if self.objects is not None:
+            batch["object_attributes"], batch["object_xy"], batch["object_annotated"] = self.objects.targets([it.objects for it in kept])
         return batch
 
 
@@ -149,6 +174,7 @@ class MultiTaskTask(Task):
         self.captioning = CaptioningTask(tokenizer, max_new_tokens=max_new_tokens)
         self.vqa = VQATask()
         self.classification = ClassificationTask()
+        self.objects: ObjectVocab | None = None
 
     def select(self, sample: Sample) -> bool:
         return kind_of(sample) is not None
@@ -156,19 +182,23 @@ class MultiTaskTask(Task):
     def prepare(self, train: Sequence[Sample]) -> None:
         self.vqa.prepare([s for s in train if kind_of(s) == "question"])
         self.classification.prepare([s for s in train if kind_of(s) == "statement"])
+        objects = [o for s in train if kind_of(s) == "scene" for o in s.meta["objects"]]
+        self.objects = ObjectVocab.build(objects) if objects else None
 
     def context(self, tokenizer: TextTokenizer) -> BuildContext:
-        return BuildContext(tokenizer=tokenizer, answer_vocab=self.vqa.vocab)
+        return BuildContext(tokenizer=tokenizer, answer_vocab=self.vqa.vocab, object_vocab=self.objects)
 
     def model_overrides(self) -> dict[str, Any]:
         return {"num_classes": len(self.classification.classes)}
 
     def state(self) -> dict[str, Any]:
-        return self.vqa.state() | self.classification.state()
+        objects = {"object_attributes": self.objects.state()} if self.objects is not None else {}
+        return self.vqa.state() | self.classification.state() | objects
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.vqa.load_state(state)
         self.classification.load_state(state)
+        self.objects = ObjectVocab(state["object_attributes"]) if state.get("object_attributes") else None
 
     # ------------------------------------------------------------------ training data
     def train_items(self, samples: Sequence[Sample]) -> list[ImageItem]:
@@ -184,12 +214,15 @@ class MultiTaskTask(Task):
 
     def train_dataset(self, items: Sequence[Any], processor: ImageProcessor, flip_prob: float, seed: int) -> tuple[Dataset, Any]:
         index = {c: i for i, c in enumerate(self.classification.classes)}
-        return ImageItemDataset(items, processor, flip_prob, seed, self.questions_per_image), ImageItemCollator(self.tokenizer, self.max_length, index)
+        dataset = ImageItemDataset(items, processor, flip_prob, seed, self.questions_per_image)
+        return dataset, ImageItemCollator(self.tokenizer, self.max_length, index, self.objects)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         out = model(
             batch["image"], batch["caption_ids"], batch["caption_mask"], batch["question_ids"], batch["question_mask"],
             batch["answers"], batch["statement_ids"], batch["statement_mask"], batch["labels"], image_ids=batch["image_ids"],
+            object_attributes=batch.get("object_attributes"), object_xy=batch.get("object_xy"),
+            object_annotated=batch.get("object_annotated"),
         )
         logs = {f"loss_{k}": float(v) for k, v in out.parts.items()} | {f"acc_{k}": float(v) for k, v in out.accuracy.items()}
         return StepOutput(out.loss, logs)
@@ -223,7 +256,7 @@ class MultiTaskTask(Task):
         by_kind: dict[str, list[Sample]] = {k: [] for k in KINDS}
         for s in samples:
             k = kind_of(s)
-            if k is not None:
+            if k in by_kind:
                 by_kind[k].append(s)
         parts: list[tuple[str, Any, list[Sample]]] = [
             ("retrieval", self.retrieval.evaluate, by_kind["caption"]),

@@ -195,6 +195,7 @@ def _sources(split_files: dict[str, dict[str, str]]) -> dict[str, list[dict[str,
             {"format": "coco_captions", "annotations": f["captions"], "images": f"images/{split}"},
             {"format": "vqa_v2", "questions": f["questions"], "annotations": f["annotations"], "images": f"images/{split}", "image_template": IMAGE_TEMPLATE},
             {"format": "jsonl", "path": f["classification"], "root": ".", "id_field": "id"},
+            {"format": "scenes", "path": f["scenes"], "images": f"images/{split}"},
         ]
     h = split_files["test_heldout"]
     sources["test_heldout"] = [
