@@ -162,11 +162,15 @@ def test_a_step_folder_loads_too(runs: TinyRuns) -> None:
     assert proc.source == str(step) and proc.model_type == "vqa"
 
 
-def test_a_name_that_is_not_a_path_says_only_local_checkpoints_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hub_name_not_on_disk_says_where_it_looked_and_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(PolymodalError, match="(?i)only local polymodal checkpoints are supported yet") as err:
-        load_model("openai/clip-vit-base-patch32")
-    assert str(tmp_path / "openai" / "clip-vit-base-patch32") in str(err.value)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(PolymodalError, match="not on disk") as err:
+        load_model("clip-vit-base-patch32")
+    msg = str(err.value)
+    assert "openai/clip-vit-base-patch32" in msg and str(tmp_path / "cache") in msg and "huggingface-cli download" in msg
+    with pytest.raises(PolymodalError, match="neither a folder .* nor a zoo name"):
+        load_model("no-such-model")
 
 
 def test_a_folder_that_is_not_a_checkpoint_is_named(tmp_path: Path) -> None:

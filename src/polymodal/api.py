@@ -13,7 +13,9 @@ state (the VQA answer vocabulary, the classifier's class names), all read from t
     pixels = proc.images(["a.png", "b.png"])                 # [2, 3, S, S], normalised as in training
     ids, mask = proc.texts(["a red cube", "two spheres"])    # [2, L] token ids and attention mask
 
-Only local polymodal checkpoints are loaded for now; names from the Hugging Face hub come later.
+Hugging Face checkpoints load the same way, from a folder or by zoo name (offline: the local cache):
+
+    model, proc = load_model("clip-vit-base-patch32")        # CLIP: encode_image / encode_text
 """
 
 from __future__ import annotations
@@ -134,22 +136,26 @@ def load_model(
     device: str | torch.device = "cpu",
     *,
     expect_type: str | None = None,
+    allow_download: bool = False,
 ) -> tuple[nn.Module, Processors]:
-    """Load a model and its processors from a local polymodal checkpoint, in eval mode on ``device``.
+    """Load a model and the exact preprocessing it expects, in eval mode on ``device``.
 
-    ``name_or_path`` is a run folder (its best checkpoint, else its latest), a ``checkpoints/`` folder
-    or one ``step_*`` folder. ``expect_type`` (``"vqa"``, ``"dual_encoder"``, ...) rejects a checkpoint
-    of another model type with an error naming both.
+    ``name_or_path`` is a polymodal run folder (its best checkpoint, else its latest), a ``checkpoints/``
+    folder or one ``step_*`` folder; a Hugging Face checkpoint folder (CLIP, SigLIP, BLIP, ViLT); a zoo
+    name such as ``clip-vit-base-patch32`` (``polymodal models`` lists them); or a hub repo id. Names
+    are looked up in the local Hugging Face cache only, unless ``allow_download``. ``expect_type``
+    (``"vqa"``, ``"dual_encoder"``, ...) rejects a model of another type with an error naming both.
     """
+    from polymodal.hub.loading import is_hf_checkpoint, load_pretrained
+    from polymodal.hub.zoo import resolve
     from polymodal.train.checkpoint import CheckpointError, load_checkpoint
 
-    path = Path(name_or_path).expanduser()
-    if not path.exists():
-        raise CheckpointError(
-            f"{str(name_or_path)!r}: no such file or folder (looked for {path.resolve()}). Only local polymodal "
-            "checkpoints are supported yet: pass a run folder, its checkpoints/ folder or a step_* folder "
-            "(model names from the Hugging Face hub are not loaded yet)"
-        )
+    path = resolve(name_or_path, allow_download=allow_download)
+    if is_hf_checkpoint(path) and not (path / "model_config.json").is_file():
+        model, processors = load_pretrained(path)
+        if expect_type is not None and processors.model_type != expect_type:
+            raise CheckpointError(f"{path} holds a {processors.model_type!r} model, but a {expect_type!r} model was expected")
+        return model.to(resolve_device(device)), processors
     ckpt = load_checkpoint(path, expect_type=expect_type)
     return model_from_checkpoint(ckpt, device)
 

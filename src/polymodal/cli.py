@@ -221,6 +221,7 @@ class PredictAction(str, Enum):
     rank_texts = "rank-texts"
     rank_images = "rank-images"
     classify = "classify"
+    zero_shot = "zero-shot"
 
 
 def _read_texts(values: list[str]) -> list[str]:
@@ -240,9 +241,9 @@ def _read_texts(values: list[str]) -> list[str]:
 
 @app.command()
 def predict(
-    action: PredictAction = typer.Argument(..., help="caption | answer | rank-texts | rank-images | classify"),
-    inputs: Optional[list[str]] = typer.Argument(None, help="Images (caption, rank-images) or texts (rank-texts)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Run folder, its checkpoints/ folder or one step_* folder."),
+    action: PredictAction = typer.Argument(..., help="caption | answer | rank-texts | rank-images | classify | zero-shot"),
+    inputs: Optional[list[str]] = typer.Argument(None, help="Images (caption, rank-images, zero-shot) or texts (rank-texts)."),
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Run folder, checkpoints/ or step_* folder, a Hugging Face folder, or a zoo name ('polymodal models')."),
     image: Optional[list[Path]] = typer.Option(None, "--image", "-i", help="Image for answer, rank-texts and classify (repeatable for classify)."),
     question: Optional[list[str]] = typer.Option(None, "--question", "-q", help="Question for answer (repeatable)."),
     text: Optional[list[str]] = typer.Option(None, "--text", "-t", help="Query for rank-images; statement for classify (repeatable)."),
@@ -251,10 +252,12 @@ def predict(
     method: str = typer.Option("greedy", "--method", help="Caption decoding: greedy, beam or nucleus."),
     beam_size: int = typer.Option(3, "--beam-size", min=1, help="Beams for --method beam."),
     max_length: int = typer.Option(30, "--max-length", min=1, help="Most tokens per caption."),
+    labels: Optional[list[str]] = typer.Option(None, "--labels", help="Class names for zero-shot (repeatable), or a .txt file with one per line."),
+    template: Optional[list[str]] = typer.Option(None, "--template", help="Prompt template with '{}' for zero-shot (repeatable; averaged)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     device: str = typer.Option("cpu", "--device", help="'cpu', 'cuda', 'cuda:N' or 'auto'."),
 ) -> None:
-    """Caption, answer, rank or classify with a trained model.
+    """Caption, answer, rank, classify or zero-shot classify with a trained or pretrained model.
 
     Example:  polymodal predict caption --checkpoint runs/world_captioning img1.png img2.png
 
@@ -267,18 +270,24 @@ def predict(
     Example:  polymodal predict rank-images --checkpoint runs/world_retrieval --text "a red cube" img*.png
 
     Example:  polymodal predict classify --checkpoint runs/world_classification --image x.png --text "the cube is left of the sphere"
+
+    Example:  polymodal predict zero-shot --checkpoint clip-vit-base-patch32 --labels cat --labels dog --template "a photo of a {}." img.png
     """
     import json
 
     from polymodal import predict as P
-    from polymodal.api import model_from_checkpoint
-    from polymodal.train.checkpoint import load_checkpoint
+    from polymodal.api import load_model
 
     act = action.value
     rest = list(inputs or [])
     images, questions, queries = list(image or []), list(question or []), list(text or [])
     # check the request before reading any weights
-    if act in ("caption", "rank-images") and not rest:
+    class_names = _read_texts(list(labels or []))
+    if act == "zero-shot" and not class_names:
+        raise PolymodalError("predict zero-shot: give the class names with --labels cat --labels dog (or --labels classes.txt)")
+    if act != "zero-shot" and (class_names or template):
+        raise PolymodalError(f"predict {act}: --labels/--template apply to zero-shot only")
+    if act in ("caption", "rank-images", "zero-shot") and not rest:
         raise PolymodalError(f"predict {act}: give the image files after the options, e.g. 'polymodal predict {act} --checkpoint RUN img1.png img2.png'")
     if act in ("answer", "rank-texts") and len(images) != 1:
         raise PolymodalError(f"predict {act}: give exactly one --image (got {len(images)})")
@@ -297,15 +306,18 @@ def predict(
     if act in ("answer", "classify") and rest:
         raise PolymodalError(f"predict {act}: unexpected arguments {' '.join(rest)}; pass the image with --image")
 
-    ckpt = load_checkpoint(checkpoint)
-    P.require_model_type(ckpt.model_type, act, str(ckpt.path))
-    model, proc = model_from_checkpoint(ckpt, device)
+    model, proc = load_model(checkpoint, device)
+    P.require_model_type(P.model_type_of(model, proc), act, proc.source)
 
     results: list[dict] = []
     if act == "caption":
         captions = P.caption(model, proc, rest, max_length=max_length, method=method, beam_size=beam_size)
         results = [{"image": p, "caption": c} for p, c in zip(rest, captions)]
         lines = [f"{p}\t{c}" for p, c in zip(rest, captions)]
+    elif act == "answer" and not hasattr(getattr(model, "vqa", model), "vocab"):  # generated answers (BLIP)
+        answers = P.answer(model, proc, images[0], questions)
+        results = [{"question": q, "answer": a} for q, a in zip(questions, answers)]
+        lines = [f"Q: {q}\nA: {a}" for q, a in zip(questions, answers)]
     elif act == "answer":
         ranked = P.answer_top_k(model, proc, images[0], questions, k=top_k)
         results = [{"question": q, "answer": r[0][0], "top": [{"answer": a, "score": s} for a, s in r]} for q, r in zip(questions, ranked)]
@@ -318,6 +330,10 @@ def predict(
         ranked_items = P.rank_texts(model, proc, images[0], candidates, top_k=top_k)
         results = [{"rank": n, "text": r.item, "score": r.score} for n, r in enumerate(ranked_items, 1)]
         lines = [f"{n:>3}. {r.score:+.4f}  {r.item}" for n, r in enumerate(ranked_items, 1)]
+    elif act == "zero-shot":
+        preds = P.zero_shot(model, proc, rest, class_names, template or None)
+        results = [{"image": p, "label": c.label, "score": c.score, "scores": c.scores} for p, c in zip(rest, preds)]
+        lines = [f"{p}\t{c.label}  ({', '.join(f'{k} {v:.3f}' for k, v in list(c.scores.items())[:top_k])})" for p, c in zip(rest, preds)]
     elif act == "rank-images":
         ranked_items = P.rank_images(model, proc, queries[0], rest, top_k=top_k)
         results = [{"rank": n, "image": r.item, "score": r.score} for n, r in enumerate(ranked_items, 1)]
@@ -336,6 +352,26 @@ def predict(
             others = ", ".join(f"{k} {v:.3f}" for k, v in list(c.scores.items())[:top_k])
             lines.append(f"{what}\n  -> {c.label}  ({c.score:.3f}; {others})")
     typer.echo(json.dumps(results, indent=1) if as_json else "\n".join(lines))
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print the zoo as JSON.")) -> None:
+    """The model zoo: short names for Hugging Face checkpoints, and which are on disk (offline: the local cache).
+
+    Example:  polymodal models
+    """
+    import json
+
+    from polymodal.hub.zoo import hub_cache_dir, zoo_status
+
+    rows = zoo_status()
+    if as_json:
+        typer.echo(json.dumps([{"name": e.name, "repo_id": e.repo_id, "family": e.family, "tasks": list(e.tasks), "path": str(p) if p else None} for e, p in rows], indent=1))
+        return
+    typer.echo(f"{'name':<30} {'hub repo':<40} {'tasks':<20} on disk")
+    for e, p in rows:
+        typer.echo(f"{e.name:<30} {e.repo_id:<40} {', '.join(e.tasks):<20} {p if p else 'no'}")
+    typer.echo(f"\nlooked in {hub_cache_dir()}; get one with `huggingface-cli download REPO`, or load a local folder by path")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -51,6 +51,7 @@ __all__ = [
     "rank_texts",
     "require_model_type",
     "similarity",
+    "zero_shot",
 ]
 
 # predict command -> (model type it needs, what that model is)
@@ -59,6 +60,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "answer": ("vqa", "a VQA model (a run trained with train.task: vqa)"),
     "rank-texts": ("dual_encoder", "a dual encoder (a run trained with train.task: retrieval)"),
     "rank-images": ("dual_encoder", "a dual encoder (a run trained with train.task: retrieval)"),
+    "zero-shot": ("dual_encoder", "a dual encoder (a retrieval run, or a CLIP / SigLIP checkpoint)"),
     "classify": ("classifier", "a multimodal classifier (a run trained with train.task: classification)"),
 }
 
@@ -237,6 +239,12 @@ def answer(
     _require(model, processors, "answer")
     imgs, qs = _pair(_images(images), _texts(questions), "answer")
     out: list[str] = []
+    if not hasattr(_vqa_model(model), "vocab"):  # a generative VQA model (BLIP) writes its answers
+        device = _device(model)
+        for part in _chunks(len(qs), batch_size):
+            ids, mask = processors.texts(qs[part])
+            out += model.answer(processors.images(imgs[part]).to(device), ids.to(device), mask.to(device))
+        return out
     for logits in _vqa_logits(model, processors, imgs, qs, batch_size):
         out += _vqa_model(model).vocab.decode(logits)
     return out
@@ -254,6 +262,8 @@ def answer_top_k(
 ) -> list[list[tuple[str, float]]]:
     """The ``k`` best answers per question with their sigmoid scores (the model is trained with BCE)."""
     _require(model, processors, "answer")
+    if not hasattr(_vqa_model(model), "vocab"):
+        raise WrongModelType(f"{processors.source or 'this model'} generates its answers as text, so it has no ranked answer list; use answer()")
     imgs, qs = _pair(_images(images), _texts(questions), "answer")
     out: list[list[tuple[str, float]]] = []
     vocab = _vqa_model(model).vocab.answers
@@ -398,4 +408,56 @@ def classify(
             scores = {names[j]: float(row[j]) for j in order}
             best = int(row.argmax())
             out.append(Classification(label=names[best], score=float(row[best]), scores=scores))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- zero-shot
+
+
+@torch.no_grad()
+def zero_shot_weights(model: nn.Module, processors: Processors, labels: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
+    """``[C, E]`` class embeddings: each label's prompts embedded, normalised, averaged over templates and
+    normalised again (CLIP's prompt ensembling), so one odd template cannot dominate a class."""
+    from polymodal.models.dual_encoder import DEFAULT_TEMPLATES
+
+    templates = list(templates or DEFAULT_TEMPLATES)
+    labels = [str(x).strip() for x in labels]
+    if not labels or any(not x for x in labels):
+        raise DataError("zero-shot: give at least one label, and no empty ones")
+    if len(set(labels)) != len(labels):
+        raise DataError(f"zero-shot: labels must be distinct, got {labels}")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise DataError(f"zero-shot: every template needs a '{{}}' where the label goes; these have none: {bad}")
+    prompts = [t.format(label) for label in labels for t in templates]
+    emb = _embed_texts(model, processors, prompts, 256).view(len(labels), len(templates), -1)
+    return torch.nn.functional.normalize(torch.nn.functional.normalize(emb, dim=-1).mean(1), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot(
+    model: nn.Module,
+    processors: Processors,
+    images: ImageInput | Sequence[ImageInput],
+    labels: Sequence[str],
+    templates: Sequence[str] | None = None,
+    *,
+    batch_size: int = 64,
+) -> list[Classification]:
+    """Classify images into ``labels`` with no training: the nearest prompt-ensembled label embedding.
+
+    Scores are a softmax over labels for softmax-trained models (CLIP, polymodal dual encoders) and
+    the per-label sigmoid for SigLIP, which was trained to score each pair on its own.
+    """
+    _require(model, processors, "zero-shot")
+    weights = zero_shot_weights(model, processors, labels, templates)
+    logits = float(model.logit_scale) * _embed_images(model, processors, _images(images), batch_size) @ weights.t()
+    if getattr(model, "family", None) == "siglip":
+        probs = (logits + float(model.logit_bias)).sigmoid()
+    else:
+        probs = logits.softmax(-1)
+    out = []
+    for row in probs.tolist():
+        order = sorted(range(len(row)), key=lambda i: -row[i])
+        out.append(Classification(str(labels[order[0]]).strip(), row[order[0]], {str(labels[i]).strip(): row[i] for i in order}))
     return out

@@ -207,3 +207,27 @@ class ITCLoss(nn.Module):
             local_loss=self.local_loss,
             max_logit_scale=self.max_logit_scale,
         )
+
+
+def sigmoid_pair_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    *,
+    image_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss: every (image, text) cell is its own binary match/no-match problem.
+
+    ``logit_scale`` is the *log* scale and ``logit_bias`` the bias, as SigLIP checkpoints store them;
+    features are expected L2-normalised. Cells of the same image (``image_ids``) count as matches.
+    The sum over cells is divided by the batch size, as in the paper. (Local batch only: SigLIP's
+    chunked cross-device variant is not implemented.)
+    """
+    _check_features(image_features, text_features)
+    logits = image_features @ text_features.t() * logit_scale.exp() + logit_bias
+    if image_ids is not None:
+        labels = (image_ids.view(-1, 1) == image_ids.view(1, -1)).to(logits.dtype) * 2 - 1
+    else:
+        labels = torch.eye(len(logits), device=logits.device, dtype=logits.dtype) * 2 - 1
+    return -F.logsigmoid(labels * logits).sum() / len(logits)

@@ -31,7 +31,7 @@ class ObjectVocab:
         self.index = {name: {v: i for i, v in enumerate(values)} for name, values in self.attributes.items()}
 
     @classmethod
-    def build(cls, objects: Sequence[Mapping[str, Any]]) -> "ObjectVocab":
+    def build(cls, objects: Sequence[Mapping[str, Any]]) -> ObjectVocab:
         """From object records ``{"attributes": {name: value}, ...}``: every attribute and value seen, sorted."""
         seen: dict[str, set[str]] = {}
         for obj in objects:

@@ -1,0 +1,178 @@
+"""Hugging Face checkpoints behind polymodal's task API.
+
+Each adapter holds the ``transformers`` model itself and calls its own methods, so the numbers are
+the Hugging Face model's numbers (the tests compare them to 1e-5); what the adapter adds is the
+interface every polymodal command and task already speaks:
+
+* :class:`HFDualEncoder` (CLIP, SigLIP): ``encode_image`` / ``encode_text`` / ``logit_scale`` for
+  retrieval and zero-shot classification, and ``forward(images, ids, mask) -> .loss`` (CLIP's
+  softmax InfoNCE, SigLIP's sigmoid loss) so ``polymodal train`` fine-tunes it on retrieval data.
+* :class:`HFCaptioner` (BLIP): ``generate(images) -> .sequences`` and a captioning LM loss.
+* :class:`HFAnswerClassifier` (ViLT VQA): ``forward(...) -> .logits`` over its answer labels.
+* :class:`HFGenerativeVQA` (BLIP VQA): answers are generated text.
+* :class:`HFMatcher` (BLIP ITM): the probability that an image and a text match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from polymodal.losses import itc_loss
+from polymodal.losses.contrastive import sigmoid_pair_loss
+
+
+def _features(out: Any) -> Tensor:
+    """``get_*_features`` return a tensor in older ``transformers`` and an output with ``pooler_output`` in newer ones."""
+    return out if isinstance(out, Tensor) else out.pooler_output
+
+
+@dataclass
+class HFDualEncoderOutput:
+    image_embeds: Tensor
+    text_embeds: Tensor
+    loss: Tensor
+
+
+class HFDualEncoder(nn.Module):
+    """CLIP or SigLIP: ``family`` picks the loss (softmax InfoNCE or pairwise sigmoid)."""
+
+    def __init__(self, hf_model: nn.Module, family: str) -> None:
+        super().__init__()
+        self.hf = hf_model
+        self.family = family
+
+    def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
+        z = _features(self.hf.get_image_features(pixel_values=images))
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def encode_text(self, text_ids: Tensor, text_mask: Tensor | None = None, normalize: bool = True) -> Tensor:
+        z = _features(self.hf.get_text_features(input_ids=text_ids, attention_mask=text_mask))
+        return F.normalize(z, dim=-1) if normalize else z
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.hf.logit_scale.detach().exp())
+
+    @property
+    def logit_bias(self) -> float:
+        bias = getattr(self.hf, "logit_bias", None)
+        return float(bias.detach()) if bias is not None else 0.0
+
+    def similarity_logits(self, image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
+        """``[B_img, B_txt]`` logits exactly as the model's own forward computes them."""
+        return image_embeds @ text_embeds.t() * self.hf.logit_scale.exp() + (self.hf.logit_bias if self.family == "siglip" else 0.0)
+
+    def forward(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, image_ids: Tensor | None = None) -> HFDualEncoderOutput:
+        img, txt = self.encode_image(images), self.encode_text(text_ids, text_mask)
+        if self.family == "siglip":
+            loss = sigmoid_pair_loss(img, txt, self.hf.logit_scale, self.hf.logit_bias, image_ids=image_ids)
+        else:
+            loss = itc_loss(img, txt, self.hf.logit_scale, image_ids=image_ids, normalize=False).loss
+        return HFDualEncoderOutput(img, txt, loss)
+
+
+@dataclass
+class HFGeneration:
+    sequences: Tensor  # [B, L] token ids, decoded by the checkpoint's tokenizer
+
+
+@dataclass
+class HFLossOutput:
+    loss: Tensor
+
+
+class HFCaptioner(nn.Module):
+    """BLIP image captioning (``BlipForConditionalGeneration``)."""
+
+    def __init__(self, hf_model: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf_model
+
+    @torch.no_grad()
+    def generate(self, images: Tensor, max_length: int = 30, method: str = "greedy", beam_size: int = 3, **_: Any) -> HFGeneration:
+        beams = beam_size if method == "beam" else 1
+        seqs = self.hf.generate(pixel_values=images, max_new_tokens=max_length, num_beams=beams, do_sample=False)
+        return HFGeneration(seqs)
+
+    def forward(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> HFLossOutput:
+        labels = text_ids.masked_fill(text_mask == 0, -100) if text_mask is not None else text_ids
+        out = self.hf(pixel_values=images, input_ids=text_ids, attention_mask=text_mask, labels=labels)
+        return HFLossOutput(out.loss)
+
+
+class AnswerLabels:
+    """The answer classes of a classifier-style VQA checkpoint (ViLT's ``id2label``)."""
+
+    def __init__(self, id2label: dict[int, str]) -> None:
+        self.answers = [id2label[i] for i in range(len(id2label))]
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+    def decode(self, logits: Tensor) -> list[str]:
+        return [self.answers[i] for i in logits.argmax(-1).tolist()]
+
+
+@dataclass
+class HFLogits:
+    logits: Tensor
+
+
+class HFAnswerClassifier(nn.Module):
+    """ViLT VQA: a classifier over the checkpoint's answer labels (``ViltForQuestionAnswering``)."""
+
+    def __init__(self, hf_model: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf_model
+        self.vocab = AnswerLabels({int(k): v for k, v in hf_model.config.id2label.items()})
+
+    def forward(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, pixel_mask: Tensor | None = None) -> HFLogits:
+        return HFLogits(self.hf(input_ids=text_ids, attention_mask=text_mask, pixel_values=images, pixel_mask=pixel_mask).logits)
+
+    @torch.no_grad()
+    def answer(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> list[str]:
+        return self.vocab.decode(self(images, text_ids, text_mask).logits)
+
+
+class HFGenerativeVQA(nn.Module):
+    """BLIP VQA (``BlipForQuestionAnswering``): the answer is decoded text, not a class."""
+
+    def __init__(self, hf_model: nn.Module, decode: Any) -> None:
+        super().__init__()
+        self.hf = hf_model
+        self._decode = decode  # the tokenizer's decode, set by the loader
+
+    @torch.no_grad()
+    def answer(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, max_length: int = 10) -> list[str]:
+        seqs = self.hf.generate(input_ids=text_ids, attention_mask=text_mask, pixel_values=images, max_new_tokens=max_length, do_sample=False)
+        return [self._decode(s).strip() for s in seqs]
+
+
+class HFMatcher(nn.Module):
+    """BLIP image-text matching (``BlipForImageTextRetrieval``): P(match) from the ITM head."""
+
+    def __init__(self, hf_model: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf_model
+
+    @torch.no_grad()
+    def match(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> Tensor:
+        out = self.hf(input_ids=text_ids, attention_mask=text_mask, pixel_values=images, use_itm_head=True)
+        logits = out.itm_score if hasattr(out, "itm_score") else out[0]
+        return logits.softmax(-1)[:, 1]
+
+
+__all__: Sequence[str] = (
+    "AnswerLabels",
+    "HFAnswerClassifier",
+    "HFCaptioner",
+    "HFDualEncoder",
+    "HFGenerativeVQA",
+    "HFMatcher",
+)

@@ -1,0 +1,97 @@
+"""The model zoo: short names for well-known Hugging Face checkpoints, and where they are on disk.
+
+Names resolve to hub repo ids and are looked up **in the local Hugging Face cache only** unless the
+caller allows a download: polymodal never touches the network behind the user's back. A missing
+checkpoint gives an error that says what was looked for, where, and the one command that fetches it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from polymodal.errors import PolymodalError
+
+
+class CheckpointNotFound(PolymodalError, FileNotFoundError):
+    """A zoo name or hub repo id that is not on disk (and no download was allowed)."""
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    repo_id: str
+    family: str  # clip, siglip, blip, vilt
+    tasks: tuple[str, ...]  # what polymodal can do with it: retrieval, zero-shot, caption, answer, match
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in (
+        ZooEntry("clip-vit-base-patch32", "openai/clip-vit-base-patch32", "clip", ("retrieval", "zero-shot")),
+        ZooEntry("clip-vit-base-patch16", "openai/clip-vit-base-patch16", "clip", ("retrieval", "zero-shot")),
+        ZooEntry("clip-vit-large-patch14", "openai/clip-vit-large-patch14", "clip", ("retrieval", "zero-shot")),
+        ZooEntry("siglip-base-patch16-224", "google/siglip-base-patch16-224", "siglip", ("retrieval", "zero-shot")),
+        ZooEntry("blip-image-captioning-base", "Salesforce/blip-image-captioning-base", "blip", ("caption",)),
+        ZooEntry("blip-image-captioning-large", "Salesforce/blip-image-captioning-large", "blip", ("caption",)),
+        ZooEntry("blip-vqa-base", "Salesforce/blip-vqa-base", "blip", ("answer",)),
+        ZooEntry("blip-itm-base-coco", "Salesforce/blip-itm-base-coco", "blip", ("match",)),
+        ZooEntry("vilt-b32-finetuned-vqa", "dandelin/vilt-b32-finetuned-vqa", "vilt", ("answer",)),
+    )
+}
+
+
+def hub_cache_dir() -> Path:
+    """Where ``huggingface_hub`` keeps downloads (``HF_HUB_CACHE``, ``HF_HOME``/hub, or ~/.cache/huggingface/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
+    return home / "hub"
+
+
+def cached_snapshot(repo_id: str, cache_dir: Path | None = None) -> Path | None:
+    """The newest snapshot folder of ``repo_id`` in the hub cache that holds a config.json, or None."""
+    repo_dir = (cache_dir or hub_cache_dir()) / f"models--{repo_id.replace('/', '--')}"
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file():
+        snap = repo_dir / "snapshots" / ref.read_text().strip()
+        if (snap / "config.json").is_file():
+            return snap
+    snaps = sorted((p for p in (repo_dir / "snapshots").glob("*") if (p / "config.json").is_file()), key=lambda p: p.stat().st_mtime)
+    return snaps[-1] if snaps else None
+
+
+def resolve(name_or_path: str | os.PathLike[str], *, allow_download: bool = False, cache_dir: Path | None = None) -> Path:
+    """A local folder for a path, a zoo name or a hub repo id (``owner/name``)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    name = str(name_or_path)
+    entry = ZOO.get(name)
+    repo_id = entry.repo_id if entry else name if name.count("/") == 1 and not name.startswith((".", "/")) else None
+    if repo_id is None:
+        zoo = ", ".join(ZOO)
+        raise CheckpointNotFound(
+            f"{name!r} is neither a folder (looked for {path.resolve()}) nor a zoo name nor a hub repo id "
+            f"('owner/name'). Zoo names: {zoo}"
+        )
+    cache = cache_dir or hub_cache_dir()
+    found = cached_snapshot(repo_id, cache)
+    if found is not None:
+        return found
+    if allow_download:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, cache_dir=str(cache)))
+    label = f"{name!r} (Hugging Face repo {repo_id})" if entry else f"Hugging Face repo {repo_id!r}"
+    raise CheckpointNotFound(
+        f"{label} is not on disk: looked in the hub cache {cache}. polymodal does not download on its own; "
+        f"fetch it once with `huggingface-cli download {repo_id}` (or load_model(..., allow_download=True)), "
+        "or pass the path of a folder that holds config.json and the weights"
+    )
+
+
+def zoo_status(cache_dir: Path | None = None) -> list[tuple[ZooEntry, Path | None]]:
+    """Every zoo entry with its snapshot folder when it is on disk."""
+    return [(e, cached_snapshot(e.repo_id, cache_dir)) for e in ZOO.values()]

@@ -1,0 +1,160 @@
+"""Checkpoints of every supported family load through polymodal and give the Hugging Face model's own outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from polymodal.api import load_model
+from polymodal.hub.loading import PretrainedLoadError
+
+transformers = pytest.importorskip("transformers")
+
+TEXTS = ["a photo of a red cube", "two blue spheres left of a cone", "the green cone"]
+
+
+def images(n: int = 2, size: tuple[int, int] = (40, 34)) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def hf_inputs(folder: Path, imgs: list[Image.Image], texts: list[str], **tok_kw):
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    proc = transformers.AutoImageProcessor.from_pretrained(folder, use_fast=False)
+    enc = tok(texts, padding=tok_kw.pop("padding", "longest"), return_tensors="pt", **tok_kw)
+    return proc(images=imgs, return_tensors="pt")["pixel_values"], enc["input_ids"], enc["attention_mask"]
+
+
+def test_clip_embeddings_and_logits_equal_the_hf_model(hf_folders) -> None:
+    folder = hf_folders["clip"]
+    model, proc = load_model(folder)
+    ref = transformers.CLIPModel.from_pretrained(folder).eval()
+    imgs = images()
+    px, ids, mask = hf_inputs(folder, imgs, TEXTS)
+    ours_px, (ours_ids, ours_mask) = proc.images(imgs), proc.texts(TEXTS)
+    assert torch.equal(ours_px, px) and torch.equal(ours_ids, ids) and torch.equal(ours_mask, mask)  # the same preprocessing
+    with torch.no_grad():
+        out = ref(input_ids=ids, attention_mask=mask, pixel_values=px)
+        img, txt = model.encode_image(px), model.encode_text(ids, mask)
+        torch.testing.assert_close(img, out.image_embeds, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(txt, out.text_embeds, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.similarity_logits(img, txt), out.logits_per_image, atol=1e-5, rtol=1e-5)
+    assert proc.model_type == "dual_encoder" and proc.task == "retrieval"
+
+
+def test_siglip_pads_texts_like_its_training_and_matches_hf_logits(hf_folders) -> None:
+    folder = hf_folders["siglip"]
+    model, proc = load_model(folder)
+    ref = transformers.SiglipModel.from_pretrained(folder).eval()
+    imgs = images()
+    px, ids, mask = hf_inputs(folder, imgs, TEXTS, padding="max_length", max_length=16, truncation=True)
+    ours_ids, _ = proc.texts(TEXTS)
+    assert ours_ids.shape[1] == 16 and torch.equal(ours_ids, ids)
+    with torch.no_grad():
+        out = ref(input_ids=ids, pixel_values=px)
+        logits = model.similarity_logits(model.encode_image(proc.images(imgs)), model.encode_text(ids))
+    torch.testing.assert_close(logits, out.logits_per_image, atol=1e-5, rtol=1e-5)
+    assert model.logit_bias == pytest.approx(-2.0)
+
+
+def test_blip_captions_are_the_hf_generations(hf_folders) -> None:
+    from polymodal import predict
+
+    folder = hf_folders["blip_caption"]
+    model, proc = load_model(folder)
+    ref = transformers.BlipForConditionalGeneration.from_pretrained(folder).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    imgs = images()
+    px, _, _ = hf_inputs(folder, imgs, TEXTS[:1])
+    expected = [tok.decode(s, skip_special_tokens=True) for s in ref.generate(pixel_values=px, max_new_tokens=8, do_sample=False)]
+    assert predict.caption(model, proc, imgs, max_length=8) == expected
+    # the LM loss of the adapter is the model's own
+    ids = tok(["a red cube"], return_tensors="pt")
+    with torch.no_grad():
+        ours = model(px[:1], ids["input_ids"], ids["attention_mask"]).loss
+        theirs = ref(pixel_values=px[:1], input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], labels=ids["input_ids"]).loss
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_vilt_answers_are_the_argmax_of_the_hf_logits(hf_folders) -> None:
+    from polymodal import predict
+
+    folder = hf_folders["vilt"]
+    model, proc = load_model(folder)
+    ref = transformers.ViltForQuestionAnswering.from_pretrained(folder).eval()
+    imgs = images(size=(32, 32))
+    px, ids, mask = hf_inputs(folder, imgs, TEXTS[:2])
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask, pixel_values=px).logits
+        torch.testing.assert_close(model(px, ids, mask).logits, expected, atol=1e-5, rtol=1e-5)
+    labels = [ref.config.id2label[i] for i in expected.argmax(-1).tolist()]
+    assert predict.answer(model, proc, imgs, TEXTS[:2]) == labels
+
+
+def test_blip_vqa_generates_the_hf_answer(hf_folders) -> None:
+    from polymodal import predict
+
+    folder = hf_folders["blip_vqa"]
+    model, proc = load_model(folder)
+    ref = transformers.BlipForQuestionAnswering.from_pretrained(folder).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    imgs = images()
+    px, ids, mask = hf_inputs(folder, imgs, ["what color is the cube", "how many spheres"])
+    gen = ref.generate(input_ids=ids, attention_mask=mask, pixel_values=px, max_new_tokens=10, do_sample=False)
+    expected = [tok.decode(s, skip_special_tokens=True).strip() for s in gen]
+    assert predict.answer(model, proc, imgs, ["what color is the cube", "how many spheres"]) == expected
+
+
+def test_blip_itm_scores_are_the_hf_match_probabilities(hf_folders) -> None:
+    folder = hf_folders["blip_itm"]
+    model, proc = load_model(folder)
+    ref = transformers.BlipForImageTextRetrieval.from_pretrained(folder).eval()
+    px, ids, mask = hf_inputs(folder, images(), TEXTS[:2])
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask, pixel_values=px, use_itm_head=True).itm_score.softmax(-1)[:, 1]
+    torch.testing.assert_close(model.match(px, ids, mask), expected, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_a_folder_that_is_not_a_checkpoint_is_named(tmp_path: Path) -> None:
+    from polymodal.train.checkpoint import CheckpointError
+
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises((CheckpointError, PretrainedLoadError), match=str(tmp_path)):
+        load_model(tmp_path)
+
+
+def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}')
+    with pytest.raises(PretrainedLoadError, match=r"model_type 'gpt2' .* not supported; polymodal loads: .*clip \(CLIPModel\)"):
+        load_model(tmp_path)
+
+
+def test_missing_tokenizer_is_named(hf_folders, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "clip"
+    shutil.copytree(hf_folders["clip"], folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    with pytest.raises(PretrainedLoadError, match="tokenizer is missing or unreadable beside the weights"):
+        load_model(folder)
+
+
+def test_weights_that_do_not_fit_the_config_are_named(hf_folders, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    folder = tmp_path / "clip"
+    shutil.copytree(hf_folders["clip"], folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["projection_dim"] = 24
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PretrainedLoadError, match=r"model.safetensors: the weights do not load into a CLIPModel"):
+        load_model(folder)
