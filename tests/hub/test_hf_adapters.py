@@ -61,13 +61,17 @@ def test_siglip_pads_texts_like_its_training_and_matches_hf_logits(hf_folders) -
     assert model.logit_bias == pytest.approx(-2.0)
 
 
+def loaded(folder: Path, hf_class: str):
+    """Ours and theirs from one folder: (model, processors, the HF model, the HF tokenizer)."""
+    model, proc = load_model(folder)
+    return model, proc, getattr(transformers, hf_class).from_pretrained(folder).eval(), transformers.AutoTokenizer.from_pretrained(folder)
+
+
 def test_blip_captions_are_the_hf_generations(hf_folders) -> None:
     from polymodal import predict
 
     folder = hf_folders["blip_caption"]
-    model, proc = load_model(folder)
-    ref = transformers.BlipForConditionalGeneration.from_pretrained(folder).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    model, proc, ref, tok = loaded(folder, "BlipForConditionalGeneration")
     imgs = images()
     px, _, _ = hf_inputs(folder, imgs, TEXTS[:1])
     expected = [tok.decode(s, skip_special_tokens=True) for s in ref.generate(pixel_values=px, max_new_tokens=8, do_sample=False)]
@@ -99,9 +103,7 @@ def test_blip_vqa_generates_the_hf_answer(hf_folders) -> None:
     from polymodal import predict
 
     folder = hf_folders["blip_vqa"]
-    model, proc = load_model(folder)
-    ref = transformers.BlipForQuestionAnswering.from_pretrained(folder).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    model, proc, ref, tok = loaded(folder, "BlipForQuestionAnswering")
     imgs = images()
     px, ids, mask = hf_inputs(folder, imgs, ["what color is the cube", "how many spheres"])
     gen = ref.generate(input_ids=ids, attention_mask=mask, pixel_values=px, max_new_tokens=10, do_sample=False)

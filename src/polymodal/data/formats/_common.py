@@ -58,6 +58,16 @@ def json_list(tree: Any, key: str, path: Path, fmt: str, field: str) -> list[Any
     return tree[key]
 
 
+def clevr_records(path: Path, key: str, images: Path, fmt: str, field: str) -> tuple[list[Any], str | None]:
+    """The ``key`` list of a CLEVR-layout file (questions or scenes) and the split its ``info`` names,
+    after checking that the images folder exists."""
+    tree = load_json(path, fmt, field)
+    records = json_list(tree, key, path, fmt, field)
+    require_dir(images, fmt, "images")
+    info = tree.get("info") if isinstance(tree.get("info"), dict) else {}
+    return records, info.get("split")
+
+
 def origin(path: Path | str, record: Any) -> str:
     return f"{path}:{record}"
 

@@ -10,15 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from polymodal.data.formats._common import (
-    check_record,
-    clean_text,
-    extras,
-    json_list,
-    load_json,
-    origin,
-    require_dir,
-)
+from polymodal.data.formats._common import check_record, clean_text, clevr_records, extras, origin
 from polymodal.data.report import DataReport
 from polymodal.data.sample import Sample
 from polymodal.data.sources import ClevrSource
@@ -28,11 +20,8 @@ _KNOWN = frozenset({"image_filename", "image_index", "question", "answer", "spli
 
 
 def read(spec: ClevrSource, report: DataReport) -> Iterator[Sample]:
-    tree = load_json(spec.questions, FORMAT, "questions")
-    questions = json_list(tree, "questions", spec.questions, FORMAT, "questions")
-    require_dir(spec.images, FORMAT, "images")
-    info = tree.get("info") if isinstance(tree.get("info"), dict) else {}
-    return _samples(spec, questions, info.get("split"), report)
+    questions, split = clevr_records(spec.questions, "questions", spec.images, FORMAT, "questions")
+    return _samples(spec, questions, split, report)
 
 
 def _samples(

@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from polymodal.data.formats._common import check_record, json_list, load_json, origin, require_dir
+from polymodal.data.formats._common import check_record, clevr_records, origin
 from polymodal.data.report import DataReport
 from polymodal.data.sample import Sample
 from polymodal.data.sources import ScenesSource
@@ -28,11 +28,8 @@ _NOT_ATTRIBUTES = frozenset({"x", "y", "pixel_coords", "3d_coords", "rotation", 
 
 
 def read(spec: ScenesSource, report: DataReport) -> Iterator[Sample]:
-    tree = load_json(spec.path, FORMAT, "path")
-    scenes = json_list(tree, "scenes", spec.path, FORMAT, "path")
-    require_dir(spec.images, FORMAT, "images")
-    info = tree.get("info") if isinstance(tree.get("info"), dict) else {}
-    return _samples(spec, scenes, info.get("split"), report)
+    scenes, split = clevr_records(spec.path, "scenes", spec.images, FORMAT, "path")
+    return _samples(spec, scenes, split, report)
 
 
 def _samples(spec: ScenesSource, scenes: list[Any], file_split: str | None, report: DataReport) -> Iterator[Sample]:
