@@ -418,20 +418,17 @@ def classify(
 def zero_shot_weights(model: nn.Module, processors: Processors, labels: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
     """``[C, E]`` class embeddings: each label's prompts embedded, normalised, averaged over templates and
     normalised again (CLIP's prompt ensembling), so one odd template cannot dominate a class."""
-    from polymodal.models.dual_encoder import DEFAULT_TEMPLATES
+    from polymodal.models.dual_encoder import DEFAULT_TEMPLATES, prompt_ensemble
 
-    templates = list(templates or DEFAULT_TEMPLATES)
     labels = [str(x).strip() for x in labels]
     if not labels or any(not x for x in labels):
         raise DataError("zero-shot: give at least one label, and no empty ones")
     if len(set(labels)) != len(labels):
         raise DataError(f"zero-shot: labels must be distinct, got {labels}")
-    bad = [t for t in templates if "{}" not in t]
-    if bad:
-        raise DataError(f"zero-shot: every template needs a '{{}}' where the label goes; these have none: {bad}")
-    prompts = [t.format(label) for label in labels for t in templates]
-    emb = _embed_texts(model, processors, prompts, 256).view(len(labels), len(templates), -1)
-    return torch.nn.functional.normalize(torch.nn.functional.normalize(emb, dim=-1).mean(1), dim=-1)
+    try:
+        return prompt_ensemble(lambda prompts: _embed_texts(model, processors, prompts, 256), labels, list(templates or DEFAULT_TEMPLATES))
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 @torch.no_grad()

@@ -73,17 +73,12 @@ def architecture_of(folder: Path) -> tuple[str, Architecture]:
     )
 
 
-def _import_transformers() -> Any:
-    from polymodal.modules.encoders.hf import _import_transformers as imp
-
-    return imp()
-
-
 def load_pretrained(folder: Path) -> tuple[nn.Module, Any]:
     """``(model, Processors)`` for a Hugging Face checkpoint folder, in eval mode on the CPU."""
     from polymodal.api import Processors
     from polymodal.hub import adapters
     from polymodal.hub.processors import HFImageProcessor, HFTokenizer
+    from polymodal.modules.encoders.hf import _import_transformers
 
     transformers = _import_transformers()
     model_type, arch = architecture_of(folder)

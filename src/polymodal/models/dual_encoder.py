@@ -7,7 +7,7 @@ represented by what all its phrasings share.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,18 @@ from polymodal.models.outputs import DualEncoderOutput
 from polymodal.modules.encoders.base import Encoder
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "an image showing a {}.")
+
+
+def prompt_ensemble(embed: Callable[[list[str]], Tensor], class_names: Sequence[str], templates: Sequence[str]) -> Tensor:
+    """``[C, E]``: each class's prompts embedded by ``embed``, normalised, averaged over templates and
+    normalised again, so one odd phrasing cannot dominate a class. Any text tower can supply ``embed``."""
+    if not class_names:
+        raise ValueError("zero-shot: give at least one class name")
+    bad = [t for t in templates if "{}" not in t]
+    if not templates or bad:
+        raise ValueError(f"zero-shot: every template needs a '{{}}' where the class name goes; these have none: {bad}")
+    rows = [F.normalize(F.normalize(embed([t.format(name) for t in templates]), dim=-1).mean(dim=0), dim=-1) for name in class_names]
+    return torch.stack(rows)
 
 
 def _projection(in_dim: int, out_dim: int) -> nn.Module:
@@ -73,17 +85,13 @@ class DualEncoder(nn.Module):
         max_length: int = 32,
     ) -> Tensor:
         """``[C, E]`` class embeddings: the renormalised mean over templates of each class's prompts."""
-        if not class_names:
-            raise ValueError("zero-shot: give at least one class name")
-        if not templates or any("{}" not in t for t in templates):
-            raise ValueError("zero-shot: every template needs a '{}' where the class name goes")
         device = next(self.parameters()).device
-        rows = []
-        for name in class_names:
-            enc = tokenizer.encode([t.format(name) for t in templates], max_length)
-            emb = self.encode_text(enc.input_ids.to(device), enc.attention_mask.to(device))
-            rows.append(F.normalize(emb.mean(dim=0), dim=-1))
-        return torch.stack(rows)
+
+        def embed(prompts: list[str]) -> Tensor:
+            enc = tokenizer.encode(prompts, max_length)
+            return self.encode_text(enc.input_ids.to(device), enc.attention_mask.to(device))
+
+        return prompt_ensemble(embed, class_names, templates)
 
     @torch.no_grad()
     def zero_shot_logits(self, images: Tensor, class_weights: Tensor) -> Tensor:

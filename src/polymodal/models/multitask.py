@@ -111,7 +111,7 @@ class MultiTaskModel(nn.Module):
             "image_only": _head(pretrain.backbone.image_encoder.output_dim, num_classes, dropout),
             "text_only": _head(pretrain.backbone.text_encoder.output_dim, num_classes, dropout),
         })
-        self.objects = ObjectHead(pretrain.backbone.image_encoder.width, objects) if weights.get("obj", 0.0) > 0 and objects else None
+        self.objects = ObjectHead(pretrain.backbone.image_encoder.width, objects) if objects is not None and weights.get("obj", 0.0) > 0 else None
         self.objectives = MultiTaskLoss({k: v for k, v in self.weights.items() if k not in PRETRAIN_OBJECTIVES} | {f"probe_{p}": 1.0 for p in PROBES})
 
     @property

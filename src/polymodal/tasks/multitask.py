@@ -113,7 +113,7 @@ class ImageItemDataset(Dataset):
         caption_text, statement_text = caption.text or "", statement.text or ""
         question_texts = [q.text or "" for q in questions]
         answers = [tuple(q.answers) for q in questions]
-        objects = None if item.objects is None else [dict(o) for o in item.objects]
+        objects = None if item.objects is None else list(item.objects)  # records are never mutated: flips and crops make new ones
         if self.flip_prob > 0 and rng.random() < self.flip_prob:
             img = consistent_hflip(img, None).image
             caption_text, statement_text = swap_left_right(caption_text), swap_left_right(statement_text)
