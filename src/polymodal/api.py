@@ -147,10 +147,10 @@ def load_model(
     (``"vqa"``, ``"dual_encoder"``, ...) rejects a model of another type with an error naming both.
     """
     from polymodal.hub.loading import is_hf_checkpoint, load_pretrained
-    from polymodal.hub.zoo import resolve
+    from polymodal.hub.zoo import locate
     from polymodal.train.checkpoint import CheckpointError, load_checkpoint
 
-    path = resolve(name_or_path, allow_download=allow_download)
+    path = locate(name_or_path, allow_download=allow_download)
     if is_hf_checkpoint(path) and not (path / "model_config.json").is_file():
         model, processors = load_pretrained(path)
         if expect_type is not None and processors.model_type != expect_type:
@@ -166,6 +166,13 @@ def processors_from_checkpoint(ckpt: Any) -> Processors:
 
     p = ckpt.processors
     where = ckpt.path / PROCESSORS_FILE
+    if p.get("hf_folder"):  # a fine-tuned Hugging Face model: its own processors, saved beside the weights
+        processors = _hf_processors(ckpt)
+        processors.max_length = int(p.get("text_max_length") or processors.max_length)
+        processors.task = p.get("task") or processors.task
+        processors.task_state = dict(p.get("task_state") or {})
+        processors.source = str(ckpt.path)
+        return processors
     if not isinstance(p.get("image"), dict):
         raise CheckpointError(f"{where} has no 'image' processor settings; the checkpoint was not written by polymodal's trainer")
     try:
@@ -188,6 +195,26 @@ def processors_from_checkpoint(ckpt: Any) -> Processors:
     )
 
 
+def _hf_parts(ckpt: Any) -> Any:
+    """The Hugging Face config/tokenizer/processor folder inside a fine-tuned pretrained checkpoint."""
+    from polymodal.hub.loading import PretrainedLoadError, open_parts
+    from polymodal.train.checkpoint import PROCESSORS_FILE, CheckpointError
+
+    folder = ckpt.path / str(ckpt.processors["hf_folder"])
+    if folder.parent != ckpt.path or not folder.is_dir():
+        raise CheckpointError(f"{ckpt.path / PROCESSORS_FILE} names the Hugging Face files folder {folder.name!r}, but {folder} is missing; copy the whole checkpoint folder")
+    try:
+        return open_parts(folder)
+    except PretrainedLoadError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _hf_processors(ckpt: Any) -> Processors:
+    from polymodal.hub.loading import processors_of
+
+    return processors_of(_hf_parts(ckpt))
+
+
 def model_from_checkpoint(ckpt: Any, device: str | torch.device = "cpu") -> tuple[nn.Module, Processors]:
     """Rebuild the model of a loaded checkpoint, load its (sha256-checked) weights, eval mode."""
     from polymodal.models.configs import parse_model_config
@@ -198,6 +225,12 @@ def model_from_checkpoint(ckpt: Any, device: str | torch.device = "cpu") -> tupl
 
     processors = processors_from_checkpoint(ckpt)
     config = parse_model_config(ckpt.model_config, str(ckpt.path / CONFIG_FILE))
+    if config.type == "pretrained":
+        from polymodal.hub.loading import build_adapter
+
+        model = build_adapter(_hf_parts(ckpt), weights=False, freeze=config.freeze)
+        ckpt.load_model_state(model)
+        return model.eval().to(resolve_device(device)), processors
     vocab = None
     if "answer_vocab" in processors.task_state:
         try:

@@ -39,7 +39,8 @@ class DataConfig(StrictModel):
 
 
 class TokenizerSettings(StrictModel):
-    """Load a pretrained tokenizer (``path``) or train one on the training texts."""
+    """Load a pretrained tokenizer (``path``: a tokenizer.json, a folder holding one, or a zoo name such
+    as ``all-minilm-l6-v2``) or train one on the training texts."""
 
     path: Path | None = None
     kind: Literal["wordpiece", "bpe"] = "wordpiece"
@@ -191,7 +192,10 @@ def resolve_paths(cfg: Any, base_dir: Path) -> Any:
         return DataConfig(**{name: [s.resolved(base_dir) for s in getattr(cfg, name)] for name in ("train", "val", "test")})
     if isinstance(cfg, RunConfig):
         update: dict[str, Any] = {"data": resolve_paths(cfg.data, base_dir)}
-        if cfg.tokenizer.path is not None and not cfg.tokenizer.path.is_absolute():
+        from polymodal.hub.zoo import ZOO
+
+        tok = cfg.tokenizer.path
+        if tok is not None and not tok.is_absolute() and str(tok) not in ZOO:  # a zoo name stays a name
             update["tokenizer"] = cfg.tokenizer.model_copy(update={"path": (base_dir / cfg.tokenizer.path).resolve()})
         return cfg.model_copy(update=update)
     return cfg

@@ -93,6 +93,12 @@ def default_out_dir(checkpoint_dir: Path) -> Path:
     return (run if run is not None else checkpoint_dir) / "eval"
 
 
+def _hf_name(name_or_path: str | Path) -> str:
+    """A folder name for a Hugging Face checkpoint's evaluation: the zoo name, or the folder's own."""
+    path = Path(name_or_path)
+    return path.name if path.exists() else str(name_or_path).replace("/", "--")
+
+
 def _compact(obj: Any) -> Any:
     """JSON-ready details: tensors to lists, huge lists summarised, non-finite floats to None."""
     if isinstance(obj, torch.Tensor):
@@ -159,6 +165,8 @@ def evaluate_checkpoint(
     Returns what ``eval.json`` holds (``metrics`` per split, ``splits`` with details) plus the paths written.
     """
     from polymodal.api import model_from_checkpoint, resolve_device
+    from polymodal.hub.loading import is_hf_checkpoint, load_pretrained
+    from polymodal.hub.zoo import locate
     from polymodal.train.checkpoint import load_checkpoint
     from polymodal.train.data import make_loader
 
@@ -167,12 +175,20 @@ def evaluate_checkpoint(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     dev = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint)
+    folder = locate(checkpoint)  # a polymodal run or checkpoint, a Hugging Face folder, a zoo name
+    hf = is_hf_checkpoint(folder) and not (folder / "model_config.json").is_file()
+    ckpt = None if hf else load_checkpoint(folder)
     groups = read_splits(data_spec)  # read the spec before the weights: a typo fails fast
     chosen = _pick_splits(groups, splits, data_spec)
-    model, proc = model_from_checkpoint(ckpt, dev)
+    if ckpt is None:
+        model, proc = load_pretrained(folder)
+        model = model.to(dev)
+    else:
+        model, proc = model_from_checkpoint(ckpt, dev)
     task = proc.build_task()
-    out = Path(out_dir) if out_dir is not None else default_out_dir(ckpt.path)
+    source = ckpt.path if ckpt is not None else folder
+    # a Hugging Face folder may be a read-only hub cache: its evaluation goes under ./eval/<name>
+    out = Path(out_dir) if out_dir is not None else default_out_dir(source) if ckpt is not None else Path("eval").resolve() / _hf_name(checkpoint)
 
     def loader(samples: Sequence[Sample], with_images: bool = True) -> Any:
         batches = make_loader(samples, proc.image if with_images else None, proc.tokenizer, proc.max_length, batch_size, num_workers)  # type: ignore[arg-type]
@@ -206,15 +222,15 @@ def evaluate_checkpoint(
     if not results:
         raise DataError(
             f"{data_spec}: none of the splits {', '.join(chosen)} has samples for the {task.name} task of "
-            f"{ckpt.path} ({proc.model_type} model); check that the data holds "
+            f"{source} ({proc.model_type} model); check that the data holds "
             f"{'captions' if task.name in ('retrieval', 'captioning') else 'questions with answers' if task.name == 'vqa' else 'labelled rows'}"
         )
 
     summary: dict[str, Any] = {
-        "checkpoint": str(ckpt.path),
+        "checkpoint": str(source),
         "model_type": proc.model_type,
         "task": task.name,
-        "global_step": ckpt.global_step,
+        "global_step": ckpt.global_step if ckpt is not None else None,
         "data": str(data_spec),
         "device": str(dev),
         "max_samples": max_samples,
@@ -228,7 +244,7 @@ def evaluate_checkpoint(
     if report:
         from polymodal.report import write_report
 
-        html, md = write_report(_report_data(summary, samples_of, ckpt.path), out)
+        html, md = write_report(_report_data(summary, samples_of, source), out)
         paths |= {"report_html": str(html), "report_md": str(md)}
     return summary | paths
 

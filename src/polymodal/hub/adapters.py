@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from polymodal.errors import ConfigError
 from polymodal.losses import itc_loss
 from polymodal.losses.contrastive import sigmoid_pair_loss
 
@@ -32,19 +33,65 @@ def _features(out: Any) -> Tensor:
     return out if isinstance(out, Tensor) else out.pooler_output
 
 
+# The submodules that make up each tower, across CLIP, SigLIP and BLIP.
+TOWER_MODULES: dict[str, tuple[str, ...]] = {
+    "vision": ("vision_model", "visual_projection"),
+    "text": ("text_model", "text_projection", "text_decoder", "text_encoder"),
+}
+
+
+class _Adapter(nn.Module):
+    """Holds the transformers model as ``self.hf``; frozen towers stay in eval mode when training."""
+
+    def __init__(self, hf_model: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf_model
+        self.frozen_towers: list[str] = []
+
+    def train(self, mode: bool = True) -> _Adapter:
+        super().train(mode)
+        for tower in self.frozen_towers:
+            for name in TOWER_MODULES[tower]:
+                sub = getattr(self.hf, name, None)
+                if isinstance(sub, nn.Module):
+                    sub.eval()
+        return self
+
+
+def freeze_tower(model: nn.Module, tower: str, where: str = "the checkpoint") -> None:
+    """Lock one tower (no gradients, eval mode for good): ``vision`` or ``text``."""
+    if tower not in TOWER_MODULES or not isinstance(model, _Adapter):
+        raise ConfigError(f"model.freeze: cannot freeze {tower!r} in {where}; towers are 'vision' and 'text'")
+    subs = [m for name in TOWER_MODULES[tower] if isinstance(m := getattr(model.hf, name, None), nn.Module)]
+    if not subs:
+        raise ConfigError(f"model.freeze: {where} ({type(model.hf).__name__}) has no {tower} tower to freeze")
+    for sub in subs:
+        sub.requires_grad_(False)
+    model.frozen_towers.append(tower)
+    model.train(model.training)
+
+
+@dataclass
+class PairStats:
+    """What retrieval training logs: the in-batch top-1 image->text accuracy and the scale used."""
+
+    acc_i2t: Tensor
+    logit_scale: Tensor
+
+
 @dataclass
 class HFDualEncoderOutput:
     image_embeds: Tensor
     text_embeds: Tensor
     loss: Tensor
+    itc: Any = None  # ITCOutput (CLIP) or PairStats (SigLIP)
 
 
-class HFDualEncoder(nn.Module):
+class HFDualEncoder(_Adapter):
     """CLIP or SigLIP: ``family`` picks the loss (softmax InfoNCE or pairwise sigmoid)."""
 
     def __init__(self, hf_model: nn.Module, family: str) -> None:
-        super().__init__()
-        self.hf = hf_model
+        super().__init__(hf_model)
         self.family = family
 
     def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
@@ -72,9 +119,11 @@ class HFDualEncoder(nn.Module):
         img, txt = self.encode_image(images), self.encode_text(text_ids, text_mask)
         if self.family == "siglip":
             loss = sigmoid_pair_loss(img, txt, self.hf.logit_scale, self.hf.logit_bias, image_ids=image_ids)
-        else:
-            loss = itc_loss(img, txt, self.hf.logit_scale, image_ids=image_ids, normalize=False).loss
-        return HFDualEncoderOutput(img, txt, loss)
+            with torch.no_grad():
+                hits = (img @ txt.t()).argmax(dim=1) == torch.arange(len(img), device=img.device)
+            return HFDualEncoderOutput(img, txt, loss, PairStats(hits.float().mean(), self.hf.logit_scale.detach().exp()))
+        itc = itc_loss(img, txt, self.hf.logit_scale, image_ids=image_ids, normalize=False)
+        return HFDualEncoderOutput(img, txt, itc.loss, itc)
 
 
 @dataclass
@@ -87,12 +136,11 @@ class HFLossOutput:
     loss: Tensor
 
 
-class HFCaptioner(nn.Module):
+class HFCaptioner(_Adapter):
     """BLIP image captioning (``BlipForConditionalGeneration``)."""
 
     def __init__(self, hf_model: nn.Module) -> None:
-        super().__init__()
-        self.hf = hf_model
+        super().__init__(hf_model)
 
     @torch.no_grad()
     def generate(self, images: Tensor, max_length: int = 30, method: str = "greedy", beam_size: int = 3, **_: Any) -> HFGeneration:
@@ -124,12 +172,11 @@ class HFLogits:
     logits: Tensor
 
 
-class HFAnswerClassifier(nn.Module):
+class HFAnswerClassifier(_Adapter):
     """ViLT VQA: a classifier over the checkpoint's answer labels (``ViltForQuestionAnswering``)."""
 
     def __init__(self, hf_model: nn.Module) -> None:
-        super().__init__()
-        self.hf = hf_model
+        super().__init__(hf_model)
         self.vocab = AnswerLabels({int(k): v for k, v in hf_model.config.id2label.items()})
 
     def forward(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, pixel_mask: Tensor | None = None) -> HFLogits:
@@ -140,12 +187,11 @@ class HFAnswerClassifier(nn.Module):
         return self.vocab.decode(self(images, text_ids, text_mask).logits)
 
 
-class HFGenerativeVQA(nn.Module):
+class HFGenerativeVQA(_Adapter):
     """BLIP VQA (``BlipForQuestionAnswering``): the answer is decoded text, not a class."""
 
     def __init__(self, hf_model: nn.Module, decode: Any) -> None:
-        super().__init__()
-        self.hf = hf_model
+        super().__init__(hf_model)
         self._decode = decode  # the tokenizer's decode, set by the loader
 
     @torch.no_grad()
@@ -154,12 +200,11 @@ class HFGenerativeVQA(nn.Module):
         return [self._decode(s).strip() for s in seqs]
 
 
-class HFMatcher(nn.Module):
+class HFMatcher(_Adapter):
     """BLIP image-text matching (``BlipForImageTextRetrieval``): P(match) from the ITM head."""
 
     def __init__(self, hf_model: nn.Module) -> None:
-        super().__init__()
-        self.hf = hf_model
+        super().__init__(hf_model)
 
     @torch.no_grad()
     def match(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> Tensor:
@@ -175,4 +220,5 @@ __all__: Sequence[str] = (
     "HFDualEncoder",
     "HFGenerativeVQA",
     "HFMatcher",
+    "freeze_tower",
 )

@@ -9,6 +9,7 @@ Every failure names the folder or file and what was expected there.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,16 +69,26 @@ def architecture_of(folder: Path) -> tuple[str, Architecture]:
             return str(model_type), found
     supported = sorted({f"{t} ({a.hf_class})" for (t, _), a in ARCHITECTURES.items()})
     raise PretrainedLoadError(
-        f"{path}: model_type {model_type!r} (architectures {archs or 'not given'}) is not supported; "
-        f"polymodal loads: {', '.join(supported)}"
+        f"{path}: model_type {model_type!r} (architectures {archs or 'not given'}) is not supported as a whole model; "
+        f"polymodal loads: {', '.join(supported)}. A single text or vision backbone (BERT, MiniLM, ViT, ...) is a "
+        f"tower inside a model config instead: text: {{name: hf_text, path: {path.parent}}} or vision: {{name: hf_vision, ...}}"
     )
 
 
-def load_pretrained(folder: Path) -> tuple[nn.Module, Any]:
-    """``(model, Processors)`` for a Hugging Face checkpoint folder, in eval mode on the CPU."""
-    from polymodal.api import Processors
-    from polymodal.hub import adapters
-    from polymodal.hub.processors import HFImageProcessor, HFTokenizer
+@dataclass
+class HFParts:
+    """Everything of a checkpoint folder except the weights: what it is and how it preprocesses."""
+
+    folder: Path
+    model_type: str  # config.json's model_type: clip, siglip, blip, vilt
+    arch: Architecture
+    config: Any  # the transformers config
+    tokenizer: Any  # the transformers tokenizer
+    image_processor: Any  # the transformers image processor
+
+
+def open_parts(folder: Path) -> HFParts:
+    """Read a checkpoint folder's config, tokenizer and image processor (no weights yet)."""
     from polymodal.modules.encoders.hf import _import_transformers
 
     transformers = _import_transformers()
@@ -90,18 +101,61 @@ def load_pretrained(folder: Path) -> tuple[nn.Module, Any]:
                            "tokenizer.json or the vocabulary files (vocab.txt / vocab.json + merges.txt / spiece.model)")
     image_processor = _load_part(folder, "image processor", lambda: transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True, use_fast=False),
                                  "preprocessor_config.json")
-    hf_class = getattr(transformers, arch.hf_class)
-    try:
-        hf_model = hf_class.from_pretrained(folder, local_files_only=True)
-    except (RuntimeError, ValueError, OSError) as e:
-        weights = next((p.name for p in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))), "no weights file")
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PretrainedLoadError(
-            f"{folder / weights}: the weights do not load into a {arch.hf_class} built from {folder / HF_CONFIG}: {first}"
-        ) from None
-    hf_model.eval()
-    if model_type in ("clip", "siglip"):
-        model: nn.Module = adapters.HFDualEncoder(hf_model, model_type)
+    config = _load_part(folder, "config", lambda: transformers.AutoConfig.from_pretrained(folder, local_files_only=True), HF_CONFIG)
+    return HFParts(folder, model_type, arch, config, tokenizer, image_processor)
+
+
+def open_config(cfg: Any) -> HFParts:
+    """The parts of the checkpoint a ``type: pretrained`` model config names (folder, zoo name or repo id)."""
+    from polymodal.hub.zoo import resolve
+
+    return open_parts(resolve(cfg.path, allow_download=cfg.allow_download))
+
+
+def processors_of(parts: HFParts) -> Any:
+    """The checkpoint's own preprocessing as polymodal :class:`~polymodal.api.Processors`."""
+    from polymodal.api import Processors
+    from polymodal.hub.processors import HFImageProcessor, HFTokenizer
+
+    tokenizer, arch = parts.tokenizer, parts.arch
+    return Processors(
+        image=HFImageProcessor(parts.image_processor),  # type: ignore[arg-type]
+        tokenizer=HFTokenizer(tokenizer, pad_to_max_length=parts.model_type == "siglip"),  # type: ignore[arg-type]
+        max_length=min(arch.max_length, int(getattr(tokenizer, "model_max_length", arch.max_length) or arch.max_length)),
+        task=arch.task,
+        model_type=arch.model_type,
+        source=str(parts.folder),
+    )
+
+
+def build_adapter(parts: HFParts, *, weights: bool = True, freeze: Sequence[str] = ()) -> nn.Module:
+    """The polymodal adapter around the checkpoint's model, in train mode.
+
+    ``weights=False`` builds the architecture from the config alone (a polymodal checkpoint of a
+    fine-tuned model then loads its own weights into it). ``freeze`` locks towers: ``vision``, ``text``.
+    """
+    from polymodal.hub import adapters
+    from polymodal.modules.encoders.hf import _import_transformers
+
+    transformers = _import_transformers()
+    hf_class = getattr(transformers, parts.arch.hf_class)
+    folder = parts.folder
+    if not weights:
+        hf_model = hf_class._from_config(parts.config)
+    else:
+        try:
+            hf_model = hf_class.from_pretrained(folder, local_files_only=True)
+        except (RuntimeError, ValueError, OSError) as e:
+            names = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+            weights_file = names[0].name if names else "no weights file"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PretrainedLoadError(
+                f"{folder / weights_file}: the weights do not load into a {parts.arch.hf_class} built from {folder / HF_CONFIG}: {first}"
+            ) from None
+    hf_model.train()
+    arch, tokenizer = parts.arch, parts.tokenizer
+    if parts.model_type in ("clip", "siglip"):
+        model: nn.Module = adapters.HFDualEncoder(hf_model, parts.model_type)
     elif arch.model_type == "captioner":
         model = adapters.HFCaptioner(hf_model)
     elif arch.hf_class == "BlipForQuestionAnswering":
@@ -110,15 +164,27 @@ def load_pretrained(folder: Path) -> tuple[nn.Module, Any]:
         model = adapters.HFMatcher(hf_model)
     else:
         model = adapters.HFAnswerClassifier(hf_model)
-    processors = Processors(
-        image=HFImageProcessor(image_processor),  # type: ignore[arg-type]
-        tokenizer=HFTokenizer(tokenizer, pad_to_max_length=model_type == "siglip"),  # type: ignore[arg-type]
-        max_length=min(arch.max_length, int(getattr(tokenizer, "model_max_length", arch.max_length) or arch.max_length)),
-        task=arch.task,
-        model_type=arch.model_type,
-        source=str(folder),
-    )
-    return model.eval(), processors
+    for tower in freeze:
+        adapters.freeze_tower(model, tower, where=str(folder))
+    return model
+
+
+def load_pretrained(folder: Path) -> tuple[nn.Module, Any]:
+    """``(model, Processors)`` for a Hugging Face checkpoint folder, in eval mode on the CPU."""
+    parts = open_parts(folder)
+    return build_adapter(parts).eval(), processors_of(parts)
+
+
+def checkpoint_files(parts: HFParts, prefix: str = "hf/") -> dict[str, bytes]:
+    """Config, tokenizer and image-processor files (no weights) to store inside a polymodal checkpoint,
+    so a fine-tuned model reloads without the original folder: ``{"hf/config.json": b"...", ...}``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        parts.config.save_pretrained(tmp)
+        parts.tokenizer.save_pretrained(tmp)
+        parts.image_processor.save_pretrained(tmp)
+        return {prefix + p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
 
 
 def _load_part(folder: Path, what: str, load: Any, expected: str) -> Any:

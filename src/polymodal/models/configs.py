@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-MODEL_TYPES: tuple[str, ...] = ("dual_encoder", "fusion_encoder", "captioner", "vqa", "classifier", "multitask")
+MODEL_TYPES: tuple[str, ...] = ("dual_encoder", "fusion_encoder", "captioner", "vqa", "classifier", "multitask", "pretrained")
 
 
 class EncoderSpec(BaseModel):
@@ -98,8 +98,25 @@ class MultiTaskConfig(_ModelConfig):
     dropout: float = 0.1
 
 
+class PretrainedModelConfig(_ModelConfig):
+    """A Hugging Face checkpoint fine-tuned as it is: CLIP/SigLIP for retrieval, BLIP for captioning.
+
+    ``path`` is a checkpoint folder, a zoo name (``polymodal models``) or a hub repo id found in the
+    local cache; the checkpoint's own tokenizer and image processor are used, and saved with every
+    polymodal checkpoint so the run reloads without the original folder. ``freeze`` locks towers
+    (``[text]`` tunes only the image side, LiT's mirror; ``[vision]`` is LiT).
+    """
+
+    type: Literal["pretrained"]
+    path: str
+    freeze: list[Literal["vision", "text"]] = Field(default_factory=list)
+    allow_download: bool = False
+
+
 ModelConfig = Annotated[
-    Union[DualEncoderConfig, FusionEncoderConfig, CaptionerConfig, VQAConfig, ClassifierConfig, MultiTaskConfig],
+    Union[
+        DualEncoderConfig, FusionEncoderConfig, CaptionerConfig, VQAConfig, ClassifierConfig, MultiTaskConfig, PretrainedModelConfig
+    ],
     Field(discriminator="type"),
 ]
 

