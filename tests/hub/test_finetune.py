@@ -13,7 +13,7 @@ import yaml
 from polymodal.api import load_model
 from polymodal.config import load_config
 from polymodal.data.world import WorldConfig, generate_world
-from polymodal.errors import ConfigError
+from polymodal.errors import ConfigError, DataError
 from polymodal.evaluate import evaluate_checkpoint
 from polymodal.train.checkpoint import latest_checkpoint
 from polymodal.train.trainer import Trainer
@@ -26,6 +26,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ftworld")
     generate_world(root, WorldConfig(num_scenes=30, seed=5, image_size=32), workers=1)
     return root
+
+
+def questions(world: Path, split: str) -> dict:
+    return {"format": "vqa_v2", "questions": str(world / f"vqa/questions_{split}.json"), "annotations": str(world / f"vqa/annotations_{split}.json"),
+            "images": str(world / f"images/{split}"), "image_template": "{split}_{image_id:06d}.png"}
 
 
 def captions(world: Path, split: str) -> dict:
@@ -112,6 +117,41 @@ def test_blip_captioner_fine_tunes_and_the_reloaded_run_generates_the_same_capti
     assert torch.equal(model.generate(pixels, max_length=6).sequences, trainer.eval_model.eval().generate(pixels, max_length=6).sequences)
 
 
+@pytest.mark.parametrize("family", ["vilt", "blip_vqa"])
+def test_vqa_checkpoints_fine_tune_on_vqa_v2_data_and_reload(tmp_path: Path, world: Path, hf_folders: dict[str, Path], family: str) -> None:
+    data = {"data": {s: questions(world, s) for s in ("train", "test")}}
+    trainer = Trainer(load_config(run_config(tmp_path, world, {"type": "pretrained", "path": str(hf_folders[family])}, task="vqa", extra=data)), progress=False)
+    summary = trainer.fit()
+    assert summary["steps"] == 3 and 0.0 <= summary["test"]["accuracy"] <= 1.0
+    losses = [float(line.split(",")[-1]) for line in (tmp_path / "run/log.csv").read_text().splitlines() if ",train,loss," in line]
+    assert len(losses) == 3 and all(math.isfinite(v) and v > 0 for v in losses)
+    base = transformers.AutoConfig.from_pretrained(hf_folders[family])
+    tuned = hf_weights(tmp_path / "run")
+    original = getattr(transformers, base.architectures[0]).from_pretrained(hf_folders[family]).state_dict()
+    assert any(not torch.equal(tuned[k], original[k]) for k in tuned if k in original and original[k].is_floating_point())
+    model, proc = load_model(tmp_path / "run")
+    assert proc.model_type == "vqa" and proc.task == "vqa"
+    if family == "vilt":  # the classifier keeps the checkpoint's answer labels, saved as the task's vocabulary
+        assert proc.task_state["answer_vocab"]["answers"] == [base.id2label[i] for i in range(len(base.id2label))]
+    pixels = proc.images([world / "images/test" / p for p in sorted((world / "images/test").iterdir())[:2]])
+    ids, mask = proc.texts(["what color is the cube?", "how many spheres are there?"])
+    assert model.answer(pixels, ids, mask) == trainer.eval_model.eval().answer(pixels, ids, mask)
+
+
+def test_a_vilt_whose_labels_cover_no_training_answer_is_refused(tmp_path: Path, world: Path, hf_folders: dict[str, Path]) -> None:
+    import json
+    import shutil
+
+    folder = shutil.copytree(hf_folders["vilt"], tmp_path / "vilt")
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {str(i): w for i, w in enumerate(["zebra", "kayak", "violin", "tundra"])}
+    config["label2id"] = {w: i for i, w in config["id2label"].items()}
+    (folder / "config.json").write_text(json.dumps(config))
+    data = {"data": {s: questions(world, s) for s in ("train", "test")}}
+    with pytest.raises(DataError, match=r"none of the \d+ training questions has an answer among the 4 answer labels"):
+        Trainer(load_config(run_config(tmp_path, world, {"type": "pretrained", "path": str(folder)}, task="vqa", extra=data)), progress=False).fit()
+
+
 def test_a_killed_pretrained_run_resumes_to_the_same_weights(tmp_path: Path, world: Path, hf_folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     from polymodal.tasks.retrieval import RetrievalTask
 
@@ -145,12 +185,15 @@ def test_eval_runs_on_a_hugging_face_folder_and_on_a_fine_tuned_run(tmp_path: Pa
     Trainer(load_config(run_config(tmp_path, world, {"type": "pretrained", "path": str(hf_folders["clip"])})), progress=False).fit()
     tuned = evaluate_checkpoint(tmp_path / "run", spec, report=False)
     assert tuned["model_type"] == "dual_encoder" and "t2i_R@1" in tuned["metrics"]["test"]
+    spec.write_text(yaml.safe_dump({"data": {"test": questions(world, "test")}}))
+    vqa = evaluate_checkpoint(hf_folders["vilt"], spec, out_dir=tmp_path / "vilt_eval", report=False)
+    assert vqa["task"] == "vqa" and 0.0 <= vqa["metrics"]["test"]["accuracy"] <= 1.0
 
 
 @pytest.mark.parametrize(
     "model, task, extra, message",
     [
-        ({"path": "vilt"}, "vqa", {}, "does not fine-tune yet"),
+        ({"path": "blip_itm"}, "retrieval", {}, "BlipForImageTextRetrieval, which polymodal runs but does not fine-tune yet"),
         ({"path": "clip"}, "captioning", {}, r"train.task 'captioning' needs a captioner model.*CLIPModel.*task 'retrieval'"),
         ({"path": "clip"}, "retrieval", {"image": {"size": 64}}, r"image: size cannot be set when fine-tuning a pretrained checkpoint"),
         ({"path": "clip", "freeze": ["audio"]}, "retrieval", {}, r"model.freeze"),

@@ -15,6 +15,7 @@ interface every polymodal command and task already speaks:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
-from polymodal.losses import itc_loss
+from polymodal.losses import itc_loss, vqa_bce_loss
 from polymodal.losses.contrastive import sigmoid_pair_loss
+from polymodal.models.vqa import AnswerVocab
 
 
 def _features(out: Any) -> Tensor:
@@ -154,33 +156,31 @@ class HFCaptioner(_Adapter):
         return HFLossOutput(out.loss)
 
 
-class AnswerLabels:
-    """The answer classes of a classifier-style VQA checkpoint (ViLT's ``id2label``)."""
-
-    def __init__(self, id2label: dict[int, str]) -> None:
-        self.answers = [id2label[i] for i in range(len(id2label))]
-
-    def __len__(self) -> int:
-        return len(self.answers)
-
-    def decode(self, logits: Tensor) -> list[str]:
-        return [self.answers[i] for i in logits.argmax(-1).tolist()]
-
-
 @dataclass
 class HFLogits:
     logits: Tensor
+    loss: Tensor | None = None
 
 
 class HFAnswerClassifier(_Adapter):
-    """ViLT VQA: a classifier over the checkpoint's answer labels (``ViltForQuestionAnswering``)."""
+    """ViLT VQA: a classifier over the checkpoint's answer labels (``ViltForQuestionAnswering``).
+
+    Fine-tuning keeps the checkpoint's answer set (``vocab``, from ``id2label``) and trains with the
+    same VQA soft-score BCE as polymodal's own VQA model; answers outside the set teach nothing.
+    """
 
     def __init__(self, hf_model: nn.Module) -> None:
         super().__init__(hf_model)
-        self.vocab = AnswerLabels({int(k): v for k, v in hf_model.config.id2label.items()})
+        labels = {int(k): v for k, v in hf_model.config.id2label.items()}
+        self.vocab = AnswerVocab(tuple(labels[i] for i in range(len(labels))))
 
-    def forward(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, pixel_mask: Tensor | None = None) -> HFLogits:
-        return HFLogits(self.hf(input_ids=text_ids, attention_mask=text_mask, pixel_values=images, pixel_mask=pixel_mask).logits)
+    def forward(
+        self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, pixel_mask: Tensor | None = None,
+        answers: Sequence[Sequence[str]] | None = None,
+    ) -> HFLogits:
+        logits = self.hf(input_ids=text_ids, attention_mask=text_mask, pixel_values=images, pixel_mask=pixel_mask).logits
+        loss = vqa_bce_loss(logits, self.vocab.targets(answers).to(logits.device)) if answers is not None else None
+        return HFLogits(logits, loss)
 
     @torch.no_grad()
     def answer(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> list[str]:
@@ -188,16 +188,32 @@ class HFAnswerClassifier(_Adapter):
 
 
 class HFGenerativeVQA(_Adapter):
-    """BLIP VQA (``BlipForQuestionAnswering``): the answer is decoded text, not a class."""
+    """BLIP VQA (``BlipForQuestionAnswering``): the answer is decoded text, not a class.
 
-    def __init__(self, hf_model: nn.Module, decode: Any) -> None:
+    Fine-tuning teaches each question's most frequent answer with the decoder's LM loss, the answer
+    starting at the decoder's start token exactly as ``generate`` starts it.
+    """
+
+    def __init__(self, hf_model: nn.Module, tokenizer: Any) -> None:
         super().__init__(hf_model)
-        self._decode = decode  # the tokenizer's decode, set by the loader
+        self.tokenizer = tokenizer  # the checkpoint's transformers tokenizer
+
+    def forward(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, answers: Sequence[Sequence[str]] = ()) -> HFLossOutput:
+        if len(answers) != len(text_ids) or not all(answers):
+            raise ValueError(f"BLIP VQA training needs one or more answers per question; got {len(answers)} answer lists for {len(text_ids)} questions")
+        wanted = [Counter(a).most_common(1)[0][0] for a in answers]
+        enc = self.tokenizer(wanted, padding="longest", truncation=True, max_length=16, return_tensors="pt").to(text_ids.device)
+        decoder_ids = enc["input_ids"].clone()
+        decoder_ids[:, 0] = self.hf.decoder_start_token_id
+        labels = decoder_ids.masked_fill(enc["attention_mask"] == 0, -100)
+        out = self.hf(input_ids=text_ids, attention_mask=text_mask, pixel_values=images, decoder_input_ids=decoder_ids,
+                      decoder_attention_mask=enc["attention_mask"], labels=labels)
+        return HFLossOutput(out.loss)
 
     @torch.no_grad()
     def answer(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, max_length: int = 10) -> list[str]:
         seqs = self.hf.generate(input_ids=text_ids, attention_mask=text_mask, pixel_values=images, max_new_tokens=max_length, do_sample=False)
-        return [self._decode(s).strip() for s in seqs]
+        return [self.tokenizer.decode(s, skip_special_tokens=True).strip() for s in seqs]
 
 
 class HFMatcher(_Adapter):
@@ -214,7 +230,6 @@ class HFMatcher(_Adapter):
 
 
 __all__: Sequence[str] = (
-    "AnswerLabels",
     "HFAnswerClassifier",
     "HFCaptioner",
     "HFDualEncoder",

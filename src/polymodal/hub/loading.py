@@ -42,11 +42,11 @@ ARCHITECTURES: dict[tuple[str, str], Architecture] = {
     ("clip", ""): Architecture("CLIPModel", "dual_encoder", "retrieval", 77),
     ("siglip", ""): Architecture("SiglipModel", "dual_encoder", "retrieval", 64),
     ("blip", "BlipForConditionalGeneration"): Architecture("BlipForConditionalGeneration", "captioner", "captioning", 40),
-    ("blip", "BlipForQuestionAnswering"): Architecture("BlipForQuestionAnswering", "vqa", None, 40),
+    ("blip", "BlipForQuestionAnswering"): Architecture("BlipForQuestionAnswering", "vqa", "vqa", 40),
     ("blip", "BlipForImageTextRetrieval"): Architecture("BlipForImageTextRetrieval", "matcher", None, 40),
     ("blip", ""): Architecture("BlipForConditionalGeneration", "captioner", "captioning", 40),
-    ("vilt", "ViltForQuestionAnswering"): Architecture("ViltForQuestionAnswering", "vqa", None, 40),
-    ("vilt", ""): Architecture("ViltForQuestionAnswering", "vqa", None, 40),
+    ("vilt", "ViltForQuestionAnswering"): Architecture("ViltForQuestionAnswering", "vqa", "vqa", 40),
+    ("vilt", ""): Architecture("ViltForQuestionAnswering", "vqa", "vqa", 40),
 }
 
 
@@ -159,7 +159,7 @@ def build_adapter(parts: HFParts, *, weights: bool = True, freeze: Sequence[str]
     elif arch.model_type == "captioner":
         model = adapters.HFCaptioner(hf_model)
     elif arch.hf_class == "BlipForQuestionAnswering":
-        model = adapters.HFGenerativeVQA(hf_model, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        model = adapters.HFGenerativeVQA(hf_model, tokenizer)
     elif arch.model_type == "matcher":
         model = adapters.HFMatcher(hf_model)
     else:

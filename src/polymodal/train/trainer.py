@@ -27,7 +27,8 @@ from tqdm import tqdm
 from polymodal.config import RunConfig
 from polymodal.data.sample import Sample
 from polymodal.data.tokenizers import TextTokenizer, load_tokenizer, train_tokenizer
-from polymodal.errors import ConfigError, PolymodalError
+from polymodal.errors import ConfigError, DataError, PolymodalError
+from polymodal.metrics.vqa import normalize_answer
 from polymodal.models.factory import build_model
 from polymodal.tasks import Task, build_task
 from polymodal.tasks.base import to_device
@@ -132,7 +133,7 @@ class Trainer:
         if arch.task is None:
             raise ConfigError(
                 f"model.path {self.cfg.model.path!r} is a {arch.hf_class}, which polymodal runs but does not fine-tune yet; "
-                "fine-tuning covers CLIP/SigLIP (train.task: retrieval) and BLIP captioning (train.task: captioning)"
+                "fine-tuning covers CLIP/SigLIP (train.task: retrieval), BLIP captioning (captioning) and ViLT/BLIP VQA (vqa)"
             )
         if arch.model_type != task.model_type:
             raise ConfigError(
@@ -151,6 +152,23 @@ class Trainer:
         self.hf_files = checkpoint_files(parts)
         if "max_length" in self.cfg.tokenizer.model_fields_set:
             self.hf_processors.max_length = self.cfg.tokenizer.max_length
+
+    def _adopt_answer_labels(self) -> None:
+        """A classifier-style VQA checkpoint (ViLT) keeps its own answer labels: the task uses them too,
+        and says how many training questions they cover (the others teach nothing)."""
+        vocab = getattr(self.model, "vocab", None)
+        if self.task.name != "vqa" or vocab is None:
+            return
+        self.task.vocab = vocab
+        known = set(vocab.answers)
+        covered = sum(any(normalize_answer(a) in known for a in s.answers) for s in self.train_samples)
+        if not covered:
+            raise DataError(
+                f"none of the {len(self.train_samples)} training questions has an answer among the {len(known)} answer labels "
+                f"of {self.cfg.model.path!r} (e.g. {', '.join(list(known)[:5])}); fine-tune on data it can answer"
+            )
+        log.info("%d of %d training questions have an answer among the checkpoint's %d labels; the rest teach nothing",
+                 covered, len(self.train_samples), len(known))
 
     @property
     def max_length(self) -> int:
@@ -207,6 +225,8 @@ class Trainer:
         self.test_samples = load_split(self.cfg.data, "test", self.task)
         self.model_config = self._model_config(self.task)
         self.model = build_model(self.model_config, self._context()).to(self.device)
+        if self.pretrained:
+            self._adopt_answer_labels()
         if self.checkpoint is not None:
             self.checkpoint.load_model_state(self.model)  # before sharding: the file holds full weights
         self.fsdp = self.world > 1 and s.distributed == "fsdp"
