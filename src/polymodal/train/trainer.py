@@ -28,6 +28,7 @@ from polymodal.config import RunConfig
 from polymodal.data.sample import Sample
 from polymodal.data.tokenizers import TextTokenizer, load_tokenizer, train_tokenizer
 from polymodal.errors import ConfigError, DataError, PolymodalError
+from polymodal.hub.towers import image_settings_of, tower_paths
 from polymodal.metrics.vqa import normalize_answer
 from polymodal.models.factory import build_model
 from polymodal.tasks import Task, build_task
@@ -153,6 +154,16 @@ class Trainer:
         if "max_length" in self.cfg.tokenizer.model_fields_set:
             self.hf_processors.max_length = self.cfg.tokenizer.max_length
 
+    def _adopt_tower_preprocessing(self) -> None:
+        """A pretrained vision tower brings its image size and normalisation, unless image: sets them."""
+        vision = tower_paths(self.cfg.model).get("vision")
+        if vision is None or self.cfg.image.model_fields_set & {"size", "mean", "std"}:
+            return
+        found = image_settings_of(vision)
+        if found:
+            log.info("image preprocessing from the vision tower %s: %s", vision, found)
+            self.cfg = self.cfg.model_copy(update={"image": self.cfg.image.model_copy(update=found)})
+
     def _adopt_answer_labels(self) -> None:
         """A classifier-style VQA checkpoint (ViLT) keeps its own answer labels: the task uses them too,
         and says how many training questions they cover (the others teach nothing)."""
@@ -186,10 +197,11 @@ class Trainer:
         saved = self.run_dir / "tokenizer.json"
         if self.resume and saved.is_file():
             return load_tokenizer(saved)
-        if self.cfg.tokenizer.path is not None:
+        path = self.cfg.tokenizer.path or tower_paths(self.cfg.model).get("text")  # a pretrained text tower's own
+        if path is not None:
             from polymodal.hub.zoo import resolve
 
-            return load_tokenizer(resolve(self.cfg.tokenizer.path))
+            return load_tokenizer(resolve(path))
         texts = [s.text for s in train if s.text] + [a for s in train for a in s.answers]
         return train_tokenizer(texts, kind=self.cfg.tokenizer.kind, vocab_size=self.cfg.tokenizer.vocab_size)
 
@@ -200,6 +212,7 @@ class Trainer:
         s = self.settings
         seed_everything(self.cfg.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._adopt_tower_preprocessing()
         placeholder = build_task(s.task, None, self.cfg.tokenizer.max_length)
         if self.pretrained:
             self._open_pretrained(placeholder)
