@@ -374,6 +374,37 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the zoo as 
     typer.echo(f"\nlooked in {hub_cache_dir()}; get one with `huggingface-cli download REPO`, or load a local folder by path")
 
 
+class OnnxExporter(str, Enum):
+    auto = "auto"
+    dynamo = "dynamo"
+    torchscript = "torchscript"
+
+
+@app.command()
+def export(
+    onnx: str = typer.Option(..., "--onnx", help="Dual encoder to export: run folder, checkpoints/ or step_* folder, a CLIP/SigLIP folder, or a zoo name."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write image_encoder.onnx, text_encoder.onnx, export.json and the tokenizer into."),  # noqa: B008
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's, 20); below 18 uses the TorchScript exporter."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Run the files with onnxruntime and compare them to PyTorch."),
+    atol: float = typer.Option(1e-4, "--atol", help="Largest accepted |onnx - torch| on the normalised embeddings."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when it exists and is not empty."),
+    exporter: OnnxExporter = typer.Option(OnnxExporter.auto, "--exporter", help="auto (torch.export-based; TorchScript as fallback), dynamo or torchscript."),  # noqa: B008
+) -> None:
+    """Export a dual encoder's image and text towers to ONNX, checked against PyTorch with onnxruntime.
+
+    The batch axis (and the text's sequence axis) is dynamic; export.json holds the inputs, outputs,
+    embedding size, logit scale and preprocessing, and the tokenizer is saved beside the graphs.
+
+    Example:  polymodal export --onnx runs/world_retrieval --out retrieval_onnx
+
+    Example:  polymodal export --onnx clip-vit-base-patch32 --out clip_onnx --opset 17 --overwrite
+    """
+    from polymodal.export import export_onnx
+
+    result = export_onnx(onnx, out, opset=opset, check=check, atol=atol, overwrite=overwrite, exporter=exporter.value)
+    typer.echo(result.summary())
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def index(ctx: typer.Context) -> None:
     """Build and update a cross-modal search index (coming with the serving capability).
