@@ -177,7 +177,7 @@ def train(
 
 @app.command(name="eval")
 def evaluate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Run folder, its checkpoints/ folder or one step_* folder."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Run folder, its checkpoints/ folder or one step_* folder; or a Hugging Face folder or zoo name."),
     data: Path = typer.Option(..., "--data", "-d", help="Data spec: a run config, a data-source YAML or a world folder."),
     splits: Optional[list[str]] = typer.Option(None, "--split", help="Split to evaluate (repeatable); default: every split except train."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json, report.html and report.md (default: RUN/eval)."),
@@ -195,6 +195,8 @@ def evaluate(
     Example:  polymodal eval --checkpoint runs/world_vqa --data world/ --split test --split test_heldout --out vqa_eval
 
     Example:  polymodal eval --checkpoint runs/world_retrieval/checkpoints/step_00001000 --data configs/world_retrieval.yaml --max-samples 500
+
+    Example:  polymodal eval --checkpoint clip-vit-base-patch32 --data coco_val.yaml --out clip_eval
     """
     import logging
 
@@ -205,7 +207,8 @@ def evaluate(
         checkpoint, data, out_dir=out, splits=splits or None, max_samples=max_samples,
         device=device, batch_size=batch_size, num_workers=workers,
     )
-    typer.echo(f"{result['model_type']} model, {result['task']} task, step {result['global_step']}: {result['checkpoint']}")
+    step = f"step {result['global_step']}" if result["global_step"] is not None else "pretrained"
+    typer.echo(f"{result['model_type']} model, {result['task']} task, {step}: {result['checkpoint']}")
     typer.echo(format_metrics(result["metrics"], {s: r["samples"] for s, r in result["splits"].items()}))
     for split, why in result["skipped_splits"].items():
         typer.echo(f"skipped split {split}: {why}")
