@@ -174,6 +174,22 @@ def test_a_multitask_model_does_every_predict_command(runs: TinyRuns, images: li
     assert result["label"] in trainer.task.classification.classes and abs(sum(result["scores"].values()) - 1) < 1e-4
     code, out, err = run_cli(capsys, "predict", "rank-images", "-c", ckpt, "-t", "a red cube", *map(str, images), "-k", "2")
     assert code == 0 and len(out.strip().splitlines()) == 2, err
+    code, _, err = run_cli(capsys, "predict", "match", "-c", ckpt, "-i", str(images[0]), "-t", "a red cube")
+    assert code == 2 and "trained without the 'itm' objective" in err  # this one was: itc, lm, vqa, cls
+
+
+def test_match_scores_come_from_a_fusion_encoders_itm_head(images: list[Path], runs: TinyRuns) -> None:
+    from polymodal.models.factory import BuildContext, build_model
+
+    _, proc = load_model(runs.runs["retrieval"])
+    vit = {"name": "vit", "image_size": 32, "patch_size": 8, "width": 32, "depth": 1, "heads": 2}
+    text = {"name": "text_transformer", "max_length": 32, "width": 32, "depth": 1, "heads": 2, "causal": False}
+    model = build_model({"type": "fusion_encoder", "vision": vit, "text": text, "fusion_depth": 1, "weights": {"itc": 1.0, "itm": 1.0}},
+                        BuildContext(tokenizer=proc.tokenizer)).eval()
+    texts = ["a red cube", "two blue spheres"]
+    ids, mask = proc.texts(texts)
+    expected = model.itm_score(proc.images([images[0]] * 2), ids, mask)
+    assert predict.match(model, proc, images[0], texts) == pytest.approx(expected.tolist(), abs=1e-6)
 
 
 def test_cli_wrong_model_type_exits_2_with_one_paragraph(runs: TinyRuns, images: list[Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -225,6 +225,7 @@ class PredictAction(str, Enum):
     rank_images = "rank-images"
     classify = "classify"
     zero_shot = "zero-shot"
+    match = "match"
 
 
 def _read_texts(values: list[str]) -> list[str]:
@@ -244,12 +245,12 @@ def _read_texts(values: list[str]) -> list[str]:
 
 @app.command()
 def predict(
-    action: PredictAction = typer.Argument(..., help="caption | answer | rank-texts | rank-images | classify | zero-shot"),
+    action: PredictAction = typer.Argument(..., help="caption | answer | rank-texts | rank-images | classify | zero-shot | match"),
     inputs: Optional[list[str]] = typer.Argument(None, help="Images (caption, rank-images, zero-shot) or texts (rank-texts)."),
     checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Run folder, checkpoints/ or step_* folder, a Hugging Face folder, or a zoo name ('polymodal models')."),
-    image: Optional[list[Path]] = typer.Option(None, "--image", "-i", help="Image for answer, rank-texts and classify (repeatable for classify)."),
+    image: Optional[list[Path]] = typer.Option(None, "--image", "-i", help="Image for answer, rank-texts, match and classify (repeatable for classify)."),
     question: Optional[list[str]] = typer.Option(None, "--question", "-q", help="Question for answer (repeatable)."),
-    text: Optional[list[str]] = typer.Option(None, "--text", "-t", help="Query for rank-images; statement for classify (repeatable)."),
+    text: Optional[list[str]] = typer.Option(None, "--text", "-t", help="Query for rank-images; statement for classify; text to match (repeatable)."),
     texts: Optional[list[str]] = typer.Option(None, "--texts", help="Candidates for rank-texts: texts, or a .txt file with one per line."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many results to show (answers, ranked texts or images)."),
     method: str = typer.Option("greedy", "--method", help="Caption decoding: greedy, beam or nucleus."),
@@ -275,6 +276,8 @@ def predict(
     Example:  polymodal predict classify --checkpoint runs/world_classification --image x.png --text "the cube is left of the sphere"
 
     Example:  polymodal predict zero-shot --checkpoint clip-vit-base-patch32 --labels cat --labels dog --template "a photo of a {}." img.png
+
+    Example:  polymodal predict match --checkpoint blip-itm-base-coco --image x.png --text "a red cube" --text "two spheres"
     """
     import json
 
@@ -292,8 +295,10 @@ def predict(
         raise PolymodalError(f"predict {act}: --labels/--template apply to zero-shot only")
     if act in ("caption", "rank-images", "zero-shot") and not rest:
         raise PolymodalError(f"predict {act}: give the image files after the options, e.g. 'polymodal predict {act} --checkpoint RUN img1.png img2.png'")
-    if act in ("answer", "rank-texts") and len(images) != 1:
+    if act in ("answer", "rank-texts", "match") and len(images) != 1:
         raise PolymodalError(f"predict {act}: give exactly one --image (got {len(images)})")
+    if act == "match" and (not queries or rest or questions):
+        raise PolymodalError("predict match: give one --image and the texts to score with --text \"...\" (repeatable)")
     if act == "answer" and not questions:
         raise PolymodalError("predict answer: give at least one --question \"...\"")
     if act == "rank-texts":
@@ -337,6 +342,10 @@ def predict(
         preds = P.zero_shot(model, proc, rest, class_names, template or None)
         results = [{"image": p, "label": c.label, "score": c.score, "scores": c.scores} for p, c in zip(rest, preds)]
         lines = [f"{p}\t{c.label}  ({', '.join(f'{k} {v:.3f}' for k, v in list(c.scores.items())[:top_k])})" for p, c in zip(rest, preds)]
+    elif act == "match":
+        probs = P.match(model, proc, images[0], queries)
+        results = [{"text": t, "match": p} for t, p in zip(queries, probs)]
+        lines = [f"{p:.4f}  {t}" for t, p in zip(queries, probs)]
     elif act == "rank-images":
         ranked_items = P.rank_images(model, proc, queries[0], rest, top_k=top_k)
         results = [{"rank": n, "image": r.item, "score": r.score} for n, r in enumerate(ranked_items, 1)]

@@ -62,7 +62,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rank-images": ("dual_encoder", "a dual encoder (a run trained with train.task: retrieval)"),
     "zero-shot": ("dual_encoder", "a dual encoder (a retrieval run, or a CLIP / SigLIP checkpoint)"),
     "classify": ("classifier", "a multimodal classifier (a run trained with train.task: classification)"),
+    "match": ("matcher", "an image-text matching head (a BLIP ITM checkpoint, or a fusion encoder pretrained with itm)"),
 }
+MATCHERS = ("matcher", "fusion_encoder")  # the model types with an image-text matching head
 
 
 class WrongModelType(PolymodalError):
@@ -114,7 +116,7 @@ def model_type_of(model: nn.Module, processors: Processors | None = None) -> str
 def require_model_type(model_type: str | None, command: str, source: str = "") -> None:
     """Raise :class:`WrongModelType` (one paragraph) unless ``model_type`` can run ``command``."""
     needed, what = COMMANDS[command]
-    if model_type in (needed, "multitask"):  # a multi-task model does every command
+    if model_type in (needed, "multitask") or (command == "match" and model_type in MATCHERS):  # multi-task does every command
         return
     fits = [c for c, (t, _) in COMMANDS.items() if t == model_type]
     hint = (
@@ -247,6 +249,40 @@ def answer(
         return out
     for logits in _vqa_logits(model, processors, imgs, qs, batch_size):
         out += _vqa_model(model).vocab.decode(logits)
+    return out
+
+
+def _itm_scorer(model: nn.Module, processors: Processors) -> Any:
+    """BLIP ITM's ``match``, or the ITM head of a fusion encoder (alone or inside a multi-task model)."""
+    if hasattr(model, "match"):
+        return model.match
+    fusion = getattr(model, "pretrain", model)
+    if getattr(fusion, "itm_head", None) is None:
+        raise WrongModelType(
+            f"'predict match' needs an image-text matching head, but {processors.source or 'this model'} was trained "
+            "without the 'itm' objective (add itm to the model's weights, or use a BLIP ITM checkpoint)"
+        )
+    return fusion.itm_score
+
+
+@torch.no_grad()
+def match(
+    model: nn.Module,
+    processors: Processors,
+    images: ImageInput | Sequence[ImageInput],
+    texts: str | Sequence[str],
+    *,
+    batch_size: int = 32,
+) -> list[float]:
+    """P(the image and the text match) per pair, from an ITM head; one image may be given for many texts."""
+    _require(model, processors, "match")
+    imgs, txts = _pair(_images(images), _texts(texts), "match")
+    scorer = _itm_scorer(model, processors)
+    device = _device(model)
+    out: list[float] = []
+    for part in _chunks(len(txts), batch_size):
+        ids, mask = processors.texts(txts[part])
+        out += scorer(processors.images(imgs[part]).to(device), ids.to(device), mask.to(device)).tolist()
     return out
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from polymodal import predict
 from polymodal.api import load_model
 from polymodal.hub.loading import PretrainedLoadError
 
@@ -68,7 +69,6 @@ def loaded(folder: Path, hf_class: str):
 
 
 def test_blip_captions_are_the_hf_generations(hf_folders) -> None:
-    from polymodal import predict
 
     folder = hf_folders["blip_caption"]
     model, proc, ref, tok = loaded(folder, "BlipForConditionalGeneration")
@@ -85,7 +85,6 @@ def test_blip_captions_are_the_hf_generations(hf_folders) -> None:
 
 
 def test_vilt_answers_are_the_argmax_of_the_hf_logits(hf_folders) -> None:
-    from polymodal import predict
 
     folder = hf_folders["vilt"]
     model, proc = load_model(folder)
@@ -100,7 +99,6 @@ def test_vilt_answers_are_the_argmax_of_the_hf_logits(hf_folders) -> None:
 
 
 def test_blip_vqa_generates_the_hf_answer(hf_folders) -> None:
-    from polymodal import predict
 
     folder = hf_folders["blip_vqa"]
     model, proc, ref, tok = loaded(folder, "BlipForQuestionAnswering")
@@ -119,6 +117,22 @@ def test_blip_itm_scores_are_the_hf_match_probabilities(hf_folders) -> None:
     with torch.no_grad():
         expected = ref(input_ids=ids, attention_mask=mask, pixel_values=px, use_itm_head=True).itm_score.softmax(-1)[:, 1]
     torch.testing.assert_close(model.match(px, ids, mask), expected, atol=1e-5, rtol=1e-5)
+    assert predict.match(model, proc, images(), TEXTS[:2]) == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_predict_match_on_the_command_line(hf_folders, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from tests.cli_runner import run_cli
+
+    img = tmp_path / "x.png"
+    images()[0].save(img)
+    code, out, err = run_cli(capsys, "predict", "match", "-c", str(hf_folders["blip_itm"]), "--image", str(img), "--text", "a red cube", "--text", "two spheres", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["text"] for r in rows] == ["a red cube", "two spheres"] and all(0.0 <= r["match"] <= 1.0 for r in rows)
+    code, _, err = run_cli(capsys, "predict", "match", "-c", str(hf_folders["clip"]), "--image", str(img), "--text", "a red cube")
+    assert code != 0 and "needs an image-text matching head" in err and "'clip'" not in err
 
 
 # ------------------------------------------------------------------ bad input
