@@ -46,6 +46,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
+from polymodal.atomic import fsync_path, replace_dir
 from polymodal.errors import ConfigError, PolymodalError
 
 __all__ = [
@@ -507,36 +508,12 @@ def _manifest(
     return manifest
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _commit(tmp: Path, out_dir: Path) -> None:
     """Move the finished ``tmp`` folder to ``out_dir``, replacing what is there (checked before)."""
     for p in tmp.iterdir():
-        _fsync(p)
-    _fsync(tmp)
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-    else:
-        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out_dir, old)
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:
-            os.replace(old, out_dir)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    _fsync(out_dir.parent)
+        fsync_path(p)
+    fsync_path(tmp)
+    replace_dir(tmp, out_dir)
 
 
 # ----- entry points --------------------------------------------------------------------------------

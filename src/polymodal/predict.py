@@ -219,13 +219,18 @@ def _vqa_model(model: nn.Module) -> nn.Module:
     return getattr(model, "vqa", model)
 
 
+def _pair_batches(model: nn.Module, processors: Processors, images: list[Any], texts: list[str], batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """``(pixels, ids, mask)`` of (image i, text i) pairs, batch by batch, on the model's device."""
+    device = _device(model)
+    for part in _chunks(len(texts), batch_size):
+        ids, mask = processors.texts(texts[part])
+        yield processors.images(images[part]).to(device), ids.to(device), mask.to(device)
+
+
 def _vqa_logits(model: nn.Module, processors: Processors, images: list[Any], questions: list[str], batch_size: int) -> Iterator[torch.Tensor]:
     model = _vqa_model(model)
-    device = _device(model)
-    for part in _chunks(len(questions), batch_size):
-        ids, mask = processors.texts(questions[part])
-        pixels = processors.images(images[part]).to(device)
-        yield model(pixels, ids.to(device), mask.to(device)).logits
+    for batch in _pair_batches(model, processors, images, questions, batch_size):
+        yield model(*batch).logits
 
 
 @torch.no_grad()
@@ -242,10 +247,8 @@ def answer(
     imgs, qs = _pair(_images(images), _texts(questions), "answer")
     out: list[str] = []
     if not hasattr(_vqa_model(model), "vocab"):  # a generative VQA model (BLIP) writes its answers
-        device = _device(model)
-        for part in _chunks(len(qs), batch_size):
-            ids, mask = processors.texts(qs[part])
-            out += model.answer(processors.images(imgs[part]).to(device), ids.to(device), mask.to(device))
+        for batch in _pair_batches(model, processors, imgs, qs, batch_size):
+            out += model.answer(*batch)
         return out
     for logits in _vqa_logits(model, processors, imgs, qs, batch_size):
         out += _vqa_model(model).vocab.decode(logits)
@@ -278,11 +281,9 @@ def match(
     _require(model, processors, "match")
     imgs, txts = _pair(_images(images), _texts(texts), "match")
     scorer = _itm_scorer(model, processors)
-    device = _device(model)
     out: list[float] = []
-    for part in _chunks(len(txts), batch_size):
-        ids, mask = processors.texts(txts[part])
-        out += scorer(processors.images(imgs[part]).to(device), ids.to(device), mask.to(device)).tolist()
+    for batch in _pair_batches(model, processors, imgs, txts, batch_size):
+        out += scorer(*batch).tolist()
     return out
 
 

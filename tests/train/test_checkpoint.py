@@ -331,7 +331,7 @@ def test_killed_save_leftover_is_ignored_then_cleaned(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ckpt, "_remove", lambda path: None)
-    monkeypatch.setattr(ckpt, "_commit_dir", killed)
+    monkeypatch.setattr(ckpt, "replace_dir", killed)
     with pytest.raises(KeyboardInterrupt):
         _save(tmp_path, 2)
     monkeypatch.undo()

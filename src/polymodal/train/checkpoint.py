@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 import polymodal
+from polymodal.atomic import fsync_path, replace_dir
 from polymodal.data.tokenizers import TextTokenizer, load_tokenizer
 from polymodal.errors import DataError, PolymodalError
 
@@ -98,20 +99,6 @@ class CheckpointError(PolymodalError):
 
 
 # ----- small file-system helpers ---------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable; a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -184,7 +171,7 @@ def _clean_scratch(root: Path) -> None:
         base = root / m["base"]
         if m["kind"] == "old" and _STEP_RE.match(m["base"]) and not base.exists():
             os.replace(entry, base)
-            _fsync_dir(root)
+            fsync_path(root)
         else:
             _remove(entry)
 
@@ -232,7 +219,7 @@ def _write_pointer(root: Path, which: str, name: str) -> None:
     tmp = root / f"{which}.tmp-{os.getpid()}"
     _write_bytes(tmp, (name + "\n").encode("utf-8"))
     os.replace(tmp, root / which)
-    _fsync_dir(root)
+    fsync_path(root)
 
 
 # ----- what goes into the files ----------------------------------------------------------------------
@@ -499,14 +486,14 @@ def save_checkpoint(
             (tmp / fname).parent.mkdir(parents=True, exist_ok=True)
             _write_bytes(tmp / fname, data)
         for sub in sorted({(tmp / f).parent for f in files} - {tmp}):
-            _fsync_dir(sub)
+            fsync_path(sub)
         with open(tmp / TRAINING_FILE, "wb") as f:
             torch.save(training, f)
             f.flush()
             os.fsync(f.fileno())
         _write_bytes(tmp / META_FILE, _json_bytes(meta, Path(META_FILE), "meta"))  # last: marks completeness
-        _fsync_dir(tmp)
-        _commit_dir(tmp, final)
+        fsync_path(tmp)
+        replace_dir(tmp, final)
     except BaseException:
         _remove(tmp)
         raise
@@ -516,25 +503,6 @@ def save_checkpoint(
     if keep_last:
         _prune(root, keep_last, protect={name})
     return final
-
-
-def _commit_dir(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first and deleted after."""
-    root = final.parent
-    if not final.exists():
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        return
-    old = root / f"{final.name}.old-{os.getpid()}"
-    _remove(old)
-    os.replace(final, old)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        os.replace(old, final)
-        raise
-    _fsync_dir(root)
-    _remove(old)
 
 
 def _prune(root: Path, keep_last: int, protect: set[str]) -> None:
