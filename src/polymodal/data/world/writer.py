@@ -201,6 +201,8 @@ def _sources(split_files: dict[str, dict[str, str]]) -> dict[str, list[dict[str,
     sources["test_heldout"] = [
         {"format": "vqa_v2", "questions": h["questions"], "annotations": h["annotations"], "images": "images/test", "image_template": IMAGE_TEMPLATE}
     ]
+    # one caption per test image in words no training text uses (zero-shot paraphrase retrieval)
+    sources["test_paraphrase"] = [{"format": "coco_captions", "annotations": split_files["test"]["paraphrase_captions"], "images": "images/test"}]
     return sources
 
 
