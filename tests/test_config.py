@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from polymodal.config import load_config, parse_source
 from polymodal.data.sources import VqaV2Source
@@ -82,3 +83,17 @@ def test_a_single_source_needs_no_list(tmp_path: Path) -> None:
 def test_webdataset_urls_are_not_turned_into_paths(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, "data:\n  train: {format: webdataset, urls: ['https://h/x-{0..1}.tar', 'local.tar']}\n"))
     assert cfg.data.train[0].urls == ["https://h/x-{0..1}.tar", str((tmp_path / "local.tar").resolve())]
+
+
+def test_a_pretrained_towers_relative_path_means_a_folder_beside_the_config(tmp_path: Path) -> None:
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "bert").mkdir()
+    text = {"name": "hf_text", "path": "bert", "pool": "mean"}
+    tree = {"model": {"type": "dual_encoder", "vision": {"name": "hf_vision", "path": "all-minilm-l6-v2"}, "text": text}}
+    (tmp_path / "cfg" / "run.yaml").write_text(yaml.safe_dump(tree))
+    cfg = load_config(tmp_path / "cfg" / "run.yaml")
+    assert cfg.model.text.options()["path"] == str((tmp_path / "cfg" / "bert").resolve()) and cfg.model.text.options()["pool"] == "mean"
+    assert cfg.model.vision.options()["path"] == "all-minilm-l6-v2"  # not a folder there: a name, kept as written
+    tree = {"model": {"type": "pretrained", "path": "bert"}}
+    (tmp_path / "cfg" / "ft.yaml").write_text(yaml.safe_dump(tree))
+    assert load_config(tmp_path / "cfg" / "ft.yaml").model.path == str((tmp_path / "cfg" / "bert").resolve())

@@ -197,8 +197,36 @@ def resolve_paths(cfg: Any, base_dir: Path) -> Any:
         tok = cfg.tokenizer.path
         if tok is not None and not tok.is_absolute() and str(tok) not in ZOO:  # a zoo name stays a name
             update["tokenizer"] = cfg.tokenizer.model_copy(update={"path": (base_dir / cfg.tokenizer.path).resolve()})
+        if cfg.model is not None:
+            update["model"] = _anchor_tower_paths(cfg.model, base_dir)
         return cfg.model_copy(update=update)
     return cfg
+
+
+def _anchor_tower_paths(model: Any, base_dir: Path) -> Any:
+    """A pretrained tower's (or checkpoint's) relative ``path`` means a folder beside the config, when
+    one is there; otherwise it stays as written (a zoo name, a hub repo id, or relative to the cwd)."""
+    from polymodal.models.configs import EncoderSpec
+
+    def anchored(path: Any) -> Any:
+        if isinstance(path, str) and not Path(path).is_absolute() and (base_dir / path).exists():
+            return str((base_dir / path).resolve())
+        return path
+
+    update: dict[str, Any] = {}
+    for name in ("vision", "text", "decoder"):
+        spec = getattr(model, name, None)
+        if isinstance(spec, EncoderSpec) and "path" in spec.options():
+            update[name] = EncoderSpec(**(spec.model_dump() | {"path": anchored(spec.options()["path"])}))
+    encoders = getattr(model, "encoders", None)
+    if isinstance(encoders, dict):
+        update["encoders"] = {
+            m: EncoderSpec(**(s.model_dump() | {"path": anchored(s.options()["path"])})) if "path" in s.options() else s
+            for m, s in encoders.items()
+        }
+    if model.type == "pretrained":
+        update["path"] = anchored(model.path)
+    return model.model_copy(update=update) if update else model
 
 
 def validate(model: type[M], tree: Any, source: str) -> M:

@@ -426,7 +426,9 @@ class Trainer:
             samples = samples[: self.settings.max_eval_samples]
         model = self.eval_model
         model.eval()
-        with torch.no_grad(), self._autocast():
+        # fp32 whatever train.precision is: bf16 similarities cost several points of R@1 (measured: 0.369 vs
+        # 0.402), and metrics must not depend on how the model was trained
+        with torch.no_grad():
             return self.task.evaluate(model, samples, lambda ss, img=True: self.eval_loader(ss, img), self.device)
 
     def _validate(self, run_log: Any) -> tuple[bool, bool]:
