@@ -94,10 +94,10 @@ class _HFTower(Encoder):
         Composite checkpoints (a whole CLIP / SigLIP) give their vision or text sub-model. Extra
         keyword arguments go to ``AutoModel.from_pretrained`` (``dtype``, ``attn_implementation``...).
         """
-        from polymodal.hub.zoo import resolve
+        from polymodal.hub.zoo import locate
 
         transformers = _import_transformers()
-        folder = resolve(path, allow_download=not local_files_only)  # a folder, a zoo name or a cached repo id
+        folder = locate(path, allow_download=not local_files_only)  # a folder, a zoo name or a cached repo id
         try:
             model = transformers.AutoModel.from_pretrained(
                 os.fspath(folder), local_files_only=local_files_only, **model_kwargs
