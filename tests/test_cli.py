@@ -10,7 +10,7 @@ import pytest
 
 from tests.cli_runner import run_cli
 
-COMMANDS = ["score", "quickstart", "train", "eval", "predict", "models", "export", "index", "search", "serve", "bench model"]
+COMMANDS = ["score", "quickstart", "train", "eval", "predict", "models", "export", "index", "index build", "index add", "index delete", "index info", "search", "serve", "bench model"]
 
 
 run = run_cli

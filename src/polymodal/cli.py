@@ -9,11 +9,14 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from polymodal.errors import PolymodalError
+
+if TYPE_CHECKING:
+    from polymodal.index import AddReport, SearchIndex
 
 app = typer.Typer(
     name="polymodal",
@@ -417,22 +420,196 @@ def export(
     typer.echo(result.summary())
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def index(ctx: typer.Context) -> None:
-    """Build and update a cross-modal search index (coming with the serving capability).
+index_app = typer.Typer(
+    help=(
+        "Build, update and inspect cross-modal search indexes (FAISS vectors + SQLite metadata).\n\n"
+        "Example:  polymodal index build --model runs/world_retrieval --images world/images/test --out idx"
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(index_app, name="index")
 
-    Example:  polymodal index build --model runs/quickstart --images imgs/ --out idx
+
+class IndexKind(str, Enum):
+    auto = "auto"
+    flat = "flat"
+    ivf = "ivf"
+    hnsw = "hnsw"
+
+
+class SearchTarget(str, Enum):
+    image = "image"
+    text = "text"
+    all = "all"
+
+
+def _index_add(index: SearchIndex, images: list[Path], texts: Path | None, captions: Path | None, batch_size: int, progress: bool) -> list[AddReport]:
+    """Add images, then texts, to an open index; the reports, printed as they finish."""
+    import os
+
+    from polymodal.index.paths import read_captions_file, read_texts_file
+
+    text_items = read_texts_file(texts) if texts is not None else []  # a bad texts file fails before any embedding
+    caps: dict[str, str] = {}
+    if captions is not None:
+        base = images[0] if images else Path(index.manifest.root)
+        caps = {os.path.join(os.path.abspath(base), k): v for k, v in read_captions_file(captions).items()}
+    reports: list[AddReport] = []
+    if images:
+        reports.append(index.add_images(images, captions=caps, batch_size=batch_size, progress=progress))
+        typer.echo(reports[-1].summary())
+    if text_items:
+        reports.append(index.add_texts(text_items, batch_size=max(batch_size, 64), progress=progress))
+        typer.echo(reports[-1].summary())
+    return reports
+
+
+@index_app.command("build")
+def index_build(
+    model: str = typer.Option(..., "--model", "-m", help="Dual encoder: a run folder, a checkpoint folder, a CLIP/SigLIP folder or a zoo name."),
+    images: list[Path] | None = typer.Option(None, "--images", help="Folder of images (walked recursively) or an image file; repeatable."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index folder to create (or to resume, if a killed build left it)."),
+    texts: Path | None = typer.Option(None, "--texts", help="Texts to index: .txt (one per line), .json (list or COCO captions) or .jsonl."),
+    captions: Path | None = typer.Option(None, "--captions", help="Captions kept with the images: COCO captions JSON or {file: caption}, names relative to --images."),
+    root: Path | None = typer.Option(None, "--root", help="Collection root: every indexed image must lie under it (default: --images)."),
+    kind: IndexKind = typer.Option(IndexKind.auto, "--kind", help="FAISS index: auto (flat up to 10,000 vectors, then IVF), flat, ivf or hnsw."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images embedded per batch (each batch is committed on its own)."),
+    device: str = typer.Option("cpu", "--device", help="'cpu', 'cuda', 'cuda:N' or 'auto'."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Create a search index: embed a folder of images (and texts) with a model, batch by batch.
+
+    Re-running the same command after a kill resumes it: entries already there are skipped, so nothing is
+    duplicated. Unreadable images are skipped and listed.
+
+    Example:  polymodal index build --model runs/world_retrieval --images world/images/test --texts world/annotations/captions_test.json --out idx
     """
-    _not_yet("index", "search and serving")
+    import os
+
+    from polymodal.index import SearchIndex
+
+    dirs = list(images or [])
+    if not dirs and texts is None:
+        raise PolymodalError("index build: give --images FOLDER and/or --texts FILE to index")
+    missing = [str(d) for d in dirs if not d.exists()]
+    if missing:  # before anything is created
+        raise PolymodalError(f"index build: --images {', '.join(missing)} not found")
+    if root is None:
+        if not dirs:
+            raise PolymodalError("index build: give --root (the collection folder) when indexing only --texts")
+        absolute = [os.path.abspath(d) for d in dirs]
+        root = Path(absolute[0] if len(absolute) == 1 and Path(absolute[0]).is_dir() else os.path.commonpath([os.path.dirname(a) if not Path(a).is_dir() else a for a in absolute]))
+    existed = (out / "index.json").is_file()
+    index = SearchIndex.create(out, model, root=root, kind=kind.value, device=device, exist_ok=True)
+    with index:
+        if existed:
+            typer.echo(f"resuming index {index.path}: {len(index)} entries already there are skipped")
+        _index_add(index, dirs, texts, captions, batch_size, progress)
+        stats = index.stats()
+    typer.echo(f"index {stats.path}: {stats.images} images, {stats.texts} texts ({stats.vectors['image']['kind']})")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def search(ctx: typer.Context) -> None:
-    """Search an index by text or by image (coming with the serving capability).
+@index_app.command("add")
+def index_add(
+    index_path: Path = typer.Argument(..., help="The index folder."),
+    images: list[Path] | None = typer.Option(None, "--images", help="Folder of images or an image file under the index's root; repeatable."),
+    texts: Path | None = typer.Option(None, "--texts", help="Texts to add: .txt (one per line), .json (list or COCO captions) or .jsonl."),
+    captions: Path | None = typer.Option(None, "--captions", help="Captions kept with the images: COCO captions JSON or {file: caption}, names relative to --images."),
+    model: str | None = typer.Option(None, "--model", "-m", help="The index's model, if it moved since the build (checked against the index)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images embedded per batch."),
+    device: str = typer.Option("cpu", "--device", help="'cpu', 'cuda', 'cuda:N' or 'auto'."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Add images and texts to an index; unchanged files already in it are skipped, changed ones re-embedded.
+
+    Example:  polymodal index add idx --images world/images/val --texts more_captions.txt
+    """
+    from polymodal.index import SearchIndex
+
+    if not images and texts is None:
+        raise PolymodalError("index add: give --images FOLDER and/or --texts FILE to add")
+    with SearchIndex.open(index_path, model=model, device=device) as index:
+        _index_add(index, list(images or []), texts, captions, batch_size, progress)
+        typer.echo(f"index {index.path}: {index.store.count('image')} images, {index.store.count('text')} texts")
+
+
+@index_app.command("delete")
+def index_delete(
+    index_path: Path = typer.Argument(..., help="The index folder."),
+    items: list[str] = typer.Argument(..., help="Entry ids (as search prints them) or image paths relative to the collection root."),
+) -> None:
+    """Delete entries by id or image path (a file named only with digits: write it as ./123.png).
+
+    Example:  polymodal index delete idx test_000031.png 17
+    """
+    from polymodal.index import SearchIndex
+
+    with SearchIndex.open(index_path) as index:
+        # ids; paths as search shows them (relative to the root); a path that exists from here is taken as such
+        n = index.delete([int(i) if i.isdigit() else str(Path(i).absolute()) if Path(i).exists() else i for i in items])
+        typer.echo(f"deleted {n} {'entry' if n == 1 else 'entries'}; index {index.path} now holds {index.store.count('image')} images, {index.store.count('text')} texts")
+
+
+@index_app.command("info")
+def index_info(
+    index_path: Path = typer.Argument(..., help="The index folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+) -> None:
+    """Describe an index: its model and fingerprint, collection root, entries, FAISS kind and size.
+
+    Example:  polymodal index info idx --json
+    """
+    import json
+
+    from polymodal.index import SearchIndex
+
+    with SearchIndex.open(index_path) as index:
+        stats = index.stats()
+        for line in index.repairs:
+            typer.echo(f"repaired: {line}", err=True)
+    typer.echo(json.dumps(stats.to_dict(), indent=1, ensure_ascii=False) if as_json else stats.format())
+
+
+@app.command()
+def search(
+    index_path: Path = typer.Argument(..., help="The index folder."),
+    query: str | None = typer.Argument(None, help="The text to search for (or give --image)."),
+    image: Path | None = typer.Option(None, "--image", "-i", help="Search by this image instead of a text."),
+    k: int = typer.Option(10, "-k", "--top-k", help="How many results (more than the index holds: all of them)."),
+    target: SearchTarget = typer.Option(SearchTarget.image, "--target", help="What to return: image, text or all entries."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    model: str | None = typer.Option(None, "--model", "-m", help="The index's model, if it moved since the build (checked against the index)."),
+    device: str = typer.Option("cpu", "--device", help="'cpu', 'cuda', 'cuda:N' or 'auto'."),
+) -> None:
+    """Search an index by text or by image; prints rank, cosine score, id and the image path or text.
 
     Example:  polymodal search idx "a red cube left of a sphere" -k 10
+
+    Example:  polymodal search idx --image query.png -k 5 --target text --json
     """
-    _not_yet("search", "search and serving")
+    import json
+
+    from polymodal.index import SearchIndex
+
+    if (query is None) == (image is None):
+        raise PolymodalError('search: give either a text query (polymodal search IDX "a red cube") or --image FILE, not both')
+    with SearchIndex.open(index_path, model=model, device=device) as index:
+        hits = index.search_text(query, k, target=target.value) if query is not None else index.search_image(image, k, target=target.value)  # type: ignore[arg-type]
+        rows = []
+        for rank, h in enumerate(hits, 1):
+            row = {"rank": rank} | h.to_dict()
+            if h.path is not None:
+                row["file"] = str(index.file_path(h.path))
+            rows.append(row)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1, ensure_ascii=False))
+        return
+    if not rows:
+        typer.echo(f"no {target.value} entries in {index_path}")
+    for r in rows:
+        what = r["path"] if r["kind"] == "image" else r["text"]
+        cap = f"  ({r['caption']})" if r.get("caption") else ""
+        typer.echo(f"{r['rank']:>3}. {r['score']:+.4f}  {r['kind']:<5} #{r['id']:<6} {what}{cap}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -153,7 +153,9 @@ def run_quickstart(
     print(f"  caption:     polymodal predict caption --checkpoint {run_dir} {image}")
     print(f"  ask:         polymodal predict answer --checkpoint {run_dir} --image {image} --question 'how many spheres are there?'")
     print(f"  verify:      polymodal predict classify --checkpoint {run_dir} --image {image} --text 'there is a red cube.'")
-    print(f"  search:      polymodal predict rank-images --checkpoint {run_dir} --text 'a red cube and a blue sphere' {world_dir / 'images' / 'test'}/*.png")
+    print(f"  rank:        polymodal predict rank-images --checkpoint {run_dir} --text 'a red cube and a blue sphere' {world_dir / 'images' / 'test'}/*.png")
     print(f"  evaluate:    polymodal eval --checkpoint {run_dir} --data {world_dir}")
+    print(f"  index:       polymodal index build --model {run_dir} --images {world_dir / 'images' / 'test'} --out {out / 'index'}")
+    print(f"  search:      polymodal search {out / 'index'} 'a red cube left of a blue sphere' -k 5")
     print(f"  serve:       polymodal serve --checkpoint {run_dir}   (REST API + web page; arrives with the serving issue, #7)")
     return summary

@@ -99,7 +99,7 @@ def open_parts(folder: Path) -> HFParts:
         )
     tokenizer = _load_part(folder, "tokenizer", lambda: transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True),
                            "tokenizer.json or the vocabulary files (vocab.txt / vocab.json + merges.txt / spiece.model)")
-    image_processor = _load_part(folder, "image processor", lambda: transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True, use_fast=False),
+    image_processor = _load_part(folder, "image processor", lambda: transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True, **_slow_image_processor(transformers)),
                                  "preprocessor_config.json")
     config = _load_part(folder, "config", lambda: transformers.AutoConfig.from_pretrained(folder, local_files_only=True), HF_CONFIG)
     return HFParts(folder, model_type, arch, config, tokenizer, image_processor)
@@ -185,6 +185,13 @@ def checkpoint_files(parts: HFParts, prefix: str = "hf/") -> dict[str, bytes]:
         parts.tokenizer.save_pretrained(tmp)
         parts.image_processor.save_pretrained(tmp)
         return {prefix + p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+
+
+def _slow_image_processor(transformers: Any) -> dict[str, Any]:
+    """The PIL-based image processor (the one checkpoints were made with; the fast one needs torchvision):
+    ``backend="pil"`` in transformers 5, ``use_fast=False`` before."""
+    major = int(str(transformers.__version__).split(".")[0])
+    return {"backend": "pil"} if major >= 5 else {"use_fast": False}
 
 
 def _load_part(folder: Path, what: str, load: Any, expected: str) -> Any:
