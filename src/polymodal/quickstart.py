@@ -96,8 +96,7 @@ def run_quickstart(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate, train, evaluate, report. Returns the summary written to ``out/quickstart.json``."""
-    from polymodal.config import validate
-    from polymodal.config import RunConfig
+    from polymodal.config import RunConfig, validate
     from polymodal.evaluate import evaluate_checkpoint, format_metrics
     from polymodal.train.trainer import Trainer
 
