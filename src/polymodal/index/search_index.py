@@ -386,6 +386,19 @@ class SearchIndex:
         self._save(force=True)
 
     @contextlib.contextmanager
+    def _adding(self) -> Iterator[None]:
+        """A batched add under the write lock: on Ctrl-C or an error, what was committed is kept (FAISS
+        files included); on success the FAISS files are reconciled with SQLite."""
+        with self._writing():
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self._save(force=True)
+                raise
+            self._reconcile()
+
+    @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """Hold the folder's write lock (one writing process at a time) and this object's lock."""
         with self._lock:
@@ -447,28 +460,14 @@ class SearchIndex:
         Already-indexed unchanged files are skipped, changed ones re-embedded; unreadable ones are
         skipped and listed in the report. Committed batch by batch: a kill loses one batch at most.
         """
-        with self._writing():
-            try:
-                report = add_images(self, [paths] if isinstance(paths, (str, os.PathLike)) else paths,
-                                    captions=captions, batch_size=batch_size, progress=progress)
-            except BaseException:  # Ctrl-C or an error: keep what was committed, FAISS files included
-                with contextlib.suppress(Exception):
-                    self._save(force=True)
-                raise
-            self._reconcile()
-        return report
+        with self._adding():
+            return add_images(self, [paths] if isinstance(paths, (str, os.PathLike)) else paths,
+                              captions=captions, batch_size=batch_size, progress=progress)
 
     def add_texts(self, texts: str | Iterable[str], *, batch_size: int = 256, progress: bool = True) -> AddReport:
         """Embed and add texts; an empty one raises before anything is added, duplicates are skipped."""
-        with self._writing():
-            try:
-                report = add_texts(self, texts, batch_size=batch_size, progress=progress)
-            except BaseException:  # Ctrl-C or an error: keep what was committed, FAISS files included
-                with contextlib.suppress(Exception):
-                    self._save(force=True)
-                raise
-            self._reconcile()
-        return report
+        with self._adding():
+            return add_texts(self, texts, batch_size=batch_size, progress=progress)
 
     def resolve(self, item: int | str) -> int:
         """The id of an entry given by id, or by image path (relative to the root, or absolute)."""
