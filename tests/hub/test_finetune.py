@@ -117,6 +117,21 @@ def test_blip_captioner_fine_tunes_and_the_reloaded_run_generates_the_same_capti
     assert torch.equal(model.generate(pixels, max_length=6).sequences, trainer.eval_model.eval().generate(pixels, max_length=6).sequences)
 
 
+def test_blip_itm_fine_tunes_with_itc_and_hard_negative_itm(tmp_path: Path, world: Path, hf_folders: dict[str, Path]) -> None:
+    trainer = Trainer(load_config(run_config(tmp_path, world, {"type": "pretrained", "path": str(hf_folders["blip_itm"])})), progress=False)
+    summary = trainer.fit()
+    assert summary["steps"] == 3 and 0.0 <= summary["test"]["t2i_R@1"] <= 1.0
+    base = transformers.BlipForImageTextRetrieval.from_pretrained(hf_folders["blip_itm"]).state_dict()
+    tuned = hf_weights(tmp_path / "run")
+    assert not torch.equal(tuned["itm_head.weight"], base["itm_head.weight"])  # the ITM loss reached the head
+    assert not torch.equal(tuned["vision_proj.weight"], base["vision_proj.weight"])  # and the ITC loss the projections
+    model, proc = load_model(tmp_path / "run")
+    assert proc.model_type == "matcher" and proc.task == "retrieval"
+    pixels = proc.images([world / "images/test" / p for p in sorted((world / "images/test").iterdir())[:2]])
+    ids, mask = proc.texts(["a red cube", "two blue spheres"])
+    assert torch.allclose(model.match(pixels, ids, mask), trainer.eval_model.eval().match(pixels, ids, mask), atol=1e-6)
+
+
 @pytest.mark.parametrize("family", ["vilt", "blip_vqa"])
 def test_vqa_checkpoints_fine_tune_on_vqa_v2_data_and_reload(tmp_path: Path, world: Path, hf_folders: dict[str, Path], family: str) -> None:
     data = {"data": {s: questions(world, s) for s in ("train", "test")}}
@@ -193,7 +208,7 @@ def test_eval_runs_on_a_hugging_face_folder_and_on_a_fine_tuned_run(tmp_path: Pa
 @pytest.mark.parametrize(
     "model, task, extra, message",
     [
-        ({"path": "blip_itm"}, "retrieval", {}, "BlipForImageTextRetrieval, which polymodal runs but does not fine-tune yet"),
+        ({"path": "blip_itm"}, "captioning", {}, r"BlipForImageTextRetrieval \(matcher; train it with task 'retrieval'\)"),
         ({"path": "clip"}, "captioning", {}, r"train.task 'captioning' needs a captioner model.*CLIPModel.*task 'retrieval'"),
         ({"path": "clip"}, "retrieval", {"image": {"size": 64}}, r"image: size cannot be set when fine-tuning a pretrained checkpoint"),
         ({"path": "clip", "freeze": ["audio"]}, "retrieval", {}, r"model.freeze"),

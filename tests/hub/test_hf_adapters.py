@@ -118,6 +118,9 @@ def test_blip_itm_scores_are_the_hf_match_probabilities(hf_folders) -> None:
         expected = ref(input_ids=ids, attention_mask=mask, pixel_values=px, use_itm_head=True).itm_score.softmax(-1)[:, 1]
     torch.testing.assert_close(model.match(px, ids, mask), expected, atol=1e-5, rtol=1e-5)
     assert predict.match(model, proc, images(), TEXTS[:2]) == pytest.approx(expected.tolist(), abs=1e-5)
+    with torch.no_grad():  # its ITC side is BLIP's own use_itm_head=False cosine similarity
+        cosine = ref(input_ids=ids, attention_mask=mask, pixel_values=px, use_itm_head=False).itm_score
+    torch.testing.assert_close(model.encode_image(px) @ model.encode_text(ids, mask).t(), cosine, atol=1e-5, rtol=1e-5)
 
 
 def test_predict_match_on_the_command_line(hf_folders, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ interface every polymodal command and task already speaks:
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
-from polymodal.losses import itc_loss, vqa_bce_loss
+from polymodal.losses import itc_loss, itm_loss, itm_pairs, sample_hard_negatives, vqa_bce_loss
 from polymodal.losses.contrastive import sigmoid_pair_loss
 from polymodal.models.vqa import AnswerVocab
 
@@ -216,11 +217,56 @@ class HFGenerativeVQA(_Adapter):
         return [self.tokenizer.decode(s, skip_special_tokens=True).strip() for s in seqs]
 
 
-class HFMatcher(_Adapter):
-    """BLIP image-text matching (``BlipForImageTextRetrieval``): P(match) from the ITM head."""
+# BLIP's ITC temperature at initialisation; Hugging Face's BlipForImageTextRetrieval does not keep the
+# learned one, so fine-tuning uses this fixed value.
+BLIP_ITC_TEMPERATURE = 0.07
 
-    def __init__(self, hf_model: nn.Module) -> None:
-        super().__init__(hf_model)
+
+@dataclass
+class HFMatcherOutput:
+    loss: Tensor
+    itc: Any  # ITCOutput
+    itm_accuracy: Tensor
+
+
+class HFMatcher(_Adapter):
+    """BLIP image-text matching (``BlipForImageTextRetrieval``): P(match) from the ITM head.
+
+    It is also a dual encoder through BLIP's ITC projections (``encode_image`` / ``encode_text``, what
+    the checkpoint's ``use_itm_head=False`` path computes), so it ranks a gallery and fine-tunes on
+    captions with ``task: retrieval``: ITC plus ITM on in-batch hard negatives, as BLIP was trained.
+    """
+
+    logit_scale = 1.0 / BLIP_ITC_TEMPERATURE
+
+    def _image_embeds(self, images: Tensor) -> Tensor:
+        return self.hf.vision_model(pixel_values=images)[0]
+
+    def _image_feature(self, image_embeds: Tensor) -> Tensor:
+        return F.normalize(self.hf.vision_proj(image_embeds[:, 0, :]), dim=-1)
+
+    def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
+        z = self.hf.vision_proj(self._image_embeds(images)[:, 0, :])
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def encode_text(self, text_ids: Tensor, text_mask: Tensor | None = None, normalize: bool = True) -> Tensor:
+        z = self.hf.text_proj(self.hf.text_encoder(input_ids=text_ids, attention_mask=text_mask)[0][:, 0, :])
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def _itm_logits(self, image_embeds: Tensor, text_ids: Tensor, text_mask: Tensor | None) -> Tensor:
+        image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        fused = self.hf.text_encoder(input_ids=text_ids, attention_mask=text_mask, encoder_hidden_states=image_embeds,
+                                     encoder_attention_mask=image_mask)[0]
+        return self.hf.itm_head(fused[:, 0, :])
+
+    def forward(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, image_ids: Tensor | None = None) -> HFMatcherOutput:
+        image_embeds = self._image_embeds(images)
+        img, txt = self._image_feature(image_embeds), self.encode_text(text_ids, text_mask)
+        itc = itc_loss(img, txt, math.log(self.logit_scale), image_ids=image_ids, normalize=False)
+        pairs = itm_pairs(sample_hard_negatives(itc.logits_per_image, itc.logits_per_text, image_ids=image_ids))
+        mask = text_mask[pairs.text_index] if text_mask is not None else None
+        itm = itm_loss(self._itm_logits(image_embeds[pairs.image_index], text_ids[pairs.text_index], mask), pairs.labels)
+        return HFMatcherOutput(itc.loss + itm.loss, itc, itm.accuracy)
 
     @torch.no_grad()
     def match(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> Tensor:

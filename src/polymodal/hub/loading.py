@@ -43,7 +43,7 @@ ARCHITECTURES: dict[tuple[str, str], Architecture] = {
     ("siglip", ""): Architecture("SiglipModel", "dual_encoder", "retrieval", 64),
     ("blip", "BlipForConditionalGeneration"): Architecture("BlipForConditionalGeneration", "captioner", "captioning", 40),
     ("blip", "BlipForQuestionAnswering"): Architecture("BlipForQuestionAnswering", "vqa", "vqa", 40),
-    ("blip", "BlipForImageTextRetrieval"): Architecture("BlipForImageTextRetrieval", "matcher", None, 40),
+    ("blip", "BlipForImageTextRetrieval"): Architecture("BlipForImageTextRetrieval", "matcher", "retrieval", 40),
     ("blip", ""): Architecture("BlipForConditionalGeneration", "captioner", "captioning", 40),
     ("vilt", "ViltForQuestionAnswering"): Architecture("ViltForQuestionAnswering", "vqa", "vqa", 40),
     ("vilt", ""): Architecture("ViltForQuestionAnswering", "vqa", "vqa", 40),

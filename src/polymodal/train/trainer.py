@@ -131,12 +131,7 @@ class Trainer:
 
         parts = open_config(self.cfg.model)
         arch = parts.arch
-        if arch.task is None:
-            raise ConfigError(
-                f"model.path {self.cfg.model.path!r} is a {arch.hf_class}, which polymodal runs but does not fine-tune yet; "
-                "fine-tuning covers CLIP/SigLIP (train.task: retrieval), BLIP captioning (captioning) and ViLT/BLIP VQA (vqa)"
-            )
-        if arch.model_type != task.model_type:
+        if arch.task != task.name:
             raise ConfigError(
                 f"train.task '{task.name}' needs a {task.model_type} model, but model.path {self.cfg.model.path!r} "
                 f"is a {arch.hf_class} ({arch.model_type}; train it with task '{arch.task}')"
