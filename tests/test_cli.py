@@ -46,8 +46,8 @@ def test_user_errors_are_one_paragraph_and_exit_2(tmp_path: Path, capsys: pytest
     assert code == 2 and err.startswith("error:") and "Traceback" not in err
     code, _, err = run(capsys, "train", str(tmp_path / "cfg.yaml"))
     assert code == 2 and "config file not found" in err and "cfg.yaml" in err
-    code, _, err = run(capsys, "serve")
-    assert code == 2 and "not available yet" in err
+    code, _, err = run(capsys, "serve", "--model", str(tmp_path / "no-run"))
+    assert code == 2 and str(tmp_path / "no-run") in err and "does not exist" in err and "Traceback" not in err
 
 
 def test_console_script_is_installed() -> None:

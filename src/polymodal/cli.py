@@ -137,10 +137,6 @@ def score(
         json_out.write_text(json.dumps(scores, indent=1))
 
 
-def _not_yet(name: str, issue: str) -> None:
-    raise PolymodalError(f"'polymodal {name}' is not available yet in this version ({issue}).")
-
-
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="Run config YAML (data, model, tokenizer, image, optim, train)."),
@@ -612,13 +608,52 @@ def search(
         typer.echo(f"{r['rank']:>3}. {r['score']:+.4f}  {r['kind']:<5} #{r['id']:<6} {what}{cap}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def serve(ctx: typer.Context) -> None:
-    """Serve a model over HTTP with a web page (coming with the serving capability).
+@app.command()
+def serve(
+    model: str = typer.Option(..., "--model", "-m", help="A run folder, Hugging Face folder or zoo name."),
+    index_path: Path | None = typer.Option(None, "--index", help="A search index built with this model (enables /v1/search)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; the default serves this machine only."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    api_key_env: str | None = typer.Option(None, "--api-key-env", help="Name of an environment variable holding the API key clients must send in X-API-Key."),
+    max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", min=0.001, help="Largest request body, in MB (413 past it)."),
+    batch_ms: float = typer.Option(5.0, "--batch-ms", min=0.0, help="How long the micro-batcher gathers concurrent requests, in ms."),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most requests in one forward pass."),
+    timeout_s: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds a request may wait for its result (504 past it)."),
+    device: str = typer.Option("cpu", "--device", help="'cpu', 'cuda', 'cuda:N' or 'auto'."),
+) -> None:
+    """Serve a model over HTTP (FastAPI + uvicorn): /v1/embed, search, caption, answer, classify, match.
 
-    Example:  polymodal serve --model runs/quickstart --port 8000
+    The OpenAPI schema is at /openapi.json and interactive docs at /docs.
+
+    Example:  polymodal serve --model runs/quickstart --index idx --port 8000
     """
-    _not_yet("serve", "search and serving")
+    import os
+
+    try:
+        import uvicorn
+
+        from polymodal.serve import ServeSettings, create_app
+    except ImportError as e:
+        raise PolymodalError(f"serving needs the serve extra ({e.name} is missing): pip install 'polymodal[serve]'") from None
+    from polymodal.api import load_model
+
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise PolymodalError(f"--api-key-env {api_key_env}: that environment variable is not set or empty")
+    settings = ServeSettings(api_key=api_key, max_upload_bytes=int(max_upload_mb * 1024 * 1024), batch_ms=batch_ms,
+                             max_batch=max_batch, timeout_s=timeout_s)
+    loaded = load_model(model, device)
+    index = None
+    if index_path is not None:
+        from polymodal.index import SearchIndex
+
+        index = SearchIndex.open(index_path, model=loaded, device=device)  # refuses a model with other weights
+    application = create_app(*loaded, index=index, settings=settings, name=model)
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        typer.echo(f"warning: serving on {host} without an API key (--api-key-env); anyone who can reach it can use it", err=True)
+    uvicorn.run(application, host=host, port=port, log_level="info")
 
 
 bench_app = typer.Typer(help="Measure models: parameters, FLOPs and latency.", no_args_is_help=True)

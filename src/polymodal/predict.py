@@ -314,13 +314,15 @@ def answer_top_k(
 
 
 @torch.no_grad()
-def _embed_images(model: nn.Module, processors: Processors, images: list[Any], batch_size: int) -> torch.Tensor:
+def embed_images(model: nn.Module, processors: Processors, images: list[Any], batch_size: int = 64) -> torch.Tensor:
+    """``[N, D]`` normalised image embeddings of a dual encoder (float32, CPU), in batches."""
     device = _device(model)
     return torch.cat([model.encode_image(processors.images(images[p]).to(device)).float().cpu() for p in _chunks(len(images), batch_size)])
 
 
 @torch.no_grad()
-def _embed_texts(model: nn.Module, processors: Processors, texts: list[str], batch_size: int) -> torch.Tensor:
+def embed_texts(model: nn.Module, processors: Processors, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """``[N, D]`` normalised text embeddings of a dual encoder (float32, CPU), in batches."""
     device = _device(model)
     chunks = []
     for p in _chunks(len(texts), batch_size):
@@ -342,7 +344,7 @@ def similarity(
     imgs, txts = _images(images), _texts(texts)
     if not imgs or not txts:
         raise DataError("similarity: give at least one image and one text")
-    return _embed_images(model, processors, imgs, batch_size) @ _embed_texts(model, processors, txts, batch_size).t()
+    return embed_images(model, processors, imgs, batch_size) @ embed_texts(model, processors, txts, batch_size).t()
 
 
 def _ranked(items: list[Any], scores: torch.Tensor, top_k: int | None) -> list[Ranked]:
@@ -463,7 +465,7 @@ def zero_shot_weights(model: nn.Module, processors: Processors, labels: Sequence
     if len(set(labels)) != len(labels):
         raise DataError(f"zero-shot: labels must be distinct, got {labels}")
     try:
-        return prompt_ensemble(lambda prompts: _embed_texts(model, processors, prompts, 256), labels, list(templates or DEFAULT_TEMPLATES))
+        return prompt_ensemble(lambda prompts: embed_texts(model, processors, prompts, 256), labels, list(templates or DEFAULT_TEMPLATES))
     except ValueError as e:
         raise DataError(str(e)) from None
 
@@ -485,7 +487,7 @@ def zero_shot(
     """
     _require(model, processors, "zero-shot")
     weights = zero_shot_weights(model, processors, labels, templates)
-    logits = float(model.logit_scale) * _embed_images(model, processors, _images(images), batch_size) @ weights.t()
+    logits = float(model.logit_scale) * embed_images(model, processors, _images(images), batch_size) @ weights.t()
     if getattr(model, "family", None) == "siglip":
         probs = (logits + float(model.logit_bias)).sigmoid()
     else:
