@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, Security, UploadFil
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from torch import nn
 
@@ -45,6 +46,8 @@ from polymodal.serve.schemas import (
 from polymodal.serve.settings import ServeSettings
 
 __all__ = ["create_app"]
+
+STATIC = Path(__file__).parent / "static"  # the web page: index.html + app.js + style.css, no build step
 
 R = TypeVar("R")
 
@@ -308,6 +311,12 @@ def create_app(model: nn.Module, processors: Processors, index: Any | None = Non
         t = guards.check_text(text, "text", settings)
         return MatchResponse(score=await run("match", (await image_of(image), t)))
 
+    @app.get("/", include_in_schema=False, response_class=FileResponse)
+    def page() -> FileResponse:
+        """The web page (open like /v1/health; its API calls send the key the user types)."""
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(open_routes)
     app.include_router(v1)
     return app

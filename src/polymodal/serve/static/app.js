@@ -1,0 +1,253 @@
+// The polymodal web page: plain JS, no build step, no network beyond this server's /v1 API.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { key: null, file: null, ops: new Set(), index: false, previewUrl: null };
+
+// ----------------------------------------------------------------------------------- API + errors
+
+class ApiFailure extends Error {
+  constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+}
+
+async function api(method, path, form) {
+  const headers = {};
+  if (state.key) headers["X-API-Key"] = state.key;
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers, body: form });
+  } catch (e) {
+    throw new ApiFailure(0, "network", `${path}: the server did not answer (${e.message})`);
+  }
+  let body = null;
+  try { body = await resp.json(); } catch (e) { /* not JSON: handled below */ }
+  if (!resp.ok) {
+    const err = body && body.error;
+    if (resp.status === 401) $("key-panel").hidden = false;
+    throw new ApiFailure(resp.status, err ? err.code : "http_" + resp.status,
+      err && err.message ? err.message : `${path}: HTTP ${resp.status}`);
+  }
+  if (body === null) throw new ApiFailure(resp.status, "bad_response", `${path}: the answer was not JSON`);
+  return body;
+}
+
+function showError(e) {
+  const el = $("error");
+  el.textContent = e instanceof ApiFailure ? e.message : String(e && e.message ? e.message : e);
+  el.dataset.code = e instanceof ApiFailure ? e.code : "client";
+  el.hidden = false;
+}
+
+function clearError() {
+  const el = $("error");
+  el.textContent = "";
+  delete el.dataset.code;
+  el.hidden = true;
+}
+
+// Run an action, showing its progress and any error; mark `el` busy/done for scripts and tests.
+async function act(el, label, fn) {
+  el.dataset.state = "busy";
+  $("status").textContent = label + "\u2026";
+  try {
+    await fn();
+    el.dataset.state = "done";
+    $("status").textContent = "";
+  } catch (e) {
+    el.dataset.state = "error";
+    $("status").textContent = "";
+    showError(e);
+  }
+}
+
+// ------------------------------------------------------------------------------------- start-up
+
+async function init() {
+  try {
+    const health = await api("GET", "/v1/health");
+    state.index = !!health.index;
+    const models = await api("GET", "/v1/models");
+    const m = models.models[0];
+    state.ops = new Set(m.operations);
+    let info = `${m.name} \u00b7 ${m.model_type}`;
+    if (models.index) info += ` \u00b7 index: ${models.index.images} images, ${models.index.texts} texts`;
+    $("model-info").textContent = info;
+    $("key-panel").hidden = state.key === null;  // keep it shown once a key was needed
+    clearError();
+    layout();
+    document.body.dataset.ready = "true";
+  } catch (e) {
+    $("model-info").textContent = "not connected";
+    showError(e);
+  }
+}
+
+function layout() {
+  const can = (op) => state.ops.has(op);
+  const search = can("search") && state.index;
+  $("caption-box").hidden = !can("caption");
+  $("answer-box").hidden = !can("answer");
+  $("near-texts-box").hidden = !search;
+  $("image-panel").hidden = !(can("caption") || can("answer") || search);
+  $("search-panel").hidden = !search;
+  updateButtons();
+}
+
+function updateButtons() {
+  const has = state.file !== null;
+  $("caption-btn").disabled = !has;
+  $("answer-btn").disabled = !has;
+  $("near-texts-btn").disabled = !has;
+}
+
+// ------------------------------------------------------------------------------------ image panel
+
+function imageForm() {
+  const form = new FormData();
+  form.append("image", state.file, state.file.name || "image");
+  return form;
+}
+
+function setImage(file) {
+  if (!file) return;
+  clearError();
+  state.file = file;
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = URL.createObjectURL(file);
+  const img = $("preview");
+  img.src = state.previewUrl;
+  img.hidden = false;
+  $("caption").textContent = "";
+  $("answer").textContent = "";
+  $("near-texts").replaceChildren();
+  updateButtons();
+  // auto-actions: whatever the model can tell about an image without more input
+  if (state.ops.has("caption")) doCaption();
+  if (!$("near-texts-box").hidden) doNearTexts();
+  if (state.ops.has("answer") && $("question").value.trim()) doAnswer();
+}
+
+function doCaption() {
+  const out = $("caption");
+  out.textContent = "";
+  return act(out, "captioning", async () => {
+    out.textContent = (await api("POST", "/v1/caption", imageForm())).caption;
+  });
+}
+
+function doAnswer() {
+  const out = $("answer");
+  out.textContent = "";
+  return act(out, "answering", async () => {
+    const form = imageForm();
+    form.append("question", $("question").value);
+    out.textContent = (await api("POST", "/v1/answer", form)).answer;
+  });
+}
+
+function doNearTexts() {
+  const list = $("near-texts");
+  list.replaceChildren();
+  return act(list, "searching texts", async () => {
+    const form = imageForm();
+    form.append("target", "text");
+    form.append("k", "5");
+    const { results } = await api("POST", "/v1/search", form);
+    for (const hit of results) {
+      const li = document.createElement("li");
+      li.textContent = `${hit.text} `;
+      const score = document.createElement("small");
+      score.textContent = `(${hit.score.toFixed(3)})`;
+      li.append(score);
+      li.dataset.score = String(hit.score);
+      list.append(li);
+    }
+    if (!results.length) list.textContent = "the index holds no texts";
+  });
+}
+
+$("image-input").addEventListener("change", (ev) => setImage(ev.target.files[0]));
+$("caption-btn").addEventListener("click", () => { clearError(); doCaption(); });
+$("near-texts-btn").addEventListener("click", () => { clearError(); doNearTexts(); });
+$("answer-box").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  clearError();
+  if (!state.file) { showError("choose an image first"); return; }
+  doAnswer();
+});
+
+const drop = $("drop");
+for (const name of ["dragenter", "dragover"]) {
+  drop.addEventListener(name, (ev) => { ev.preventDefault(); drop.classList.add("over"); });
+}
+for (const name of ["dragleave", "drop"]) {
+  drop.addEventListener(name, (ev) => { ev.preventDefault(); drop.classList.remove("over"); });
+}
+drop.addEventListener("drop", (ev) => {
+  const file = ev.dataTransfer && ev.dataTransfer.files[0];
+  if (file) setImage(file); else showError("drop an image file");
+});
+
+// ----------------------------------------------------------------------------------- text search
+
+function fileUrl(path) {
+  return "/v1/files/" + path.split("/").map(encodeURIComponent).join("/");
+}
+
+function thumbnail(hit) {
+  const fig = document.createElement("figure");
+  fig.dataset.path = hit.path;
+  fig.dataset.rank = String(hit.rank);
+  fig.dataset.score = String(hit.score);
+  const img = document.createElement("img");
+  img.alt = hit.path;
+  img.loading = "eager";
+  img.dataset.path = hit.path;
+  if (state.key) {
+    // <img src> cannot send a header: fetch with the key, show the blob
+    api_blob(fileUrl(hit.path)).then((url) => { img.src = url; }, showError);
+  } else {
+    img.src = fileUrl(hit.path);
+    img.addEventListener("error", () => showError(`could not load ${hit.path}`), { once: true });
+  }
+  const cap = document.createElement("figcaption");
+  cap.textContent = `${hit.rank}. ${hit.path} \u00b7 ${hit.score.toFixed(3)}`;
+  fig.append(img, cap);
+  return fig;
+}
+
+async function api_blob(path) {
+  const resp = await fetch(path, { headers: state.key ? { "X-API-Key": state.key } : {} });
+  if (!resp.ok) {
+    let msg = `${path}: HTTP ${resp.status}`;
+    try { msg = (await resp.json()).error.message; } catch (e) { /* keep the status line */ }
+    throw new ApiFailure(resp.status, "http_" + resp.status, msg);
+  }
+  return URL.createObjectURL(await resp.blob());
+}
+
+$("search-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  clearError();
+  const grid = $("grid");
+  grid.replaceChildren();
+  act(grid, "searching", async () => {
+    const form = new FormData();
+    form.append("text", $("query").value);
+    form.append("k", $("k").value || "8");
+    form.append("target", "image");
+    const { results } = await api("POST", "/v1/search", form);
+    grid.append(...results.map(thumbnail));
+    if (!results.length) grid.textContent = "no images in the index";
+  });
+});
+
+// ------------------------------------------------------------------------------------------ key
+
+$("key-save").addEventListener("click", () => {
+  state.key = $("api-key").value || null;
+  init();
+});
+$("api-key").addEventListener("keydown", (ev) => { if (ev.key === "Enter") $("key-save").click(); });
+
+init();
