@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402 (after the skip: hypothesis comes with schemathesis)
+from hypothesis import HealthCheck, given, settings
 
-from polymodal.serve import create_app  # noqa: E402
+from polymodal.serve import create_app
 
-from .conftest import Served  # noqa: E402
+from .conftest import Served
 
 
 @pytest.mark.parametrize("kind", ["retrieval", "multitask"])
