@@ -32,7 +32,7 @@ def test_no_request_the_schema_allows_gets_a_5xx(served: Served, kind: str) -> N
         @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case: Any) -> None:
             response = case.call()
-            seen.append((op.path, response.status_code))
+            seen.append((case.path, response.status_code))
             assert response.status_code < 500, f"{case.method} {case.path}: {response.status_code} {response.text[:300]}"
             if response.status_code >= 400:
                 assert set(response.json()["error"]) == {"code", "message"}  # every error is the documented JSON body
