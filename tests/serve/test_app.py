@@ -282,3 +282,21 @@ def test_timeout_is_504(served: Served) -> None:
     fn = slow.fn
     slow.fn = lambda items: (time.sleep(0.3), fn(items))[1]
     _error(TestClient(app).post("/v1/caption", files={"image": _png(served.images[0])}), 504, "timeout")
+
+
+def test_explain_returns_the_answer_and_a_heatmap_over_the_image(served: Served, mt: TestClient, ret: TestClient) -> None:
+    from polymodal.explain import answer_heatmap
+
+    model, proc = served.multitask
+    img, q = served.images[0], "what color is the cube?"
+    r = mt.post("/v1/explain", files={"image": _png(img)}, data={"question": q})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    want = answer_heatmap(model, proc, img, q)
+    assert body["answer"] == want.answer == predict.answer(model, proc, [img], [q])[0]
+    assert body["heatmap"] == want.heatmap
+    cells = [v for row in body["heatmap"] for v in row]
+    assert len(body["heatmap"]) == len(body["heatmap"][0]) and 0.0 <= min(cells) and max(cells) <= 1.0
+    assert "explain" in mt.get("/v1/models").json()["models"][0]["operations"]
+    msg = _error(ret.post("/v1/explain", files={"image": _png(img)}, data={"question": q}), 400, "unsupported_for_model")
+    assert "needs a polymodal VQA or multi-task model" in msg and "dual_encoder" in msg

@@ -25,6 +25,7 @@ import httpx
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from polymodal import predict
+from polymodal.explain import answer_heatmap
 from polymodal.serve import ServeSettings, create_app
 from tests.serve.conftest import Served
 
@@ -137,6 +138,14 @@ def test_upload_caption_and_answer_agree_with_predict(served: Served, mt_server:
     page.wait_for_selector("#answer[data-state=done]", state="attached")
     assert page.locator("#answer").inner_text() == want_answer
     expect(page.locator("#error")).to_be_hidden()
+    # the answer's heat-map: the canvas shows the grid of Grad-CAM weights over the image, tinted red
+    expect(page.locator("#heatmap-box")).to_be_visible()
+    grid = answer_heatmap(model, proc, img, q).heatmap
+    assert page.locator("#heatmap").get_attribute("data-cells") == str(len(grid) * len(grid[0]))
+    red = page.locator("#heatmap").evaluate(
+        "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;"
+        " for (let i = 0; i < d.length; i += 4) if (d[i] > d[i + 1] + 40) n++; return n; }")
+    assert red > 0  # some cells were tinted
 
 
 def test_text_search_shows_the_index_order_as_loaded_thumbnails(served: Served, ret_server: _Server, page: Page) -> None:

@@ -25,6 +25,8 @@ from torch import nn
 
 from polymodal import predict
 from polymodal.api import Processors
+from polymodal.explain import answer_heatmap
+from polymodal.models.vqa import VQAClassifier
 from polymodal.predict import WrongModelType
 from polymodal.serve import guards
 from polymodal.serve.batcher import MicroBatcher
@@ -35,6 +37,7 @@ from polymodal.serve.schemas import (
     ClassifyResponse,
     EmbedResponse,
     ErrorResponse,
+    ExplainResponse,
     HealthResponse,
     IndexInfo,
     MatchResponse,
@@ -157,6 +160,7 @@ def create_app(model: nn.Module, processors: Processors, index: Any | None = Non
         "zero-shot": batcher("zero-shot", lambda it: _grouped(it, lambda x: x[1], lambda g: predict.zero_shot(model, processors, [i for i, _ in g], list(g[0][1])))),
         "embed-image": batcher("embed-image", lambda imgs: predict.embed_images(model, processors, imgs, 64).tolist()),
         "embed-text": batcher("embed-text", lambda txts: predict.embed_texts(model, processors, txts, 64).tolist()),
+        "explain": batcher("explain", lambda it: [answer_heatmap(model, processors, i, q) for i, q in it]),
     }
 
     async def run(op: str, item: Any) -> Any:
@@ -174,6 +178,9 @@ def create_app(model: nn.Module, processors: Processors, index: Any | None = Non
     operations = [e for e, c in ENDPOINTS.items() if e != "zero-shot" and (_can(model_type, c) or (e == "classify" and _can(model_type, "zero-shot")))]
     if index is None and "search" in operations:
         operations.remove("search")
+    explainable = isinstance(getattr(model, "vqa", model), VQAClassifier)
+    if explainable:
+        operations.append("explain")
 
     async def image_of(upload: UploadFile, field: str = "image") -> Image.Image:
         data = await upload.read(settings.max_upload_bytes + 1)
@@ -278,6 +285,17 @@ def create_app(model: nn.Module, processors: Processors, index: Any | None = Non
         need("answer")
         q = guards.check_text(question, "question", settings)
         return AnswerResponse(answer=await run("answer", (await image_of(image), q)))
+
+    @v1.post("/explain", response_model=ExplainResponse)
+    async def explain(image: ImageFile, question: Annotated[str, Form()]) -> ExplainResponse:
+        """The answer and a heat-map of the image regions it came from (Grad-CAM over the image token
+        grid; rows x cols in 0..1), for polymodal's classifier-style VQA and multi-task models."""
+        if not explainable:
+            raise ApiError(400, "unsupported_for_model", f"/v1/explain needs a polymodal VQA or multi-task model, but this server holds a "
+                           f"{model_type!r} model; it serves {', '.join('/v1/' + e for e in operations) or 'no model endpoint'}")
+        q = guards.check_text(question, "question", settings)
+        got = await run("explain", (await image_of(image), q))
+        return ExplainResponse(answer=got.answer, heatmap=got.heatmap)
 
     @v1.post("/classify", response_model=ClassifyResponse)
     async def classify(

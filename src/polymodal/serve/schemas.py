@@ -75,6 +75,11 @@ class AnswerResponse(BaseModel):
     answer: str
 
 
+class ExplainResponse(BaseModel):
+    answer: str
+    heatmap: list[list[float]]  # rows x cols over the image, 0..1: how much each region drove the answer
+
+
 class ClassifyResponse(BaseModel):
     label: str
     score: float

@@ -142,7 +142,29 @@ function doAnswer() {
     const form = imageForm();
     form.append("question", $("question").value);
     out.textContent = (await api("POST", "/v1/answer", form)).answer;
+    if (state.ops.has("explain")) await doExplain();
   });
+}
+
+// The answer's heat-map: the uploaded image drawn on a canvas, each grid cell tinted red by its weight.
+async function doExplain() {
+  const box = $("heatmap-box");
+  const canvas = $("heatmap");
+  box.hidden = true;
+  const form = imageForm();
+  form.append("question", $("question").value);
+  const { heatmap } = await api("POST", "/v1/explain", form);
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage($("preview"), 0, 0, canvas.width, canvas.height);
+  const rows = heatmap.length, cols = heatmap[0].length;
+  const cw = canvas.width / cols, ch = canvas.height / rows;
+  heatmap.forEach((row, r) => row.forEach((v, c) => {
+    ctx.fillStyle = `rgba(255, 0, 0, ${(0.6 * v).toFixed(3)})`;
+    ctx.fillRect(c * cw, r * ch, cw, ch);
+  }));
+  canvas.dataset.cells = String(rows * cols);
+  box.hidden = false;
 }
 
 function doNearTexts() {
