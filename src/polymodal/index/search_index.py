@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from polymodal import predict
 from polymodal.api import ImageInput, Processors
 from polymodal.atomic import fsync_path, replace_dir
 from polymodal.errors import PolymodalError
@@ -272,11 +273,6 @@ class SearchIndex:
                 self._model = (m, proc)
             return self._model
 
-    def _device(self) -> torch.device:
-        m, _ = self.model()
-        p = next(m.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
-
     def _normalised(self, z: torch.Tensor) -> np.ndarray:
         out = z.detach().float().cpu().numpy().astype(np.float32, copy=False)
         if out.ndim != 2 or out.shape[1] != self.manifest.model.embed_dim:
@@ -284,17 +280,13 @@ class SearchIndex:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)
 
-    @torch.no_grad()
     def _encode_images(self, images: Sequence[ImageInput]) -> np.ndarray:
         m, proc = self.model()
-        return self._normalised(m.encode_image(proc.images(list(images)).to(self._device())))
+        return self._normalised(predict.embed_images(m, proc, list(images)))
 
-    @torch.no_grad()
     def _encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         m, proc = self.model()
-        ids, mask = proc.texts(list(texts))
-        device = self._device()
-        return self._normalised(m.encode_text(ids.to(device), mask.to(device)))
+        return self._normalised(predict.embed_texts(m, proc, list(texts)))
 
     # ----------------------------------------------------------------------------- FAISS state
 
