@@ -151,7 +151,7 @@ def load_model(
     from polymodal.train.checkpoint import CheckpointError, load_checkpoint
 
     path = locate(name_or_path, allow_download=allow_download)
-    if is_hf_checkpoint(path) and not (path / "model_config.json").is_file():
+    if is_hf_checkpoint(path):
         model, processors = load_pretrained(path)
         if expect_type is not None and processors.model_type != expect_type:
             raise CheckpointError(f"{path} holds a {processors.model_type!r} model, but a {expect_type!r} model was expected")
@@ -167,12 +167,7 @@ def processors_from_checkpoint(ckpt: Any) -> Processors:
     p = ckpt.processors
     where = ckpt.path / PROCESSORS_FILE
     if p.get("hf_folder"):  # a fine-tuned Hugging Face model: its own processors, saved beside the weights
-        processors = _hf_processors(ckpt)
-        processors.max_length = int(p.get("text_max_length") or processors.max_length)
-        processors.task = p.get("task") or processors.task
-        processors.task_state = dict(p.get("task_state") or {})
-        processors.source = str(ckpt.path)
-        return processors
+        return _fine_tuned_processors(ckpt, _hf_parts(ckpt))
     if not isinstance(p.get("image"), dict):
         raise CheckpointError(f"{where} has no 'image' processor settings; the checkpoint was not written by polymodal's trainer")
     try:
@@ -209,10 +204,17 @@ def _hf_parts(ckpt: Any) -> Any:
         raise CheckpointError(str(e)) from None
 
 
-def _hf_processors(ckpt: Any) -> Processors:
+def _fine_tuned_processors(ckpt: Any, parts: Any) -> Processors:
+    """The checkpoint's own HF processors, with the text length, task and task state the run saved."""
     from polymodal.hub.loading import processors_of
 
-    return processors_of(_hf_parts(ckpt))
+    p = ckpt.processors
+    processors = processors_of(parts)
+    processors.max_length = int(p.get("text_max_length") or processors.max_length)
+    processors.task = p.get("task") or processors.task
+    processors.task_state = dict(p.get("task_state") or {})
+    processors.source = str(ckpt.path)
+    return processors
 
 
 def model_from_checkpoint(ckpt: Any, device: str | torch.device = "cpu") -> tuple[nn.Module, Processors]:
@@ -223,12 +225,16 @@ def model_from_checkpoint(ckpt: Any, device: str | torch.device = "cpu") -> tupl
     from polymodal.models.vqa import AnswerVocab
     from polymodal.train.checkpoint import CONFIG_FILE, PROCESSORS_FILE, CheckpointError
 
-    processors = processors_from_checkpoint(ckpt)
+    # a fine-tuned HF model's folder is read once: its tokenizer, processor and config serve both
+    parts = _hf_parts(ckpt) if ckpt.processors.get("hf_folder") else None
+    processors = _fine_tuned_processors(ckpt, parts) if parts is not None else processors_from_checkpoint(ckpt)
     config = parse_model_config(ckpt.model_config, str(ckpt.path / CONFIG_FILE))
     if config.type == "pretrained":
         from polymodal.hub.loading import build_adapter
 
-        model = build_adapter(_hf_parts(ckpt), weights=False, freeze=config.freeze)
+        if parts is None:
+            raise CheckpointError(f"{ckpt.path / PROCESSORS_FILE} names no 'hf_folder', which a 'pretrained' model needs")
+        model = build_adapter(parts, weights=False, freeze=config.freeze)
         ckpt.load_model_state(model)
         return model.eval().to(resolve_device(device)), processors
     vocab = None

@@ -176,8 +176,7 @@ def evaluate_checkpoint(
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     dev = resolve_device(device)
     folder = locate(checkpoint)  # a polymodal run or checkpoint, a Hugging Face folder, a zoo name
-    hf = is_hf_checkpoint(folder) and not (folder / "model_config.json").is_file()
-    ckpt = None if hf else load_checkpoint(folder)
+    ckpt = None if is_hf_checkpoint(folder) else load_checkpoint(folder)
     groups = read_splits(data_spec)  # read the spec before the weights: a typo fails fast
     chosen = _pick_splits(groups, splits, data_spec)
     if ckpt is None:

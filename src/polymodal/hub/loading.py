@@ -51,7 +51,10 @@ ARCHITECTURES: dict[tuple[str, str], Architecture] = {
 
 
 def is_hf_checkpoint(folder: Path) -> bool:
-    return (folder / HF_CONFIG).is_file()
+    """A Hugging Face checkpoint folder (``config.json``), and not a polymodal checkpoint folder."""
+    from polymodal.train.checkpoint import CONFIG_FILE
+
+    return (folder / HF_CONFIG).is_file() and not (folder / CONFIG_FILE).is_file()
 
 
 def architecture_of(folder: Path) -> tuple[str, Architecture]:
