@@ -231,6 +231,13 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise ExportError(f"{out_dir} exists and is not empty; choose another folder, or replace it with --overwrite (overwrite=True in Python)")
 
 
+def _check_request(out: Path, opset: int | None, exporter: str, atol: float, check: bool, overwrite: bool) -> None:
+    """Everything about the request that can be wrong before a model is touched."""
+    _check_options(opset, exporter, atol)
+    _require_packages(exporter, check)
+    _check_out_dir(out, overwrite)
+
+
 def _check_model(model: nn.Module, processors: Any) -> None:
     source = processors.source or "the model"
     if processors.model_type != "dual_encoder":
@@ -534,9 +541,7 @@ def export_dual_encoder_onnx(
     """Export an already loaded dual encoder (``model, processors = load_model(...)``); see :func:`export_onnx`."""
     start = time.perf_counter()
     out = Path(out_dir)
-    _check_options(opset, exporter, atol)
-    _require_packages(exporter, check)
-    _check_out_dir(out, overwrite)
+    _check_request(out, opset, exporter, atol, check, overwrite)
     _check_model(model, processors)
     source = source or processors.source or type(model).__name__
     family = str(getattr(model, "family", "polymodal"))
@@ -616,9 +621,7 @@ def export_onnx(
     from polymodal.api import load_model
 
     out = Path(out_dir)
-    _check_options(opset, exporter, atol)
-    _require_packages(exporter, check)
-    _check_out_dir(out, overwrite)  # before reading any weights
+    _check_request(out, opset, exporter, atol, check, overwrite)  # before reading any weights
     model, processors = load_model(name_or_path, "cpu", allow_download=allow_download)
     return export_dual_encoder_onnx(
         model, processors, out, opset=opset, check=check, atol=atol, overwrite=overwrite, exporter=exporter, source=str(name_or_path),

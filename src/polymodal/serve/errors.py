@@ -8,6 +8,7 @@ before the model by :mod:`polymodal.serve.guards`; what slips past (a ``DataErro
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,6 +51,13 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "the request is invalid"
 
 
+def _mapped(status: int, code: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        return _json(status, code, str(exc))
+
+    return handler
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map polymodal's and FastAPI's exceptions to JSON 4xx answers."""
 
@@ -65,21 +73,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _json(exc.status_code, _CODES.get(exc.status_code, "error"), str(exc.detail))
 
-    @app.exception_handler(WrongModelType)
-    async def _wrong_model(_: Request, exc: WrongModelType) -> JSONResponse:
-        return _json(400, "unsupported_for_model", str(exc))
-
-    @app.exception_handler(DataError)
-    async def _data(_: Request, exc: DataError) -> JSONResponse:
-        return _json(422, "invalid_input", str(exc))
-
-    @app.exception_handler(SearchIndexError)
-    async def _index(_: Request, exc: SearchIndexError) -> JSONResponse:
-        return _json(422, "invalid_input", str(exc))
-
-    @app.exception_handler(PolymodalError)
-    async def _polymodal(_: Request, exc: PolymodalError) -> JSONResponse:
-        return _json(400, "bad_request", str(exc))
+    # polymodal's own errors are about the request; the most specific class wins (Starlette looks up the MRO)
+    for cls, status, code in (
+        (WrongModelType, 400, "unsupported_for_model"),
+        (DataError, 422, "invalid_input"),
+        (SearchIndexError, 422, "invalid_input"),
+        (PolymodalError, 400, "bad_request"),
+    ):
+        app.add_exception_handler(cls, _mapped(status, code))
 
     @app.exception_handler(Exception)
     async def _bug(_: Request, exc: Exception) -> JSONResponse:  # a bug, not bad input: log it, say little
