@@ -211,6 +211,7 @@ def test_eval_runs_on_a_hugging_face_folder_and_on_a_fine_tuned_run(tmp_path: Pa
         ({"path": "blip_itm"}, "captioning", {}, r"BlipForImageTextRetrieval \(matcher; train it with task 'retrieval'\)"),
         ({"path": "clip"}, "captioning", {}, r"train.task 'captioning' needs a captioner model.*CLIPModel.*task 'retrieval'"),
         ({"path": "clip"}, "retrieval", {"image": {"size": 64}}, r"image: size cannot be set when fine-tuning a pretrained checkpoint"),
+        ({"path": "clip"}, "retrieval", {"image": {"mean": [0.5, 0.5, 0.5], "flip_prob": 0.5}}, r"image: mean cannot be set when fine-tuning"),
         ({"path": "clip", "freeze": ["audio"]}, "retrieval", {}, r"model.freeze"),
     ],
 )

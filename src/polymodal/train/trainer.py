@@ -137,10 +137,10 @@ class Trainer:
                 f"is a {arch.hf_class} ({arch.model_type}; train it with task '{arch.task}')"
             )
         image = self.cfg.image
-        augment = {k: getattr(image, k) for k in ("random_resized_crop", "brightness", "contrast", "size") if k in image.model_fields_set}
-        if augment:
+        ignored = image.model_fields_set - {"flip_prob"}  # everything but the flip would be silently ignored
+        if ignored:
             raise ConfigError(
-                f"image: {', '.join(sorted(augment))} cannot be set when fine-tuning a pretrained checkpoint: it keeps the "
+                f"image: {', '.join(sorted(ignored))} cannot be set when fine-tuning a pretrained checkpoint: it keeps the "
                 f"preprocessing it was trained with ({parts.folder / 'preprocessor_config.json'}); only image.flip_prob applies"
             )
         self.hf_parts = parts
