@@ -156,5 +156,5 @@ def run_quickstart(
     print(f"  evaluate:    polymodal eval --checkpoint {run_dir} --data {world_dir}")
     print(f"  index:       polymodal index build --model {run_dir} --images {world_dir / 'images' / 'test'} --out {out / 'index'}")
     print(f"  search:      polymodal search {out / 'index'} 'a red cube left of a blue sphere' -k 5")
-    print(f"  serve:       polymodal serve --checkpoint {run_dir}   (REST API + web page; arrives with the serving issue, #7)")
+    print(f"  serve:       polymodal serve --model {run_dir} --index {out / 'index'}   (REST API + web page on http://127.0.0.1:8000/)")
     return summary
