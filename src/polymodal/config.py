@@ -213,17 +213,18 @@ def _anchor_tower_paths(model: Any, base_dir: Path) -> Any:
             return str((base_dir / path).resolve())
         return path
 
+    def spec_anchored(spec: EncoderSpec) -> EncoderSpec:
+        path = spec.options().get("path")
+        return EncoderSpec(**(spec.model_dump() | {"path": anchored(path)})) if path is not None else spec
+
     update: dict[str, Any] = {}
     for name in ("vision", "text", "decoder"):
         spec = getattr(model, name, None)
-        if isinstance(spec, EncoderSpec) and "path" in spec.options():
-            update[name] = EncoderSpec(**(spec.model_dump() | {"path": anchored(spec.options()["path"])}))
+        if isinstance(spec, EncoderSpec):
+            update[name] = spec_anchored(spec)
     encoders = getattr(model, "encoders", None)
     if isinstance(encoders, dict):
-        update["encoders"] = {
-            m: EncoderSpec(**(s.model_dump() | {"path": anchored(s.options()["path"])})) if "path" in s.options() else s
-            for m, s in encoders.items()
-        }
+        update["encoders"] = {m: spec_anchored(s) for m, s in encoders.items()}
     if model.type == "pretrained":
         update["path"] = anchored(model.path)
     return model.model_copy(update=update) if update else model
