@@ -153,7 +153,7 @@ def test_classifier_stages_overfit_statements(world_batch: WorldBatch, stage: st
     model = MultimodalClassifier(encoders, 2, stage=stage, fusion=fusion, fusion_dim=32, early_options={"num_heads": 2}, dropout=0.0)
     ids, mask = enc(world_batch, world_batch.statements)
     batch = {"image": world_batch.statement_images, "text_ids": ids, "text_mask": mask}
-    losses = train(model, lambda: model(batch, world_batch.labels).loss, 60)
+    losses = train(model, lambda: model(batch, world_batch.labels).loss, 100)
     assert losses[-1] < 0.05, losses[-5:]
     model.eval()
     assert (model(batch).logits.argmax(-1) == world_batch.labels).all()

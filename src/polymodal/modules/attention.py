@@ -188,12 +188,30 @@ class MultiHeadAttention(nn.Module):
                     k = torch.cat([cache.k, k], dim=2)
                     v = torch.cat([cache.v, v], dim=2)
                 cache.k, cache.v = k, v
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal and attn_mask is None,
-        )
+        dropout_p = self.dropout if self.training else 0.0
+        is_causal = is_causal and attn_mask is None
+        if q.device.type == "cpu" and torch.is_grad_enabled():
+            out = _math_attention(q, k, v, attn_mask, is_causal, dropout_p)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
         return self.proj(out.transpose(1, 2).reshape(b, t, self.dim))
+
+
+def _math_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool, dropout_p: float) -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v, written out: what CPU *training* should run.
+
+    PyTorch's CPU SDPA picks a flash kernel whose backward is slow at this library's sizes (head dim
+    32-64, tens of tokens): with it, attention backward was 35% of a quickstart training step, and the
+    plain matmul-softmax-matmul made the whole step 1.45x faster (benchmarks/bench_train_cpu.py).
+    Inference keeps SDPA, whose forward is fast. Masks are boolean (True = may attend) and every row
+    allows at least one key (see :func:`self_attention_mask`), so no row softmaxes over nothing.
+    """
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+    if is_causal:
+        attn_mask = causal_mask(q.shape[-2], k.shape[-2], k.shape[-2] - q.shape[-2], q.device)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, dropout_p)
+    return torch.matmul(weights, v)
