@@ -91,6 +91,35 @@ def test_training_lowers_the_loss(tmp_path: Path, world: Path) -> None:
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
 
 
+def test_the_log_splits_each_step_into_data_wait_and_compute(tmp_path: Path, world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loader that takes 50 ms per batch must show up as data_seconds, not as step time."""
+    import csv
+
+    import polymodal.train.trainer as trainer_module
+
+    real = trainer_module.make_loader
+
+    class SlowLoader:
+        def __init__(self, loader: object) -> None:
+            self.loader = loader
+
+        def __iter__(self):
+            for batch in self.loader:  # type: ignore[attr-defined]
+                time.sleep(0.05)
+                yield batch
+
+    monkeypatch.setattr(trainer_module, "make_loader", lambda *a, **k: SlowLoader(real(*a, **k)))
+    cfg = load_config(write_config(tmp_path, world, "retrieval", max_steps=3, log_every=1))
+    Trainer(cfg, progress=False).fit()
+    with open(tmp_path / "run/log.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
+    data = {int(r["step"]): float(r["value"]) for r in rows if r["name"] == "data_seconds"}
+    step = {int(r["step"]): float(r["value"]) for r in rows if r["name"] == "step_seconds"}
+    assert sorted(data) == sorted(step) == [1, 2, 3]
+    assert all(v >= 0.05 for v in data.values()), data
+    assert all(v > 0 for v in step.values()), step
+
+
 def test_nan_loss_stops_before_the_step_and_keeps_the_checkpoint(tmp_path: Path, world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from polymodal.tasks.vqa import VQATask
     from polymodal.train.checkpoint import latest_checkpoint, load_checkpoint

@@ -354,7 +354,17 @@ class Trainer:
         window: list[float] = []
         skipped = 0
         t0, seen = time.perf_counter(), 0
-        for batch in loader:
+        # seconds blocked on the loader vs seconds in the step itself, per log window: a data-bound run
+        # shows data_seconds near step time; one that never waits shows it near zero
+        waited, computed, timed = 0.0, 0.0, 0
+        batches = iter(loader)
+        while True:
+            t_wait = time.perf_counter()
+            batch = next(batches, None)
+            t_got = time.perf_counter()
+            waited += t_got - t_wait
+            if batch is None:
+                break
             skipped += batch["num_skipped"]
             if "image" not in batch:
                 st.step_in_epoch += 1
@@ -373,18 +383,24 @@ class Trainer:
             (self.scaler.scale(loss / s.accumulation) if self.scaler else loss / s.accumulation).backward()
             st.step_in_epoch += 1
             seen += len(batch["samples"])
-            window.append(loss.item())
+            window.append(loss.item())  # .item() waits for the device, so the step time below is real on GPUs too
             if st.step_in_epoch % s.accumulation and st.step_in_epoch < micro_total:
+                computed += time.perf_counter() - t_got
                 continue
             self._optimizer_step()
+            computed += time.perf_counter() - t_got
+            timed += 1
             st.global_step += 1
             bar.update()
             if st.global_step % s.log_every == 0 and self.is_main:
                 rate = seen / max(1e-9, time.perf_counter() - t0)
                 values = {"loss": sum(window) / len(window), "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate} | out.logs
+                # mean seconds per optimizer step over the window: waiting for data, and computing
+                values |= {"data_seconds": waited / timed, "step_seconds": computed / timed}
                 run_log.write(st.global_step, st.epoch, "train", values)
                 bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
                 window.clear()
+                waited, computed, timed = 0.0, 0.0, 0
             if st.global_step % s.checkpoint_every == 0:
                 self.save()
             if st.global_step >= self.total_steps:
