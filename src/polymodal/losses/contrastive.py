@@ -126,12 +126,12 @@ def itc_loss(
     else:
         all_images, all_texts, all_ids = image_features, text_features, image_ids
 
-    if local_loss or not distributed:
+    if local_loss and distributed:
         logits_per_image = scale * image_features @ all_texts.T
         logits_per_text = scale * text_features @ all_images.T
-        offset = pdist.rank() * batch if distributed else 0
+        offset = pdist.rank() * batch
         row_ids = image_ids
-    else:
+    else:  # one B x B product serves both directions: the logits are the largest term at big batches
         logits_per_image = scale * all_images @ all_texts.T
         logits_per_text = logits_per_image.T
         offset = 0
