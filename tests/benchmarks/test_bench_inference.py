@@ -1,0 +1,69 @@
+"""Smoke test of benchmarks/bench_inference.py: tiny shapes end to end, so the script cannot rot.
+
+The benchmark is a script, not a package module, so it is loaded from its path. Timings are not
+checked (they depend on the machine), only that every row was measured and that both sides of each
+comparison are the same size, which is what makes the ratios meaningful.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_inference.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("bench_inference", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_rows_with_matching_sizes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _load_script()
+    out = tmp_path / "inference.json"
+    argv = [
+        "--quick",
+        "--batch",
+        "4",
+        "--caption-batch",
+        "2",
+        "--new-tokens",
+        "4",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--out",
+        str(out),
+    ]
+    assert bench.main(argv) == 0
+
+    result = json.loads(out.read_text())
+    tasks = [row["task"] for row in result["rows"]]
+    assert tasks == [
+        "image embedding",
+        "text embedding",
+        "captioning, KV cache",
+        "captioning, no KV cache (both)",
+    ]
+    for row in result["rows"]:
+        assert row["ratio"] > 0 and row["polymodal"]["best"] > 0 and row["peer"]["best"] > 0
+    for side in ("embedding", "captioning"):
+        p, q = result["params"][side]["polymodal"], result["params"][side]["peer"]
+        assert abs(p - q) / q < 0.05, (side, p, q)
+    assert result["params"]["embedding"]["embed_dim"] == result["shapes"]["embed_dim"]
+    for key in ("torch", "transformers", "cpu", "cores", "device"):
+        assert key in result["machine"]
+    assert "| image embedding |" in capsys.readouterr().out
