@@ -40,4 +40,4 @@ def open_image(source: Path | bytes, name: str | None = None, max_pixels: int = 
             raise DataError(f"not a readable image: {label} ({e})") from None
         except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
             raise DataError(f"corrupt image {label}: {e}") from None
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # convert() copies even an RGB image

@@ -73,8 +73,10 @@ class ImageProcessor:
         self.config = config or ImageProcessorConfig()
         self.train = train
         self._rng = np.random.default_rng(seed)
-        self._mean = torch.tensor(self.config.mean, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(self.config.std, dtype=torch.float32).view(3, 1, 1)
+        mean = torch.tensor(self.config.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.config.std, dtype=torch.float32).view(3, 1, 1)
+        # (x / 255 - mean) / std as one multiply and one subtract over the image
+        self._scale, self._shift = 1.0 / (255.0 * std), mean / std
 
     def _resize(self, img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, CropBox | None]:
         c, interp = self.config, _INTERP[self.config.interpolation]
@@ -119,8 +121,10 @@ class ImageProcessor:
             img = ImageEnhance.Brightness(img).enhance(1 + rng.uniform(-self.config.brightness, self.config.brightness))
         if self.train and self.config.contrast > 0:
             img = ImageEnhance.Contrast(img).enhance(1 + rng.uniform(-self.config.contrast, self.config.contrast))
-        arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-        return ProcessedImage((arr - self._mean) / self._std, box)
+        w, h = img.size
+        pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(h, w, 3).permute(2, 0, 1)
+        pixels = pixels.to(torch.float32, memory_format=torch.contiguous_format).mul_(self._scale).sub_(self._shift)
+        return ProcessedImage(pixels, box)
 
     def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         return self.process(img, rng).pixels
