@@ -52,6 +52,7 @@ import PIL
 import torch
 import yaml
 from PIL import Image, ImageEnhance
+from provenance import git_commit
 
 # The augmentation both paths apply in train mode: what a captioning/retrieval run would configure.
 CROP_SCALE = (0.5, 1.0)
@@ -336,16 +337,6 @@ def _cpu() -> tuple[str, int | None]:
         return platform.processor() or "unknown", os.cpu_count()
 
 
-def _git_commit() -> str:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=False)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
-    except OSError:
-        return "unknown"
-
-
 def _load_average() -> float | None:
     try:
         return os.getloadavg()[0]
@@ -428,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "image decode + augment per core vs a plain PIL loop; trainer data wait vs compute",
         "quick": args.quick,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "machine": {"cpu": cpu, "cores": cores, "load_average_at_end": _load_average(), "platform": platform.platform()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "pillow": PIL.__version__},
         "settings": {"images": args.images, "repeats": args.repeats, "scenes": args.scenes, "steps": args.steps, "batch": args.batch,

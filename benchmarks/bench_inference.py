@@ -39,9 +39,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from provenance import cpu_model, git_commit
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -454,33 +453,12 @@ def bench_captioning(
 # ------------------------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def machine_info(device: torch.device) -> dict[str, Any]:
     """What a reader needs to compare two result files: CPU, cores, threads, GPU, library versions."""
     import transformers
 
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": sys.version.split()[0],
@@ -606,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     summary = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "machine": info,
         "dtype": args.dtype,
         "preset": "tiny" if args.quick else args.preset,

@@ -27,12 +27,12 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from provenance import cpu_model
 
 SUBJECTS = [
     "a man", "a woman", "two dogs", "a cat", "a group of people", "a young boy", "an old lady", "a giraffe",
@@ -86,17 +86,6 @@ def _best(fn, repeats: int) -> tuple[float, float, object]:
         out = fn()
         times.append(time.perf_counter() - t)
     return min(times), statistics.median(times), out
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> int:
@@ -221,7 +210,7 @@ def main() -> int:
         "benchmark": "BLEU-1..4 + CIDEr-D, polymodal vs pycocoevalcap",
         "date": _dt.date.today().isoformat(),
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "numpy": np.__version__,

@@ -49,13 +49,13 @@ import gc
 import json
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from provenance import cpu_model, git_commit
 
 from polymodal.index import vectors as V
 
@@ -207,27 +207,6 @@ def _pct(ms: np.ndarray) -> dict[str, float]:
 # --------------------------------------------------------------------------------------- machine
 
 
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here, check=False).stdout.strip()
-    except OSError:
-        return "unknown"
-    return f"{commit}{'-dirty' if dirty else ''}" if commit else "unknown"
-
-
 def machine_info(threads: str) -> dict[str, Any]:
     """What the numbers depend on: CPU, cores, threads used, library versions, load before the run."""
     faiss = V.import_faiss()
@@ -238,7 +217,7 @@ def machine_info(threads: str) -> dict[str, Any]:
     except ImportError:
         torch_version = "not installed"
     return {
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
+        "cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
         "numpy": np.__version__, "faiss": getattr(faiss, "__version__", "unknown"), "torch": torch_version,
         "platform": platform.platform(), "load_average_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
@@ -267,7 +246,7 @@ def run(n: int, queries: int, dim: int, kinds: list[str], threads: int, noise: f
         raise ValueError(f"--n must be at least {K}")
     result: dict[str, Any] = {
         "benchmark": "vector search: polymodal (FAISS via polymodal.index.vectors) vs exact numpy",
-        "date": _dt.date.today().isoformat(), "commit": _git_commit(),
+        "date": _dt.date.today().isoformat(), "commit": git_commit(),
         "config": {"n": n, "queries": queries, "dim": dim, "k": K, "kinds": kinds, "noise": noise, "seed": seed,
                    "flat_max": flat_max, "recall_tolerance": RECALL_TOL},
     }

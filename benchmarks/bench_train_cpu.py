@@ -50,9 +50,7 @@ import contextlib
 import copy
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -63,6 +61,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from provenance import cpu_model, git_commit
 from torch import Tensor, nn
 
 from polymodal.data.world.scene import COLORS, MATERIALS, SHAPES, SIZES, VALUES
@@ -322,28 +321,12 @@ def count_params(model: nn.Module) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str:
-    with contextlib.suppress(OSError):
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
-        return out.stdout.strip() or "unknown"
-    return "unknown"
-
-
 def machine_info() -> dict[str, Any]:
     """What a reader needs to compare two result files: CPU, cores, threads, load, library versions."""
     import transformers
 
     return {
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
         "load_average_at_start": list(os.getloadavg()),
     }
@@ -453,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p_poly, p_peer = params["polymodal"]["total"], params[peers[0]["model"]]["total"]
     record: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "machine": machine_info(),
         "config": "src/polymodal/configs/quickstart.yaml",
         "batch": {

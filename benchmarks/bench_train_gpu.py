@@ -61,7 +61,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -73,6 +72,7 @@ from typing import Any
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import torch
+from provenance import git_commit
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -526,17 +526,6 @@ def check_accum_equivalence(shapes: Shapes = QUICK, batch: int = 8, k: int = 2, 
 # --------------------------------------------------------------------------------------------- output
 
 
-def _git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -616,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "CLIP ViT-B/32 contrastive training step, polymodal vs transformers CLIPModel",
         "issue": "#9 target 1",
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "device": _device_name(device),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version(), "cuda": torch.version.cuda},

@@ -1,0 +1,37 @@
+"""Where a benchmark ran: the CPU's model name and the commit, for every results JSON.
+
+Shared by the benchmark scripts (each is run as ``python benchmarks/NAME.py``, which puts this folder
+on ``sys.path``; the tests add it in ``tests/benchmarks/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_model() -> str:
+    """``lscpu``'s model name (e.g. "AMD EPYC"), or what ``platform`` knows."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        out = ""
+    for line in out.splitlines():
+        if line.startswith("Model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def git_commit() -> str:
+    """The short commit hash, with ``-dirty`` when tracked files have uncommitted changes."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, check=False)
+    except OSError:
+        return "unknown"
+    if sha.returncode != 0 or not sha.stdout.strip():
+        return "unknown"
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
