@@ -134,7 +134,8 @@ def test_kv_cache_incremental_equals_full_forward(cross, padded):
         mask[0, :2] = False  # left padding in the prompt
     full = stack(x, mask=mask, context=context, context_mask=context_mask)
     inc, cache = _decode_incrementally(stack, x, [4, 1, 1, 3], mask, context, context_mask)
-    torch.testing.assert_close(inc, full, atol=1e-5, rtol=1e-5)
+    real = torch.ones(2, 9, dtype=torch.bool) if mask is None else mask  # padding outputs are unspecified
+    torch.testing.assert_close(inc[real], full[real], atol=1e-5, rtol=1e-5)
     assert cache.length == 9
     if cross:  # the context's keys/values are projected once and cached
         assert cache.layers[0].cross_attn.k.shape == (2, H, 5, W // H)
@@ -233,3 +234,58 @@ def test_activation_choices():
     assert block.mlp.act.approximate == "tanh"
     with pytest.raises(ConfigError, match="activation"):
         make_activation("relu6")
+
+
+@pytest.mark.parametrize("causal, cross", [(False, False), (True, False), (False, True), (True, True)])
+def test_packed_training_forward_equals_the_padded_one_on_real_tokens(causal, cross, monkeypatch):
+    """CPU training packs the real tokens (no compute on padding); values and gradients must not change."""
+    from polymodal.modules import attention, transformer
+
+    torch.manual_seed(0)
+    stack = Transformer(W, 2, H, causal=causal, cross_attention=cross, context_dim=16)
+    x = torch.randn(4, 9, W, requires_grad=True)
+    mask = torch.ones(4, 9, dtype=torch.bool)
+    mask[1, 5:] = False
+    mask[2, 2:] = False
+    mask[3, :] = False  # an all-padding row
+    context = torch.randn(4, 5, 16) if cross else None
+    context_mask = torch.tensor([[1, 1, 1, 0, 0]] + [[1] * 5] * 3, dtype=torch.bool) if cross else None
+    packs = []
+    monkeypatch.setattr(attention.Packing, "__init__", _recording(attention.Packing.__init__, packs))
+
+    packed = stack(x, mask=mask, context=context, context_mask=context_mask)
+    (grad_packed,) = torch.autograd.grad((packed * mask[..., None]).square().sum(), x)
+    assert len(packs) == 1, "a padded CPU training batch is packed"
+    assert packed[~mask].abs().max() == 0  # padding comes back as zeros
+
+    monkeypatch.setattr(transformer, "PACK_MAX_REAL_FRACTION", -1.0)  # never pack
+    padded = stack(x, mask=mask, context=context, context_mask=context_mask)
+    (grad_padded,) = torch.autograd.grad((padded * mask[..., None]).square().sum(), x)
+    assert len(packs) == 1
+    torch.testing.assert_close(packed[mask], padded[mask], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad_packed, grad_padded, atol=1e-6, rtol=1e-5)
+
+
+def test_packing_is_skipped_without_enough_padding_or_without_grad(monkeypatch):
+    from polymodal.modules import attention
+
+    packs = []
+    monkeypatch.setattr(attention.Packing, "__init__", _recording(attention.Packing.__init__, packs))
+    stack = Transformer(W, 1, H)
+    x = torch.randn(2, 20, W)
+    almost_full = torch.ones(2, 20, dtype=torch.bool)
+    almost_full[0, -1] = False  # 97.5% real: packing would cost more than it saves
+    stack(x, mask=almost_full)
+    half = torch.ones(2, 20, dtype=torch.bool)
+    half[:, 10:] = False
+    with torch.no_grad():  # inference keeps the padded layout
+        stack(x, mask=half)
+    assert packs == []
+
+
+def _recording(init, calls):
+    def wrapped(self, mask):
+        calls.append(tuple(mask.shape))
+        init(self, mask)
+
+    return wrapped

@@ -26,9 +26,14 @@ from polymodal.errors import ConfigError
 from polymodal.modules.attention import (
     LayerKV,
     MultiHeadAttention,
+    Packing,
     cross_attention_mask,
     self_attention_mask,
 )
+
+# Pack only when at most this fraction of a batch's token positions is real: gathering and scattering
+# the tokens around each attention costs about what 10% fewer tokens save in the other layers.
+PACK_MAX_REAL_FRACTION = 0.9
 
 __all__ = [
     "MLP",
@@ -196,6 +201,22 @@ class TransformerBlock(nn.Module):
                 )
         return x + self.drop(self.mlp(self.ln_2(x)))
 
+    def forward_packed(
+        self,
+        x: Tensor,
+        packing: Packing,
+        *,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`forward` on the real tokens only, ``x`` ``[N, width]`` (see :class:`Packing`)."""
+        x = x + self.drop(self.attn.forward_packed(self.ln_1(x), packing, attn_mask=attn_mask, is_causal=is_causal))
+        if self.cross_attn is not None and self.ln_cross is not None and context is not None:
+            x = x + self.drop(self.cross_attn.forward_packed(self.ln_cross(x), packing, context, attn_mask=context_mask))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
 
 class Transformer(nn.Module):
     """A stack of pre-LN :class:`TransformerBlock` (no final LayerNorm: the encoder owning it adds one).
@@ -296,6 +317,16 @@ class Transformer(nn.Module):
         )
         ctx_mask = cross_attention_mask(context_mask)
         use_checkpoint = self.grad_checkpointing and cache is None and torch.is_grad_enabled()
+        packing = self._packing(mask, cache)
+        if packing is not None:
+            kwargs = {"attn_mask": attn_mask, "is_causal": is_causal, "context": context, "context_mask": ctx_mask}
+            x = packing.pack(x)
+            for block in self.blocks:
+                if use_checkpoint:
+                    x = checkpoint(block.forward_packed, x, packing, use_reentrant=False, **kwargs)
+                else:
+                    x = block.forward_packed(x, packing, **kwargs)
+            return packing.pad(x)
         for i, block in enumerate(self.blocks):
             kwargs = {
                 "attn_mask": attn_mask,
@@ -308,6 +339,20 @@ class Transformer(nn.Module):
             else:
                 x = block(x, cache=cache.layers[i] if cache is not None else None, **kwargs)
         return x
+
+
+    @staticmethod
+    def _packing(mask: Tensor | None, cache: KVCache | None) -> Packing | None:
+        """Pack when training on CPU with enough padding to be worth it (see :class:`Packing`).
+
+        On CPU this was measured (benchmarks/bench_train_cpu.py); on GPUs finding the real tokens
+        (``nonzero``) waits for the device, so they keep the padded layout.
+        """
+        if mask is None or cache is not None or mask.device.type != "cpu" or not torch.is_grad_enabled():
+            return None
+        if mask.numel() == 0 or int(mask.sum()) > PACK_MAX_REAL_FRACTION * mask.numel() or not mask.any():
+            return None
+        return Packing(mask)
 
 
 def _shape_error(what: str, expected: tuple, got: Tensor) -> Exception:
