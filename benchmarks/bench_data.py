@@ -106,14 +106,16 @@ def write_coco_captions(paths: Sequence[Path], out: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- Part 1: per-core throughput
-def polymodal_loader(paths: Sequence[Path], size: int, train: bool) -> Callable[[int], torch.Tensor]:
+def polymodal_loader(paths: Sequence[Path], size: int, train: bool, jpeg_draft: bool = False) -> Callable[[int], torch.Tensor]:
     """The trainer's own per-image path: a ``SampleDataset`` item, as a DataLoader worker fetches it."""
     from polymodal.config import ImageSettings
     from polymodal.data.dataset import SampleDataset
     from polymodal.data.sample import Sample
     from polymodal.train.data import image_processor
 
-    settings = ImageSettings(size=size, mean=MEAN, std=STD, random_resized_crop=CROP_SCALE, brightness=BRIGHTNESS, contrast=CONTRAST)
+    settings = ImageSettings(
+        size=size, mean=MEAN, std=STD, random_resized_crop=CROP_SCALE, brightness=BRIGHTNESS, contrast=CONTRAST, jpeg_draft=jpeg_draft,
+    )
     samples = [Sample(sample_id=str(i), origin=str(p), image_path=p, text="a cube left of a ball") for i, p in enumerate(paths)]
     dataset = SampleDataset(samples, image_processor(settings, train=train), flip_prob=FLIP_PROB if train else 0.0)
 
@@ -225,6 +227,8 @@ def throughput(sets: dict[str, tuple[list[Path], int]], repeats: int, profile_im
             impls[f"polymodal, {mode}"] = polymodal_loader(paths, size, mode == "train")
         if paths[0].suffix.lower() in (".jpg", ".jpeg"):
             impls["plain PIL loop + JPEG draft, eval"] = draft_loader(paths, size)
+            for mode in ("eval", "train"):  # the image setting jpeg_draft: true
+                impls[f"polymodal, jpeg_draft, {mode}"] = polymodal_loader(paths, size, mode == "train", jpeg_draft=True)
         for load in impls.values():  # warm-up: imports, page cache, lazy tables
             _pass(load, min(n, 8))
         times: dict[str, list[float]] = {k: [] for k in impls}
@@ -241,6 +245,9 @@ def throughput(sets: dict[str, tuple[list[Path], int]], repeats: int, profile_im
             ours = next(r for r in rows if r["images"] == set_name and r["impl"] == f"polymodal, {mode}")
             plain = next(r for r in rows if r["images"] == set_name and r["impl"] == f"plain PIL loop, {mode}")
             ours["vs_plain"] = ours["images_per_s"] / plain["images_per_s"]
+            drafted = next((r for r in rows if r["images"] == set_name and r["impl"] == f"polymodal, jpeg_draft, {mode}"), None)
+            if drafted is not None:
+                drafted["vs_plain"] = drafted["images_per_s"] / plain["images_per_s"]
         profiles[set_name] = {
             "eval_max_abs_diff_vs_plain": max_diff,
             "polymodal_train_top": profile_top(polymodal_loader(paths, size, True), min(n, profile_images)),

@@ -101,3 +101,50 @@ def test_augmentation_follows_the_generator_it_is_given() -> None:
     p(img)  # the processor's own generator moves on ...
     assert torch.equal(p(img, np.random.default_rng([7, 3])), first)  # ... a given one does not care
     assert not torch.equal(p(img, np.random.default_rng([8, 3])), first)
+
+
+def _photo_jpeg(path, w: int = 640, h: int = 480) -> None:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (w + h)], axis=-1)
+    noise = rng.normal(0, 8, (h // 8, w // 8, 3)).repeat(8, 0).repeat(8, 1)  # smooth-ish texture
+    Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def test_jpeg_draft_decodes_smaller_and_gives_nearly_the_same_pixels(tmp_path) -> None:
+    from polymodal.data.images import open_image
+
+    path = tmp_path / "photo.jpg"
+    _photo_jpeg(path)
+    full_cfg = ImageProcessorConfig(size=64, mean=(0, 0, 0), std=(1, 1, 1))
+    fast = ImageProcessor(ImageProcessorConfig(size=64, mean=(0, 0, 0), std=(1, 1, 1), jpeg_draft=True))
+    assert ImageProcessor(full_cfg).draft_size(640, 480) is None  # off unless asked for
+    assert fast.draft_size(640, 480) == (86, 64)  # PIL then picks 1/4: 160 x 120, still >= 64 on the short side
+    drafted = open_image(path, draft=fast.draft_size)
+    assert drafted.size == (160, 120)
+    whole = open_image(path)
+    assert whole.size == (640, 480)
+    diff = (fast(drafted) - ImageProcessor(full_cfg)(whole)).abs()
+    assert diff.mean() < 2 / 255 and diff.max() < 24 / 255
+    # PNGs and images that are small already are decoded whole
+    whole.save(tmp_path / "photo.png")
+    assert open_image(tmp_path / "photo.png", draft=fast.draft_size).size == (640, 480)
+    assert fast.draft_size(100, 90) is None
+
+
+def test_jpeg_draft_leaves_random_crops_enough_pixels() -> None:
+    cfg = ImageProcessorConfig(size=64, random_resized_crop=(0.5, 1.0), jpeg_draft=True)
+    train = ImageProcessor(cfg, train=True)
+    w, h = train.draft_size(640, 480)  # type: ignore[misc]
+    # the smallest crop (half the area at aspect 3/4) of the drafted image still spans >= 64 px
+    assert (0.5 * w * h * 3 / 4) ** 0.5 >= 64
+    assert ImageProcessor.from_dict(train.to_dict()).config.jpeg_draft is True
+
+
+def test_the_run_config_switches_jpeg_draft_on_for_training_and_evaluation() -> None:
+    from polymodal.config import ImageSettings
+    from polymodal.train.data import image_processor
+
+    settings = ImageSettings(jpeg_draft=True)
+    assert image_processor(settings, train=True).config.jpeg_draft and image_processor(settings, train=False).config.jpeg_draft
+    assert not image_processor(ImageSettings(), train=True).config.jpeg_draft

@@ -33,11 +33,14 @@ class LoadedSample:
     answers: tuple[str, ...]
 
 
-def open_or_skip(sample: Sample) -> Image.Image | None:
+def open_or_skip(sample: Sample, processor: Any = None) -> Image.Image | None:
     """The sample's image, or None (with a warning naming it) when it cannot be read: the collator
-    counts the Nones, so a bad image is skipped and reported, never fatal and never silent."""
+    counts the Nones, so a bad image is skipped and reported, never fatal and never silent. With the
+    ``processor`` that will receive it, a JPEG is decoded no larger than that processor needs."""
+    source = sample.image_bytes if sample.image_bytes is not None else sample.image_path
     try:
-        return open_image(sample.image_bytes if sample.image_bytes is not None else sample.image_path, name=sample.origin or None)
+        draft = getattr(processor, "draft_size", None)  # a checkpoint's own (Hugging Face) processor has none
+        return open_image(source, name=sample.origin or None, draft=draft)
     except DataError as e:
         log.warning("skipping %s: %s", sample.origin or sample.sample_id, e)
         return None
@@ -46,7 +49,7 @@ def open_or_skip(sample: Sample) -> Image.Image | None:
 def _load(sample: Sample, image_processor: ImageProcessor | None, flip_prob: float, rng: np.random.Generator) -> LoadedSample | None:
     text, answers, pixels = sample.text, sample.answers, None
     if image_processor is not None and sample.has_image:
-        img = open_or_skip(sample)
+        img = open_or_skip(sample, image_processor)
         if img is None:
             return None
         if flip_prob > 0 and rng.random() < flip_prob:

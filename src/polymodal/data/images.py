@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -14,8 +15,17 @@ from polymodal.errors import DataError
 MAX_PIXELS = 90_000_000
 
 
-def open_image(source: Path | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode to RGB, raising :class:`DataError` for missing, truncated, corrupt or oversized images."""
+def open_image(
+    source: Path | bytes,
+    name: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    draft: Callable[[int, int], tuple[int, int] | None] | None = None,
+) -> Image.Image:
+    """Decode to RGB, raising :class:`DataError` for missing, truncated, corrupt or oversized images.
+
+    ``draft(width, height)`` may name a smaller size for a JPEG, which is then decoded at a reduced
+    scale (:meth:`ImageProcessor.draft_size`); other formats are always decoded whole.
+    """
     label = name or (str(source) if isinstance(source, Path) else "<image bytes>")
     try:
         fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
@@ -31,6 +41,9 @@ def open_image(source: Path | bytes, name: str | None = None, max_pixels: int = 
                 w, h = img.size
                 if w * h > max_pixels:
                     raise DataError(f"image {label} is {w}x{h} pixels, more than the limit of {max_pixels} pixels")
+                target = draft(w, h) if draft is not None and img.format == "JPEG" else None
+                if target is not None:
+                    img.draft("RGB", target)
                 img.load()
         except DataError:
             raise

@@ -31,6 +31,9 @@ class ImageProcessorConfig:
     random_resized_crop: tuple[float, float] | None = None  # area scale range, e.g. (0.8, 1.0)
     brightness: float = 0.0
     contrast: float = 0.0
+    # decode JPEGs at 1/2, 1/4 or 1/8 scale (in the DCT) when the output needs no more pixels: ~2x
+    # faster (640x480 photos to 224), pixels within a few levels of a full decode
+    jpeg_draft: bool = False
 
     def __post_init__(self) -> None:
         if self.size < 8:
@@ -77,6 +80,24 @@ class ImageProcessor:
         std = torch.tensor(self.config.std, dtype=torch.float32).view(3, 1, 1)
         # (x / 255 - mean) / std as one multiply and one subtract over the image
         self._scale, self._shift = 1.0 / (255.0 * std), mean / std
+
+    def draft_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The smallest size a ``width x height`` JPEG may be decoded at without losing output pixels
+        (None: decode it whole). Scaling keeps both sides' ratio, so crop boxes in image fractions hold.
+
+        Random resized crops may take as little as ``lo`` of the area at aspect 3/4, so training keeps
+        that crop's shorter side at ``size`` pixels or more.
+        """
+        c = self.config
+        if not c.jpeg_draft:
+            return None
+        if self.train and c.random_resized_crop is not None:
+            factor = math.sqrt(c.random_resized_crop[0] * width * height * 3 / 4) / c.size
+        else:
+            factor = min(width, height) / c.size
+        if factor < 2:  # PIL's smallest reduction halves the image
+            return None
+        return math.ceil(width / factor), math.ceil(height / factor)
 
     def _resize(self, img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, CropBox | None]:
         c, interp = self.config, _INTERP[self.config.interpolation]

@@ -107,7 +107,7 @@ class ImageItemDataset(Dataset):
         k, n = self.questions_per_image, len(item.questions)
         questions = [item.questions[int(i)] for i in rng.choice(n, size=k, replace=n < k)]
         statement = item.statements[int(rng.integers(len(item.statements)))]
-        img = open_or_skip(caption)
+        img = open_or_skip(caption, self.processor)
         if img is None:
             return None
         caption_text, statement_text = caption.text or "", statement.text or ""

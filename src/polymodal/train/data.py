@@ -93,6 +93,7 @@ def image_processor(settings: ImageSettings, train: bool, seed: int = 0) -> Imag
         random_resized_crop=settings.random_resized_crop if train else None,
         brightness=settings.brightness if train else 0.0,
         contrast=settings.contrast if train else 0.0,
+        jpeg_draft=settings.jpeg_draft,
     )
     return ImageProcessor(cfg, train=train, seed=seed)
 
