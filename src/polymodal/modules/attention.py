@@ -148,9 +148,19 @@ class MultiHeadAttention(nn.Module):
 
     def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of a cross-attention context, ``[B, heads, S, head_dim]`` each."""
-        b, s, _ = context.shape
-        k, v = self.kv(context).view(b, s, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        k, v = self._split_heads(self.kv(context), 2)
         return k, v
+
+    def _split_heads(self, x: Tensor, parts: int) -> tuple[Tensor, ...]:
+        """``[B, T, parts * dim]`` (e.g. a fused qkv projection) -> ``parts`` views ``[B, heads, T, head_dim]``;
+        unbind's backward is one stack, not ``parts`` scatters."""
+        b, t, _ = x.shape
+        return x.view(b, t, parts, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _merge_heads(self, x: Tensor) -> Tensor:
+        """``[B, heads, T, head_dim]`` -> ``[B, T, dim]``."""
+        b, _, t, _ = x.shape
+        return x.transpose(1, 2).reshape(b, t, self.dim)
 
     def forward(
         self,
@@ -168,9 +178,8 @@ class MultiHeadAttention(nn.Module):
         them; cross-attention stores the context's keys / values when ``context`` is given and reuses
         the stored ones when it is None.
         """
-        b, t, _ = x.shape
         if self.cross:
-            q = self.q(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+            (q,) = self._split_heads(self.q(x), 1)
             if context is not None:
                 k, v = self.project_kv(context)
                 if cache is not None:
@@ -182,15 +191,13 @@ class MultiHeadAttention(nn.Module):
         else:
             if context is not None:
                 raise ValueError("self-attention takes no context; build it with cross=True")
-            # [B, T, 3, H, hd] -> three [B, H, T, hd] views; unbind's backward is one stack, not 3 scatters
-            q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k, v = self._split_heads(self.qkv(x), 3)
             if cache is not None:
                 if cache.k is not None and cache.v is not None:
                     k = torch.cat([cache.k, k], dim=2)
                     v = torch.cat([cache.v, v], dim=2)
                 cache.k, cache.v = k, v
-        out = self._attend(q, k, v, attn_mask, is_causal)
-        return self.proj(out.transpose(1, 2).reshape(b, t, self.dim))
+        return self.proj(self._merge_heads(self._attend(q, k, v, attn_mask, is_causal)))
 
     def forward_packed(
         self,
@@ -205,17 +212,14 @@ class MultiHeadAttention(nn.Module):
 
         The projections run on the N real tokens; only q, k, v are laid out padded, for the attention.
         """
-        b, t = packing.batch, packing.length
         if self.cross:
             if context is None:
                 raise ValueError("cross-attention needs a context")
-            q = packing.pad(self.q(x)).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+            (q,) = self._split_heads(packing.pad(self.q(x)), 1)
             k, v = self.project_kv(context)
         else:
-            qkv = packing.pad(self.qkv(x))
-            q, k, v = qkv.view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = self._attend(q, k, v, attn_mask, is_causal)
-        return self.proj(packing.pack(out.transpose(1, 2).reshape(b, t, self.dim)))
+            q, k, v = self._split_heads(packing.pad(self.qkv(x)), 3)
+        return self.proj(packing.pack(self._merge_heads(self._attend(q, k, v, attn_mask, is_causal))))
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
         dropout_p = self.dropout if self.training else 0.0
@@ -238,10 +242,6 @@ class Packing:
     def __init__(self, mask: Tensor) -> None:
         self.batch, self.length = mask.shape
         self.index = mask.reshape(-1).nonzero().squeeze(1)
-
-    @property
-    def real(self) -> int:
-        return int(self.index.numel())
 
     def pack(self, x: Tensor) -> Tensor:
         """``[B, T, C]`` -> ``[N, C]``."""

@@ -340,7 +340,6 @@ class Transformer(nn.Module):
                 x = block(x, cache=cache.layers[i] if cache is not None else None, **kwargs)
         return x
 
-
     @staticmethod
     def _packing(mask: Tensor | None, cache: KVCache | None) -> Packing | None:
         """Pack when training on CPU with enough padding to be worth it (see :class:`Packing`).
@@ -350,7 +349,8 @@ class Transformer(nn.Module):
         """
         if mask is None or cache is not None or mask.device.type != "cpu" or not torch.is_grad_enabled():
             return None
-        if mask.numel() == 0 or int(mask.sum()) > PACK_MAX_REAL_FRACTION * mask.numel() or not mask.any():
+        real = int(mask.sum())
+        if real == 0 or real > PACK_MAX_REAL_FRACTION * mask.numel():
             return None
         return Packing(mask)
 
