@@ -144,16 +144,28 @@ def plain_loader(paths: Sequence[Path], size: int, train: bool, seed: int = 0) -
                 img = img.transpose(Image.FLIP_LEFT_RIGHT)
             img = ImageEnhance.Brightness(img).enhance(1 + rng.uniform(-BRIGHTNESS, BRIGHTNESS))
             img = ImageEnhance.Contrast(img).enhance(1 + rng.uniform(-CONTRAST, CONTRAST))
-        elif (w, h) != (size, size):
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            img = img.resize((nw, nh), Image.BICUBIC)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (x - mean) / std
+        else:
+            img = _plain_center_crop(img, size)
+        return _plain_to_tensor(img, mean, std)
 
     return load
+
+
+def _plain_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """The plain loop's eval geometry: shortest side to ``size``, then the centre square."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def _plain_to_tensor(img: Image.Image, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (x - mean) / std
 
 
 def draft_loader(paths: Sequence[Path], size: int) -> Callable[[int], torch.Tensor]:
@@ -169,15 +181,7 @@ def draft_loader(paths: Sequence[Path], size: int) -> Callable[[int], torch.Tens
         if img.format != "JPEG":
             return plain(i)
         img.draft("RGB", (math.ceil(w * size / min(w, h)), math.ceil(h * size / min(w, h))))
-        img = img.convert("RGB")
-        w, h = img.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (x - mean) / std
+        return _plain_to_tensor(_plain_center_crop(img.convert("RGB"), size), mean, std)
 
     return load
 

@@ -27,13 +27,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from provenance import git_commit
 
 from polymodal.config import load_config
 from polymodal.data.world import WorldConfig, generate_world
@@ -148,7 +148,7 @@ def main() -> None:
         print(f"training {name} ({MODELS[name].name}) ...", flush=True)
         models[name] = train(name, world, out, args.steps, args.batch_size, args.seed, args.overrides)
         models[name]["eval"] = evaluate(out / name, specs)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    commit = git_commit()
     manifest = json.loads((world / "world.json").read_text(encoding="utf-8"))
     record: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),

@@ -12,12 +12,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from provenance import git_commit
 
 from polymodal.quickstart import run_quickstart
 
@@ -32,7 +32,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     summary = run_quickstart(out, steps=args.steps)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    commit = git_commit()
     record = {
         "date": time.strftime("%Y-%m-%d"),
         "commit": commit,

@@ -255,10 +255,17 @@ def polymodal_step(
 ) -> StepFn:
     """One plain training step of a polymodal ``DualEncoder`` (``forward``: e.g. its compiled form)."""
     fwd = forward if forward is not None else model
+    return _backward_step(lambda images, ids: fwd(pixels(images), ids).loss, opt, device, amp)
+
+
+def _backward_step(
+    loss_of: Callable[[Tensor, Tensor], Tensor], opt: torch.optim.Optimizer, device: torch.device, amp: torch.dtype | None,
+) -> StepFn:
+    """Forward under autocast, backward, optimizer step: the same for both sides, only the loss differs."""
 
     def step(images: Tensor, ids: Tensor) -> Tensor:
         with _autocast(device, amp):
-            loss = fwd(pixels(images), ids).loss
+            loss = loss_of(images, ids)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -296,16 +303,7 @@ def hf_step(
 ) -> StepFn:
     """One training step of ``CLIPModel`` with its own contrastive loss (``return_loss=True``)."""
     fwd = forward if forward is not None else model
-
-    def step(images: Tensor, ids: Tensor) -> Tensor:
-        with _autocast(device, amp):
-            loss = fwd(input_ids=ids, pixel_values=pixels(images), return_loss=True).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return step
+    return _backward_step(lambda images, ids: fwd(input_ids=ids, pixel_values=pixels(images), return_loss=True).loss, opt, device, amp)
 
 
 # ------------------------------------------------------------------------------------------ measuring
