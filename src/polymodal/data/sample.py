@@ -24,6 +24,8 @@ class Sample:
         answers: the human answers of a VQA question (VQA v2: 10), or the single answer of CLEVR/GQA.
         label: a class name / index or a regression target.
         audio_path, video_path: optional further modalities.
+        features: pre-extracted feature sequences per modality (``{"audio": [T, F] array, ...}``), as the
+            CMU-MOSI/MOSEI pickles ship them; a modality given here needs no file and no decoding.
         split: train / val / test / ... when the format knows it.
         meta: format-specific extras (question family, answer type, template id, held-out flag ...).
     """
@@ -40,6 +42,7 @@ class Sample:
     video_path: Path | None = None
     split: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    features: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def image_key(self) -> str:
