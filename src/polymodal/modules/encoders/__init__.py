@@ -12,13 +12,16 @@ from collections.abc import Callable
 from typing import Any
 
 from polymodal.errors import ConfigError
+from polymodal.modules.encoders.audio import AudioEncoder
 from polymodal.modules.encoders.base import Encoder, EncoderOutput, ShapeError, format_shape
 from polymodal.modules.encoders.hf import HFLoadError, HFTextTower, HFVisionTower, MissingDependencyError
 from polymodal.modules.encoders.text import TextTransformer
+from polymodal.modules.encoders.video import VideoEncoder
 from polymodal.modules.encoders.vision import SmallCNN, VisionTransformer
 
 __all__ = [
     "ENCODERS",
+    "AudioEncoder",
     "Encoder",
     "EncoderOutput",
     "HFLoadError",
@@ -28,6 +31,7 @@ __all__ = [
     "ShapeError",
     "SmallCNN",
     "TextTransformer",
+    "VideoEncoder",
     "VisionTransformer",
     "build_encoder",
     "format_shape",
@@ -39,6 +43,8 @@ ENCODERS: dict[str, Callable[..., Encoder]] = {
     "text_transformer": TextTransformer,
     "hf_vision": HFVisionTower.from_pretrained,
     "hf_text": HFTextTower.from_pretrained,
+    "audio": AudioEncoder,
+    "video": VideoEncoder,
 }
 
 
