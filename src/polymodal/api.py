@@ -88,6 +88,7 @@ class Processors:
     task_state: dict[str, Any] = field(default_factory=dict)
     model_type: str | None = None
     source: str = ""  # where the weights came from, for messages
+    media: Any = None  # a MediaPlan: how audio / video / feature inputs are decoded (None: the model reads none)
 
     def load_image(self, image: ImageInput) -> Image.Image:
         """A PIL image (RGB) from a PIL image, a path or encoded bytes; errors name the file."""
@@ -174,6 +175,14 @@ def processors_from_checkpoint(ckpt: Any) -> Processors:
         image = ImageProcessor.from_dict(p["image"], train=False)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: the 'image' processor settings are invalid ({e})") from None
+    media = None
+    if isinstance(p.get("media"), dict):
+        from polymodal.data.media import plan_from_dict
+
+        try:
+            media = plan_from_dict(p["media"])
+        except (TypeError, ValueError, PolymodalError) as e:
+            raise CheckpointError(f"{where}: the 'media' (audio / video / features) settings are invalid ({e})") from None
     model_type = ckpt.model_type
     task = p.get("task") or TASK_OF_MODEL.get(str(model_type))
     max_length = p.get("text_max_length")
@@ -187,6 +196,7 @@ def processors_from_checkpoint(ckpt: Any) -> Processors:
         task_state=dict(p.get("task_state") or {}),
         model_type=model_type,
         source=str(ckpt.path),
+        media=media,
     )
 
 

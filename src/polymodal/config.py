@@ -61,6 +61,30 @@ class ImageSettings(StrictModel):
     jpeg_draft: bool = Field(False, description="decode large JPEGs at a reduced scale: ~2x faster loading at 640x480 -> 224, pixels within a few levels")
 
 
+class AudioSettings(StrictModel):
+    """Audio decoding for models with an ``audio`` encoder: resampling, log-mel, SpecAugment (training only)."""
+
+    sample_rate: int = Field(16000, ge=1000)
+    n_fft: int = Field(400, ge=16)
+    hop_length: int = Field(160, ge=1)
+    n_mels: int = Field(64, ge=1)
+    f_min: float = Field(0.0, ge=0)
+    f_max: float | None = None
+    max_seconds: float | None = Field(10.0, gt=0, description="longer clips: a random window in training, the start in evaluation")
+    freq_masks: int = Field(0, ge=0, description="SpecAugment frequency masks per clip (training only)")
+    freq_width: int = Field(8, ge=1)
+    time_masks: int = Field(0, ge=0, description="SpecAugment time masks per clip (training only)")
+    time_width_fraction: float = Field(0.05, gt=0, le=1)
+
+
+class VideoSettings(StrictModel):
+    """Video decoding for models with a ``video`` encoder; frames are processed with the image settings."""
+
+    num_frames: int = Field(8, ge=1)
+    sampling: Literal["uniform", "stride"] = "uniform"
+    stride: int = Field(4, ge=1)
+
+
 class OptimSettings(StrictModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
@@ -78,7 +102,7 @@ class EarlyStopping(StrictModel):
 
 
 class TrainSettings(StrictModel):
-    task: Literal["retrieval", "captioning", "vqa", "classification", "multitask"]
+    task: Literal["retrieval", "captioning", "vqa", "classification", "regression", "multitask"]
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     batch_size: int = Field(64, ge=1)
@@ -105,6 +129,11 @@ class RunConfig(StrictModel):
     model: ModelConfig | None = None
     tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
     image: ImageSettings = Field(default_factory=ImageSettings)
+    audio: AudioSettings = Field(default_factory=AudioSettings)
+    video: VideoSettings = Field(default_factory=VideoSettings)
+    missing_modality: Literal["skip", "zero", "learned"] = Field(
+        "skip", description="a sample without a modality the model reads: skip it, zero-fill it, or use a learned embedding"
+    )
     optim: OptimSettings = Field(default_factory=OptimSettings)
     train: TrainSettings | None = None
 

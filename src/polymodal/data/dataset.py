@@ -8,7 +8,7 @@ and the trainer sums and logs that count.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from polymodal.data.images import open_image
+from polymodal.data.media import MediaPlan, collate_media, load_media
 from polymodal.data.processors import ImageProcessor, consistent_hflip
 from polymodal.data.sample import Sample
 from polymodal.data.tokenizers import TextTokenizer
@@ -31,6 +32,7 @@ class LoadedSample:
     image: torch.Tensor | None
     text: str | None
     answers: tuple[str, ...]
+    media: dict[str, torch.Tensor] = field(default_factory=dict)  # audio / video / features by batch key
 
 
 def open_or_skip(sample: Sample, processor: Any = None) -> Image.Image | None:
@@ -46,8 +48,18 @@ def open_or_skip(sample: Sample, processor: Any = None) -> Image.Image | None:
         return None
 
 
-def _load(sample: Sample, image_processor: ImageProcessor | None, flip_prob: float, rng: np.random.Generator) -> LoadedSample | None:
+def _load(
+    sample: Sample, image_processor: ImageProcessor | None, flip_prob: float, rng: np.random.Generator, media: MediaPlan | None = None
+) -> LoadedSample | None:
     text, answers, pixels = sample.text, sample.answers, None
+    loaded_media: dict[str, torch.Tensor] = {}
+    if media is not None and not media.empty:
+        found = load_media(sample, media, rng)
+        if found is None:
+            return None
+        loaded_media = found
+        if media.video_key == "image" and "image" in found:  # the clip is this sample's visual input
+            return LoadedSample(sample, found.pop("image"), text, tuple(answers), found)
     if image_processor is not None and sample.has_image:
         img = open_or_skip(sample, image_processor)
         if img is None:
@@ -56,34 +68,41 @@ def _load(sample: Sample, image_processor: ImageProcessor | None, flip_prob: flo
             flipped = consistent_hflip(img, text, answers)
             img, text, answers = flipped.image, flipped.text, flipped.answers
         pixels = image_processor(img, rng)
-    return LoadedSample(sample, pixels, text, tuple(answers))
+    return LoadedSample(sample, pixels, text, tuple(answers), loaded_media)
 
 
 class SampleDataset(Dataset):
     """Map-style dataset over a list of samples (COCO, VQA, Karpathy, JSONL, image folders ...)."""
 
-    def __init__(self, samples: Sequence[Sample], image_processor: ImageProcessor | None, flip_prob: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], image_processor: ImageProcessor | None, flip_prob: float = 0.0, seed: int = 0, media: MediaPlan | None = None
+    ) -> None:
         self.samples = samples
         self.image_processor = image_processor
         self.flip_prob = flip_prob
         self.seed = seed
+        self.media = media
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> LoadedSample | None:
         rng = np.random.default_rng([self.seed, index])
-        return _load(self.samples[index], self.image_processor, self.flip_prob, rng)
+        return _load(self.samples[index], self.image_processor, self.flip_prob, rng, self.media)
 
 
 class StreamingSampleDataset(IterableDataset):
     """Iterable dataset over a streamed source (WebDataset shards); each worker takes every k-th sample."""
 
-    def __init__(self, samples: Callable[[], Iterable[Sample]], image_processor: ImageProcessor | None, flip_prob: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self, samples: Callable[[], Iterable[Sample]], image_processor: ImageProcessor | None, flip_prob: float = 0.0, seed: int = 0,
+        media: MediaPlan | None = None,
+    ) -> None:
         self.samples = samples
         self.image_processor = image_processor
         self.flip_prob = flip_prob
         self.seed = seed
+        self.media = media
 
     def __iter__(self) -> Iterator[LoadedSample | None]:
         info = get_worker_info()
@@ -91,15 +110,17 @@ class StreamingSampleDataset(IterableDataset):
         rng = np.random.default_rng([self.seed, wid])
         for i, sample in enumerate(self.samples()):
             if i % nw == wid:
-                yield _load(sample, self.image_processor, self.flip_prob, rng)
+                yield _load(sample, self.image_processor, self.flip_prob, rng, self.media)
 
 
 class Collator:
-    """Stack images, tokenise texts in one batched call, and count what was skipped."""
+    """Stack images, pad audio / video / features, tokenise texts in one batched call, and count
+    what was skipped."""
 
-    def __init__(self, tokenizer: TextTokenizer | None, max_length: int = 32) -> None:
+    def __init__(self, tokenizer: TextTokenizer | None, max_length: int = 32, media: MediaPlan | None = None) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.media = media
 
     def __call__(self, items: list[LoadedSample | None]) -> dict[str, Any]:
         kept = [it for it in items if it is not None]
@@ -108,6 +129,8 @@ class Collator:
             return batch
         if all(it.image is not None for it in kept):
             batch["image"] = torch.stack([it.image for it in kept])  # type: ignore[misc]
+        if self.media is not None and not self.media.empty:
+            collate_media([it.media for it in kept], self.media, batch)
         texts = [it.text for it in kept]
         if self.tokenizer is not None and all(t is not None for t in texts):
             enc = self.tokenizer.encode(texts, self.max_length)  # type: ignore[arg-type]

@@ -52,3 +52,8 @@ class Sample:
     @property
     def has_image(self) -> bool:
         return self.image_path is not None or self.image_bytes is not None
+
+    @property
+    def has_visual(self) -> bool:
+        """An image or a video clip: what an image-text model (or its video tower) looks at."""
+        return self.has_image or self.video_path is not None

@@ -8,6 +8,11 @@ Early, late and hybrid fusion are *configurations* of this one class:
 
 A text-only or image-only ablation is the same class with one encoder, which is how the world's
 statement-verification task shows that single modalities stay at chance.
+
+Samples that lack a modality (a clip without sound, an utterance whose video failed to decode) arrive
+zero-filled with ``batch["<modality>_present"]`` False. ``missing="zero"`` encodes the zeros as they
+are; ``missing="learned"`` swaps that modality's encoder output for a learned "absent" embedding, so
+the model can tell silence from a missing microphone.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from polymodal.modules.fusion import build_fusion
 
 STAGES = ("late", "early", "hybrid")
 TASKS = ("classification", "regression")
+MISSING = ("zero", "learned")
 
 
 class ModalityInputError(ValueError):
@@ -32,14 +38,38 @@ class ModalityInputError(ValueError):
 
 
 def encode_modality(name: str, encoder: Encoder, batch: Mapping[str, Any]) -> EncoderOutput:
-    """Call an encoder with its inputs from a batch dict (``text`` reads ``text_ids``/``text_mask``)."""
-    key = "text_ids" if name == "text" else name
+    """Call an encoder with its input (and mask, when the batch has one) from a batch dict; the keys
+    come from the encoder (``text_ids``/``text_mask`` for text, ``audio``/``audio_mask`` ...)."""
+    key, mask_key = encoder.batch_keys(name)
     if key not in batch:
         present = sorted(k for k, v in batch.items() if isinstance(v, Tensor))
         raise ModalityInputError(f"classifier: modality '{name}' needs batch['{key}'], which is missing (batch has {present})")
-    if name == "text":
-        return encoder(batch["text_ids"], batch.get("text_mask"))
-    return encoder(batch[key])
+    mask = batch.get(mask_key)
+    return encoder(batch[key]) if mask is None else encoder(batch[key], mask)
+
+
+class MissingModality(nn.Module):
+    """A learned stand-in for the encoder output of samples that lack this modality."""
+
+    def __init__(self, width: int, output_dim: int) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(width))
+        self.pooled = nn.Parameter(torch.zeros(output_dim))
+        nn.init.normal_(self.token, std=0.02)
+        nn.init.normal_(self.pooled, std=0.02)
+
+    def forward(self, out: EncoderOutput, present: Tensor) -> EncoderOutput:
+        """Rows where ``present`` is False get the learned token (once, the only real one) and pooled vector."""
+        absent = ~present.to(torch.bool)
+        if not bool(absent.any()):
+            return out
+        tokens = torch.where(absent[:, None, None], self.token.to(out.tokens.dtype), out.tokens)
+        pooled = torch.where(absent[:, None], self.pooled.to(out.pooled.dtype), out.pooled)
+        only_first = torch.zeros(out.tokens.shape[:2], dtype=torch.bool, device=out.tokens.device)
+        only_first[:, 0] = True
+        mask = out.mask if out.mask is not None else torch.ones_like(only_first)
+        mask = torch.where(absent[:, None], only_first, mask)
+        return EncoderOutput(tokens=tokens, pooled=pooled, mask=mask)
 
 
 class MultimodalClassifier(nn.Module):
@@ -54,6 +84,8 @@ class MultimodalClassifier(nn.Module):
         fusion_options: Mapping[str, Any] | None = None,
         early_options: Mapping[str, Any] | None = None,
         dropout: float = 0.1,
+        early_fusion: str = "cross_attention",
+        missing: str = "zero",
     ) -> None:
         super().__init__()
         if not encoders:
@@ -62,6 +94,8 @@ class MultimodalClassifier(nn.Module):
             raise ConfigError(f"classifier: stage must be one of {STAGES}, got {stage!r}")
         if task not in TASKS:
             raise ConfigError(f"classifier: task must be one of {TASKS}, got {task!r}")
+        if missing not in MISSING:
+            raise ConfigError(f"classifier: missing must be one of {MISSING}, got {missing!r}")
         self.encoders = nn.ModuleDict(dict(sorted(encoders.items())))
         self.task, self.stage = task, stage
         head_in = 0
@@ -71,14 +105,30 @@ class MultimodalClassifier(nn.Module):
             self.late = build_fusion(fusion, dims, fusion_dim, **dict(fusion_options or {}))
             head_in += self.late.out_dim
         if stage in ("early", "hybrid"):
-            opts = {"query": next(iter(self.encoders))} | dict(early_options or {})
+            opts = dict(early_options or {})
+            if early_fusion == "cross_attention":
+                opts = {"query": next(iter(self.encoders))} | opts
             dims = {m: e.width for m, e in self.encoders.items()}
-            self.early = build_fusion("cross_attention", dims, fusion_dim, **opts)
+            self.early = build_fusion(early_fusion, dims, fusion_dim, **opts)
             head_in += self.early.out_dim
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(head_in, fusion_dim), nn.GELU(), nn.Linear(fusion_dim, num_outputs))
+        self.missing = nn.ModuleDict(
+            {m: MissingModality(e.width, e.output_dim) for m, e in self.encoders.items()} if missing == "learned" else {}
+        )
+
+    def encode(self, batch: Mapping[str, Any]) -> dict[str, EncoderOutput]:
+        """Every modality's encoder output, with learned stand-ins for absent samples when configured."""
+        outs = {}
+        for m, enc in self.encoders.items():
+            out = encode_modality(m, enc, batch)
+            present = batch.get(f"{m}_present")
+            if m in self.missing and isinstance(present, Tensor):
+                out = self.missing[m](out, present)
+            outs[m] = out
+        return outs
 
     def forward(self, batch: Mapping[str, Any], labels: Tensor | None = None) -> ClassifierOutput:
-        outs = {m: encode_modality(m, enc, batch) for m, enc in self.encoders.items()}
+        outs = self.encode(batch)
         parts = []
         if self.late is not None:
             parts.append(self.late({m: o.pooled for m, o in outs.items()}))

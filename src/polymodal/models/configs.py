@@ -73,6 +73,8 @@ class ClassifierConfig(_ModelConfig):
     fusion_dim: int = 256
     fusion_options: dict[str, Any] = Field(default_factory=dict)
     early_options: dict[str, Any] = Field(default_factory=dict)
+    early_fusion: str = "cross_attention"  # token-level fusion for stage early/hybrid (e.g. "mult")
+    missing: Literal["zero", "learned"] = "zero"  # absent modality: encode zeros, or a learned embedding
 
 
 class MultiTaskConfig(_ModelConfig):

@@ -37,6 +37,14 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}
 
 
+def batch_device(batch: dict[str, Any]) -> torch.device:
+    """The device a batch's tensors are on (any of them: a feature-only batch has no images or ids)."""
+    for value in batch.values():
+        if isinstance(value, Tensor):
+            return value.device
+    return torch.device("cpu")
+
+
 def image_id_tensor(samples: Sequence[Sample]) -> Tensor:
     """Ints equal exactly when two samples show the same image (for ITC masking).
 
@@ -52,7 +60,7 @@ def image_id_tensor(samples: Sequence[Sample]) -> Tensor:
 
 def is_caption(sample: Sample) -> bool:
     """An image with a caption (not a question, not a labelled statement)."""
-    return sample.has_image and bool(sample.text) and not sample.answers and sample.label is None
+    return sample.has_visual and bool(sample.text) and not sample.answers and sample.label is None
 
 
 def group_by_image(samples: Sequence[Sample]) -> dict[str, list[Sample]]:

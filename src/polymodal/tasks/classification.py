@@ -9,7 +9,7 @@ from torch import nn
 
 from polymodal.data.sample import Sample
 from polymodal.metrics import classification_scores, confusion_matrix
-from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task
+from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, batch_device
 
 
 class ClassificationTask(Task):
@@ -42,7 +42,7 @@ class ClassificationTask(Task):
         return torch.tensor([index.get(str(s.label), -100) for s in samples])
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
-        labels = self.targets(batch["samples"]).to(batch["text_ids"].device if "text_ids" in batch else batch["image"].device)
+        labels = self.targets(batch["samples"]).to(batch_device(batch))
         out = model(batch, labels)
         acc = (out.logits.argmax(-1) == labels).float().mean()
         return StepOutput(out.loss, {"acc": float(acc)})

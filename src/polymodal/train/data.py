@@ -13,8 +13,9 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from polymodal.config import DataConfig, ImageSettings
+from polymodal.config import DataConfig, ImageSettings, RunConfig
 from polymodal.data.dataset import Collator, SampleDataset
+from polymodal.data.media import MediaPlan
 from polymodal.data.formats import describe, read_source
 from polymodal.data.processors import ImageProcessor, ImageProcessorConfig
 from polymodal.data.report import DataReport
@@ -98,6 +99,29 @@ def image_processor(settings: ImageSettings, train: bool, seed: int = 0) -> Imag
     return ImageProcessor(cfg, train=train, seed=seed)
 
 
+def media_plan(cfg: RunConfig, model_config: object, train: bool) -> MediaPlan | None:
+    """How to decode the audio / video / feature inputs that ``model_config`` reads (None: it reads none)."""
+    from polymodal.models.inputs import model_inputs
+
+    inputs = model_inputs(model_config)
+    if inputs.empty:
+        return None
+    audio = video = None
+    if inputs.audio:
+        from polymodal.data.audio import AudioProcessor, AudioProcessorConfig
+
+        audio = AudioProcessor(AudioProcessorConfig(**cfg.audio.model_dump()), train=train)
+    if inputs.video_key:
+        from polymodal.data.video import VideoProcessor, VideoProcessorConfig
+
+        frames = image_processor(cfg.image, train).config
+        video = VideoProcessor(VideoProcessorConfig(**cfg.video.model_dump(), image=frames), train=train)
+    return MediaPlan(
+        audio=audio, video=video, features=inputs.features, video_key=inputs.video_key or "video",
+        missing=cfg.missing_modality, required=inputs.required,
+    )
+
+
 def make_loader(
     samples: Sequence[Sample],
     processor: ImageProcessor | None,
@@ -109,13 +133,15 @@ def make_loader(
     flip_prob: float = 0.0,
     seed: int = 0,
     task: Task | None = None,
+    media: MediaPlan | None = None,
 ) -> DataLoader:
     """Batches of ``samples``; with ``task`` they are the task's training items and its own dataset."""
     custom = task.train_dataset(samples, processor, flip_prob, seed) if task is not None else None
     if custom is not None:
         dataset, collate = custom
     else:
-        dataset, collate = SampleDataset(samples, processor, flip_prob=flip_prob, seed=seed), Collator(tokenizer, max_length)
+        dataset = SampleDataset(samples, processor, flip_prob=flip_prob, seed=seed, media=media)
+        collate = Collator(tokenizer, max_length, media)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +26,7 @@ import yaml
 from tqdm import tqdm
 
 from polymodal.config import RunConfig
+from polymodal.data.media import plan_to_dict
 from polymodal.data.sample import Sample
 from polymodal.data.tokenizers import TextTokenizer, load_tokenizer, train_tokenizer
 from polymodal.errors import ConfigError, DataError, PolymodalError
@@ -33,7 +35,7 @@ from polymodal.metrics.vqa import normalize_answer
 from polymodal.models.factory import build_model
 from polymodal.tasks import Task, build_task
 from polymodal.tasks.base import to_device
-from polymodal.train.data import ResumableSampler, image_processor, load_split, make_loader, require
+from polymodal.train.data import ResumableSampler, image_processor, load_split, make_loader, media_plan, require
 from polymodal.train.run_log import RunLog
 from polymodal.train.schedule import param_groups, warmup_cosine
 
@@ -201,7 +203,10 @@ class Trainer:
         return train_tokenizer(texts, kind=self.cfg.tokenizer.kind, vocab_size=self.cfg.tokenizer.vocab_size)
 
     def _model_config(self, task: Task) -> Any:
-        return self.cfg.model.model_copy(update=task.model_overrides())
+        overrides = task.model_overrides()
+        if self.cfg.model.type == "classifier" and self.cfg.missing_modality == "learned":
+            overrides["missing"] = "learned"  # absent modalities get a learned embedding, not zeros
+        return self.cfg.model.model_copy(update=overrides)
 
     def setup(self) -> None:
         s = self.settings
@@ -275,11 +280,13 @@ class Trainer:
         else:
             self.train_processor = image_processor(self.cfg.image, train=True, seed=self.cfg.seed + self.rank)
             self.eval_processor = image_processor(self.cfg.image, train=False)
+        self.train_media = media_plan(self.cfg, self.model_config, train=True)
+        self.eval_media = media_plan(self.cfg, self.model_config, train=False)
 
     def eval_loader(self, samples: Sequence[Sample], with_images: bool = True):
         return make_loader(
             samples, self.eval_processor if with_images else None, self.tokenizer, self.max_length,
-            self.settings.eval_batch_size, self.settings.num_workers, seed=self.cfg.seed,
+            self.settings.eval_batch_size, self.settings.num_workers, seed=self.cfg.seed, media=self.eval_media,
         )
 
     # ---------------------------------------------------------------- checkpoints
@@ -287,7 +294,8 @@ class Trainer:
         common = {"text_max_length": self.max_length, "task": self.task.name, "task_state": self.task.state()}
         if self.pretrained:  # the checkpoint's own processors, stored in the checkpoint's hf/ folder
             return common | {"hf_folder": "hf", "model_type": self.hf_parts.arch.model_type}
-        return {"image": self.eval_processor.to_dict()} | common
+        media = {"media": plan_to_dict(self.eval_media)} if self.eval_media is not None else {}
+        return {"image": self.eval_processor.to_dict()} | media | common
 
     def _optimizer_io(self) -> Any:
         """What checkpoints read and restore the optimizer through (its full state under FSDP)."""
@@ -347,7 +355,7 @@ class Trainer:
         loader = make_loader(
             self.train_items, self.train_processor, self.tokenizer, self.max_length, s.batch_size,
             s.num_workers, sampler=self.sampler, flip_prob=self.cfg.image.flip_prob, seed=self.cfg.seed * 1000 + st.epoch,
-            task=self.task,
+            task=self.task, media=self.train_media,
         )
         micro_total = self.micro_per_epoch
         bar = self.bar
@@ -355,6 +363,7 @@ class Trainer:
         self.model.train()
         window: list[float] = []
         skipped = 0
+        filled: Counter[str] = Counter()  # samples zero-filled for a missing modality, per input
         t0, seen = time.perf_counter(), 0
         # seconds blocked on the loader vs seconds in the step itself, per log window: a data-bound run
         # shows data_seconds near step time; one that never waits shows it near zero
@@ -368,7 +377,8 @@ class Trainer:
             if batch is None:
                 break
             skipped += batch["num_skipped"]
-            if "image" not in batch:
+            filled.update(batch.get("num_missing") or {})
+            if not batch["samples"]:  # every sample of this batch was unreadable
                 st.step_in_epoch += 1
                 continue
             batch = to_device(batch, self.device)
@@ -408,7 +418,10 @@ class Trainer:
             if st.global_step >= self.total_steps:
                 break
         if skipped:
-            log.warning("epoch %d: %d samples skipped (unreadable images); see the warnings above", st.epoch + 1, skipped)
+            log.warning("epoch %d: %d samples skipped (unreadable or missing inputs); see the warnings above", st.epoch + 1, skipped)
+        if filled:
+            policy = self.cfg.missing_modality
+            log.warning("epoch %d: inputs missing and filled (missing_modality: %s): %s", st.epoch + 1, policy, dict(filled))
         return st.global_step < self.total_steps
 
     def _all_finite(self, loss: torch.Tensor) -> bool:

@@ -66,6 +66,12 @@ class Encoder(nn.Module):
         super().__init__()
         self._frozen = False
 
+    def batch_keys(self, modality: str) -> tuple[str, str]:
+        """Where this encoder's input and its mask live in a batch dict: ``(batch[modality],
+        batch[modality + "_mask"])`` by default; token encoders read ``text_ids``, feature-sequence
+        encoders read ``<modality>_features``, so raw and pre-extracted inputs never share a key."""
+        return modality, f"{modality}_mask"
+
     @property
     def where(self) -> str:
         """Prefix for error messages, e.g. ``image encoder 'vit'``."""

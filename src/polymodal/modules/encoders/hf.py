@@ -165,6 +165,9 @@ class HFTextTower(_HFTower):
 
     modality = "text"
     name = "hf_text"
+
+    def batch_keys(self, modality: str) -> tuple[str, str]:
+        return "text_ids", "text_mask"
     sub_model_attr = "text_model"
     sub_config_attr = "text_config"
 

@@ -35,6 +35,9 @@ class TextTransformer(Encoder):
     modality = "text"
     name = "text_transformer"
 
+    def batch_keys(self, modality: str) -> tuple[str, str]:
+        return "text_ids", "text_mask"
+
     def __init__(
         self,
         vocab_size: int,

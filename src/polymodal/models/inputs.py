@@ -1,0 +1,46 @@
+"""Which inputs besides images and text a model config reads, so the data side decodes only those.
+
+A tri-modal classifier with ``audio: {name: audio}`` needs decoded log-mels, one with ``audio: {name:
+features}`` the pre-extracted sequences of :attr:`Sample.features`; an image-text model whose vision
+tower is a ``video`` encoder takes clips where other models take images (video-text retrieval, video QA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+AUDIO_ENCODERS = ("audio",)
+VIDEO_ENCODERS = ("video",)
+FEATURE_ENCODERS = ("features",)
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    audio: bool = False
+    video_key: str | None = None  # "video" (its own modality) or "image" (the visual tower's input)
+    features: tuple[str, ...] = ()
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """The batch keys every sample must fill (the missing-modality policy decides what happens if not)."""
+        keys = (["audio"] if self.audio else []) + ([self.video_key] if self.video_key else [])
+        return tuple(keys + [f"{m}_features" for m in self.features])
+
+    @property
+    def empty(self) -> bool:
+        return not (self.audio or self.video_key or self.features)
+
+
+def model_inputs(config: Any) -> ModelInputs:
+    """The non-image inputs of a parsed model config (any type)."""
+    encoders = getattr(config, "encoders", None)
+    if encoders is not None:  # a classifier: one encoder per named modality
+        audio = any(m == "audio" and s.name in AUDIO_ENCODERS for m, s in encoders.items())
+        video = any(s.name in VIDEO_ENCODERS for s in encoders.values())
+        features = tuple(sorted(m for m, s in encoders.items() if s.name in FEATURE_ENCODERS))
+        return ModelInputs(audio=audio, video_key="video" if video else None, features=features)
+    vision = getattr(config, "vision", None)
+    if vision is not None and vision.name in VIDEO_ENCODERS:
+        return ModelInputs(video_key="image")
+    return ModelInputs()
