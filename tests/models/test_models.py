@@ -174,7 +174,7 @@ def test_classifier_regression_and_input_errors(world_batch: WorldBatch) -> None
 
 def test_every_shipped_config_parses_and_small_ones_build(world_batch: WorldBatch) -> None:
     names = list_model_configs()
-    assert {n.split("-")[0] for n in names} == {"dual_encoder", "fusion_encoder", "captioner", "vqa", "classifier"}
+    assert {n.split("-")[0] for n in names} == {"dual_encoder", "fusion_encoder", "captioner", "vqa", "classifier", "sentiment"}
     ctx = BuildContext(tokenizer=world_batch.tokenizer, answer_vocab=AnswerVocab(("yes", "no")))
     for name in names:
         cfg = load_model_config(name)

@@ -112,6 +112,24 @@ class TableSource(_Spec):
     video_field: str | None = None
 
 
+class MosiSource(_Spec):
+    """CMU-MOSI / MOSEI aligned-feature pickle (MMSA or MultiBench layout): one split per source."""
+
+    format: Literal["mosi"]
+    path: Path
+    split: Literal["train", "val", "test"] = Field(
+        description="which split of the pickle to read; the pickle's 'valid' is our 'val'"
+    )
+    layout: Literal["auto", "mmsa", "multibench"] = Field(
+        default="auto",
+        description="'mmsa' (regression_labels, audio_lengths ...), 'multibench' (labels [N, 1, 1]) or "
+        "'auto' (decided by the keys of the split)",
+    )
+    max_length: int | None = Field(
+        default=None, gt=0, description="keep at most this many frames per modality (after padding is removed)"
+    )
+
+
 class ImageFolderSource(_Spec):
     """``root/<class name>/<image>``: the class of each image is its sub-folder."""
 
@@ -147,6 +165,7 @@ DataSource = Annotated[
         CcTsvSource,
         KarpathySource,
         TableSource,
+        MosiSource,
         ImageFolderSource,
         WebDatasetSource,
     ],
@@ -163,6 +182,7 @@ FORMAT_NAMES: tuple[str, ...] = (
     "karpathy",
     "jsonl",
     "csv",
+    "mosi",
     "image_folder",
     "webdataset",
 )

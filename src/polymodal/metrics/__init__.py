@@ -7,6 +7,8 @@
 * Retrieval (:func:`retrieval_metrics`): R@K, median and mean rank in both directions, computed in
   blocks.
 * Classification (:func:`accuracy`, :func:`macro_f1`, ...): sklearn-compatible F1, MAE, Pearson r.
+* Sentiment (:func:`sentiment_scores`): CMU-MOSI/MOSEI Acc-2 / F1 (non-zero and has-zero), Acc-7,
+  Acc-5, MAE and correlation as MMSA reports them.
 * Files (:func:`score_file`): COCO caption results and VQA results against the official formats.
 
 Fractions are returned in [0, 1]; the official tools print percentages, see each module.
@@ -33,10 +35,12 @@ from polymodal.metrics.ptb_tokenizer import ptb_tokenize
 from polymodal.metrics.retrieval import retrieval_metrics, retrieval_metrics_from_similarity
 from polymodal.metrics.rouge import compute_rouge_l
 from polymodal.metrics.score_files import format_table, score_file
+from polymodal.metrics.sentiment import SENTIMENT_METRICS, sentiment_scores
 from polymodal.metrics.vqa import normalize_answer, official_percent, vqa_accuracy, vqa_scores
 
 __all__ = [
     "CAPTION_METRICS",
+    "SENTIMENT_METRICS",
     "MeteorScorer",
     "MetricInputError",
     "MetricUnavailableError",
@@ -62,6 +66,7 @@ __all__ = [
     "retrieval_metrics",
     "retrieval_metrics_from_similarity",
     "score_file",
+    "sentiment_scores",
     "tokenize_corpus",
     "vqa_accuracy",
     "vqa_scores",

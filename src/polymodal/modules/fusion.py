@@ -8,7 +8,8 @@ how a batch dict happened to be built).
 Inputs: the vector ops (concat, weighted_sum, gated, tensor, low_rank_tensor, tucker) take one pooled
 vector per modality, ``[batch, dim]``. ``cross_attention`` takes token sequences ``[batch, tokens,
 dim]`` (a ``[batch, dim]`` vector counts as a single token) plus optional padding masks in a separate
-``masks`` dict keyed by modality name, ``[batch, tokens]``, True (or 1) = a real token. Vector ops
+``masks`` dict keyed by modality name, ``[batch, tokens]``, True (or 1) = a real token; so does ``mult``
+(MulT: pairwise directional cross-modal transformers, every modality a target). Vector ops
 accept ``masks`` and ignore it (their inputs are already pooled), so a generic classifier can always
 pass it. Keys are checked strictly: a missing *or* an unexpected modality is an error, because a
 silently ignored modality is the kind of bug that only shows up in the results table.
@@ -36,6 +37,7 @@ __all__ = [
     "FusionInputError",
     "GatedFusion",
     "LowRankTensorFusion",
+    "MulTFusion",
     "TensorFusion",
     "TuckerFusion",
     "WeightedSumFusion",
@@ -413,7 +415,44 @@ class _CrossAttentionBlock(nn.Module):
         return x + self.drop(self.mlp(self.norm_mlp(x)))
 
 
-class CrossAttentionFusion(Fusion):
+class _TokenFusion(Fusion):
+    """Shared input handling of the token-level ops: ``[batch, tokens, dim]`` inputs (a ``[batch, dim]``
+    vector counts as one token) and optional ``[batch, tokens]`` masks, True = a real token."""
+
+    def _tokens(self, features: Features) -> dict[str, torch.Tensor]:
+        self._check_keys(features)
+        tokens = {}
+        for m in self.modalities:
+            x = self._check_tensor(m, features[m], allow_tokens=True)
+            tokens[m] = x[:, None, :] if x.dim() == 2 else x
+        self._check_batch(tokens)
+        return tokens
+
+    def _masks(self, masks: Masks, tokens: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+        masks = masks or {}
+        for key in sorted(masks):
+            if key not in self.dims:
+                raise FusionInputError(
+                    f"fusion '{self.name}': mask for unexpected modality '{key}'; expected keys among "
+                    f"{list(self.modalities)}"
+                )
+        checked: dict[str, torch.Tensor | None] = {}
+        for m in self.modalities:
+            mask = masks.get(m)
+            if mask is not None:
+                expected = tuple(tokens[m].shape[:2])
+                if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != expected:
+                    got = _shape(mask) if isinstance(mask, torch.Tensor) else type(mask).__name__
+                    raise FusionInputError(
+                        f"fusion '{self.name}': mask of modality '{m}': expected {_shape(expected)} "
+                        f"([batch, tokens], True = real token), got {got}"
+                    )
+                mask = mask.bool()
+            checked[m] = mask
+        return checked
+
+
+class CrossAttentionFusion(_TokenFusion):
     """The ``query`` modality's tokens attend to the tokens of all other modalities (concatenated in
     sorted order), through ``num_layers`` pre-norm cross-attention blocks of width ``out_dim``.
 
@@ -464,38 +503,6 @@ class CrossAttentionFusion(Fusion):
         )
         self.norm = nn.LayerNorm(self.out_dim)
 
-    def _tokens(self, features: Features) -> dict[str, torch.Tensor]:
-        self._check_keys(features)
-        tokens = {}
-        for m in self.modalities:
-            x = self._check_tensor(m, features[m], allow_tokens=True)
-            tokens[m] = x[:, None, :] if x.dim() == 2 else x
-        self._check_batch(tokens)
-        return tokens
-
-    def _masks(self, masks: Masks, tokens: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-        masks = masks or {}
-        for key in sorted(masks):
-            if key not in self.dims:
-                raise FusionInputError(
-                    f"fusion '{self.name}': mask for unexpected modality '{key}'; expected keys among "
-                    f"{list(self.modalities)}"
-                )
-        checked: dict[str, torch.Tensor | None] = {}
-        for m in self.modalities:
-            mask = masks.get(m)
-            if mask is not None:
-                expected = tuple(tokens[m].shape[:2])
-                if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != expected:
-                    got = _shape(mask) if isinstance(mask, torch.Tensor) else type(mask).__name__
-                    raise FusionInputError(
-                        f"fusion '{self.name}': mask of modality '{m}': expected {_shape(expected)} "
-                        f"([batch, tokens], True = real token), got {got}"
-                    )
-                mask = mask.bool()
-            checked[m] = mask
-        return checked
-
     def forward(self, features: Features, masks: Masks = None) -> torch.Tensor:
         tokens = self._tokens(features)
         checked = self._masks(masks, tokens)
@@ -537,6 +544,119 @@ class CrossAttentionFusion(Fusion):
         return (x * weights).sum(dim=1) / counts.to(x.dtype)
 
 
+class MulTFusion(_TokenFusion):
+    """Multimodal Transformer (MulT, Tsai et al. 2019): directional pairwise cross-modal attention.
+
+    For every target modality and every other (source) modality, a cross-modal transformer of
+    ``num_layers`` pre-norm blocks lets the target's tokens attend to the source's tokens, so the
+    target sequence is repeatedly "reinforced" by the source without aligning the sequences in time.
+    A target's cross-modal outputs are concatenated (width ``(M - 1) * width``), passed through
+    ``self_layers`` self-attention blocks, normalised and pooled; the pooled vectors of all targets
+    (sorted order) are concatenated and projected to ``out_dim``. Unlike ``cross_attention`` (one
+    query modality), every modality is a target, which is the point of MulT on text/audio/video.
+
+    Args:
+        width: common token width every modality is projected to (default ``out_dim``).
+        pool: "last" (the last real token, as MulT takes ``h[-1]``) or "mean" (mask-aware mean).
+    """
+
+    name = "mult"
+    min_modalities = 2
+    POOLS: ClassVar[tuple[str, ...]] = ("last", "mean")
+
+    def __init__(
+        self,
+        dims: Mapping[str, int],
+        out_dim: int,
+        *,
+        width: int | None = None,
+        num_heads: int = 4,
+        num_layers: int = 2,
+        self_layers: int = 1,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        pool: str = "last",
+    ) -> None:
+        super().__init__(dims, out_dim)
+        self.width = self.out_dim if width is None else int(width)
+        if pool not in self.POOLS:
+            raise FusionConfigError(f"fusion '{self.name}': pool '{pool}' unknown; expected one of {list(self.POOLS)}")
+        if self.width <= 0 or num_heads <= 0 or self.width % num_heads:
+            raise FusionConfigError(
+                f"fusion '{self.name}': width={self.width} must be positive and divisible by num_heads={num_heads}"
+            )
+        if num_layers <= 0 or self_layers < 0:
+            raise FusionConfigError(
+                f"fusion '{self.name}': num_layers must be positive and self_layers >= 0, got {num_layers} and "
+                f"{self_layers}"
+            )
+        self.pool = pool
+        sources = len(self.modalities) - 1
+        self.proj = nn.ModuleDict({m: nn.Linear(self.dims[m], self.width) for m in self.modalities})
+        self.cross = nn.ModuleDict(
+            {
+                self._pair(target, source): nn.ModuleList(
+                    [_CrossAttentionBlock(self.width, num_heads, mlp_ratio, dropout) for _ in range(num_layers)]
+                )
+                for target in self.modalities
+                for source in self.modalities
+                if source != target
+            }
+        )
+        self.memory = nn.ModuleDict(
+            {
+                m: nn.ModuleList(
+                    [_CrossAttentionBlock(sources * self.width, num_heads, mlp_ratio, dropout) for _ in range(self_layers)]
+                )
+                for m in self.modalities
+            }
+        )
+        self.norm = nn.ModuleDict({m: nn.LayerNorm(sources * self.width) for m in self.modalities})
+        self.out = nn.Linear(len(self.modalities) * sources * self.width, self.out_dim)
+
+    @staticmethod
+    def _pair(target: str, source: str) -> str:
+        return f"{target}_from_{source}"
+
+    def _pooled(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.pool == "mean":
+            if mask is None:
+                return x.mean(dim=1)
+            weights = mask.to(x.dtype)[:, :, None]
+            return (x * weights).sum(dim=1) / weights.sum(dim=1)
+        if mask is None:
+            return x[:, -1]
+        positions = torch.arange(x.shape[1], device=x.device)
+        last = (mask.long() * positions).argmax(dim=1)  # the largest real index, wherever padding sits
+        return x[torch.arange(x.shape[0], device=x.device), last]
+
+    def forward(self, features: Features, masks: Masks = None) -> torch.Tensor:
+        tokens = self._tokens(features)
+        checked = self._masks(masks, tokens)
+        for m, mask in checked.items():
+            if mask is not None and not bool(mask.any(dim=1).all()):
+                raise FusionInputError(
+                    f"fusion '{self.name}': a sample of modality '{m}' has every token masked; each modality "
+                    "needs at least one real token to attend to and to pool"
+                )
+        h = {m: self.proj[m](tokens[m]) for m in self.modalities}
+        pooled = []
+        for target in self.modalities:
+            parts = []
+            for source in self.modalities:
+                if source == target:
+                    continue
+                x = h[target]
+                for block in self.cross[self._pair(target, source)]:
+                    x = block(x, h[source], checked[source])
+                parts.append(x)
+            x = torch.cat(parts, dim=-1)
+            for block in self.memory[target]:
+                x = block(x, x, checked[target])
+            pooled.append(self._pooled(self.norm[target](x), checked[target]))
+        return self.out(torch.cat(pooled, dim=-1))
+
+
 FUSIONS: dict[str, type[Fusion]] = {
     "concat": ConcatFusion,
     "weighted_sum": WeightedSumFusion,
@@ -545,6 +665,7 @@ FUSIONS: dict[str, type[Fusion]] = {
     "low_rank_tensor": LowRankTensorFusion,
     "tucker": TuckerFusion,
     "cross_attention": CrossAttentionFusion,
+    "mult": MulTFusion,
 }
 
 

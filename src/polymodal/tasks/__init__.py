@@ -8,10 +8,11 @@ from polymodal.tasks.base import EvalResult, StepOutput, Task
 from polymodal.tasks.captioning import CaptioningTask
 from polymodal.tasks.classification import ClassificationTask
 from polymodal.tasks.multitask import MultiTaskTask
+from polymodal.tasks.regression import RegressionTask
 from polymodal.tasks.retrieval import RetrievalTask
 from polymodal.tasks.vqa import VQATask
 
-TASKS = ("retrieval", "captioning", "vqa", "classification", "multitask")
+TASKS = ("retrieval", "captioning", "vqa", "classification", "regression", "multitask")
 
 
 def build_task(name: str, tokenizer: Any, max_length: int, questions_per_image: int = 1) -> Task:
@@ -23,6 +24,8 @@ def build_task(name: str, tokenizer: Any, max_length: int, questions_per_image: 
         return VQATask()
     if name == "classification":
         return ClassificationTask()
+    if name == "regression":
+        return RegressionTask()
     if name == "multitask":
         return MultiTaskTask(tokenizer, max_length, questions_per_image=questions_per_image)
     raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")

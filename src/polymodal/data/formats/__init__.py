@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from polymodal.data.formats import (
+    affect,
     cc_tsv,
     clevr,
     coco_captions,
@@ -41,6 +42,7 @@ READERS: dict[str, Reader] = {
     "karpathy": karpathy.read,
     "jsonl": table.read,
     "csv": table.read,
+    "mosi": affect.read,
     "image_folder": image_folder.read,
     "webdataset": webdataset.read,
 }
@@ -56,6 +58,7 @@ MAIN_FIELD: dict[str, str] = {
     "karpathy": "path",
     "jsonl": "path",
     "csv": "path",
+    "mosi": "path",
     "image_folder": "root",
     "webdataset": "urls",
 }

@@ -15,6 +15,7 @@ from polymodal.errors import ConfigError
 from polymodal.modules.encoders.audio import AudioEncoder
 from polymodal.modules.encoders.base import Encoder, EncoderOutput, ShapeError, format_shape
 from polymodal.modules.encoders.hf import HFLoadError, HFTextTower, HFVisionTower, MissingDependencyError
+from polymodal.modules.encoders.sequence import FeatureSequenceEncoder
 from polymodal.modules.encoders.text import TextTransformer
 from polymodal.modules.encoders.video import VideoEncoder
 from polymodal.modules.encoders.vision import SmallCNN, VisionTransformer
@@ -24,6 +25,7 @@ __all__ = [
     "AudioEncoder",
     "Encoder",
     "EncoderOutput",
+    "FeatureSequenceEncoder",
     "HFLoadError",
     "HFTextTower",
     "HFVisionTower",
@@ -43,6 +45,7 @@ ENCODERS: dict[str, Callable[..., Encoder]] = {
     "text_transformer": TextTransformer,
     "hf_vision": HFVisionTower.from_pretrained,
     "hf_text": HFTextTower.from_pretrained,
+    "features": FeatureSequenceEncoder,
     "audio": AudioEncoder,
     "video": VideoEncoder,
 }

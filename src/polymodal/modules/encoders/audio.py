@@ -12,28 +12,18 @@ that the convolution's own padding gives the unpadded clip, and ``pooled`` is th
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
 from polymodal.modules.encoders.base import Encoder, EncoderOutput, ShapeError, shape_error
+from polymodal.modules.positions import sinusoidal_positions
 from polymodal.modules.transformer import Transformer
 
 __all__ = ["AudioEncoder", "sinusoidal_positions"]
 
 # Each stem convolution has stride 2, so the token rate is the frame rate / 2**STEM_LAYERS.
 STEM_LAYERS = 2
-
-
-def sinusoidal_positions(length: int, width: int, device: torch.device | None = None) -> Tensor:
-    """``[length, width]`` sin / cos positions (Vaswani et al.): defined for any length, nothing to learn."""
-    half = width // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=device, dtype=torch.float32) / max(half, 1))
-    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * freqs[None, :]
-    pos = torch.cat([angles.sin(), angles.cos()], dim=1)
-    return nn.functional.pad(pos, (0, width - 2 * half))  # odd width: one zero column
 
 
 def downsample_mask(mask: Tensor) -> Tensor:
