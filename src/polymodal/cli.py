@@ -58,6 +58,28 @@ def data_world(
     typer.echo(manifest.summary())
 
 
+@data_app.command("av-world")
+def data_av_world(
+    out: Path = typer.Option(..., "--out", help="Folder to write the audio-visual world into."),
+    clips: int = typer.Option(1000, "--clips", min=3, help="Number of clips."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same files."),
+    frames: int = typer.Option(8, "--frames", min=6, max=64, help="Frames per clip (8 fps)."),
+    size: int = typer.Option(64, "--size", min=32, max=512, help="Frame side in pixels (even)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Render processes (0: one per core)."),
+) -> None:
+    """Generate audio-visual clips: moving objects (MP4), their sounds (WAV), captions, questions, statements.
+
+    Writes DIR/data.yaml, a data spec for run configs and `polymodal eval --data`. Rerunning with the
+    same seed, frames and size reuses the clips already written.
+
+    Example:  polymodal data av-world --out av_world --clips 2000 --seed 0
+    """
+    from polymodal.data.world.av_writer import write_av_world
+
+    summary = write_av_world(out, clips, seed, frames=frames, size=size, progress=True, workers=workers or None)
+    typer.echo(summary.summary())
+
+
 @data_app.command("check")
 def data_check(
     spec: Path = typer.Argument(..., help="A run config (YAML), a data-source YAML, or a world folder."),
