@@ -69,6 +69,8 @@ def data(tmp_path: Path) -> ReportData:
             ["cat", "dog", "bird"], [[5, 1, 0], [2, 6, 0], [0, 1, 7]],
             {"image+text": 0.82, "text only": 0.51, "image only": 0.47},
         ),
+        robustness={"test": {"task": "classification", "headline": "accuracy", "levels": [0.0, 0.5, 1.0], "curves": {
+            "image": {"noise": {"levels": [0.0, 0.5, 1.0], "headline": [0.9, 0.7, None]}}}}},
         notes=["held-out uses unseen <combinations>"],
     )
 
@@ -193,7 +195,7 @@ def test_plots_are_drawn_with_matplotlib(data: ReportData, tmp_path: Path) -> No
     pytest.importorskip("matplotlib")
     html_path, md_path = write_report(data, tmp_path / "out")
     files = tmp_path / "out" / "report_files"
-    for name in ("curves", "vqa_families", "confusion", "ablation"):
+    for name in ("curves", "vqa_families", "confusion", "ablation", "robustness_0_0"):
         path = files / f"plot_{name}.png"
         assert path.is_file(), name
         with Image.open(path) as im:
@@ -202,7 +204,7 @@ def test_plots_are_drawn_with_matplotlib(data: ReportData, tmp_path: Path) -> No
             assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 150
             assert len(im.convert("L").getcolors(1 << 16) or []) > 10  # something was drawn
     html, md = html_path.read_text(), md_path.read_text()
-    assert html.count('class="plot"') == 4
+    assert html.count('class="plot"') == 5
     assert "polymodal[eval]" not in html
     assert "](report_files/plot_confusion.png)" in md and "](report_files/plot_curves.png)" in md
 

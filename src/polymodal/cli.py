@@ -206,6 +206,8 @@ def evaluate(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
     workers: int = typer.Option(2, "--workers", min=0, help="Data-loader processes decoding images (0: in the main process)."),
     device: str = typer.Option("auto", "--device", help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."),
+    robustness: bool = typer.Option(False, "--robustness", help="Also measure the metric as each modality is corrupted or dropped at increasing levels (curves in eval.json and the report)."),
+    robustness_levels: Optional[str] = typer.Option(None, "--robustness-levels", help="Corruption levels in [0, 1], comma-separated (default 0,0.2,0.4,0.6,0.8,1); needs --robustness."),
 ) -> None:
     """Evaluate a checkpoint on every split of a data spec; print the metrics, write eval.json and a report.
 
@@ -218,21 +220,34 @@ def evaluate(
     Example:  polymodal eval --checkpoint runs/world_retrieval/checkpoints/step_00001000 --data configs/world_retrieval.yaml --max-samples 500
 
     Example:  polymodal eval --checkpoint clip-vit-base-patch32 --data coco_val.yaml --out clip_eval
+
+    Example:  polymodal eval --checkpoint runs/world_vqa --data world/ --split test --robustness --robustness-levels 0,0.25,0.5,1
     """
     import logging
 
     from polymodal.evaluate import evaluate_checkpoint, format_metrics
 
+    if robustness_levels is not None and not robustness:
+        raise PolymodalError("--robustness-levels needs --robustness")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = evaluate_checkpoint(
         checkpoint, data, out_dir=out, splits=splits or None, max_samples=max_samples,
         device=device, batch_size=batch_size, num_workers=workers,
+        robustness=robustness, robustness_levels=robustness_levels, progress=robustness and sys.stderr.isatty(),
     )
     step = f"step {result['global_step']}" if result["global_step"] is not None else "pretrained"
     typer.echo(f"{result['model_type']} model, {result['task']} task, {step}: {result['checkpoint']}")
     typer.echo(format_metrics(result["metrics"], {s: r["samples"] for s, r in result["splits"].items()}))
     for split, why in result["skipped_splits"].items():
         typer.echo(f"skipped split {split}: {why}")
+    for split, run in (result.get("robustness") or {}).items():
+        typer.echo(f"robustness ({split}, {run['headline']} at levels {', '.join(f'{v:g}' for v in run['levels'])}):")
+        for modality, kinds in run["curves"].items():
+            for kind, curve in kinds.items():
+                values = "  ".join("n/a" if v is None else f"{v:.3f}" for v in curve["headline"])
+                typer.echo(f"  {modality:<10} {kind:<13} {values}")
+        for what, why in run["skipped"].items():
+            typer.echo(f"  not corrupted: {what}: {why}")
     typer.echo(f"wrote {result['eval_json']}")
     for key in ("report_html", "report_md"):
         if key in result:
@@ -685,18 +700,38 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("model")
 def bench_model(
     names: list[str] = typer.Argument(None, help="Shipped model configs (e.g. vqa-tiny) or YAML paths; none: all shipped."),
-    batch: int = typer.Option(8, "--batch", min=1),
-    repeats: int = typer.Option(5, "--repeats", min=1),
+    batch: int = typer.Option(8, "--batch", min=1, help="Samples per dummy batch (per-sample numbers divide by it)."),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed forward passes; latency is their median."),
+    device: str = typer.Option("cpu", "--device", help="'cpu', 'cuda' or 'cuda:N' ('auto': CUDA when available)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON to this file."),
 ) -> None:
-    """Parameters, forward FLOPs per sample and latency per sample of model configs.
+    """Parameters, forward FLOPs per sample, peak forward memory and latency per sample of model configs.
+
+    Dummy inputs follow each config's encoders (images, token ids, log-mels, video clips, feature
+    sequences). Peak memory is what one forward of the whole batch allocates above the weights and inputs.
 
     Example:  polymodal bench model dual_encoder-tiny captioner-small --batch 16
+
+    Example:  polymodal bench model --json costs.json
     """
-    from polymodal.models.cost import measure
+    import json
+
+    from polymodal.api import resolve_device
+    from polymodal.models.cost import ModelCost, measure
     from polymodal.models.factory import list_model_configs
 
+    dev = resolve_device(device)
+    costs = []
+    typer.echo(ModelCost.HEADER)
     for name in names or list_model_configs():
-        typer.echo(measure(name, batch=batch, repeats=repeats).format())
+        cost = measure(name, batch=batch, repeats=repeats, device=dev)
+        costs.append(cost)
+        typer.echo(cost.format())
+    typer.echo(f"batch {batch}, {dev}; peak MiB: one forward pass of the batch, above weights and inputs")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps([c.to_dict() for c in costs], indent=1) + "\n", encoding="utf-8")
+        typer.echo(f"wrote {json_path}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

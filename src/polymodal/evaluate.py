@@ -20,6 +20,7 @@ import math
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -157,12 +158,19 @@ def evaluate_checkpoint(
     num_workers: int = 0,
     report: bool = True,
     progress: bool = False,
+    robustness: bool = False,
+    robustness_levels: Sequence[float] | str | None = None,
+    robustness_seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the splits of ``data_spec`` and write ``eval.json`` and the report.
 
     ``splits`` defaults to every split of the spec except ``train`` (for a world folder: val, test and
     test_heldout); ``max_samples`` caps the samples per split. ``out_dir`` defaults to ``<run>/eval/``.
     Returns what ``eval.json`` holds (``metrics`` per split, ``splits`` with details) plus the paths written.
+
+    ``robustness=True`` then re-evaluates each split with every corruption of :mod:`polymodal.robustness`
+    at ``robustness_levels`` (default 0, .2, .4, .6, .8, 1) and stores the curves under ``"robustness"``
+    (per split); the report plots them.
     """
     from polymodal.api import model_from_checkpoint, resolve_device
     from polymodal.hub.loading import is_hf_checkpoint, load_pretrained
@@ -174,6 +182,10 @@ def evaluate_checkpoint(
         raise ConfigError(f"max_samples must be at least 1, got {max_samples}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if robustness:
+        from polymodal.robustness import parse_levels
+
+        levels = parse_levels(robustness_levels)  # a bad --robustness-levels fails before any work
     dev = resolve_device(device)
     folder = locate(checkpoint)  # a polymodal run or checkpoint, a Hugging Face folder, a zoo name
     ckpt = None if is_hf_checkpoint(folder) else load_checkpoint(folder)
@@ -189,13 +201,24 @@ def evaluate_checkpoint(
     # a Hugging Face folder may be a read-only hub cache: its evaluation goes under ./eval/<name>
     out = Path(out_dir) if out_dir is not None else default_out_dir(source) if ckpt is not None else Path("eval").resolve() / _hf_name(checkpoint)
 
-    def loader(samples: Sequence[Sample], with_images: bool = True) -> Any:
-        batches = make_loader(samples, proc.image if with_images else None, proc.tokenizer, proc.max_length, batch_size, num_workers)  # type: ignore[arg-type]
-        if not progress:
-            return batches
-        from tqdm import tqdm
+    dropped: Counter[str] = Counter()  # per split: samples skipped (unreadable) and inputs zero-filled (missing)
 
-        return tqdm(batches, desc=f"eval {split}", unit="batch", dynamic_ncols=True, leave=False)  # the split being evaluated
+    def counted(batches: Any) -> Any:
+        for b in batches:
+            dropped["skipped"] += b["num_skipped"]
+            dropped.update({f"filled/{k}": v for k, v in (b.get("num_missing") or {}).items()})
+            yield b
+
+    def loader(samples: Sequence[Sample], with_images: bool = True) -> Any:
+        batches = make_loader(
+            samples, proc.image if with_images else None, proc.tokenizer, proc.max_length, batch_size, num_workers,  # type: ignore[arg-type]
+            media=proc.media if with_images else None,
+        )
+        if progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc=f"eval {split}", unit="batch", dynamic_ncols=True, leave=False)  # the split being evaluated
+        return counted(batches)
 
     results: dict[str, dict[str, Any]] = {}
     samples_of: dict[str, list[Sample]] = {}
@@ -208,11 +231,15 @@ def evaluate_checkpoint(
             continue
         log.info("%s: evaluating %d %s samples", split, len(samples), task.name)
         started = time.perf_counter()
+        dropped.clear()
         with torch.no_grad():
             result = task.evaluate(model, samples, loader, dev)
+        if dropped:
+            log.warning("%s: %s (unreadable inputs skipped / missing modalities filled; see the warnings above)", split, dict(dropped))
         results[split] = {
             "samples": len(samples),
             "problem_records": problems,
+            "dropped": dict(dropped),
             "seconds": round(time.perf_counter() - started, 3),
             "metrics": {k: float(v) for k, v in result.metrics.items()},
             "details": _compact(result.details),
@@ -225,6 +252,26 @@ def evaluate_checkpoint(
             f"{'captions' if task.name in ('retrieval', 'captioning') else 'questions with answers' if task.name == 'vqa' else 'labelled rows'}"
         )
 
+    curves: dict[str, Any] = {}
+    if robustness:
+        from polymodal.data.processors import CLIP_MEAN, CLIP_STD
+        from polymodal.robustness import robustness_curves
+
+        def quiet_loader(samples: Sequence[Sample], with_images: bool = True) -> Any:
+            """The evaluation loader without its per-batch bar (the curves have one over their points)."""
+            return make_loader(
+                samples, proc.image if with_images else None, proc.tokenizer, proc.max_length, batch_size, num_workers,  # type: ignore[arg-type]
+                media=proc.media if with_images else None,
+            )
+
+        image_config = getattr(proc.image, "config", None)
+        for split, split_samples in samples_of.items():
+            log.info("%s: robustness curves at levels %s", split, ", ".join(f"{v:g}" for v in levels))
+            curves[split] = robustness_curves(
+                task, model, split_samples, quiet_loader, dev, levels=levels, seed=robustness_seed,
+                tokenizer=proc.tokenizer, max_length=proc.max_length, progress=progress,
+                image_mean=getattr(image_config, "mean", CLIP_MEAN), image_std=getattr(image_config, "std", CLIP_STD),
+            )
     summary: dict[str, Any] = {
         "checkpoint": str(source),
         "model_type": proc.model_type,
@@ -237,6 +284,8 @@ def evaluate_checkpoint(
         "splits": results,
         "skipped_splits": skipped,
     }
+    if robustness:
+        summary["robustness"] = _compact(curves)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / EVAL_FILE, summary)
     paths: dict[str, str] = {"out_dir": str(out), "eval_json": str(out / EVAL_FILE)}
@@ -286,6 +335,11 @@ def _report_data(summary: dict[str, Any], samples_of: dict[str, list[Sample]], c
         notes.append(f"At most {summary['max_samples']} samples per split were evaluated.")
     for s, why in summary["skipped_splits"].items():
         notes.append(f"Split '{s}' was not evaluated: {why}.")
+    if summary.get("robustness"):
+        data.robustness = summary["robustness"]
+        first = next(iter(summary["robustness"].values()))
+        for what, why in (first.get("skipped") or {}).items():
+            notes.append(f"Robustness: {what} is not corrupted: {why}.")
     # a multi-task evaluation nests each task's details under its name; a single task's are at the top
     def section(split: str, name: str) -> dict[str, Any]:
         details = splits[split]["details"]

@@ -148,6 +148,8 @@ class ReportData:
     caption_examples: list[CaptionExample] | None = None
     vqa_examples: list[VQAExample] | None = None
     classification: ClassificationResult | None = None
+    # {split: polymodal.robustness.robustness_curves(...) output}: metric vs corruption level per modality
+    robustness: dict[str, dict] | None = None
     notes: list[str] = field(default_factory=list)
     image_root: ImagePath | None = None
 

@@ -8,6 +8,7 @@ whether it is installed.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping, Sequence
 
 from polymodal.report.data import ClassificationResult, Curves, union_in_order
@@ -185,4 +186,29 @@ def plot_ablation(result: ClassificationResult) -> bytes:
         ax.set_ylim(0, 1.12)
     _style(ax)
     ax.grid(False, axis="x")
+    return _png(fig)
+
+
+def plot_robustness(kinds: Mapping[str, Mapping[str, Sequence[float | None]]], metric: str, title: str) -> bytes:
+    """One modality's robustness: ``metric`` against corruption level, one line per corruption kind.
+
+    ``kinds`` is ``{kind: {"levels": [...], "headline": [...]}}`` (a None value, e.g. NaN in eval.json,
+    leaves a gap in its line).
+    """
+    fig = _figure(5.2, 3.4)
+    ax = fig.subplots()
+    values: list[float] = []
+    for i, (kind, curve) in enumerate(kinds.items()):
+        ys = [float("nan") if v is None else float(v) for v in curve["headline"]]
+        values += [v for v in ys if not math.isnan(v)]
+        ax.plot(list(curve["levels"]), ys, label=_label(kind), color=PALETTE[i % len(PALETTE)], linewidth=1.6,
+                marker="o", markersize=4)
+    ax.set_xlabel("corruption level")
+    ax.set_ylabel(_label(metric))
+    ax.set_title(_label(title), fontsize=11)
+    ax.set_xlim(-0.03, 1.03)
+    if values and min(values) >= 0 and max(values) <= 1:
+        ax.set_ylim(0, 1.05)
+    _style(ax)
+    ax.legend(fontsize=8, frameon=False)
     return _png(fig)

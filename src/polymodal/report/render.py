@@ -34,6 +34,7 @@ SECTIONS = {
     "captions": "Caption examples",
     "vqa-examples": "VQA examples",
     "classification": "Classification",
+    "robustness": "Robustness",
     "notes": "Notes",
 }
 
@@ -63,6 +64,7 @@ class _Prepared:
             "captions": bool(d.caption_examples),
             "vqa-examples": bool(d.vqa_examples),
             "classification": d.classification is not None,
+            "robustness": bool(d.robustness),
             "notes": bool(d.notes),
         }
         return [s for s in SECTIONS if present[s]]
@@ -94,7 +96,45 @@ def _prepare(data: ReportData, out_dir: Path, thumb_size: int) -> _Prepared:
             _draw(prep, "confusion", lambda: plots.plot_confusion(c))
         if c is not None and c.accuracies:
             _draw(prep, "ablation", lambda: plots.plot_ablation(c))
+        for split, modality, key in _robustness_plots(data):
+            run = (data.robustness or {})[split]
+            _draw(prep, key, lambda run=run, m=modality, s=split: plots.plot_robustness(
+                run["curves"][m], run.get("headline", "metric"), f"{m} ({s})"))
     return prep
+
+
+def _robustness_plots(data: ReportData) -> list[tuple[str, str, str]]:
+    """``(split, modality, plot key)`` of every robustness plot: one per modality and split."""
+    out = []
+    for split, run in (data.robustness or {}).items():
+        for i, modality in enumerate(run.get("curves") or {}):
+            out.append((split, modality, f"robustness_{len(out)}_{i}"))
+    return out
+
+
+ROBUSTNESS_HEADER = ["modality", "corruption"]
+
+
+def _robustness_tables(data: ReportData) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per split: (caption, header, rows) with the headline metric at every level."""
+    tables = []
+    for split, run in (data.robustness or {}).items():
+        levels = [float(v) for v in run.get("levels") or []]
+        header = ROBUSTNESS_HEADER + [f"level {v:g}" for v in levels]
+        rows = [[m, kind] + [format_value(v) for v in curve["headline"]]
+                for m, kinds in (run.get("curves") or {}).items() for kind, curve in kinds.items()]
+        caption = f"{split}: {run.get('headline', 'metric')} of the {run.get('task', '')} task by corruption level (level 0: clean)"
+        tables.append((caption, header, rows))
+    return tables
+
+
+def _html_robustness(prep: _Prepared, embed: bool) -> str:
+    parts = ['<div class="two">' + "".join(
+        _html_plot(prep, key, embed, f"robustness of {m} ({s})") for s, m, key in _robustness_plots(prep.data)) + "</div>"]
+    for caption, header, rows in _robustness_tables(prep.data):
+        parts.append(f"<h3>{_e(caption)}</h3>" + _html_table([_e(h) for h in header], [[_e(c) for c in r] for r in rows],
+                                                             num_cols=set(range(2, len(header)))))
+    return "".join(parts)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -378,6 +418,7 @@ def render_html(prep: _Prepared, embed: bool = True) -> str:
         "captions": lambda: _html_captions(prep, embed),
         "vqa-examples": lambda: _html_vqa_examples(prep, embed),
         "classification": lambda: _html_classification(prep, embed),
+        "robustness": lambda: _html_robustness(prep, embed),
         "notes": lambda: "<ul>" + "".join(f"<li>{_e(n)}</li>" for n in d.notes) + "</ul>",
     }
     parts = [f'<section id="{s}"><h2>{SECTIONS[s]}</h2>{body_of[s]()}</section>' for s in sections]
@@ -513,6 +554,11 @@ def render_markdown(prep: _Prepared) -> str:
             out += ["### Confusion matrix (rows: true class)", "",
                     _md_table([_m(h) for h in header], [[_m(x) for x in r] for r in rows],
                               num_cols=set(range(1, len(c.class_names) + 2))), ""]
+        elif s == "robustness":
+            out += [_md_plot(prep, key, f"robustness of {m} ({sp})") for sp, m, key in _robustness_plots(d)]
+            for caption, header, rows in _robustness_tables(d):
+                out += [f"### {_m(caption)}", "", _md_table([_m(h) for h in header], [[_m(c) for c in r] for r in rows],
+                                                            num_cols=set(range(2, len(header)))), ""]
         elif s == "notes":
             out += [f"- {_m(n)}" for n in d.notes] + [""]
     from polymodal import __version__
