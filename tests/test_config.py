@@ -97,3 +97,17 @@ def test_a_pretrained_towers_relative_path_means_a_folder_beside_the_config(tmp_
     tree = {"model": {"type": "pretrained", "path": "bert"}}
     (tmp_path / "cfg" / "ft.yaml").write_text(yaml.safe_dump(tree))
     assert load_config(tmp_path / "cfg" / "ft.yaml").model.path == str((tmp_path / "cfg" / "bert").resolve())
+
+
+def test_a_shipped_model_config_is_named_and_swapped_with_set(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("model: sentiment-tfn\ntrain: {task: regression}\n")
+    assert load_config(path).model.fusion == "tensor"
+    assert load_config(path, ["model=sentiment-mult"]).model.early_fusion == "mult"
+    with pytest.raises(ConfigError, match="'sentiment-xx' is not a shipped model config; shipped: .*sentiment-lmf"):
+        load_config(path, ["model=sentiment-xx"])
+
+
+def test_the_shipped_mosi_run_config_parses() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "mosi.yaml")
+    assert cfg.train.task == "regression" and cfg.data.train[0].format == "mosi" and cfg.model.early_fusion == "mult"

@@ -137,6 +137,20 @@ class RunConfig(StrictModel):
     optim: OptimSettings = Field(default_factory=OptimSettings)
     train: TrainSettings | None = None
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _shipped_model_by_name(cls, value: Any) -> Any:
+        """``model: sentiment-mult`` names a shipped model config (``polymodal bench model`` lists them),
+        so a baseline is swapped with ``--set model=sentiment-tfn`` instead of a copied YAML block."""
+        if not isinstance(value, str):
+            return value
+        from polymodal.models.factory import MODEL_CONFIG_DIR, list_model_configs
+
+        path = MODEL_CONFIG_DIR / f"{value}.yaml"
+        if not path.is_file():
+            raise ValueError(f"{value!r} is not a shipped model config; shipped: {', '.join(list_model_configs())}")
+        return read_yaml(path)
+
 
 def _location(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
