@@ -16,7 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
-from polymodal.modules.encoders.base import Encoder, EncoderOutput, ShapeError, shape_error
+from polymodal.modules.encoders.base import (
+    EncoderOutput,
+    ShapeError,
+    TransformerEncoder,
+    shape_error,
+)
 from polymodal.modules.positions import sinusoidal_positions
 from polymodal.modules.transformer import Transformer
 
@@ -33,7 +38,7 @@ def downsample_mask(mask: Tensor) -> Tensor:
     return mask.view(mask.shape[0], -1, 2).any(dim=-1)
 
 
-class AudioEncoder(Encoder):
+class AudioEncoder(TransformerEncoder):
     """Log-mel ``[B, n_mels, frames]`` -> tokens ``[B, ceil(frames / 4), width]`` and a pooled vector.
 
     Stem: two ``Conv1d`` (kernel 3, stride 2) + GELU with the mel bands as channels; then sinusoidal
@@ -85,14 +90,6 @@ class AudioEncoder(Encoder):
         self.proj = nn.Linear(width, output_dim, bias=False) if output_dim else None
         if self.proj is not None:
             nn.init.normal_(self.proj.weight, std=width**-0.5)
-
-    @property
-    def grad_checkpointing(self) -> bool:
-        return self.transformer.grad_checkpointing
-
-    @grad_checkpointing.setter
-    def grad_checkpointing(self, enable: bool) -> None:
-        self.transformer.grad_checkpointing = enable
 
     @staticmethod
     def num_tokens(frames: int) -> int:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from polymodal.errors import PolymodalError
 
-__all__ = ["Encoder", "EncoderOutput", "ShapeError", "format_shape", "shape_error"]
+__all__ = ["Encoder", "EncoderOutput", "ShapeError", "TransformerEncoder", "format_shape", "shape_error"]
 
 
 class ShapeError(PolymodalError, ValueError):
@@ -109,3 +109,18 @@ class Encoder(nn.Module):
         for m in self.modules():
             if m is not self and hasattr(m, "grad_checkpointing"):
                 m.grad_checkpointing = enable
+
+
+class TransformerEncoder(Encoder):
+    """An encoder whose body is one :class:`~polymodal.modules.transformer.Transformer` stack in
+    ``self.transformer``: its gradient checkpointing is that stack's (ViT, text, audio)."""
+
+    transformer: nn.Module
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.transformer.grad_checkpointing
+
+    @grad_checkpointing.setter
+    def grad_checkpointing(self, enable: bool) -> None:
+        self.transformer.grad_checkpointing = enable

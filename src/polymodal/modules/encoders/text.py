@@ -14,7 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
-from polymodal.modules.encoders.base import Encoder, EncoderOutput, ShapeError, format_shape, shape_error
+from polymodal.modules.encoders.base import (
+    EncoderOutput,
+    ShapeError,
+    TransformerEncoder,
+    format_shape,
+    shape_error,
+)
 from polymodal.modules.transformer import KVCache, Transformer
 
 __all__ = ["TextTransformer"]
@@ -22,7 +28,7 @@ __all__ = ["TextTransformer"]
 Pool = Literal["cls", "eos", "mean"]
 
 
-class TextTransformer(Encoder):
+class TextTransformer(TransformerEncoder):
     """Token + learned position embeddings, pre-LN blocks, final LayerNorm.
 
     ``pool`` picks ``pooled``: ``'cls'`` the first token, ``'eos'`` the last real token (CLIP; the
@@ -93,14 +99,6 @@ class TextTransformer(Encoder):
         nn.init.normal_(self.pos_embed, std=0.01)
         if self.proj is not None:
             nn.init.normal_(self.proj.weight, std=width**-0.5)
-
-    @property
-    def grad_checkpointing(self) -> bool:
-        return self.transformer.grad_checkpointing
-
-    @grad_checkpointing.setter
-    def grad_checkpointing(self, enable: bool) -> None:
-        self.transformer.grad_checkpointing = enable
 
     def forward(
         self,

@@ -15,7 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
-from polymodal.modules.encoders.base import Encoder, EncoderOutput, ShapeError, shape_error
+from polymodal.modules.encoders.base import (
+    Encoder,
+    EncoderOutput,
+    ShapeError,
+    TransformerEncoder,
+    shape_error,
+)
 from polymodal.modules.transformer import Transformer
 
 __all__ = ["SmallCNN", "VisionTransformer"]
@@ -31,7 +37,7 @@ def _check_images(where: str, images: Tensor, channels: int, size: int) -> None:
         )
 
 
-class VisionTransformer(Encoder):
+class VisionTransformer(TransformerEncoder):
     """ViT: patch embedding, class token, learned positions, pre-LN blocks, final LayerNorm.
 
     ``tokens`` are ``[B, 1 + num_patches, width]`` with the class token at position 0. ``pooled`` is
@@ -96,14 +102,6 @@ class VisionTransformer(Encoder):
         self.proj = nn.Linear(width, output_dim, bias=False) if output_dim else None
         if self.proj is not None:
             nn.init.normal_(self.proj.weight, std=scale)
-
-    @property
-    def grad_checkpointing(self) -> bool:
-        return self.transformer.grad_checkpointing
-
-    @grad_checkpointing.setter
-    def grad_checkpointing(self, enable: bool) -> None:
-        self.transformer.grad_checkpointing = enable
 
     def forward(self, images: Tensor) -> EncoderOutput:
         """``images`` ``[B, in_channels, image_size, image_size]`` float -> :class:`EncoderOutput`."""
