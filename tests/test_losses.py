@@ -436,3 +436,11 @@ def test_multitask_weighted_sum_and_parts() -> None:
         combo({"itc": torch.ones(2)})
     with pytest.raises(LossInputError, match="weight of 'itc'"):
         MultiTaskLoss({"itc": -1.0})
+
+
+def test_a_single_answer_is_a_full_credit_target() -> None:
+    from polymodal.losses.vqa import vqa_soft_scores
+
+    vocab = ["yes", "no", "2"]
+    assert vqa_soft_scores(["no"], vocab).tolist() == [0.0, 1.0, 0.0]  # CLEVR / GQA / JSONL: one answer
+    assert vqa_soft_scores(["no", "yes"], vocab).tolist() == pytest.approx([1 / 3, 1 / 3, 0.0])  # humans: n / 3

@@ -111,3 +111,15 @@ def test_batch_errors():
         vqa_scores({1: "a", 9: "b"}, {1: ["a"] * 10})
     with pytest.raises(MetricInputError):
         vqa_accuracy("a", [])
+
+
+def test_single_answer_questions_are_scored_by_exact_match_after_normalisation() -> None:
+    from polymodal.metrics import answer_accuracy
+
+    assert vqa_accuracy("yes", ["yes"]) == 0.0  # the official leave-one-out formula: no other human agrees
+    assert answer_accuracy("yes", ["yes"]) == 1.0
+    assert answer_accuracy("Two.", ["2"]) == 1.0  # punctuation and number words as the official code normalises
+    assert answer_accuracy("a cube", ["cube"]) == 1.0
+    assert answer_accuracy("cube", ["sphere"]) == 0.0
+    answers = ["2"] * 3 + ["3"] * 7
+    assert answer_accuracy("2", answers) == vqa_accuracy("2", answers)  # human-answer lists: the official score

@@ -36,7 +36,7 @@ from polymodal.metrics.retrieval import retrieval_metrics, retrieval_metrics_fro
 from polymodal.metrics.rouge import compute_rouge_l
 from polymodal.metrics.score_files import format_table, score_file
 from polymodal.metrics.sentiment import SENTIMENT_METRICS, sentiment_scores
-from polymodal.metrics.vqa import normalize_answer, official_percent, vqa_accuracy, vqa_scores
+from polymodal.metrics.vqa import answer_accuracy, normalize_answer, official_percent, vqa_accuracy, vqa_scores
 
 __all__ = [
     "CAPTION_METRICS",
@@ -69,5 +69,6 @@ __all__ = [
     "sentiment_scores",
     "tokenize_corpus",
     "vqa_accuracy",
+    "answer_accuracy",
     "vqa_scores",
 ]

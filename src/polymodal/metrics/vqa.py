@@ -122,6 +122,21 @@ def _clean(text: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
+def answer_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """:func:`vqa_accuracy` for human-answer lists, exact match for single-answer datasets.
+
+    CLEVR, GQA and most JSONL question sets give one answer per question. The official formula leaves
+    each human out in turn, so with one answer it scores every prediction 0; such questions are scored
+    as CLEVR and GQA score them: 1 when the prediction equals the answer after the official
+    normalisation, else 0.
+    """
+    if not isinstance(answers, str) and len(answers) == 1:
+        if not isinstance(prediction, str):
+            raise MetricInputError(f"a VQA prediction must be a string, got {type(prediction).__name__}")
+        return float(normalize_answer(prediction) == normalize_answer(answers[0]))
+    return vqa_accuracy(prediction, answers)
+
+
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """Accuracy of one predicted answer against the human answers (10 in VQA v1/v2).
 

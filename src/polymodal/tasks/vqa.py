@@ -15,7 +15,7 @@ from torch import nn
 from polymodal.data.sample import Sample
 from polymodal.errors import DataError
 from polymodal.data.tokenizers import TextTokenizer
-from polymodal.metrics import vqa_accuracy
+from polymodal.metrics import answer_accuracy
 from polymodal.models.factory import BuildContext
 from polymodal.models.vqa import AnswerVocab
 from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task
@@ -65,14 +65,14 @@ class VQATask(Task):
         by_type: dict[str, list[float]] = defaultdict(list)
         scores = []
         for s, p in zip(samples, preds):
-            acc = vqa_accuracy(p, list(s.answers))
+            acc = answer_accuracy(p, list(s.answers))
             scores.append(acc)
             by_family[str(s.meta.get("family") or s.meta.get("question_type") or "all")].append(acc)
             by_type[str(s.meta.get("answer_type") or "unknown")].append(acc)
         metrics = {"accuracy": sum(scores) / max(1, len(scores))}
         metrics |= {f"acc_{t}": sum(v) / len(v) for t, v in sorted(by_type.items())}
         examples = [
-            {"image": str(s.image_path), "question": s.text, "predicted": p, "answers": list(dict.fromkeys(s.answers)), "correct": vqa_accuracy(p, list(s.answers)) >= 1.0}
+            {"image": str(s.image_path), "question": s.text, "predicted": p, "answers": list(dict.fromkeys(s.answers)), "correct": answer_accuracy(p, list(s.answers)) >= 1.0}
             for s, p in list(zip(samples, preds))[:12]
         ]
         details = {"by_family": {f: sum(v) / len(v) for f, v in sorted(by_family.items())}, "examples": examples, "questions": len(samples)}
