@@ -82,3 +82,13 @@ def test_score_command_on_world_files(tmp_path: Path, capsys: pytest.CaptureFixt
     (tmp_path / "vqa.json").write_text(json.dumps(right[:-1]))  # one question without a prediction
     code, _, err = run(capsys, "score", "vqa", str(tmp_path / "vqa.json"), str(tmp_path / "w/vqa/annotations_val.json"))
     assert code == 2 and "vqa.json" in err
+
+
+def test_an_unknown_option_is_a_usage_message_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    from polymodal.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "No such option: --bogus" in err and "Traceback" not in err
