@@ -234,12 +234,13 @@ def evaluate_checkpoint(
         dropped.clear()
         with torch.no_grad():
             result = task.evaluate(model, samples, loader, dev)
-        if dropped:
-            log.warning("%s: %s (unreadable inputs skipped / missing modalities filled; see the warnings above)", split, dict(dropped))
+        losses = {k: v for k, v in dropped.items() if v}
+        if losses:
+            log.warning("%s: %s (unreadable inputs skipped / missing modalities filled; see the warnings above)", split, losses)
         results[split] = {
             "samples": len(samples),
             "problem_records": problems,
-            "dropped": dict(dropped),
+            "dropped": losses,
             "seconds": round(time.perf_counter() - started, 3),
             "metrics": {k: float(v) for k, v in result.metrics.items()},
             "details": _compact(result.details),
