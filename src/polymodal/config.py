@@ -71,6 +71,7 @@ class AudioSettings(StrictModel):
     f_min: float = Field(0.0, ge=0)
     f_max: float | None = None
     max_seconds: float | None = Field(10.0, gt=0, description="longer clips: a random window in training, the start in evaluation")
+    pad_to_max: bool = Field(False, description="pad shorter clips with silence to max_seconds (always on when audio is a dual encoder's tower)")
     freq_masks: int = Field(0, ge=0, description="SpecAugment frequency masks per clip (training only)")
     freq_width: int = Field(8, ge=1)
     time_masks: int = Field(0, ge=0, description="SpecAugment time masks per clip (training only)")

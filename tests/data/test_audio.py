@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from pathlib import Path
 
@@ -312,3 +313,14 @@ def test_processor_config_rejects_unknown_keys():
 def test_processor_config_rejects_bad_values(option, value):
     with pytest.raises(ConfigError, match=f"audio processor: {option} must be"):
         AudioProcessorConfig(**{option: value})
+
+
+def test_pad_to_max_pads_short_clips_with_silence_to_one_shape() -> None:
+    config = AudioProcessorConfig(sample_rate=8000, n_fft=256, hop_length=80, n_mels=16, max_seconds=0.5, pad_to_max=True)
+    processor = AudioProcessor(config)
+    short, long = torch.full((1000,), 0.3), torch.full((9000,), 0.3)
+    a, b = processor(short), processor(long)
+    assert a.shape == b.shape == (16, processor.num_frames(1000))
+    assert float(a[:, -5:].max()) == pytest.approx(math.log(1e-6), abs=1e-3)  # the padded tail is silence
+    with pytest.raises(ConfigError, match="pad_to_max"):
+        AudioProcessorConfig(max_seconds=None, pad_to_max=True)

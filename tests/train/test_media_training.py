@@ -81,3 +81,28 @@ def test_audio_video_text_classifier_trains_and_reloads_its_decoding(tmp_path: P
     assert abs(result["metrics"]["test"]["accuracy"] - summary["test"]["accuracy"]) < 0.2
     expected = {"skipped": 1} if missing == "skip" else {"filled/audio": 1}
     assert result["splits"]["test"]["dropped"] == expected  # the row whose sound file is missing
+
+
+def test_audio_text_retrieval_trains_a_dual_encoder_with_an_audio_tower(tmp_path: Path, clips: Path) -> None:
+    """A sound takes the image's place: clips are padded with silence to one length (the tower has no mask)."""
+    for split in ("train", "test"):
+        rows = [json.loads(line) for line in (clips / f"{split}.jsonl").read_text().splitlines()]
+        captions = [{"id": r["id"], "audio": r["audio"], "text": f"a {r['label']} tone"} for r in rows if r["id"] != "lost"]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in captions))
+    source = {"format": "jsonl", "root": str(clips), "id_field": "id", "image_field": None, "label_field": None, "audio_field": "audio"}
+    cfg = {
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "data": {split: source | {"path": str(tmp_path / f"{split}.jsonl")} for split in ("train", "test")},
+        "model": {"type": "dual_encoder", "vision": AUDIO, "text": TEXT | {"causal": True}, "embed_dim": 16},
+        "tokenizer": {"vocab_size": 50, "max_length": 16},
+        "audio": {"sample_rate": RATE, "n_fft": 256, "hop_length": 80, "n_mels": 16, "max_seconds": 0.5},
+        "optim": {"lr": 3e-3, "warmup_steps": 1},
+        "train": {"task": "retrieval", "epochs": 2, "batch_size": 8, "eval_batch_size": 16, "num_workers": 0, "checkpoint_every": 1000},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    summary = Trainer(load_config(tmp_path / "run.yaml"), progress=False).fit()
+    assert summary["steps"] == 6 and 0.0 <= summary["test"]["t2i_R@1"] <= 1.0
+    processors = json.loads(next((tmp_path / "run").glob("checkpoints/step_*/processors.json")).read_text())
+    media = processors["media"]
+    assert media["audio_key"] == "image" and media["audio"]["pad_to_max"] and media["audio"]["max_seconds"] == 0.5

@@ -332,6 +332,9 @@ class AudioProcessorConfig:
     mel_norm: str | None = "slaney"
     # Longer clips are cut to this: a random window in training, the first max_seconds in eval.
     max_seconds: float | None = 10.0
+    # Shorter clips are padded with silence to max_seconds, so every clip has the same shape: what a tower
+    # that takes no mask needs (audio as the non-text side of a dual encoder, CLAP-style).
+    pad_to_max: bool = False
     # SpecAugment, training only; 0 masks = off
     freq_masks: int = 0
     freq_width: int = 8  # mel bands per frequency mask, at most
@@ -354,6 +357,7 @@ class AudioProcessorConfig:
         need(self.mel_scale in ("slaney", "htk"), "mel_scale", "'slaney' or 'htk'")
         need(self.mel_norm in ("slaney", None), "mel_norm", "'slaney' or None")
         need(self.max_seconds is None or self.max_seconds > 0, "max_seconds", "> 0 or None")
+        need(not self.pad_to_max or self.max_seconds is not None, "pad_to_max", "used with a max_seconds")
         for option in ("freq_masks", "freq_width", "time_masks"):
             need(getattr(self, option) >= 0, option, ">= 0")
         need(0.0 <= self.time_width_fraction <= 1.0, "time_width_fraction", "in [0, 1]")
@@ -402,10 +406,14 @@ class AudioProcessor:
     def num_frames(self, samples: int) -> int:
         """Frames of the log-mel of a ``samples``-long clip after cropping (for padding masks)."""
         limit = self.config.max_samples
+        if limit is not None and self.config.pad_to_max:
+            return self.features.num_frames(limit)
         return self.features.num_frames(samples if limit is None else min(samples, limit))
 
     def _crop(self, waveform: Tensor, rng: np.random.Generator) -> Tensor:
         limit = self.config.max_samples
+        if limit is not None and self.config.pad_to_max and waveform.shape[0] < limit:
+            return torch.nn.functional.pad(waveform, (0, limit - waveform.shape[0]))  # silence
         if limit is None or waveform.shape[0] <= limit:
             return waveform
         start = int(rng.integers(0, waveform.shape[0] - limit + 1)) if self.train else 0

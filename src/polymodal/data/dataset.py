@@ -58,7 +58,7 @@ def _load(
         if found is None:
             return None
         loaded_media = found
-        if media.video_key == "image" and "image" in found:  # the clip is this sample's visual input
+        if "image" in found:  # a clip or a sound is this sample's non-text input (the image tower's place)
             return LoadedSample(sample, found.pop("image"), text, tuple(answers), found)
     if image_processor is not None and sample.has_image:
         img = open_or_skip(sample, image_processor)

@@ -47,27 +47,28 @@ class MediaPlan:
 
     ``video_key`` is ``"video"`` when video is a modality of its own (a tri-modal classifier) and
     ``"image"`` when the clip *is* the visual input of an image-text model (video-text retrieval, video
-    QA). ``features`` lists the modalities read from :attr:`Sample.features` (CMU-MOSI-style pickles).
+    QA); ``audio_key`` likewise (``"image"``: audio-text retrieval). ``features`` lists the modalities read from :attr:`Sample.features` (CMU-MOSI-style pickles).
     """
 
     audio: Any = None  # an AudioProcessor: .load(source, rng, name) -> [n_mels, frames]
     video: Any = None  # a VideoProcessor: .load(source, rng, name) -> [T, 3, S, S]
     features: tuple[str, ...] = ()
     video_key: str = "video"
+    audio_key: str = "audio"
     missing: str = "skip"
     required: tuple[str, ...] = field(default=())  # batch keys every sample must have (others: optional)
 
     def __post_init__(self) -> None:
         if self.missing not in MISSING_POLICIES:
             raise ConfigError(f"missing_modality must be one of {MISSING_POLICIES}, got {self.missing!r}")
-        if self.video_key not in ("video", "image"):
-            raise ConfigError(f"media plan: video_key must be 'video' or 'image', got {self.video_key!r}")
+        if self.video_key not in ("video", "image") or self.audio_key not in ("audio", "image"):
+            raise ConfigError(f"media plan: video_key / audio_key must be their modality or 'image', got {self.video_key!r} / {self.audio_key!r}")
 
     @property
     def inputs(self) -> list[MediaInput]:
         found = []
         if self.audio is not None:
-            found.append(MediaInput("audio", "audio", -1))
+            found.append(MediaInput("audio", self.audio_key, -1))
         if self.video is not None:
             found.append(MediaInput("video", self.video_key, 0))
         found += [MediaInput(m, f"{m}_features", 0) for m in self.features]
@@ -105,9 +106,9 @@ def load_media(sample: Sample, plan: MediaPlan, rng: np.random.Generator) -> dic
     media: dict[str, Tensor] = {}
     for item in plan.inputs:
         tensor = None
-        if item.modality == "audio" and item.key == "audio" and sample.audio_path is not None:
+        if item.modality == "audio" and not item.key.endswith("_features") and sample.audio_path is not None:
             tensor = _decode(plan.audio, sample.audio_path, "audio", sample, rng)
-        elif item.key == plan.video_key and item.modality == "video" and sample.video_path is not None:
+        elif item.modality == "video" and not item.key.endswith("_features") and sample.video_path is not None:
             tensor = _decode(plan.video, sample.video_path, "video", sample, rng)
         elif item.key.endswith("_features"):
             tensor = _feature(sample, item.modality)
@@ -175,6 +176,7 @@ def plan_to_dict(plan: MediaPlan) -> dict[str, Any]:
         "video": plan.video.to_dict() if plan.video is not None else None,
         "features": list(plan.features),
         "video_key": plan.video_key,
+        "audio_key": plan.audio_key,
         "missing": plan.missing,
         "required": list(plan.required),
     }
@@ -185,7 +187,7 @@ def plan_from_dict(d: Mapping[str, Any], train: bool = False) -> MediaPlan:
     from polymodal.data.audio import AudioProcessor
     from polymodal.data.video import VideoProcessor
 
-    unknown = sorted(set(d) - {"audio", "video", "features", "video_key", "missing", "required"})
+    unknown = sorted(set(d) - {"audio", "video", "features", "video_key", "audio_key", "missing", "required"})
     if unknown:
         raise ConfigError(f"media settings: unknown keys {unknown}")
     return MediaPlan(
@@ -193,6 +195,7 @@ def plan_from_dict(d: Mapping[str, Any], train: bool = False) -> MediaPlan:
         video=VideoProcessor.from_dict(d["video"], train=train) if d.get("video") else None,
         features=tuple(d.get("features") or ()),
         video_key=str(d.get("video_key") or "video"),
+        audio_key=str(d.get("audio_key") or "audio"),
         missing=str(d.get("missing") or "skip"),
         required=tuple(d.get("required") or ()),
     )

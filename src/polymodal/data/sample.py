@@ -54,6 +54,6 @@ class Sample:
         return self.image_path is not None or self.image_bytes is not None
 
     @property
-    def has_visual(self) -> bool:
-        """An image or a video clip: what an image-text model (or its video tower) looks at."""
-        return self.has_image or self.video_path is not None
+    def has_media(self) -> bool:
+        """An image, a video clip or a sound: what the non-text tower of an image-text model takes."""
+        return self.has_image or self.video_path is not None or self.audio_path is not None

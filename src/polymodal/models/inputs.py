@@ -2,7 +2,8 @@
 
 A tri-modal classifier with ``audio: {name: audio}`` needs decoded log-mels, one with ``audio: {name:
 features}`` the pre-extracted sequences of :attr:`Sample.features`; an image-text model whose vision
-tower is a ``video`` encoder takes clips where other models take images (video-text retrieval, video QA).
+tower is a ``video`` or ``audio`` encoder takes clips or sounds where other models take images
+(video-text and audio-text retrieval, video QA).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ FEATURE_ENCODERS = ("features",)
 class ModelInputs:
     audio: bool = False
     video_key: str | None = None  # "video" (its own modality) or "image" (the visual tower's input)
+    audio_key: str = "audio"  # or "image": the sound is the non-text tower's input
     features: tuple[str, ...] = ()
 
     @property
     def required(self) -> tuple[str, ...]:
         """The batch keys every sample must fill (the missing-modality policy decides what happens if not)."""
-        keys = (["audio"] if self.audio else []) + ([self.video_key] if self.video_key else [])
+        keys = ([self.audio_key] if self.audio else []) + ([self.video_key] if self.video_key else [])
         return tuple(keys + [f"{m}_features" for m in self.features])
 
     @property
@@ -43,4 +45,6 @@ def model_inputs(config: Any) -> ModelInputs:
     vision = getattr(config, "vision", None)
     if vision is not None and vision.name in VIDEO_ENCODERS:
         return ModelInputs(video_key="image")
+    if vision is not None and vision.name in AUDIO_ENCODERS:
+        return ModelInputs(audio=True, audio_key="image")
     return ModelInputs()

@@ -60,7 +60,7 @@ def image_id_tensor(samples: Sequence[Sample]) -> Tensor:
 
 def is_caption(sample: Sample) -> bool:
     """An image with a caption (not a question, not a labelled statement)."""
-    return sample.has_visual and bool(sample.text) and not sample.answers and sample.label is None
+    return sample.has_media and bool(sample.text) and not sample.answers and sample.label is None
 
 
 def group_by_image(samples: Sequence[Sample]) -> dict[str, list[Sample]]:

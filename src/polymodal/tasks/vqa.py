@@ -30,7 +30,7 @@ class VQATask(Task):
         self.vocab: AnswerVocab | None = None
 
     def select(self, sample: Sample) -> bool:
-        return sample.has_visual and bool(sample.text) and bool(sample.answers)
+        return sample.has_media and bool(sample.text) and bool(sample.answers)
 
     def prepare(self, train: Sequence[Sample]) -> None:
         if self.vocab is None:

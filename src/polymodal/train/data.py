@@ -110,14 +110,15 @@ def media_plan(cfg: RunConfig, model_config: object, train: bool) -> MediaPlan |
     if inputs.audio:
         from polymodal.data.audio import AudioProcessor, AudioProcessorConfig
 
-        audio = AudioProcessor(AudioProcessorConfig(**cfg.audio.model_dump()), train=train)
+        settings = cfg.audio.model_dump() | ({"pad_to_max": True} if inputs.audio_key == "image" else {})  # a tower without a mask
+        audio = AudioProcessor(AudioProcessorConfig(**settings), train=train)
     if inputs.video_key:
         from polymodal.data.video import VideoProcessor, VideoProcessorConfig
 
         frames = image_processor(cfg.image, train).config
         video = VideoProcessor(VideoProcessorConfig(**cfg.video.model_dump(), image=frames), train=train)
     return MediaPlan(
-        audio=audio, video=video, features=inputs.features, video_key=inputs.video_key or "video",
+        audio=audio, video=video, features=inputs.features, video_key=inputs.video_key or "video", audio_key=inputs.audio_key,
         missing=cfg.missing_modality, required=inputs.required,
     )
 
