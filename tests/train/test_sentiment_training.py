@@ -22,8 +22,8 @@ def _split(rng: np.random.Generator, n: int) -> dict:
     feats = {m: rng.normal(size=(n, steps, d)).astype(np.float32) for m, d in DIMS.items()}
     lengths = rng.integers(2, steps + 1, size=n)
     for i, length in enumerate(lengths):
-        for m in feats:
-            feats[m][i, : steps - length] = 0.0
+        for values in feats.values():
+            values[i, : steps - length] = 0.0
     real = [slice(steps - length, steps) for length in lengths]
     score = np.array([feats["audio"][i, r, 0].mean() + feats["video"][i, r, 1].mean() for i, r in enumerate(real)])
     labels = np.clip(2.5 * np.tanh(score), -3, 3).astype(np.float32)
@@ -66,7 +66,7 @@ def test_mosi_pickle_trains_a_regressor_and_reports_the_mosi_metrics(tmp_path: P
     summary = Trainer(load_config(tmp_path / "run.yaml"), progress=False).fit()
     test = summary["test"]
     assert {"acc2", "acc2_has0", "f1", "acc7", "mae", "corr"} <= set(test)
-    truth = np.array([s["labels"] for s in [pickle.loads(pickle_path.read_bytes())["test"]]][0]).ravel()
+    truth = np.asarray(pickle.loads(pickle_path.read_bytes())["test"]["labels"]).ravel()
     constant_mae = float(np.abs(truth - np.median(truth)).mean())
     assert test["mae"] < 0.8 * constant_mae and test["corr"] > 0.5 and test["acc2"] > 0.7
     spec = tmp_path / "data.yaml"

@@ -6,7 +6,8 @@ correlation); any other numeric target gets MAE and Pearson correlation.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
