@@ -111,3 +111,13 @@ def test_a_shipped_model_config_is_named_and_swapped_with_set(tmp_path: Path) ->
 def test_the_shipped_mosi_run_config_parses() -> None:
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "mosi.yaml")
     assert cfg.train.task == "regression" and cfg.data.train[0].format == "mosi" and cfg.model.early_fusion == "mult"
+
+
+@pytest.mark.parametrize("name", ["av_world_statements", "av_world_retrieval", "av_world_vqa"])
+def test_the_shipped_audio_visual_run_configs_parse_and_read_their_media(name: str) -> None:
+    from polymodal.models.inputs import model_inputs
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    inputs = model_inputs(cfg.model)
+    assert inputs.video_key == ("video" if name == "av_world_statements" else "image")
+    assert inputs.audio == (name == "av_world_statements")
