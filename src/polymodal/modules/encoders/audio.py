@@ -23,7 +23,6 @@ from polymodal.modules.encoders.base import (
     shape_error,
 )
 from polymodal.modules.positions import sinusoidal_positions
-from polymodal.modules.transformer import Transformer
 
 __all__ = ["AudioEncoder", "sinusoidal_positions"]
 
@@ -76,20 +75,7 @@ class AudioEncoder(TransformerEncoder):
             for i in range(STEM_LAYERS)
         )
         self.act = nn.GELU()
-        self.transformer = Transformer(
-            width,
-            depth,
-            heads,
-            mlp_ratio,
-            dropout=dropout,
-            norm_eps=norm_eps,
-            activation=activation,
-            grad_checkpointing=grad_checkpointing,
-        )
-        self.ln_post = nn.LayerNorm(width, eps=norm_eps)
-        self.proj = nn.Linear(width, output_dim, bias=False) if output_dim else None
-        if self.proj is not None:
-            nn.init.normal_(self.proj.weight, std=width**-0.5)
+        self._build_body(width, depth, heads, mlp_ratio, dropout, norm_eps, activation, grad_checkpointing, output_dim)
 
     @staticmethod
     def num_tokens(frames: int) -> int:

@@ -117,6 +117,23 @@ class TransformerEncoder(Encoder):
 
     transformer: nn.Module
 
+    def _build_body(
+        self, width: int, depth: int, heads: int, mlp_ratio: float, dropout: float, norm_eps: float,
+        activation: str, grad_checkpointing: bool, output_dim: int | None,
+    ) -> None:
+        """The shared tail of a token encoder: the transformer stack, a final LayerNorm (``ln_post``) and
+        an optional bias-free projection of the pooled vector (``proj``, initialised at width**-0.5)."""
+        from polymodal.modules.transformer import Transformer  # the stack imports encoders' neighbours
+
+        self.transformer = Transformer(
+            width, depth, heads, mlp_ratio, dropout=dropout, norm_eps=norm_eps, activation=activation,
+            grad_checkpointing=grad_checkpointing,
+        )
+        self.ln_post = nn.LayerNorm(width, eps=norm_eps)
+        self.proj = nn.Linear(width, output_dim, bias=False) if output_dim else None
+        if self.proj is not None:
+            nn.init.normal_(self.proj.weight, std=width**-0.5)
+
     @property
     def grad_checkpointing(self) -> bool:
         return self.transformer.grad_checkpointing

@@ -22,7 +22,6 @@ from polymodal.modules.encoders.base import (
     TransformerEncoder,
     shape_error,
 )
-from polymodal.modules.transformer import Transformer
 
 __all__ = ["SmallCNN", "VisionTransformer"]
 
@@ -88,20 +87,7 @@ class VisionTransformer(TransformerEncoder):
         self.cls_token = nn.Parameter(scale * torch.randn(width))
         self.pos_embed = nn.Parameter(scale * torch.randn(self.num_tokens, width))
         self.ln_pre = nn.LayerNorm(width, eps=norm_eps) if ln_pre else nn.Identity()
-        self.transformer = Transformer(
-            width,
-            depth,
-            heads,
-            mlp_ratio,
-            dropout=dropout,
-            norm_eps=norm_eps,
-            activation=activation,
-            grad_checkpointing=grad_checkpointing,
-        )
-        self.ln_post = nn.LayerNorm(width, eps=norm_eps)
-        self.proj = nn.Linear(width, output_dim, bias=False) if output_dim else None
-        if self.proj is not None:
-            nn.init.normal_(self.proj.weight, std=scale)
+        self._build_body(width, depth, heads, mlp_ratio, dropout, norm_eps, activation, grad_checkpointing, output_dim)
 
     def forward(self, images: Tensor) -> EncoderOutput:
         """``images`` ``[B, in_channels, image_size, image_size]`` float -> :class:`EncoderOutput`."""
