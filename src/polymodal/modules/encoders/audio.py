@@ -20,6 +20,7 @@ from polymodal.modules.encoders.base import (
     EncoderOutput,
     ShapeError,
     TransformerEncoder,
+    masked_mean,
     shape_error,
 )
 from polymodal.modules.positions import sinusoidal_positions
@@ -96,17 +97,10 @@ class AudioEncoder(TransformerEncoder):
         x = x.transpose(1, 2)  # [B, T', width]
         x = x + sinusoidal_positions(x.shape[1], self.width, x.device).to(x.dtype)
         tokens = self.ln_post(self.transformer(x, mask=mask))
-        pooled = self._pool(tokens, mask)
+        pooled = masked_mean(tokens, mask)
         if self.proj is not None:
             pooled = self.proj(pooled)
         return EncoderOutput(tokens=tokens, pooled=pooled, mask=mask)
-
-    @staticmethod
-    def _pool(tokens: Tensor, mask: Tensor | None) -> Tensor:
-        if mask is None:
-            return tokens.mean(dim=1)
-        weights = mask.to(tokens.dtype).unsqueeze(-1)
-        return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
     def _check_inputs(self, mel: Tensor, mask: Tensor | None) -> Tensor | None:
         """Validate shapes against the config and return the bool frame mask (or None)."""

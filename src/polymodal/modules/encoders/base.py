@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from polymodal.errors import PolymodalError
 
-__all__ = ["Encoder", "EncoderOutput", "ShapeError", "TransformerEncoder", "format_shape", "shape_error"]
+__all__ = ["Encoder", "EncoderOutput", "ShapeError", "TransformerEncoder", "format_shape", "masked_mean", "shape_error"]
 
 
 class ShapeError(PolymodalError, ValueError):
@@ -42,6 +42,15 @@ def format_shape(shape: Tensor | Sequence[int | str] | torch.Size) -> str:
     """``[8, 3, 64, 64]`` for a tensor or a sequence of sizes / symbolic names like ``"batch"``."""
     dims = tuple(shape.shape) if isinstance(shape, Tensor) else tuple(shape)
     return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def masked_mean(tokens: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean over the token axis of ``[B, T, D]`` counting only real tokens (``mask`` ``[B, T]`` True),
+    so padding never changes a pooled vector; a row with no real token pools to zeros, not NaN."""
+    if mask is None:
+        return tokens.mean(dim=1)
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 def shape_error(where: str, what: str, expected: Sequence[int | str], got: Tensor) -> ShapeError:

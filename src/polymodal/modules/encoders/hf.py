@@ -19,7 +19,14 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.errors import ConfigError, PolymodalError
-from polymodal.modules.encoders.base import Encoder, EncoderOutput, ShapeError, format_shape, shape_error
+from polymodal.modules.encoders.base import (
+    Encoder,
+    EncoderOutput,
+    ShapeError,
+    format_shape,
+    masked_mean,
+    shape_error,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -118,10 +125,7 @@ class _HFTower(Encoder):
                 f"{self.where}: {type(self.model).__name__} returned no pooler_output; use pool='cls' or 'mean'"
             )
         if self.pool == "mean":
-            if mask is None:
-                return tokens.mean(dim=1)
-            weights = mask.to(tokens.dtype).unsqueeze(-1)
-            return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            return masked_mean(tokens, mask)
         return tokens[:, 0]
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
-from polymodal.modules.encoders.base import Encoder, EncoderOutput, ShapeError, format_shape
+from polymodal.modules.encoders.base import Encoder, EncoderOutput, ShapeError, format_shape, masked_mean
 from polymodal.modules.positions import sinusoidal_positions
 from polymodal.modules.transformer import Transformer
 
@@ -93,11 +93,7 @@ class FeatureSequenceEncoder(Encoder):
         if self.transformer is not None:
             h = self.transformer(h, mask=mask)
         tokens = self.ln_final(h)
-        if mask is None:
-            pooled = tokens.mean(dim=1)
-        else:
-            weights = mask.to(tokens.dtype)[:, :, None]
-            pooled = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        pooled = masked_mean(tokens, mask)
         if self.head is not None:
             pooled = self.head(pooled)
         return EncoderOutput(tokens=tokens, pooled=pooled, mask=mask)

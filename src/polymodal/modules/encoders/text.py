@@ -19,6 +19,7 @@ from polymodal.modules.encoders.base import (
     ShapeError,
     TransformerEncoder,
     format_shape,
+    masked_mean,
     shape_error,
 )
 from polymodal.modules.transformer import KVCache, Transformer
@@ -132,10 +133,7 @@ class TextTransformer(TransformerEncoder):
         if self.pool == "cls":
             return tokens[:, 0]
         if self.pool == "mean":
-            if mask is None:
-                return tokens.mean(dim=1)
-            weights = mask.to(tokens.dtype).unsqueeze(-1)
-            return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            return masked_mean(tokens, mask)
         # 'eos': the last real token, wherever the padding is (argmax picks the largest real index).
         if mask is None:
             return tokens[:, -1]

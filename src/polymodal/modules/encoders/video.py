@@ -15,18 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
-from polymodal.modules.encoders.base import Encoder, EncoderOutput, ShapeError, shape_error
+from polymodal.modules.encoders.base import Encoder, EncoderOutput, ShapeError, masked_mean, shape_error
 from polymodal.modules.transformer import Transformer
 
 __all__ = ["VideoEncoder"]
 
-
-def _masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean over dim 1 of ``[B, T, D]``, counting only positions where ``mask`` ``[B, T]`` is True."""
-    if mask is None:
-        return x.mean(dim=1)
-    w = mask.to(x.dtype).unsqueeze(-1)
-    return (x * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
 
 
 class VideoEncoder(Encoder):
@@ -104,9 +97,9 @@ class VideoEncoder(Encoder):
             x_mask = _patch_mask(mask, token_mask, b, t, n)
         if self.transformer is not None:
             x = self.ln_post(self.transformer(x, mask=x_mask))
-            pooled = _masked_mean(x, x_mask)
+            pooled = masked_mean(x, x_mask)
         else:
-            pooled = _masked_mean(per_frame, mask)
+            pooled = masked_mean(per_frame, mask)
         if self.proj is not None:
             pooled = self.proj(pooled)
         return EncoderOutput(tokens=x, pooled=pooled, mask=x_mask)
