@@ -14,7 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,17 +25,18 @@ from polymodal.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-MissingPolicy = Literal["skip", "zero", "learned"]
 MISSING_POLICIES = ("skip", "zero", "learned")
 
 
 @dataclass(frozen=True)
 class MediaInput:
-    """One non-image input: the modality it belongs to, the batch key it fills, its time axis."""
+    """One non-image input: the modality it belongs to, the batch key it fills, its time axis, and
+    whether it is decoded from the sample's audio / video file or read from :attr:`Sample.features`."""
 
     modality: str
     key: str
     time_axis: int  # the axis padded to the batch's longest (audio mel: last; video, features: first)
+    from_features: bool = False
 
     @property
     def mask_key(self) -> str:
@@ -72,7 +73,7 @@ class MediaPlan:
             found.append(MediaInput("audio", self.audio_key, -1))
         if self.video is not None:
             found.append(MediaInput("video", self.video_key, 0))
-        found += [MediaInput(m, f"{m}_features", 0) for m in self.features]
+        found += [MediaInput(m, f"{m}_features", 0, from_features=True) for m in self.features]
         return found
 
     @property
@@ -106,13 +107,11 @@ def load_media(sample: Sample, plan: MediaPlan, rng: np.random.Generator) -> dic
     the plan skips such samples (the collator counts the None)."""
     media: dict[str, Tensor] = {}
     for item in plan.inputs:
-        tensor = None
-        if item.modality == "audio" and not item.key.endswith("_features") and sample.audio_path is not None:
-            tensor = _decode(plan.audio, sample.audio_path, "audio", sample, rng)
-        elif item.modality == "video" and not item.key.endswith("_features") and sample.video_path is not None:
-            tensor = _decode(plan.video, sample.video_path, "video", sample, rng)
-        elif item.key.endswith("_features"):
+        if item.from_features:
             tensor = _feature(sample, item.modality)
+        else:
+            path, processor = (sample.audio_path, plan.audio) if item.modality == "audio" else (sample.video_path, plan.video)
+            tensor = None if path is None else _decode(processor, path, item.modality, sample, rng)
         if tensor is not None:
             media[item.key] = tensor
         elif item.key in plan.required and plan.missing == "skip":
