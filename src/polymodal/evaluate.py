@@ -209,11 +209,15 @@ def evaluate_checkpoint(
             dropped.update({f"filled/{k}": v for k, v in (b.get("num_missing") or {}).items()})
             yield b
 
-    def loader(samples: Sequence[Sample], with_images: bool = True) -> Any:
-        batches = make_loader(
+    def plain_loader(samples: Sequence[Sample], with_images: bool = True) -> Any:
+        """Batches as the checkpoint's processors make them (no bar, no counting)."""
+        return make_loader(
             samples, proc.image if with_images else None, proc.tokenizer, proc.max_length, batch_size, num_workers,  # type: ignore[arg-type]
             media=proc.media if with_images else None,
         )
+
+    def loader(samples: Sequence[Sample], with_images: bool = True) -> Any:
+        batches = plain_loader(samples, with_images)
         if progress:
             from tqdm import tqdm
 
@@ -258,18 +262,11 @@ def evaluate_checkpoint(
         from polymodal.data.processors import CLIP_MEAN, CLIP_STD
         from polymodal.robustness import robustness_curves
 
-        def quiet_loader(samples: Sequence[Sample], with_images: bool = True) -> Any:
-            """The evaluation loader without its per-batch bar (the curves have one over their points)."""
-            return make_loader(
-                samples, proc.image if with_images else None, proc.tokenizer, proc.max_length, batch_size, num_workers,  # type: ignore[arg-type]
-                media=proc.media if with_images else None,
-            )
-
         image_config = getattr(proc.image, "config", None)
         for split, split_samples in samples_of.items():
             log.info("%s: robustness curves at levels %s", split, ", ".join(f"{v:g}" for v in levels))
             curves[split] = robustness_curves(
-                task, model, split_samples, quiet_loader, dev, levels=levels, seed=robustness_seed,
+                task, model, split_samples, plain_loader, dev, levels=levels, seed=robustness_seed,  # one bar over the points
                 tokenizer=proc.tokenizer, max_length=proc.max_length, progress=progress,
                 image_mean=getattr(image_config, "mean", CLIP_MEAN), image_std=getattr(image_config, "std", CLIP_STD),
             )
