@@ -333,20 +333,27 @@ def _texts(s: Shapes, batch: int, device: torch.device, gen: torch.Generator) ->
     return ids.to(device), mask.long().to(device)
 
 
+def _contestants(
+    build_ours: Callable[[Shapes], nn.Module], build_peer: Callable[[Shapes], nn.Module], peer_class: str,
+    s: Shapes, batch: int, device: torch.device,
+) -> tuple[nn.Module, nn.Module, dict[str, Any], torch.Generator, Tensor]:
+    """Both models in eval mode from the same seed, their parameter counts, and one seeded image batch."""
+    torch.manual_seed(0)
+    ours = build_ours(s).to(device).eval()
+    peer = build_peer(s).to(device).eval()
+    params = {"polymodal": count_params(ours), "peer": count_params(peer), "peer_class": peer_class}
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, s.image_size, s.image_size, generator=gen).to(device)
+    return ours, peer, params, gen, images
+
+
 def bench_embedding(
     s: Shapes, batch: int, device: torch.device, dtype: str, warmup: int, repeats: int
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Image and text embeds/s of the polymodal dual encoder vs ``CLIPModel``."""
-    torch.manual_seed(0)
-    ours = build_polymodal_dual_encoder(s).to(device).eval()
-    peer = build_hf_clip(s).to(device).eval()
-    params = {
-        "polymodal": count_params(ours),
-        "peer": count_params(peer),
-        "peer_class": "transformers.CLIPModel",
-    }
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, s.image_size, s.image_size, generator=gen).to(device)
+    ours, peer, params, gen, images = _contestants(
+        build_polymodal_dual_encoder, build_hf_clip, "transformers.CLIPModel", s, batch, device
+    )
     ids, mask = _texts(s, batch, device, gen)
 
     def peer_image() -> Tensor:
@@ -396,16 +403,10 @@ def bench_captioning(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Generated tokens/s, greedy with a KV cache, of the polymodal captioner vs ``generate`` of a
     ``VisionEncoderDecoderModel`` (ViT + GPT-2); plus polymodal without its cache vs the same peer."""
-    torch.manual_seed(0)
-    ours = build_polymodal_captioner(s).to(device).eval()
-    peer = build_hf_captioner(s).to(device).eval()
-    params = {
-        "polymodal": count_params(ours),
-        "peer": count_params(peer),
-        "peer_class": "transformers.VisionEncoderDecoderModel(ViTModel, GPT2LMHeadModel)",
-    }
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, s.image_size, s.image_size, generator=gen).to(device)
+    ours, peer, params, _, images = _contestants(
+        build_polymodal_captioner, build_hf_captioner,
+        "transformers.VisionEncoderDecoderModel(ViTModel, GPT2LMHeadModel)", s, batch, device,
+    )
 
     def ours_gen(use_cache: bool) -> Tensor:
         out = ours.generate(images, max_length=new_tokens, min_length=new_tokens, use_cache=use_cache)
