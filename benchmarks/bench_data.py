@@ -52,7 +52,7 @@ import PIL
 import torch
 import yaml
 from PIL import Image, ImageEnhance
-from provenance import git_commit
+from provenance import git_commit, write_result
 
 # The augmentation both paths apply in train mode: what a captioning/retrieval run would configure.
 CROP_SCALE = (0.5, 1.0)
@@ -440,8 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profiles": profiles,
         "training": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.out, result)
     print(f"\nwrote {args.out}")
     return 0
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import json
 import os
 import statistics
 import sys
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from provenance import cpu_model, git_commit
+from provenance import cpu_model, git_commit, write_result
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -595,8 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "params": params,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=1))
+    write_result(args.out, summary)
     print(f"\nwrote {args.out}")
     return 0
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from provenance import git_commit
+from provenance import git_commit, write_result
 
 from polymodal.config import load_config
 from polymodal.data.world import WorldConfig, generate_world
@@ -165,8 +165,7 @@ def main() -> None:
     if {"locked", "scratch"} <= set(models):
         record["samples_per_s_ratio_locked_to_scratch"] = round(models["locked"]["train_samples_per_s"] / models["scratch"]["train_samples_per_s"], 3)
     record["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    args.result.parent.mkdir(parents=True, exist_ok=True)
-    args.result.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    write_result(args.result, record)
 
     print(f"\n{'text tower':<18} {'captions':<11} {'t2i R@1':>8} {'t2i R@5':>8} {'i2t R@1':>8} {'gallery':>8} {'queries':>8}")
     for name, m in models.items():

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import datetime as _dt
 import io
-import json
 import os
 import platform
 import random
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from provenance import cpu_model
+from provenance import cpu_model, write_result
 
 SUBJECTS = [
     "a man", "a woman", "two dogs", "a cat", "a group of people", "a young boy", "an old lady", "a giraffe",
@@ -229,8 +228,7 @@ def main() -> int:
         "max_abs_score_difference": max_diff,
         "tokenisation_identical": tok_equal,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(f"wrote {args.out}")
     return 0 if tok_equal else 1
 

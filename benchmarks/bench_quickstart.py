@@ -9,7 +9,6 @@ machine, the commit, the seconds per stage and the targets with their measured v
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from provenance import git_commit
+from provenance import git_commit, write_result
 
 from polymodal.quickstart import run_quickstart
 
@@ -44,8 +43,7 @@ def main() -> None:
         "targets": summary["targets"],
         "metrics": summary["metrics"],
     }
-    args.result.parent.mkdir(parents=True, exist_ok=True)
-    args.result.write_text(json.dumps(record, indent=1))
+    write_result(args.result, record)
     print(f"wrote {args.result}")
 
 

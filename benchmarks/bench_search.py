@@ -46,7 +46,6 @@ import contextlib
 import datetime as _dt
 import functools
 import gc
-import json
 import os
 import platform
 import time
@@ -55,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from provenance import cpu_model, git_commit
+from provenance import cpu_model, git_commit, write_result
 
 from polymodal.index import vectors as V
 
@@ -343,8 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.n, args.queries, args.dim, kinds, args.threads, args.noise, args.seed, args.flat_max)
     print()
     print(markdown_table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(f"\npeak memory {result['peak_rss_mb']:,.0f} MiB; wrote {args.out}")
     return 0
 

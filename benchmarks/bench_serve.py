@@ -12,7 +12,6 @@ ratio; ``--out`` writes the numbers as JSON. Only ratios within one run mean any
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import socket
 import statistics
@@ -25,6 +24,7 @@ from typing import Any
 import httpx
 import torch
 import uvicorn
+from provenance import write_result
 
 from polymodal.api import load_model
 from polymodal.serve import ServeSettings, create_app
@@ -132,8 +132,7 @@ def main() -> None:
         "seconds": args.seconds, "batch_ms": args.batch_ms, "max_batch": args.max_batch, "results": results, "throughput_ratio": ratio,
     }
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(summary, indent=1))
+        write_result(args.out, summary)
 
 
 if __name__ == "__main__":

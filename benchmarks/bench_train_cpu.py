@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
 import statistics
 import sys
@@ -61,7 +60,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from provenance import cpu_model, git_commit
+from provenance import cpu_model, git_commit, write_result
 from torch import Tensor, nn
 
 from polymodal.data.world.scene import COLORS, MATERIALS, SHAPES, SIZES, VALUES
@@ -453,8 +452,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "ratio_polymodal_to_fastest_peer": rows[0]["ratio_vs_peers"][fastest["model"]],
         "target_ratio": 1.3,
     }
-    args.result.parent.mkdir(parents=True, exist_ok=True)
-    args.result.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    write_result(args.result, record)
 
     print(f"batch {batch_size} images ({batch_size * per_image} questions, {batch_size} statements, {batch_size} captions), "
           f"{record['precision']} autocast, {torch.get_num_threads()} threads")

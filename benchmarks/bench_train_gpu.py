@@ -56,7 +56,6 @@ import argparse
 import contextlib
 import datetime as _dt
 import gc
-import json
 import math
 import os
 import platform
@@ -72,7 +71,7 @@ from typing import Any
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import torch
-from provenance import git_commit
+from provenance import git_commit, write_result
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -653,8 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     ]) + f"\n\nparameter counts differ by {100 * params['relative_difference']:.3f}%"
         + ("" if params["ok"] else "  ** MISMATCH: the two sides are not the same network **") + "\n", flush=True)
     if not params["ok"]:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.out, result)
         return 1
 
     # ---- (b) throughput
@@ -725,8 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         result["max_effective_contrastive_batch"] = effective
 
     result["seconds"] = time.perf_counter() - t_start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(f"\ntotal {result['seconds']:.0f} s; wrote {args.out}")
     ok = result.get("accum_equivalence", {"ok": True})["ok"]
     return 0 if ok else 1

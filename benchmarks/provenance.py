@@ -35,3 +35,11 @@ def git_commit() -> str:
     if sha.returncode != 0 or not sha.stdout.strip():
         return "unknown"
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def write_result(path: Path, record: object) -> None:
+    """Write a results JSON, creating its folder (results land in ``benchmarks/results/`` by default)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
