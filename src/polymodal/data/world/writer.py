@@ -13,14 +13,16 @@ import multiprocessing as mp
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from polymodal.data.world.captions import generate_captions, generate_paraphrase_caption
+from polymodal.data.world.conversations import conversations_for_scene, count_turns
 from polymodal.data.world.lexicon import UNSEEN_LEXICON
 from polymodal.data.world.questions import FAMILIES, HELD_OUT_COMBOS, HELD_OUT_TEMPLATES, generate_question
 from polymodal.data.world.render import render_scene
@@ -69,12 +71,17 @@ class WorldManifest:
         c = self.counts
         lines = [
             f"world written to {self.root} in {self.seconds:.1f}s",
-            f"  images:     train {c['images_train']}, val {c['images_val']}, test {c['images_test']}"
-            f" ({self.config.image_size}x{self.config.image_size} px)",
+            (
+                f"  images:     train {c['images_train']}, val {c['images_val']}, test {c['images_test']}"
+                f" ({self.config.image_size}x{self.config.image_size} px)"
+            ),
             f"  captions:   {c['captions']} ({self.config.captions_per_image} per image)",
-            f"  questions:  train {c['questions_train']}, val {c['questions_val']}, test {c['questions_test']},"
-            f" held-out {c['questions_test_heldout']}",
+            (
+                f"  questions:  train {c['questions_train']}, val {c['questions_val']}, test {c['questions_test']},"
+                f" held-out {c['questions_test_heldout']}"
+            ),
             f"  statements: {c['statements']} (one true and one false per image)",
+            f"  conversations: {c['conversations']} ({c['conversation_turns']} question-answer turns, LLaVA layout)",
             f"  manifest:   {self.root / 'world.json'}",
         ]
         return "\n".join(lines)
@@ -129,6 +136,11 @@ def _build(job: tuple[str, int]) -> dict[str, Any]:
     }
     if split == "test":
         record["paraphrase"] = generate_paraphrase_caption(scene, rng, UNSEEN_LEXICON)
+    # a stream of its own (constant 29), so adding conversations changed no other output
+    talk_rng = np.random.default_rng([cfg.seed, scene.image_id, 29])
+    record["conversations"] = conversations_for_scene(
+        scene, captions, talk_rng, image=f"images/{split}/{name}", id_prefix=name.rsplit(".", 1)[0]
+    )
     return record
 
 
@@ -144,8 +156,7 @@ def _write_json(path: Path, obj: Any) -> None:
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, separators=(",", ":")) + "\n")
+        f.writelines(json.dumps(row, separators=(",", ":")) + "\n" for row in rows)
     os.replace(tmp, path)
 
 
@@ -212,7 +223,7 @@ def generate_world(out: str | Path, cfg: WorldConfig | None = None, workers: int
     cfg.validate()
     t0 = time.perf_counter()
     root = Path(out).resolve()
-    for sub in ("annotations", "vqa", "karpathy", "classification", "scenes", *(f"images/{s}" for s in SPLITS)):
+    for sub in ("annotations", "vqa", "karpathy", "classification", "scenes", "conversations", *(f"images/{s}" for s in SPLITS)):
         (root / sub).mkdir(parents=True, exist_ok=True)
 
     rng = np.random.default_rng(cfg.seed)
@@ -253,6 +264,7 @@ def generate_world(out: str | Path, cfg: WorldConfig | None = None, workers: int
             "annotations": f"vqa/annotations_{split}.json",
             "classification": f"classification/{split}.jsonl",
             "scenes": f"scenes/{split}.json",
+            "conversations": f"conversations/{split}.json",
         }
         _write_json(root / f["captions"], _coco_captions(cfg, split, recs))
         counts["captions"] += sum(len(r["captions"]) for r in recs)
@@ -283,6 +295,10 @@ def generate_world(out: str | Path, cfg: WorldConfig | None = None, workers: int
             root / f["scenes"],
             {"info": _info(cfg, split), "scenes": [r["scene"] | {"image_filename": r["file_name"], "split": split} for r in recs]},
         )
+        conversations = [c for r in recs for c in r["conversations"]]
+        _write_json(root / f["conversations"], conversations)
+        counts["conversations"] += len(conversations)
+        counts["conversation_turns"] += count_turns(conversations)
         for r in recs:
             iid = r["scene"]["image_id"]
             karpathy_images.append(
@@ -314,6 +330,8 @@ def generate_world(out: str | Path, cfg: WorldConfig | None = None, workers: int
             "files": split_files,
             "karpathy": {"format": "karpathy", "path": "karpathy/dataset_world.json", "images": "images"},
             "sources": _sources(split_files),
+            # instruction-tuning conversations: one data source per split, for the 'llava' reader
+            "conversations": {s: {"format": "llava", "path": split_files[s]["conversations"], "images": "."} for s in SPLITS},
         },
     )
     return manifest
