@@ -54,6 +54,7 @@ TASK_OF_MODEL: dict[str, str] = {
     "vqa": "vqa",
     "classifier": "classification",
     "multitask": "multitask",
+    "mllm": "mllm",
 }
 
 
@@ -89,6 +90,7 @@ class Processors:
     model_type: str | None = None
     source: str = ""  # where the weights came from, for messages
     media: Any = None  # a MediaPlan: how audio / video / feature inputs are decoded (None: the model reads none)
+    chat: Any = None  # an assistant's (mllm) ChatEncoder: its tokenizer, prompt layout and image tokens
 
     def load_image(self, image: ImageInput) -> Image.Image:
         """A PIL image (RGB) from a PIL image, a path or encoded bytes; errors name the file."""
@@ -127,8 +129,11 @@ class Processors:
             raise PolymodalError(
                 f"{self.source or 'this checkpoint'} holds a {self.model_type!r} model, which no evaluation task uses"
             )
-        task = build_task(self.task, self.tokenizer, self.max_length)
+        tokenizer = self.chat.tokenizer if self.chat is not None else self.tokenizer
+        task = build_task(self.task, tokenizer, self.max_length)
         task.load_state(self.task_state)
+        if self.chat is not None:  # an assistant: prompts are laid out as in training
+            task.encoder, task.processor = self.chat, self.image
         return task
 
 
@@ -247,6 +252,8 @@ def model_from_checkpoint(ckpt: Any, device: str | torch.device = "cpu") -> tupl
         model = build_adapter(parts, weights=False, freeze=config.freeze)
         ckpt.load_model_state(model)
         return model.eval().to(resolve_device(device)), processors
+    if config.type == "mllm":
+        return _assistant_from_checkpoint(ckpt, config, processors, device)
     vocab = None
     if "answer_vocab" in processors.task_state:
         try:
@@ -272,3 +279,27 @@ def model_from_checkpoint(ckpt: Any, device: str | torch.device = "cpu") -> tupl
     ckpt.load_model_state(model)
     model.eval()
     return model.to(resolve_device(device)), processors
+
+
+def _assistant_from_checkpoint(ckpt: Any, config: Any, processors: Processors, device: str | torch.device) -> tuple[nn.Module, Processors]:
+    """An mllm checkpoint: the LM's config and tokenizer come from its own ``lm/`` folder."""
+    from polymodal.data.chat import ChatEncoder, ChatFormat
+    from polymodal.models.factory import BuildContext, build_model
+    from polymodal.models.mllm_build import load_lm_tokenizer
+    from polymodal.train.checkpoint import CONFIG_FILE, PROCESSORS_FILE, CheckpointError
+
+    folder = ckpt.path / str(ckpt.processors.get("lm_folder") or "lm")
+    if folder.parent != ckpt.path or not (folder / "config.json").is_file():
+        raise CheckpointError(f"{ckpt.path / PROCESSORS_FILE}: the language model's files ({folder}) are missing; copy the whole checkpoint folder")
+    config = config.model_copy(update={"lm": str(folder), "init_from": None})
+    try:
+        tokenizer = load_lm_tokenizer(str(folder), config.image_token)
+        model = build_model(config, BuildContext(lm_tokenizer=tokenizer, load_weights=False))
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt.path / CONFIG_FILE}: cannot rebuild the assistant: {e}") from None
+    ckpt.load_model_state(model)
+    processors.chat = ChatEncoder(
+        tokenizer, model.image_token_id, model.tokens_per_image, model.max_length or 2048, ChatFormat(system=config.system_prompt), config.truncation
+    )
+    processors.max_length = model.max_length or processors.max_length
+    return model.eval().to(resolve_device(device)), processors

@@ -114,6 +114,48 @@ def data_stats(
         typer.echo(block)
 
 
+mllm_app = typer.Typer(help="Multimodal LLM assistants: prepare a language model, then train with task 'mllm'.", no_args_is_help=True)
+app.add_typer(mllm_app, name="mllm")
+
+
+@mllm_app.command("init-lm")
+def mllm_init_lm(
+    out: Path = typer.Option(..., "--out", help="Folder to write the language model and its tokenizer to (save_pretrained layout)."),
+    world: Optional[Path] = typer.Option(None, "--world", help="Train on the text of this built-in world's train split (captions, questions, conversations)."),
+    texts: Optional[Path] = typer.Option(None, "--texts", help="Or train on this UTF-8 file, one text per line."),
+    arch: str = typer.Option("llama", "--arch", help="llama or gpt2."),
+    width: int = typer.Option(128, "--width"),
+    depth: int = typer.Option(4, "--depth"),
+    heads: int = typer.Option(4, "--heads"),
+    context: int = typer.Option(512, "--context", help="Context window (positions)."),
+    vocab_size: int = typer.Option(1024, "--vocab-size"),
+    steps: int = typer.Option(300, "--steps", help="Next-token training steps (0: random weights)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train a tiny causal LM from scratch on a corpus (offline stand-in for SmolLM/Qwen in the assistant recipe).
+
+    Example:  polymodal mllm init-lm --world world --out runs/world_lm --steps 300
+    """
+    from polymodal.errors import ConfigError
+    from polymodal.models.tiny_lm import build_tiny_lm, world_corpus
+
+    if (world is None) == (texts is None):
+        raise ConfigError("mllm init-lm: give exactly one of --world DIR or --texts FILE")
+    if world is not None:
+        corpus = world_corpus(world)
+    else:
+        assert texts is not None
+        if not texts.is_file():
+            raise ConfigError(f"mllm init-lm: --texts file not found: {texts}")
+        corpus = [line.strip() for line in texts.read_text(encoding="utf-8").splitlines() if line.strip()]
+    folder, losses = build_tiny_lm(corpus, out, arch=arch, width=width, depth=depth, heads=heads, context=context,  # type: ignore[arg-type]
+                                   vocab_size=vocab_size, steps=steps, batch_size=batch_size, seed=seed)
+    if losses:
+        typer.echo(f"trained on {len(corpus)} texts: loss {losses[0]:.3f} -> {sum(losses[-10:]) / len(losses[-10:]):.3f} (last 10 steps)")
+    typer.echo(f"language model written to {folder}; use it as model.lm in an mllm run config")
+
+
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("quickstart_out"), "--out", help="Folder for the world, the run and the report."),

@@ -103,7 +103,7 @@ class EarlyStopping(StrictModel):
 
 
 class TrainSettings(StrictModel):
-    task: Literal["retrieval", "captioning", "vqa", "classification", "regression", "multitask"]
+    task: Literal["retrieval", "captioning", "vqa", "classification", "regression", "multitask", "mllm"]
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     batch_size: int = Field(64, ge=1)
@@ -121,6 +121,7 @@ class TrainSettings(StrictModel):
     early_stopping: EarlyStopping | None = None
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="strategy under torchrun; batch_size is per process")
     questions_per_image: int = Field(1, ge=1, description="multitask: questions drawn per image per step (the image is encoded once)")
+    blind: bool = Field(False, description="mllm: remove every image and <image> marker (the text-only baseline of an assistant)")
 
 
 class RunConfig(StrictModel):

@@ -26,6 +26,10 @@ class Sample:
         audio_path, video_path: optional further modalities.
         features: pre-extracted feature sequences per modality (``{"audio": [T, F] array, ...}``), as the
             CMU-MOSI/MOSEI pickles ship them; a modality given here needs no file and no decoding.
+        conversation: a multi-turn dialogue about the image(s) as ``(role, text)`` pairs, role ``user`` or
+            ``assistant`` (the LLaVA conversation layout); ``<image>`` in a user turn marks where an image goes.
+        more_images: the second and later images of a conversation about several images (the first is
+            ``image_path``), in the order of their ``<image>`` markers.
         split: train / val / test / ... when the format knows it.
         meta: format-specific extras (question family, answer type, template id, held-out flag ...).
     """
@@ -43,6 +47,8 @@ class Sample:
     split: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
     features: Mapping[str, Any] = field(default_factory=dict)
+    conversation: tuple[tuple[str, str], ...] = ()
+    more_images: tuple[Path, ...] = ()
 
     @property
     def image_key(self) -> str:

@@ -130,6 +130,14 @@ class MosiSource(_Spec):
     )
 
 
+class LlavaSource(_Spec):
+    """LLaVA conversation JSON: ``[{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}]}]``."""
+
+    format: Literal["llava"]
+    path: Path
+    images: Path = Field(description="folder that the records' 'image' paths start from (LLaVA's --image_folder)")
+
+
 class ImageFolderSource(_Spec):
     """``root/<class name>/<image>``: the class of each image is its sub-folder."""
 
@@ -166,6 +174,7 @@ DataSource = Annotated[
         KarpathySource,
         TableSource,
         MosiSource,
+        LlavaSource,
         ImageFolderSource,
         WebDatasetSource,
     ],
@@ -183,6 +192,7 @@ FORMAT_NAMES: tuple[str, ...] = (
     "jsonl",
     "csv",
     "mosi",
+    "llava",
     "image_folder",
     "webdataset",
 )

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-MODEL_TYPES: tuple[str, ...] = ("dual_encoder", "fusion_encoder", "captioner", "vqa", "classifier", "multitask", "pretrained")
+MODEL_TYPES: tuple[str, ...] = ("dual_encoder", "fusion_encoder", "captioner", "vqa", "classifier", "multitask", "pretrained", "mllm")
 
 
 class EncoderSpec(BaseModel):
@@ -115,9 +115,64 @@ class PretrainedModelConfig(_ModelConfig):
     allow_download: bool = False
 
 
+class ConnectorSpec(BaseModel):
+    """How vision tokens become LM embeddings (see models/connectors.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["linear", "mlp", "qformer"] = "mlp"
+    hidden_dim: int | None = Field(None, ge=1, description="mlp: hidden width (default: the LM's width)")
+    num_queries: int = Field(16, ge=1, description="qformer: learned queries = tokens per image")
+    width: int | None = Field(None, ge=1, description="qformer: width of its layers (default: the LM's width)")
+    depth: int = Field(2, ge=1, description="qformer: cross-attention layers")
+    heads: int = Field(4, ge=1, description="qformer: attention heads")
+
+    def options(self) -> dict[str, Any]:
+        if self.kind == "mlp":
+            return {"hidden_dim": self.hidden_dim}
+        if self.kind == "qformer":
+            return {"num_queries": self.num_queries, "width": self.width, "depth": self.depth, "heads": self.heads}
+        return {}
+
+
+class LoraSpec(BaseModel):
+    """LoRA adapters on the language model (through ``peft``); the LM's own weights stay frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = Field("all-linear", description="peft's target_modules: 'all-linear' or module names")
+
+
+class MLLMConfig(_ModelConfig):
+    """A LLaVA-style assistant: vision tower + connector + a Hugging Face causal LM (models/mllm.py).
+
+    The two training stages are two configs of this shape: stage 1 (alignment) freezes ``vision`` and
+    ``lm`` so only the connector learns; stage 2 (instruction tuning) sets ``init_from`` to the stage-1
+    run and unfreezes the LM, or keeps it frozen and trains ``lora`` adapters.
+    """
+
+    type: Literal["mllm"]
+    vision: EncoderSpec
+    lm: str = Field(description="folder of a Hugging Face causal LM (AutoModelForCausalLM) with its tokenizer, or a zoo name")
+    connector: ConnectorSpec = Field(default_factory=ConnectorSpec)
+    feature_layer: int | None = Field(None, description="Hugging Face vision towers: the hidden layer the connector reads (LLaVA: -2); None: the last")
+    drop_cls: bool = Field(False, description="drop the vision tower's first ([CLS]) token, as LLaVA's 'default' feature selection does")
+    freeze: list[Literal["vision", "lm"]] = Field(default_factory=lambda: ["vision"])
+    lora: LoraSpec | None = None
+    init_from: str | None = Field(None, description="a run folder or checkpoint whose weights start this run (stage 2 from stage 1)")
+    image_token: str = "<image>"
+    max_length: int | None = Field(None, ge=8, description="context window for training and chat (default: the LM's)")
+    system_prompt: str = ""
+    truncation: Literal["error", "drop_turns"] = Field(
+        "drop_turns", description="a conversation longer than max_length: drop its last rounds (logged), or fail"
+    )
+
+
 ModelConfig = Annotated[
     Union[
-        DualEncoderConfig, FusionEncoderConfig, CaptionerConfig, VQAConfig, ClassifierConfig, MultiTaskConfig, PretrainedModelConfig
+        DualEncoderConfig, FusionEncoderConfig, CaptionerConfig, VQAConfig, ClassifierConfig, MultiTaskConfig, PretrainedModelConfig,
+        MLLMConfig,
     ],
     Field(discriminator="type"),
 ]

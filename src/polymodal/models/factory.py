@@ -24,6 +24,7 @@ from polymodal.models.configs import (
     DualEncoderConfig,
     EncoderSpec,
     FusionEncoderConfig,
+    MLLMConfig,
     MultiTaskConfig,
     PretrainedModelConfig,
     VQAConfig,
@@ -48,6 +49,7 @@ class BuildContext:
     object_vocab: ObjectVocab | None = None  # object attributes, when the data has scene graphs
     hf_parts: Any = None  # a Hugging Face checkpoint's config/tokenizer/processor (hub.loading.HFParts)
     load_weights: bool = True  # False: build the architecture only (the weights come from a checkpoint)
+    lm_tokenizer: Any = None  # an mllm's language-model tokenizer (Hugging Face), image token added
 
 
 def load_model_config(name_or_path: str | Path) -> Any:
@@ -165,6 +167,13 @@ def _pretrained(cfg: PretrainedModelConfig, ctx: BuildContext) -> nn.Module:
     return build_adapter(parts, weights=ctx.load_weights, freeze=cfg.freeze)
 
 
+def _mllm(cfg: MLLMConfig, ctx: BuildContext) -> nn.Module:
+    from polymodal.models.mllm_build import build_mllm, load_lm_tokenizer
+
+    tokenizer = ctx.lm_tokenizer if ctx.lm_tokenizer is not None else load_lm_tokenizer(cfg.lm, cfg.image_token)
+    return build_mllm(cfg, _vision_encoder(cfg.vision), tokenizer, ctx.load_weights)
+
+
 MODELS: dict[str, Callable[[Any, BuildContext], nn.Module]] = {
     "dual_encoder": _dual_encoder,
     "fusion_encoder": _fusion_encoder,
@@ -173,6 +182,7 @@ MODELS: dict[str, Callable[[Any, BuildContext], nn.Module]] = {
     "classifier": _classifier,
     "multitask": _multitask,
     "pretrained": _pretrained,
+    "mllm": _mllm,
 }
 
 

@@ -7,15 +7,16 @@ from typing import Any
 from polymodal.tasks.base import EvalResult, StepOutput, Task
 from polymodal.tasks.captioning import CaptioningTask
 from polymodal.tasks.classification import ClassificationTask
+from polymodal.tasks.mllm import MLLMTask
 from polymodal.tasks.multitask import MultiTaskTask
 from polymodal.tasks.regression import RegressionTask
 from polymodal.tasks.retrieval import RetrievalTask
 from polymodal.tasks.vqa import VQATask
 
-TASKS = ("retrieval", "captioning", "vqa", "classification", "regression", "multitask")
+TASKS = ("retrieval", "captioning", "vqa", "classification", "regression", "multitask", "mllm")
 
 
-def build_task(name: str, tokenizer: Any, max_length: int, questions_per_image: int = 1) -> Task:
+def build_task(name: str, tokenizer: Any, max_length: int, questions_per_image: int = 1, blind: bool = False) -> Task:
     if name == "retrieval":
         return RetrievalTask(tokenizer, max_length)
     if name == "captioning":
@@ -26,6 +27,8 @@ def build_task(name: str, tokenizer: Any, max_length: int, questions_per_image: 
         return ClassificationTask()
     if name == "regression":
         return RegressionTask()
+    if name == "mllm":
+        return MLLMTask(tokenizer, blind=blind)
     if name == "multitask":
         return MultiTaskTask(tokenizer, max_length, questions_per_image=questions_per_image)
     raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")

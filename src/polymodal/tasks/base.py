@@ -96,6 +96,9 @@ class Task:
     def load_state(self, state: dict[str, Any]) -> None:
         pass
 
+    def attach(self, model: nn.Module, model_config: Any, eval_processor: Any) -> None:
+        """Learn what the built model decides (an assistant's image tokens and context window)."""
+
     def train_items(self, samples: Sequence[Sample]) -> Sequence[Any]:
         """What one training index draws: a sample by default; a multi-task item groups an image's texts."""
         return samples

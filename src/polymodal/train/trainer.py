@@ -188,9 +188,27 @@ class Trainer:
             ctx.hf_parts, ctx.load_weights = self.hf_parts, self.checkpoint is None
         return ctx
 
+    @property
+    def assistant(self) -> bool:
+        """A multimodal LLM (model type ``mllm``): its language model's own tokenizer, saved in each checkpoint."""
+        return self.cfg.model is not None and self.cfg.model.type == "mllm"
+
+    def _lm_files(self) -> dict[str, bytes]:
+        """The LM's config and tokenizer (image token added) as checkpoint files under ``lm/``."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.tokenizer.save_pretrained(tmp)
+            self.model.lm.config.save_pretrained(tmp)
+            return {f"lm/{p.name}": p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
     def _tokenizer(self, train: Sequence[Sample]) -> TextTokenizer:
         if self.pretrained:
             return self.hf_processors.tokenizer
+        if self.assistant:
+            from polymodal.models.mllm_build import load_lm_tokenizer
+
+            return load_lm_tokenizer(self.cfg.model.lm, self.cfg.model.image_token)
         saved = self.run_dir / "tokenizer.json"
         if self.resume and saved.is_file():
             return load_tokenizer(saved)
@@ -221,7 +239,7 @@ class Trainer:
         train = load_split(self.cfg.data, "train", placeholder)
         require(train, "train", placeholder)
         self.tokenizer = self._tokenizer(train)
-        self.task = build_task(s.task, self.tokenizer, self.max_length, s.questions_per_image)
+        self.task = build_task(s.task, self.tokenizer, self.max_length, s.questions_per_image, blind=s.blind)
         self.checkpoint = None
         if self.resume:
             from polymodal.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -251,7 +269,7 @@ class Trainer:
             self.eval_model = build_model(self.model_config, self._context()).to(self.device) if self.is_main else None
             shard(self.model, self.device, self.world)
         if self.is_main:
-            if not self.pretrained:  # a pretrained model's tokenizer is saved inside each checkpoint
+            if not self.pretrained and not self.assistant:  # those save their tokenizer inside each checkpoint
                 self.tokenizer.save(self.run_dir)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(self.cfg.model_dump_json()), sort_keys=False))
 
@@ -282,6 +300,8 @@ class Trainer:
             self.eval_processor = image_processor(self.cfg.image, train=False)
         self.train_media = media_plan(self.cfg, self.model_config, train=True)
         self.eval_media = media_plan(self.cfg, self.model_config, train=False)
+        self.task.attach(self.model, self.model_config, self.eval_processor)
+        self.extra_files = self.hf_files if self.pretrained else self._lm_files() if self.assistant else None
 
     def eval_loader(self, samples: Sequence[Sample], with_images: bool = True):
         return make_loader(
@@ -295,7 +315,8 @@ class Trainer:
         if self.pretrained:  # the checkpoint's own processors, stored in the checkpoint's hf/ folder
             return common | {"hf_folder": "hf", "model_type": self.hf_parts.arch.model_type}
         media = {"media": plan_to_dict(self.eval_media)} if self.eval_media is not None else {}
-        return {"image": self.eval_processor.to_dict()} | media | common
+        lm = {"lm_folder": "lm"} if self.assistant else {}
+        return {"image": self.eval_processor.to_dict()} | media | lm | common
 
     def _optimizer_io(self) -> Any:
         """What checkpoints read and restore the optimizer through (its full state under FSDP)."""
@@ -335,9 +356,9 @@ class Trainer:
         }
         path = save_checkpoint(
             self.run_dir, model=self.eval_model, model_config=self.model_config.model_dump(), global_step=st.global_step,
-            processors=self.processors(), tokenizer=None if self.pretrained else self.tokenizer, optimizer=optimizer,
+            processors=self.processors(), tokenizer=None if self.pretrained or self.assistant else self.tokenizer, optimizer=optimizer,
             scheduler=self.scheduler, scaler=self.scaler, train_state=train_state, keep_last=self.settings.keep_checkpoints,
-            extra_files=self.hf_files if self.pretrained else None,
+            extra_files=self.extra_files,
         )
         _barrier(self.world)
         return path

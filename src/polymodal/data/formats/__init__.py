@@ -21,6 +21,7 @@ from polymodal.data.formats import (
     gqa,
     image_folder,
     karpathy,
+    llava,
     scenes,
     table,
     vqa_v2,
@@ -43,6 +44,7 @@ READERS: dict[str, Reader] = {
     "jsonl": table.read,
     "csv": table.read,
     "mosi": affect.read,
+    "llava": llava.read,
     "image_folder": image_folder.read,
     "webdataset": webdataset.read,
 }
@@ -59,6 +61,7 @@ MAIN_FIELD: dict[str, str] = {
     "jsonl": "path",
     "csv": "path",
     "mosi": "path",
+    "llava": "path",
     "image_folder": "root",
     "webdataset": "urls",
 }
