@@ -273,6 +273,9 @@ def _anchor_tower_paths(model: Any, base_dir: Path) -> Any:
         update["encoders"] = {m: spec_anchored(s) for m, s in encoders.items()}
     if model.type == "pretrained":
         update["path"] = anchored(model.path)
+    if model.type == "mllm":  # the language model's folder and the run a stage starts from
+        update["lm"] = anchored(model.lm)
+        update["init_from"] = anchored(model.init_from)
     return model.model_copy(update=update) if update else model
 
 

@@ -144,8 +144,9 @@ class ChatEncoder:
     def prompt(self, turns: Turns, where: str = "prompt") -> tuple[list[int], int]:
         """Generation prompt for ``turns`` ending with a user turn: ids up to the assistant cue, and the
         number of images its markers take. Earlier assistant turns are part of the context."""
-        if not turns or turns[-1][0] != "user":
-            raise DataError(f"{where}: a prompt ends with a user turn")
+        roles = [r for r, _ in turns]
+        if not turns or len(turns) % 2 == 0 or any(r != ("user" if k % 2 == 0 else "assistant") for k, r in enumerate(roles)):
+            raise DataError(f"{where}: a prompt alternates user/assistant turns, starting and ending with a user turn; got roles {roles}")
         ids, images = list(self.bos), 0
         for k, (role, text) in enumerate(turns):
             if role == "user":

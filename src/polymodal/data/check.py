@@ -134,6 +134,8 @@ def check_source(
             report.count("answered")
         if sample.label is not None:
             report.count("labeled")
+        for extra in sample.more_images:  # a conversation's second and later images
+            first_origin.setdefault(extra, sample.origin)
         if sample.image_path is not None:
             first_origin.setdefault(sample.image_path, sample.origin)
         elif sample.image_bytes is not None:
@@ -194,6 +196,8 @@ def _world_sources(manifest: Path) -> list[tuple[str, DataSource]]:
             parse_source(item, f"{manifest}: sources.{split}[{i}]", base) for i, item in enumerate(items)
         ]
         out.extend(_named(str(split), parsed))
+    for split, item in (tree.get("conversations") or {}).items():  # the assistant's instruction data
+        out.extend(_named(f"conversations_{split}", [parse_source(item, f"{manifest}: conversations.{split}", base)]))
     return out
 
 

@@ -65,5 +65,7 @@ PROBLEM_KINDS = frozenset(
         "missing_audio",
         "missing_video",
         "missing_label",
+        "bad_conversation",
+        "image_marker_mismatch",
     }
 )

@@ -100,10 +100,15 @@ def vision_tokens(vision: VisionFeatures) -> int:
 
 
 def _init_from(model: nn.Module, path: str) -> None:
-    from polymodal.train.checkpoint import load_checkpoint
+    from polymodal.train.checkpoint import CheckpointError, load_checkpoint
 
-    ckpt = load_checkpoint(path, expect_type="mllm")
-    ckpt.load_model_state(model, strict=True)
+    try:
+        ckpt = load_checkpoint(path, expect_type="mllm")
+        ckpt.load_model_state(model, strict=True)
+    except CheckpointError as e:
+        raise ConfigError(
+            f"model.init_from {path!r}: {e}. It must be a run of the same architecture (the previous stage's run folder)"
+        ) from None
     log.info("mllm: weights from %s", ckpt.path)
 
 

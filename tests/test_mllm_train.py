@@ -1,0 +1,156 @@
+"""The two-stage assistant recipe through the trainer: what each stage trains, checkpoints, evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from polymodal.api import load_model
+from polymodal.config import RunConfig
+from polymodal.data.world.writer import WorldConfig, generate_world
+from polymodal.errors import ConfigError
+from polymodal.models.mllm import MultimodalLM
+from polymodal.models.tiny_lm import build_tiny_lm, world_corpus
+from polymodal.train.checkpoint import latest_checkpoint, load_checkpoint
+from polymodal.train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mllm_world") / "world"
+    generate_world(root, WorldConfig(num_scenes=24, seed=3, image_size=32), workers=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def lm(world: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mllm_lm") / "lm"
+    build_tiny_lm(world_corpus(world), out, width=32, depth=1, heads=2, context=256, vocab_size=300, steps=2, batch_size=4, progress=False)
+    return out
+
+
+def _config(world: Path, lm: Path, out: Path, data: dict[str, Any], **model: Any) -> RunConfig:
+    tree = {
+        "seed": 0,
+        "output_dir": str(out),
+        "data": data,
+        "model": {"type": "mllm", "vision": {"name": "cnn", "image_size": 32, "channels": [8, 16], "width": 16}, "lm": str(lm)} | model,
+        "image": {"size": 32},
+        "optim": {"lr": 1e-2, "warmup_steps": 0},
+        "train": {"task": "mllm", "epochs": 1, "max_steps": 3, "batch_size": 4, "num_workers": 0, "eval_batch_size": 8, "max_eval_samples": 6},
+    }
+    return RunConfig.model_validate(tree)
+
+
+def _captions(world: Path, split: str) -> dict:
+    return {"format": "coco_captions", "annotations": str(world / f"annotations/captions_{split}.json"), "images": str(world / f"images/{split}")}
+
+
+def _vqa(world: Path, split: str) -> dict:
+    return {"format": "vqa_v2", "questions": str(world / f"vqa/questions_{split}.json"), "annotations": str(world / f"vqa/annotations_{split}.json"),
+            "images": str(world / f"images/{split}"), "image_template": "{split}_{image_id:06d}.png"}
+
+
+def _chats(world: Path, split: str) -> dict:
+    return {"format": "llava", "path": str(world / f"conversations/{split}.json"), "images": str(world)}
+
+
+def _weights(model: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefix)}
+
+
+@pytest.fixture(scope="module")
+def stage1(world: Path, lm: Path, tmp_path_factory) -> tuple[Path, Trainer]:
+    out = tmp_path_factory.mktemp("stage1") / "run"
+    trainer = Trainer(_config(world, lm, out, {"train": [_captions(world, "train")], "val": [_captions(world, "val")]}, freeze=["vision", "lm"]), progress=False)
+    trainer.setup()
+    before = {p: _weights(trainer.model, p) for p in ("lm.", "vision.", "connector.")}
+    trainer.fit()
+    after = {p: _weights(trainer.model, p) for p in ("lm.", "vision.", "connector.")}
+    trainer.stage_changes = {p: any(not torch.equal(before[p][k], after[p][k]) for k in before[p]) for p in before}  # type: ignore[attr-defined]
+    return out, trainer
+
+
+def test_stage1_trains_only_the_connector(stage1) -> None:
+    _, trainer = stage1
+    assert trainer.stage_changes == {"lm.": False, "vision.": False, "connector.": True}
+
+
+def test_stage1_checkpoint_carries_the_lm_files_and_reloads(stage1, world: Path) -> None:
+    out, trainer = stage1
+    ckpt = latest_checkpoint(out)
+    assert ckpt is not None and (ckpt / "lm" / "config.json").is_file() and (ckpt / "lm" / "tokenizer.json").is_file()
+    model, proc = load_model(out)
+    assert isinstance(model, MultimodalLM) and proc.chat is not None and proc.model_type == "mllm"
+    for k, v in trainer.model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+    ids, _n = proc.chat.prompt([("user", "<image>\nDescribe the image briefly.")])
+    image = proc.images([world / "images/test" / min((world / "images/test").iterdir()).name])
+    replies = model.generate([ids], image, max_new_tokens=4)
+    assert len(replies.sequences[0]) <= 4
+    metrics = (out / "metrics.json").read_text()
+    assert "caption_CIDEr" in metrics
+
+
+def test_stage2_starts_from_stage1_and_evaluates_generated_text(stage1, world: Path, lm: Path, tmp_path: Path) -> None:
+    first, s1 = stage1
+    data = {"train": [_chats(world, "train"), _vqa(world, "train")], "test": [_vqa(world, "test"), _captions(world, "test"), _chats(world, "test")]}
+    cfg = _config(world, lm, tmp_path / "s2", data, freeze=[], init_from=str(first))
+    trainer = Trainer(cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_eval_samples": None})}), progress=False)
+    trainer.setup()
+    for k, v in s1.model.state_dict().items():  # every weight of stage 1, the LM's and the vision tower's too
+        torch.testing.assert_close(trainer.model.state_dict()[k], v)
+    assert all(p.requires_grad for p in trainer.model.parameters())
+    summary = trainer.fit()
+    test = summary["test"]
+    for key in ("vqa_accuracy", "caption_CIDEr", "caption_Bleu_4", "dialogue_loss", "dialogue_turn_accuracy"):
+        assert key in test and test[key] >= 0
+    assert 0 <= test["vqa_accuracy"] <= 1 and test["dialogue_loss"] > 0
+    assert summary["test_details"]["by_family"]
+
+
+def test_lora_stage_trains_adapters_and_reloads(stage1, world: Path, lm: Path, tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    first, _ = stage1
+    cfg = _config(world, lm, tmp_path / "lora", {"train": [_chats(world, "train")]}, freeze=["vision"], init_from=str(first), lora={"r": 2, "alpha": 4})
+    trainer = Trainer(cfg, progress=False)
+    trainer.fit()
+    model, _ = load_model(tmp_path / "lora")
+    names = [n for n, _ in model.named_parameters()]
+    assert any("lora_A" in n for n in names)
+    for k, v in trainer.model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+
+
+def test_blind_run_never_loads_an_image(world: Path, lm: Path, tmp_path: Path) -> None:
+    cfg = _config(world, lm, tmp_path / "blind", {"train": [_chats(world, "train")]})
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"blind": True})})
+    trainer = Trainer(cfg, progress=False)
+    trainer.setup()
+    from polymodal.train.data import make_loader
+
+    loader = make_loader(trainer.train_items, trainer.train_processor, trainer.tokenizer, 32, 4, 0, task=trainer.task)
+    batch = next(iter(loader))
+    assert "images" not in batch and (batch["input_ids"] == trainer.model.image_token_id).sum() == 0
+
+
+def test_init_from_a_missing_run_names_the_key(world: Path, lm: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="model.init_from .*missing.* does not exist"):
+        Trainer(_config(world, lm, tmp_path / "x", {"train": [_chats(world, "train")]}, init_from=str(tmp_path / "missing")), progress=False).setup()
+
+
+def test_task_and_model_type_must_match(world: Path, lm: Path, tmp_path: Path) -> None:
+    cfg = _config(world, lm, tmp_path / "y", {"train": [_chats(world, "train")]})
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"task": "vqa"})})
+    with pytest.raises(ConfigError, match="needs a model of type 'vqa'"):
+        Trainer(cfg, progress=False).setup()
+
+
+def test_checkpoint_reports_its_model_type(stage1) -> None:
+    out, _ = stage1
+    assert load_checkpoint(out).model_type == "mllm"
