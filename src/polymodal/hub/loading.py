@@ -174,6 +174,10 @@ def build_adapter(parts: HFParts, *, weights: bool = True, freeze: Sequence[str]
 
 def load_pretrained(folder: Path) -> tuple[nn.Module, Any]:
     """``(model, Processors)`` for a Hugging Face checkpoint folder, in eval mode on the CPU."""
+    from polymodal.hub.llava import is_llava_folder, load_llava
+
+    if is_llava_folder(folder):  # a LLaVA checkpoint is a polymodal assistant (MultimodalLM), not an adapter
+        return load_llava(folder)
     parts = open_parts(folder)
     return build_adapter(parts).eval(), processors_of(parts)
 
