@@ -157,6 +157,95 @@ def mllm_init_lm(
 
 
 @app.command()
+def chat(
+    model: str = typer.Option(..., "--model", "-m", help="An assistant (mllm) run folder, its checkpoints/ or one step_* folder."),
+    image: Optional[list[Path]] = typer.Option(None, "--image", "-i", help="Image for the first message (repeatable)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer this one message and exit (no interactive session)."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Most tokens per answer."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy (deterministic); higher: more varied."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (with --temperature > 0)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling, for repeatable answers."),
+    device: str = typer.Option("cpu", "--device", help="'cpu', 'cuda', 'cuda:N' or 'auto'."),
+) -> None:
+    """Chat with an assistant (a run trained with train.task: mllm) about images, answers streamed as they come.
+
+    Each <image> marker in a message takes one image, in order. When --image is given and the first
+    message has no marker, "<image>\\n" is put before it (a note says so once).
+
+    In the interactive session: /image PATH attaches an image to the next message, /reset starts a new
+    conversation, /quit (or Ctrl-D) exits.
+
+    Example:  polymodal chat --model runs/assistant --image scene.png --prompt "What is in the picture?"
+
+    Example:  polymodal chat --model runs/assistant --image scene.png
+    """
+    from polymodal.api import load_model
+    from polymodal.chat import IMAGE_MARKER, ChatSession
+
+    images = list(image or [])
+    for path in images:  # before reading any weights
+        if not path.is_file():
+            raise PolymodalError(f"chat: --image {path} is not a file")
+    loaded, proc = load_model(model, device)
+    session = ChatSession(loaded, proc, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    noted = False
+
+    def with_markers(text: str, attached: list[Path]) -> str:
+        nonlocal noted
+        if not attached or IMAGE_MARKER in text:
+            return text
+        if not noted:
+            typer.echo(f"note: the message has no {IMAGE_MARKER} marker, so the image goes before the text", err=True)
+            noted = True
+        return f"{IMAGE_MARKER}\n" * len(attached) + text
+
+    def answer(text: str, attached: list[Path]) -> None:
+        for delta in session.ask(with_markers(text, attached), [str(p) for p in attached]):
+            typer.echo(delta, nl=False)
+            sys.stdout.flush()
+        typer.echo("")
+
+    if prompt is not None:
+        answer(prompt, images)
+        return
+    typer.echo(f"chatting with {proc.source or model} (/image PATH attaches an image, /reset starts over, /quit or Ctrl-D exits)", err=True)
+    pending = images
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            typer.echo("", err=True)
+            return
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            session.reset()
+            pending = []
+            typer.echo("(new conversation)", err=True)
+            continue
+        if line.startswith("/image"):
+            path = Path(line[len("/image"):].strip())
+            if not path.is_file():
+                typer.echo(f"error: /image {path}: not a file", err=True)
+                continue
+            pending = [*pending, path]
+            typer.echo(f"(attached {path}; it goes with your next message)", err=True)
+            continue
+        if line.startswith("/"):
+            typer.echo(f"error: unknown command {line.split()[0]}; use /image PATH, /reset or /quit", err=True)
+            continue
+        try:
+            typer.echo("assistant> ", nl=False)
+            answer(line, pending)
+            pending = []
+        except PolymodalError as e:  # a bad message or image: say so and keep the conversation going
+            typer.echo("", err=False)
+            typer.echo(f"error: {e}", err=True)
+
+
+@app.command()
 def quickstart(
     out: Path = typer.Option(Path("quickstart_out"), "--out", help="Folder for the world, the run and the report."),
     scenes: int = typer.Option(10000, "--scenes", min=10, help="Scenes in the generated world (images)."),

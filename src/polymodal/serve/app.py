@@ -3,21 +3,23 @@
 Images arrive as multipart file uploads (field ``image``), texts and numbers as form fields, so one
 ``curl -F image=@a.png -F question='what color?'`` call works against every endpoint. An endpoint the
 loaded model cannot serve answers 400 (``unsupported_for_model``) naming the model type and what the
-endpoint needs; ``/v1/search`` answers 409 when the server has no index.
+endpoint needs; ``/v1/search`` answers 409 when the server has no index. ``/v1/chat`` (assistants
+only) takes a JSON conversation instead, and streams its answer as server-sent events when asked.
 """
 
 # No `from __future__ import annotations` here: FastAPI must evaluate the endpoints' annotations, some
 # of which name objects local to create_app (the API-key header).
 import asyncio
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Security, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -25,15 +27,19 @@ from torch import nn
 
 from polymodal import predict
 from polymodal.api import Processors
+from polymodal.chat import stream_reply
 from polymodal.explain import answer_heatmap
 from polymodal.models.vqa import VQAClassifier
 from polymodal.predict import WrongModelType
 from polymodal.serve import guards
 from polymodal.serve.batcher import MicroBatcher
+from polymodal.serve.chat_stream import chat_prompt, deltas, sse
 from polymodal.serve.errors import ApiError, error_body, install_error_handlers
 from polymodal.serve.schemas import (
     AnswerResponse,
     CaptionResponse,
+    ChatRequest,
+    ChatResponse,
     ClassifyResponse,
     EmbedResponse,
     ErrorResponse,
@@ -49,6 +55,8 @@ from polymodal.serve.schemas import (
 from polymodal.serve.settings import ServeSettings
 
 __all__ = ["create_app"]
+
+log = logging.getLogger("polymodal.serve")
 
 STATIC = Path(__file__).parent / "static"  # the web page: index.html + app.js + style.css, no build step
 
@@ -181,6 +189,9 @@ def create_app(model: nn.Module, processors: Processors, index: Any | None = Non
     explainable = isinstance(getattr(model, "vqa", model), VQAClassifier)
     if explainable:
         operations.append("explain")
+    chatty = processors.chat is not None  # an assistant (mllm): /v1/chat
+    if chatty:
+        operations.append("chat")
 
     async def image_of(upload: UploadFile, field: str = "image") -> Image.Image:
         data = await upload.read(settings.max_upload_bytes + 1)
@@ -328,6 +339,54 @@ def create_app(model: nn.Module, processors: Processors, index: Any | None = Non
         need("match")
         t = guards.check_text(text, "text", settings)
         return MatchResponse(score=await run("match", (await image_of(image), t)))
+
+    @v1.post("/chat", response_model=ChatResponse, responses={200: {"content": {"text/event-stream": {}},
+                                                                    "description": "JSON, or with stream=true server-sent events."}})
+    async def chat(req: ChatRequest) -> Any:
+        """Answer the last user message of a conversation (assistants: runs trained with train.task: mllm).
+
+        A JSON body: ``messages`` (alternating user/assistant, ending with the user), ``images`` (base64 or
+        data: URLs, one per ``<image>`` marker, in order), ``max_new_tokens``, ``temperature``, ``top_p``,
+        ``seed``, ``stream``. Answers ``{"text": ...}``, or with ``stream: true`` a text/event-stream of
+        ``data: {"delta": "..."}`` events and a last ``data: {"done": true, "text": "<the whole answer>"}``.
+        The oldest rounds are left out when the conversation does not fit the model's context window.
+        """
+        if not chatty:
+            raise ApiError(400, "unsupported_for_model", "/v1/chat needs an assistant (a multimodal LLM: a run trained with train.task: mllm), "
+                           f"but this server holds a {model_type!r} model; it serves {', '.join('/v1/' + e for e in operations) or 'no model endpoint'}")
+        prompt = await run_in_threadpool(chat_prompt, req, processors, settings)
+        generator = None
+        if req.seed is not None:
+            import torch
+
+            generator = torch.Generator(device=next(model.parameters()).device).manual_seed(req.seed)
+        answer = deltas(executor, lambda stop: stream_reply(model, processors, prompt, req.temperature, req.top_p, generator, stop))
+        if req.stream:
+            return StreamingResponse(_events(answer), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+        async def collect() -> str:
+            return "".join([d async for d in answer])
+
+        try:
+            text = await asyncio.wait_for(collect(), settings.timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"chat: no answer within {settings.timeout_s:g} s; the server is busy, or ask for fewer max_new_tokens") from None
+        return ChatResponse(text=text, dropped_rounds=prompt.dropped_rounds)
+
+    async def _events(answer: AsyncGenerator[str, None]) -> AsyncIterator[bytes]:
+        """SSE: each delta, then the whole text; an error after the stream started becomes an error event."""
+        parts: list[str] = []
+        try:
+            async for delta in answer:
+                parts.append(delta)
+                yield sse({"delta": delta})
+        except Exception as e:  # the status line is sent already: report in the stream
+            log.exception("chat stream failed", exc_info=e)
+            yield sse(error_body("internal", "the answer failed part-way; see the server's log"))
+            return
+        finally:  # the client went away (or the answer ended): stop the model between tokens
+            await answer.aclose()
+        yield sse({"done": True, "text": "".join(parts)})
 
     @app.get("/", include_in_schema=False, response_class=FileResponse)
     def page() -> FileResponse:

@@ -8,6 +8,8 @@ read to refuse a decompression bomb before decoding, and only then are they deco
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import warnings
 from collections.abc import Sequence
@@ -19,7 +21,7 @@ from polymodal.data.images import open_image
 from polymodal.serve.errors import ApiError
 from polymodal.serve.settings import ServeSettings
 
-__all__ = ["check_image", "check_k", "check_labels", "check_rel_path", "check_text", "sniff_format"]
+__all__ = ["check_image", "check_k", "check_labels", "check_rel_path", "check_text", "decode_base64_image", "sniff_format"]
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -67,6 +69,22 @@ def check_image(data: bytes, field: str, settings: ServeSettings) -> Image.Image
         return open_image(data, name=field, max_pixels=settings.max_pixels)
     except Exception as e:  # noqa: BLE001 - DataError for corrupt data; anything else is still bad input
         raise ApiError(422, "invalid_image", f"{field}: {e}") from None
+
+
+def decode_base64_image(value: str, field: str, settings: ServeSettings) -> Image.Image:
+    """An image sent inside JSON: base64, or a ``data:image/...;base64,`` URL; then :func:`check_image`."""
+    payload = value.strip()
+    if payload.startswith("data:"):
+        head, sep, payload = payload.partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise ApiError(422, "invalid_input", f"{field}: a data URL must look like 'data:image/png;base64,...'")
+    if len(payload) > settings.max_upload_bytes * 4 // 3 + 4:
+        raise ApiError(413, "too_large", f"{field}: the image is more than the limit of {settings.max_upload_bytes} bytes")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "invalid_input", f"{field}: not base64 image data (give base64 or a 'data:image/png;base64,...' URL)") from None
+    return check_image(data, field, settings)
 
 
 def check_text(text: str | None, field: str, settings: ServeSettings) -> str:

@@ -1,15 +1,18 @@
 """Response bodies of the REST API, as pydantic models so the OpenAPI schema documents them.
 
 Requests are multipart forms (images as file uploads, texts and numbers as form fields), declared on
-the endpoints themselves in :mod:`polymodal.serve.app`.
+the endpoints themselves in :mod:`polymodal.serve.app`; the one exception is ``/v1/chat``, whose
+conversation is a JSON body (:class:`ChatRequest`, images as base64 strings), as chat clients send it.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
-    "AnswerResponse", "CaptionResponse", "ClassifyResponse", "EmbedResponse", "ErrorBody", "ErrorResponse",
+    "AnswerResponse", "CaptionResponse", "ChatMessage", "ChatRequest", "ChatResponse", "ClassifyResponse", "EmbedResponse", "ErrorBody", "ErrorResponse",
     "HealthResponse", "MatchResponse", "ModelInfo", "ModelsResponse", "SearchHitOut", "SearchResponse",
 ]
 
@@ -88,3 +91,27 @@ class ClassifyResponse(BaseModel):
 
 class MatchResponse(BaseModel):
     score: float = Field(description="P(the image and the text match), from an image-text matching head.")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant"]
+    content: str = Field(description="The text; each '<image>' marker in a user message takes the next image of 'images'.")
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not silently ignored
+
+    messages: list[ChatMessage] = Field(description="The conversation so far, alternating user/assistant, ending with the user.")
+    images: list[str] = Field(default_factory=list, description="Base64 images or data: URLs (PNG, JPEG, WebP, GIF, BMP), one per <image> marker, in order.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Most tokens in the answer: at most the server's limit; default 64 (or the limit, if lower).")
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0: greedy; higher: more varied.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
+    seed: int | None = Field(None, description="Seed for sampling, for repeatable answers.")
+    stream: bool = Field(False, description='true: a text/event-stream of `data: {"delta": ...}` events, then `data: {"done": true, "text": ...}`.')
+
+
+class ChatResponse(BaseModel):
+    text: str
+    dropped_rounds: int = Field(0, description="Earlier rounds left out so the conversation fits the context window.")

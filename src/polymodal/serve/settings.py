@@ -19,7 +19,8 @@ class ServeSettings:
     header declares more pixels before a byte of them is decoded; ``max_k`` bounds search results
     (a larger ``k`` is a 422, so one request cannot ask for the whole index's metadata at once);
     ``batch_ms`` / ``max_batch`` set how long and how many requests the micro-batcher gathers;
-    ``timeout_s`` bounds one request's wait for its result (504 past it).
+    ``timeout_s`` bounds one request's wait for its result (504 past it); ``max_new_tokens`` and
+    ``max_chat_images`` bound one ``/v1/chat`` answer's length and the images its conversation holds.
     """
 
     api_key: str | None = None
@@ -32,9 +33,11 @@ class ServeSettings:
     batch_ms: float = 5.0
     max_batch: int = 32
     timeout_s: float = 30.0
+    max_new_tokens: int = 512
+    max_chat_images: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_text_chars", "max_texts", "max_k", "max_batch"):
+        for name in ("max_upload_bytes", "max_pixels", "max_text_chars", "max_texts", "max_k", "max_batch", "max_new_tokens", "max_chat_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServeSettings.{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_ms < 0 or self.timeout_s <= 0:

@@ -3,6 +3,8 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { key: null, file: null, ops: new Set(), index: false, previewUrl: null };
+// the chat panel's conversation: what /v1/chat is sent each turn (the server keeps no state)
+const chat = { messages: [], images: [], pending: null, busy: false };
 
 // ----------------------------------------------------------------------------------- API + errors
 
@@ -90,6 +92,7 @@ function layout() {
   $("near-texts-box").hidden = !search;
   $("image-panel").hidden = !(can("caption") || can("answer") || search);
   $("search-panel").hidden = !search;
+  $("chat-panel").hidden = !can("chat");
   updateButtons();
 }
 
@@ -262,6 +265,134 @@ $("search-form").addEventListener("submit", (ev) => {
     grid.append(...results.map(thumbnail));
     if (!results.length) grid.textContent = "no images in the index";
   });
+});
+
+// ------------------------------------------------------------------------------------------ chat
+
+const IMAGE_MARKER = "<image>";
+
+function readDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new Error(`could not read ${file.name}`));
+    reader.readAsDataURL(file);
+  });
+}
+
+function chatBubble(role, text, imageUrl) {
+  const li = document.createElement("li");
+  li.dataset.role = role;
+  if (imageUrl) {
+    const img = document.createElement("img");
+    img.src = imageUrl;
+    img.alt = "the attached image";
+    li.append(img);
+  }
+  const span = document.createElement("span");
+  span.className = "text";
+  span.textContent = text;
+  li.append(span);
+  $("chat-log").append(li);
+  return li;
+}
+
+// POST /v1/chat with stream=true; call onDelta for each text piece; resolve to the whole answer.
+async function chatStream(body, onDelta) {
+  const headers = { "Content-Type": "application/json" };
+  if (state.key) headers["X-API-Key"] = state.key;
+  let resp;
+  try {
+    resp = await fetch("/v1/chat", { method: "POST", headers, body: JSON.stringify(body) });
+  } catch (e) {
+    throw new ApiFailure(0, "network", `/v1/chat: the server did not answer (${e.message})`);
+  }
+  if (!resp.ok) {
+    let err = null;
+    try { err = (await resp.json()).error; } catch (e) { /* not JSON */ }
+    if (resp.status === 401) $("key-panel").hidden = false;
+    throw new ApiFailure(resp.status, err ? err.code : "http_" + resp.status, err && err.message ? err.message : `/v1/chat: HTTP ${resp.status}`);
+  }
+  const reader = resp.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  let text = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const data = event.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+      if (!data) continue;
+      const msg = JSON.parse(data);
+      if (msg.error) throw new ApiFailure(resp.status, msg.error.code, msg.error.message);
+      if (msg.done) return msg.text;
+      text += msg.delta;
+      onDelta(msg.delta, text);
+    }
+  }
+  throw new ApiFailure(resp.status, "bad_response", "/v1/chat: the stream ended before the answer was done");
+}
+
+async function sendChat() {
+  const input = $("chat-input");
+  let text = input.value.trim();
+  if (!text) { showError("type a message first"); return; }
+  if (chat.busy) return;
+  const image = chat.pending;
+  if (image && !text.includes(IMAGE_MARKER)) text = `${IMAGE_MARKER}\n${text}`;
+  const messages = [...chat.messages, { role: "user", content: text }];
+  const images = image ? [...chat.images, image] : chat.images;
+  chatBubble("user", input.value.trim(), image);
+  const reply = chatBubble("assistant", "");
+  const out = reply.querySelector(".text");
+  input.value = "";
+  chat.busy = true;
+  $("chat-send").disabled = true;
+  await act(reply, "answering", async () => {
+    try {
+      const full = await chatStream({ messages, images, stream: true }, (_, sofar) => { out.textContent = sofar; });
+      out.textContent = full;
+      chat.messages = [...messages, { role: "assistant", content: full }];
+      chat.images = images;
+      chat.pending = null;
+      $("chat-attached").textContent = "";
+    } catch (e) {
+      input.value = input.value || text.replace(`${IMAGE_MARKER}\n`, "");
+      throw e;
+    }
+  });
+  chat.busy = false;
+  $("chat-send").disabled = false;
+}
+
+$("chat-image").addEventListener("change", async (ev) => {
+  const file = ev.target.files[0];
+  if (!file) return;
+  clearError();
+  try {
+    chat.pending = await readDataUrl(file);
+    $("chat-attached").textContent = `attached: ${file.name}`;
+  } catch (e) {
+    showError(e);
+  }
+  ev.target.value = "";
+});
+$("chat-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  clearError();
+  sendChat();
+});
+$("chat-reset").addEventListener("click", () => {
+  chat.messages = [];
+  chat.images = [];
+  chat.pending = null;
+  $("chat-attached").textContent = "";
+  $("chat-log").replaceChildren();
+  clearError();
 });
 
 // ------------------------------------------------------------------------------------------ key
