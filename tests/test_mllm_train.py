@@ -111,7 +111,7 @@ def test_stage2_starts_from_stage1_and_evaluates_generated_text(stage1, world: P
     for key in ("vqa_accuracy", "caption_CIDEr", "caption_Bleu_4", "dialogue_loss", "dialogue_turn_accuracy"):
         assert key in test and test[key] >= 0
     assert 0 <= test["vqa_accuracy"] <= 1 and test["dialogue_loss"] > 0
-    assert summary["test_details"]["by_family"]
+    assert summary["test_details"]["vqa"]["by_family"] and summary["test_details"]["captioning"]["examples"]
 
 
 def test_lora_stage_trains_adapters_and_reloads(stage1, world: Path, lm: Path, tmp_path: Path) -> None:
@@ -154,3 +154,14 @@ def test_task_and_model_type_must_match(world: Path, lm: Path, tmp_path: Path) -
 def test_checkpoint_reports_its_model_type(stage1) -> None:
     out, _ = stage1
     assert load_checkpoint(out).model_type == "mllm"
+
+
+def test_eval_cli_path_scores_generated_text_and_reports_it(stage1, world: Path, tmp_path: Path) -> None:
+    from polymodal.evaluate import evaluate_checkpoint
+
+    out, _ = stage1
+    result = evaluate_checkpoint(out, world, out_dir=tmp_path / "eval", splits=["test"], device="cpu", num_workers=0)
+    metrics = result["splits"]["test"]["metrics"]
+    assert 0 <= metrics["vqa_accuracy"] <= 1 and metrics["caption_CIDEr"] >= 0
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "vqa_accuracy" in report and "existence" in report  # the per-family table

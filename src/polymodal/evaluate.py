@@ -341,7 +341,7 @@ def _report_data(summary: dict[str, Any], samples_of: dict[str, list[Sample]], c
     # a multi-task evaluation nests each task's details under its name; a single task's are at the top
     def section(split: str, name: str) -> dict[str, Any]:
         details = splits[split]["details"]
-        return (details.get(name) or {}) if task == "multitask" else (details if task == name else {})
+        return (details.get(name) or {}) if task in ("multitask", "mllm") else (details if task == name else {})
 
     def metrics_of(split: str, name: str) -> dict[str, float]:
         m = splits[split]["metrics"]

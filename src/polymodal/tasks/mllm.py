@@ -212,15 +212,13 @@ class MLLMTask(Task):
         captions = [s for s in samples if is_caption(s) and not s.conversation]
         dialogues = [s for s in samples if s.conversation]
         metrics: dict[str, float] = {}
-        details: dict[str, Any] = {"examples": []}
+        details: dict[str, Any] = {}  # per sub-task, as a multi-task evaluation nests them (the report reads both)
         if questions:
-            m, d = self._vqa(model, questions, device)
+            m, details["vqa"] = self._vqa(model, questions, device)
             metrics |= m
-            details |= d
         if captions:
-            m, d = self._captions(model, captions, device)
+            m, details["captioning"] = self._captions(model, captions, device)
             metrics |= m
-            details |= d
         if dialogues:
             metrics |= self._dialogues(model, dialogues, device)
         if not metrics:
@@ -236,11 +234,12 @@ class MLLMTask(Task):
             scores.append(acc)
             by_family[str(s.meta.get("family") or s.meta.get("question_type") or "all")].append(acc)
         examples = [
-            {"image": str(s.image_path), "question": s.text, "reply": r, "predicted": extract_answer(r), "answers": list(dict.fromkeys(s.answers))}
-            for s, r in list(zip(questions, replies))[:12]
+            {"image": str(s.image_path), "question": s.text, "reply": r, "predicted": extract_answer(r), "answers": list(dict.fromkeys(s.answers)),
+             "correct": acc >= 1.0}
+            for s, r, acc in list(zip(questions, replies, scores))[:12]
         ]
         metrics = {"vqa_accuracy": sum(scores) / len(scores)}
-        return metrics, {"by_family": {f: sum(v) / len(v) for f, v in sorted(by_family.items())}, "questions": len(questions), "vqa_examples": examples}
+        return metrics, {"by_family": {f: sum(v) / len(v) for f, v in sorted(by_family.items())}, "questions": len(questions), "examples": examples}
 
     def _captions(self, model: nn.Module, captions: Sequence[Sample], device: torch.device) -> tuple[dict[str, float], dict[str, Any]]:
         groups = group_by_image(captions)
@@ -251,7 +250,7 @@ class MLLMTask(Task):
         wanted = ["bleu", "rouge", "cider"] + (["meteor"] if meteor_available() else [])
         scores = caption_scores(refs, cands, wanted)
         examples = [{"image": str(s.image_path), "caption": cands[s.image_key], "references": refs[s.image_key]} for s in firsts[:8]]
-        return {f"caption_{k}": float(v) for k, v in scores.items()}, {"images": len(firsts), "caption_examples": examples}
+        return {f"caption_{k}": float(v) for k, v in scores.items()}, {"images": len(firsts), "examples": examples}
 
     def _dialogues(self, model: nn.Module, dialogues: Sequence[Sample], device: torch.device) -> dict[str, float]:
         """Teacher-forced loss over all assistant tokens, and exact match of each generated reply."""
