@@ -232,3 +232,21 @@ def test_load_model_gives_a_chat_encoder_and_the_checkpoints_preprocessing(folde
     ref = hf_model(folder)
     hf = _hf_new_tokens(ref, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), px, 6)
     assert model.generate([ids], px, max_new_tokens=6).sequences == hf
+
+
+def test_mllm_config_with_a_hugging_face_vision_tower_reads_the_chosen_layer(hf_folders, tmp_path: Path) -> None:
+    """``vision: {name: hf_vision}`` + ``feature_layer: -2`` + ``drop_cls``: what LLaVA reads from CLIP."""
+    from polymodal.models.factory import BuildContext, build_model
+    from polymodal.models.mllm_build import load_lm_tokenizer
+    from polymodal.models.tiny_lm import build_tiny_lm
+
+    lm, _ = build_tiny_lm(["a red cube", "two spheres"] * 20, tmp_path / "lm", width=32, depth=1, heads=2, context=128, vocab_size=280, steps=0, progress=False)
+    cfg = {"type": "mllm", "vision": {"name": "hf_vision", "path": str(hf_folders["clip"])}, "lm": str(lm), "feature_layer": -2, "drop_cls": True,
+           "freeze": ["vision"]}
+    model = build_model(cfg, BuildContext(lm_tokenizer=load_lm_tokenizer(str(lm)))).eval()
+    assert model.tokens_per_image == (30 // 6) ** 2  # patches only, no [CLS]
+    images = torch.randn(2, 3, 30, 30)
+    hidden = model.vision.encoder.model(pixel_values=images, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(model.vision(images), hidden[-2][:, 1:])
+    assert not torch.allclose(hidden[-2][:, 1:], hidden[-1][:, 1:])  # the layer choice matters
+    assert not any(p.requires_grad for p in model.vision.parameters())
