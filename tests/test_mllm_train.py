@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 from polymodal.api import load_model
 from polymodal.config import RunConfig
 from polymodal.data.world.writer import WorldConfig, generate_world
-from polymodal.errors import ConfigError
+from polymodal.errors import ConfigError, PolymodalError
 from polymodal.models.mllm import MultimodalLM
 from polymodal.models.tiny_lm import build_tiny_lm, world_corpus
 from polymodal.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -165,3 +165,24 @@ def test_eval_cli_path_scores_generated_text_and_reports_it(stage1, world: Path,
     assert 0 <= metrics["vqa_accuracy"] <= 1 and metrics["caption_CIDEr"] >= 0
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "vqa_accuracy" in report and "existence" in report  # the per-family table
+
+
+def test_a_runs_vision_tower_is_a_pretrained_tower_for_the_next_model(stage1, world: Path, lm: Path, tmp_path: Path) -> None:
+    """``vision: {name: run_vision, path: RUN}``: the weights and the image preprocessing of that run's tower."""
+    first, s1 = stage1
+    cfg = _config(world, lm, tmp_path / "z", {"train": [_captions(world, "train")]}, freeze=["vision", "lm"])
+    tree = cfg.model_dump(mode="json")
+    tree["model"]["vision"] = {"name": "run_vision", "path": str(first)}
+    tree["image"] = {}  # the size comes from the run's tower
+    trainer = Trainer(RunConfig.model_validate(tree), progress=False)
+    trainer.setup()
+    assert trainer.cfg.image.size == 32
+    theirs = s1.model.vision.encoder.state_dict()
+    for k, v in trainer.model.vision.encoder.state_dict().items():
+        torch.testing.assert_close(v, theirs[k])
+    assert not any(p.requires_grad for p in trainer.model.vision.parameters())
+    trainer.model.train()
+    assert not trainer.model.vision.encoder.training  # a frozen tower's batch-norm statistics never move
+    tree["model"]["vision"]["path"] = str(tmp_path / "nowhere")
+    with pytest.raises(PolymodalError, match="nowhere"):
+        Trainer(RunConfig.model_validate(tree), progress=False).setup()

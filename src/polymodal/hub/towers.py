@@ -14,7 +14,7 @@ from typing import Any
 
 from polymodal.errors import ConfigError
 
-HF_TOWERS = {"hf_vision": "vision", "hf_text": "text"}
+HF_TOWERS = {"hf_vision": "vision", "hf_text": "text", "run_vision": "vision"}  # towers that bring their preprocessing
 
 
 def tower_paths(model_cfg: Any) -> dict[str, str]:
@@ -33,6 +33,9 @@ def image_settings_of(name_or_path: str) -> dict[str, Any]:
     from polymodal.hub.zoo import resolve
 
     folder = resolve(name_or_path)
+    run = _run_image_settings(folder)
+    if run is not None:
+        return run
     pre = folder / "preprocessor_config.json"
     settings: dict[str, Any] = {}
     if pre.is_file():
@@ -66,3 +69,16 @@ def _config_image_size(path: Path) -> int | None:
     cfg = cfg.get("vision_config", cfg) if isinstance(cfg, dict) else {}
     size = cfg.get("image_size") if isinstance(cfg, dict) else None
     return size if isinstance(size, int) else None
+
+
+def _run_image_settings(folder: Path) -> dict[str, Any] | None:
+    """``{"size", "mean", "std"}`` of a polymodal run or checkpoint (its processors.json); None for other folders."""
+    from polymodal.train.checkpoint import CheckpointError, load_checkpoint
+
+    if not (folder / "checkpoints").is_dir() and not (folder / "processors.json").is_file():
+        return None
+    try:
+        image = load_checkpoint(folder).processors.get("image") or {}
+    except CheckpointError:
+        return None
+    return {k: (tuple(image[k]) if isinstance(image[k], list) else image[k]) for k in ("size", "mean", "std") if k in image}

@@ -144,8 +144,9 @@ def build_mllm(cfg: MLLMConfig, vision_encoder: nn.Module, tokenizer: Any, load_
     model = MultimodalLM(vision, connector, lm, image_id, tokens, tokenizer.pad_token_id, eos, max_length)
     if cfg.init_from is not None and load_weights:
         _init_from(model, cfg.init_from)
-    if "vision" in cfg.freeze:
-        model.vision.requires_grad_(False)
+    if "vision" in cfg.freeze:  # Encoder.freeze also keeps it in eval mode: batch-norm statistics stay as trained
+        encoder = model.vision.encoder
+        encoder.freeze() if hasattr(encoder, "freeze") else encoder.requires_grad_(False)
     if "lm" in cfg.freeze or cfg.lora is not None:
         model.lm.requires_grad_(False)
     if cfg.lora is not None:

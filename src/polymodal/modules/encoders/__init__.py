@@ -15,6 +15,7 @@ from polymodal.errors import ConfigError
 from polymodal.modules.encoders.audio import AudioEncoder
 from polymodal.modules.encoders.base import Encoder, EncoderOutput, ShapeError, format_shape
 from polymodal.modules.encoders.hf import HFLoadError, HFTextTower, HFVisionTower, MissingDependencyError
+from polymodal.modules.encoders.run_tower import run_vision_tower
 from polymodal.modules.encoders.sequence import FeatureSequenceEncoder
 from polymodal.modules.encoders.text import TextTransformer
 from polymodal.modules.encoders.video import VideoEncoder
@@ -48,6 +49,7 @@ ENCODERS: dict[str, Callable[..., Encoder]] = {
     "features": FeatureSequenceEncoder,
     "audio": AudioEncoder,
     "video": VideoEncoder,
+    "run_vision": run_vision_tower,
 }
 
 

@@ -1,0 +1,41 @@
+"""The image tower of a polymodal training run, as an encoder for another model (``name: run_vision``).
+
+LLaVA's recipe starts from a *pretrained* vision tower. Offline, the best tower at hand is often one
+polymodal trained itself - the quickstart's, whose grid tokens learned objects, attributes and places
+from the world's scene graphs. ``vision: {name: run_vision, path: runs/quickstart}`` lifts that tower
+(weights included) out of any run whose model has one: a dual encoder, a captioner, a VQA, fusion or
+multi-task model, or an assistant. Its image preprocessing comes along like a Hugging Face tower's does (see
+:mod:`polymodal.hub.towers`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from polymodal.errors import ConfigError
+from polymodal.modules.encoders.base import Encoder
+
+
+def _image_encoder_of(model: nn.Module) -> Encoder | None:
+    for holder in (model, getattr(model, "backbone", None), getattr(model, "vision", None)):
+        tower = getattr(holder, "image_encoder", None) or getattr(holder, "encoder", None)  # an assistant's: vision.encoder
+        if isinstance(tower, Encoder):
+            return tower
+    return None
+
+
+def run_vision_tower(path: str) -> Encoder:
+    """The trained image encoder of the run (or checkpoint) at ``path``."""
+    from polymodal.api import load_model
+    from polymodal.errors import PolymodalError
+
+    try:
+        model, _ = load_model(Path(path))
+    except PolymodalError as e:
+        raise ConfigError(f"encoder run_vision: cannot load the run {path!r}: {e}") from None
+    tower = _image_encoder_of(model)
+    if tower is None:
+        raise ConfigError(f"encoder run_vision: the model in {path!r} ({type(model).__name__}) has no image tower to take")
+    return tower.train()
