@@ -186,3 +186,28 @@ def test_a_runs_vision_tower_is_a_pretrained_tower_for_the_next_model(stage1, wo
     tree["model"]["vision"]["path"] = str(tmp_path / "nowhere")
     with pytest.raises(PolymodalError, match="nowhere"):
         Trainer(RunConfig.model_validate(tree), progress=False).setup()
+
+
+def test_a_conversation_about_two_images_batches_both_in_marker_order(world: Path, lm: Path, tmp_path: Path) -> None:
+    import json
+
+    from PIL import Image
+
+    from polymodal.data.formats import read_source
+    from polymodal.data.sources import LlavaSource
+    from polymodal.tasks.mllm import ConversationCollator, ConversationDataset
+
+    images = sorted(p.relative_to(world).as_posix() for p in (world / "images/train").iterdir())[:2]
+    chat = [{"id": "pair", "image": images, "conversations": [{"from": "human", "value": "<image> or <image>: which has more cubes?"},
+                                                              {"from": "gpt", "value": "the first"}]}]
+    (tmp_path / "pair.json").write_text(json.dumps(chat))
+    samples = list(read_source(LlavaSource(format="llava", path=tmp_path / "pair.json", images=world)))
+    trainer = Trainer(_config(world, lm, tmp_path / "pair", {"train": [_chats(world, "train")]}), progress=False)
+    trainer.setup()
+    item = ConversationDataset(samples, trainer.task.encoder, trainer.eval_processor)[0]
+    assert item is not None and item.images.shape[0] == 2
+    expected = torch.stack([trainer.eval_processor(Image.open(world / p).convert("RGB")) for p in images])
+    torch.testing.assert_close(item.images, expected)
+    batch = ConversationCollator(trainer.tokenizer.pad_token_id)([item])
+    out = trainer.model(batch["input_ids"], batch["attention_mask"], batch["images"], batch["labels"])
+    assert torch.isfinite(out.loss) and int(out.tokens) > 0
