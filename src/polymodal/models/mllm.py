@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from polymodal.losses._token_mean import token_mean_cross_entropy
 from polymodal.losses.mlm import IGNORE_INDEX
 from polymodal.modules.encoders.base import ShapeError
 
@@ -136,11 +136,10 @@ class MultimodalLM(nn.Module):
         logits = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=False).logits
         if labels is None:
             return MLLMOutput(logits)
-        target = labels[:, 1:]
-        counted = target != IGNORE_INDEX
-        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-        tokens = counted.sum()
-        return MLLMOutput(logits, loss / tokens.clamp(min=1), tokens)
+        target = labels[:, 1:].reshape(-1)
+        # the mean over the assistant tokens of every rank under DDP, as one process would compute it
+        loss = token_mean_cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), target)
+        return MLLMOutput(logits, loss, (target != IGNORE_INDEX).sum())
 
     # ------------------------------------------------------------------ generation
     def _left_pad(self, prompts: Sequence[Sequence[int]], device: torch.device) -> tuple[Tensor, Tensor]:
