@@ -10,7 +10,7 @@ import pytest
 
 from tests.cli_runner import run_cli
 
-COMMANDS = ["score", "quickstart", "train", "eval", "predict", "models", "export", "index", "index build", "index add", "index delete", "index info", "search", "serve", "bench model"]
+COMMANDS = ["score", "quickstart", "train", "eval", "predict", "models", "export", "index", "index build", "index add", "index delete", "index info", "search", "serve", "bench model", "chat", "mllm init-lm"]
 
 
 run = run_cli
@@ -92,3 +92,16 @@ def test_an_unknown_option_is_a_usage_message_not_a_traceback(capsys: pytest.Cap
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "No such option: --bogus" in err and "Traceback" not in err
+
+
+def test_ctrl_c_ends_with_a_line_and_exit_130_not_a_traceback(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from polymodal import cli
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["chat", "--model", "x"])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip() == "aborted"

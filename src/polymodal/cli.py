@@ -877,7 +877,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C: a training run resumes from its last checkpoint with --resume
         typer.echo("aborted", err=True)
         sys.exit(130)
     except Exception as e:  # click usage errors come here in standalone_mode=False
