@@ -283,9 +283,8 @@ def model_from_checkpoint(ckpt: Any, device: str | torch.device = "cpu") -> tupl
 
 def _assistant_from_checkpoint(ckpt: Any, config: Any, processors: Processors, device: str | torch.device) -> tuple[nn.Module, Processors]:
     """An mllm checkpoint: the LM's config and tokenizer come from its own ``lm/`` folder."""
-    from polymodal.data.chat import ChatEncoder, ChatFormat
     from polymodal.models.factory import BuildContext, build_model
-    from polymodal.models.mllm_build import load_lm_tokenizer
+    from polymodal.models.mllm_build import chat_encoder, load_lm_tokenizer
     from polymodal.train.checkpoint import CONFIG_FILE, PROCESSORS_FILE, CheckpointError
 
     folder = ckpt.path / str(ckpt.processors.get("lm_folder") or "lm")
@@ -298,8 +297,6 @@ def _assistant_from_checkpoint(ckpt: Any, config: Any, processors: Processors, d
     except ConfigError as e:
         raise CheckpointError(f"{ckpt.path / CONFIG_FILE}: cannot rebuild the assistant: {e}") from None
     ckpt.load_model_state(model)
-    processors.chat = ChatEncoder(
-        tokenizer, model.image_token_id, model.tokens_per_image, model.max_length or 2048, ChatFormat(system=config.system_prompt), config.truncation
-    )
+    processors.chat = chat_encoder(model, tokenizer, config.system_prompt, config.truncation)
     processors.max_length = model.max_length or processors.max_length
     return model.eval().to(resolve_device(device)), processors

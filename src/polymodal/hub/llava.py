@@ -221,8 +221,8 @@ def load_llava(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
     """``(model, Processors)`` for a LLaVA checkpoint folder, in eval mode on ``device``; ``processors.chat``
     lays out prompts (``USER: <image>\\n... ASSISTANT:``) with the right number of image tokens."""
     from polymodal.api import Processors, resolve_device
-    from polymodal.data.chat import ChatEncoder, ChatFormat
     from polymodal.hub.processors import HFImageProcessor, HFTokenizer
+    from polymodal.models.mllm_build import chat_encoder
     from polymodal.modules.encoders.hf import _import_transformers
 
     folder = Path(folder)
@@ -243,5 +243,5 @@ def load_llava(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
         model_type="mllm",
         source=str(folder),
     )
-    processors.chat = ChatEncoder(tokenizer, model.image_token_id, model.tokens_per_image, max_length, ChatFormat())
+    processors.chat = chat_encoder(model, tokenizer, window=max_length)
     return model.eval().to(resolve_device(device)), processors

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from polymodal.losses._token_mean import token_mean_cross_entropy
 from polymodal.losses.mlm import IGNORE_INDEX
+from polymodal.models.generation import left_pad, top_p_filter
 from polymodal.modules.encoders.base import ShapeError
 
 
@@ -142,16 +143,6 @@ class MultimodalLM(nn.Module):
         return MLLMOutput(logits, loss, (target != IGNORE_INDEX).sum())
 
     # ------------------------------------------------------------------ generation
-    def _left_pad(self, prompts: Sequence[Sequence[int]], device: torch.device) -> tuple[Tensor, Tensor]:
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long, device=device)
-        mask = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
-        for i, p in enumerate(prompts):
-            if p:
-                ids[i, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-                mask[i, width - len(p):] = 1
-        return ids, mask
-
     @torch.no_grad()
     def stream(
         self,
@@ -177,7 +168,8 @@ class MultimodalLM(nn.Module):
         if limit is not None:
             max_new_tokens = min(max_new_tokens, limit - longest)
         device = next(self.parameters()).device
-        ids, mask = self._left_pad(prompts, device)
+        ids, padded = left_pad(prompts, self.pad_token_id, device)
+        mask = padded.long()
         embeds = self.embed(ids, images)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
@@ -217,10 +209,5 @@ def _pick(logits: Tensor, temperature: float, top_p: float, generator: torch.Gen
     """The next token per row: argmax, or a sample from the smallest set holding ``top_p`` of the mass."""
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = (logits / temperature).softmax(-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
+    probs = top_p_filter((logits / temperature).log_softmax(-1), top_p).exp()  # the captioner's nucleus filter
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

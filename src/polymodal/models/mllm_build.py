@@ -22,16 +22,9 @@ from polymodal.errors import ConfigError, PolymodalError
 from polymodal.models.configs import MLLMConfig
 from polymodal.models.connectors import build_connector
 from polymodal.models.mllm import MultimodalLM, VisionFeatures
+from polymodal.modules.encoders.hf import _import_transformers
 
 log = logging.getLogger(__name__)
-
-
-def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError:
-        raise PolymodalError("mllm models need Hugging Face transformers: pip install 'polymodal[hf]'") from None
-    return transformers
 
 
 def lm_folder(name_or_path: str) -> Path:
@@ -45,7 +38,7 @@ def lm_folder(name_or_path: str) -> Path:
 
 def load_lm_tokenizer(name_or_path: str, image_token: str = "<image>") -> Any:
     """The LM folder's tokenizer with ``image_token`` added (and a pad token: end-of-sequence, if it has none)."""
-    transformers = _transformers()
+    transformers = _import_transformers()
     folder = lm_folder(name_or_path)
     try:
         tok = transformers.AutoTokenizer.from_pretrained(str(folder))
@@ -68,7 +61,7 @@ def context_window(lm: nn.Module) -> int | None:
 
 
 def load_lm(name_or_path: str, weights: bool = True) -> nn.Module:
-    transformers = _transformers()
+    transformers = _import_transformers()
     folder = lm_folder(name_or_path)
     try:
         if weights:
@@ -155,3 +148,11 @@ def build_mllm(cfg: MLLMConfig, vision_encoder: nn.Module, tokenizer: Any, load_
     log.info("mllm: %d image tokens per image, context %s, %.2fM trainable of %.2fM parameters",
              tokens, max_length, trainable / 1e6, sum(p.numel() for p in model.parameters()) / 1e6)
     return model
+
+
+def chat_encoder(model: MultimodalLM, tokenizer: Any, system_prompt: str = "", truncation: str = "drop_turns", window: int | None = None) -> Any:
+    """The prompt layout of ``model`` (its image token, tokens per image, context window) for ``tokenizer``;
+    ``window`` when the model's LM states none (2,048 otherwise)."""
+    from polymodal.data.chat import ChatEncoder, ChatFormat
+
+    return ChatEncoder(tokenizer, model.image_token_id, model.tokens_per_image, model.max_length or window or 2048, ChatFormat(system=system_prompt), truncation)

@@ -34,7 +34,6 @@ from torch.utils.data import DataLoader, Dataset
 from polymodal.data.chat import (
     IMAGE_MARKER,
     ChatEncoder,
-    ChatFormat,
     as_conversation,
     caption_turns,
     question_turns,
@@ -159,10 +158,9 @@ class MLLMTask(Task):
 
     def attach(self, model: nn.Module, model_config: Any, eval_processor: Any) -> None:
         """Learn the prompt layout from the built model (image tokens, context) and its config."""
-        self.encoder = ChatEncoder(
-            self.tokenizer, model.image_token_id, model.tokens_per_image, model.max_length or 2048,
-            ChatFormat(system=model_config.system_prompt), model_config.truncation,
-        )
+        from polymodal.models.mllm_build import chat_encoder
+
+        self.encoder = chat_encoder(model, self.tokenizer, model_config.system_prompt, model_config.truncation)
         self.processor = eval_processor
 
     def _encoder(self) -> ChatEncoder:

@@ -49,7 +49,7 @@ def _import_transformers() -> Any:
         import transformers
     except ImportError as exc:  # pragma: no cover - exercised only without transformers
         raise MissingDependencyError(
-            "Hugging Face towers need the `transformers` package: pip install 'polymodal[hf]' "
+            "Hugging Face towers, checkpoints and language models need the `transformers` package: pip install 'polymodal[hf]' "
             "(or pip install 'transformers>=4.40')"
         ) from exc
     return transformers
