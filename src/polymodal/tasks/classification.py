@@ -9,7 +9,7 @@ from torch import nn
 
 from polymodal.data.sample import Sample
 from polymodal.metrics import classification_scores, confusion_matrix
-from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, batch_device
+from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, batch_device, to_device
 
 
 class ClassificationTask(Task):
@@ -52,7 +52,7 @@ class ClassificationTask(Task):
         truth: list[int] = []
         pred: list[int] = []
         for b in make_loader(samples, True):
-            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+            batch = to_device(b, device)
             pred += model(batch).logits.argmax(-1).tolist()
             truth += self.targets(b["samples"]).tolist()
         scores = classification_scores(truth, pred, zero_division=0)

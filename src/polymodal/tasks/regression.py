@@ -14,7 +14,7 @@ from torch import nn
 
 from polymodal.data.sample import Sample
 from polymodal.metrics.classification import mean_absolute_error, pearson_r
-from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, batch_device
+from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, batch_device, to_device
 
 SENTIMENT_RANGE = (-3.0, 3.0)
 
@@ -55,7 +55,7 @@ class RegressionTask(Task):
         truth: list[float] = []
         pred: list[float] = []
         for b in make_loader(samples, True):
-            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+            batch = to_device(b, device)
             pred += model(batch).logits.squeeze(-1).float().tolist()
             truth += self.targets(b["samples"]).tolist()
         lo, hi = SENTIMENT_RANGE
