@@ -148,18 +148,9 @@ def corpus_texts(samples: Any) -> list[str]:
 
 def world_corpus(root: str | Path) -> list[str]:
     """:func:`corpus_texts` of a built-in world's train split: its captions, questions and conversations."""
-    import json
-
-    from polymodal.config import parse_source
+    from polymodal.data.check import load_spec
     from polymodal.data.formats import read_source
 
-    root = Path(root)
-    manifest = root / "world.json"
-    if not manifest.is_file():
-        raise DataError(f"{root} is not a built-in world (no world.json); generate one with 'polymodal data world --out {root}'")
-    tree = json.loads(manifest.read_text(encoding="utf-8"))
-    specs = [s for s in tree["sources"]["train"] if s["format"] in ("coco_captions", "vqa_v2")]
-    if "conversations" in tree:
-        specs.append(tree["conversations"]["train"])
-    samples = [s for spec in specs for s in read_source(parse_source(spec, str(manifest), root))]
-    return corpus_texts(samples)
+    wanted = {"coco_captions", "vqa_v2", "llava"}
+    specs = [spec for name, spec in load_spec(root) if name.split("[")[0] in ("train", "conversations_train") and spec.format in wanted]
+    return corpus_texts(s for spec in specs for s in read_source(spec))
