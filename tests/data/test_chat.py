@@ -53,8 +53,9 @@ def test_truncation_drops_whole_rounds_and_counts_them(tok) -> None:
     short = _enc(tok, max_length=len(full.input_ids) - 5).encode(turns)
     assert short.dropped_rounds == 1
     assert full.input_ids[: len(short.input_ids)] == short.input_ids
-    with pytest.raises(DataError, match="context window"):
+    with pytest.raises(DataError, match="context window") as err:
         _enc(tok, max_length=len(full.input_ids) - 5, truncation="error").encode(turns, "chat.json:record 3")
+    assert f"the conversation needs {len(full.input_ids)} tokens" in str(err.value)  # the whole length, each round once
     with pytest.raises(DataError, match=r"record 3: the first round needs \d+ tokens \(each image takes 4\)"):
         _enc(tok, max_length=6).encode(turns, "chat.json:record 3")
 

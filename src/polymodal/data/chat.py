@@ -125,13 +125,13 @@ class ChatEncoder:
         ids, labels, images = list(self.bos), [IGNORE_INDEX] * len(self.bos), 0
         rounds = len(turns) // 2
         for r in range(rounds):
-            prompt, n_img = self._user(turns[2 * r][1], first=r == 0)
-            answer = self._text(" " + turns[2 * r + 1][1]) + [self.eos]
+            prompt, answer, n_img = self._round(turns, r)
             if len(ids) + len(prompt) + len(answer) > self.max_length:
                 if r == 0 or self.truncation == "error":
-                    need = len(ids) + sum(len(self._user(turns[2 * k][1], k == 0)[0]) + len(self._text(" " + turns[2 * k + 1][1])) + 1 for k in range(rounds))
+                    # this round and every later one, after what is already in (bos and the earlier rounds)
+                    need = len(ids) + sum(len(p) + len(a) for p, a, _ in (self._round(turns, k) for k in range(r, rounds if r else 1)))
                     raise DataError(
-                        f"{where}: {'the first round' if r == 0 else 'the conversation'} needs {need if r else len(ids) + len(prompt) + len(answer)} "
+                        f"{where}: {'the first round' if r == 0 else 'the conversation'} needs {need} "
                         f"tokens (each image takes {self.tokens_per_image}) but the context window is {self.max_length}; "
                         "shorten it, use fewer images, or raise model.max_length up to the language model's window"
                     )
@@ -140,6 +140,11 @@ class ChatEncoder:
             labels += [IGNORE_INDEX] * len(prompt) + answer
             images += n_img
         return EncodedConversation(ids, labels, images)
+
+    def _round(self, turns: Turns, r: int) -> tuple[list[int], list[int], int]:
+        """Round ``r``'s prompt ids (up to the assistant cue), its answer ids (with end-of-sequence) and images."""
+        prompt, n_img = self._user(turns[2 * r][1], first=r == 0)
+        return prompt, self._text(" " + turns[2 * r + 1][1]) + [self.eos], n_img
 
     def prompt(self, turns: Turns, where: str = "prompt") -> tuple[list[int], int]:
         """Generation prompt for ``turns`` ending with a user turn: ids up to the assistant cue, and the
