@@ -70,6 +70,20 @@ def test_frame_order_matters_with_a_temporal_transformer() -> None:
         assert not torch.allclose(enc(clip).pooled, enc(clip.flip(1)).pooled, atol=1e-4)
 
 
+def test_a_frozen_frame_encoder_gets_no_gradient_but_the_temporal_part_does() -> None:
+    """``frame_encoder: {..., freeze: true}``: a pretrained image tower stays as it is (weights and
+    eval mode) while the time embedding and the temporal transformer learn."""
+    enc = build_encoder("video", frame_encoder=dict(FRAME, freeze=True), temporal="transformer", depth=1).train()
+    assert enc.frame_encoder.frozen and not enc.frame_encoder.training and enc.transformer.training
+    before = {k: v.clone() for k, v in enc.frame_encoder.state_dict().items()}
+    enc(torch.randn(2, 4, 3, 32, 32)).pooled.square().sum().backward()
+    assert all(p.grad is None for p in enc.frame_encoder.parameters())
+    assert enc.time_embed.grad is not None and enc.time_embed.grad.abs().sum() > 0
+    assert all(torch.equal(before[k], v) for k, v in enc.frame_encoder.state_dict().items())
+    with pytest.raises(ConfigError, match="freeze must be true or false"):
+        build_encoder("video", frame_encoder=dict(FRAME, freeze="yes"))
+
+
 @pytest.mark.parametrize(
     "video, mask, match",
     [

@@ -173,7 +173,13 @@ def _build_frame_encoder(spec: Mapping[str, Any] | Encoder) -> Encoder:
         )
     from polymodal.modules.encoders import build_encoder  # lazy: the registry imports this module
 
-    options = {k: v for k, v in spec.items() if k != "name"}
+    options = {k: v for k, v in spec.items() if k not in ("name", "freeze")}
     if spec["name"] == "video":
         raise ConfigError("video: frame_encoder cannot itself be a video encoder")
-    return build_encoder(spec["name"], **options)
+    freeze = spec.get("freeze", False)
+    if not isinstance(freeze, bool):
+        raise ConfigError(f"video: frame_encoder freeze must be true or false, got {freeze!r}")
+    encoder = build_encoder(spec["name"], **options)
+    # a frozen frame tower (e.g. a pretrained image tower, ``name: run_vision``) leaves only the temporal
+    # part and the heads to learn; Encoder.freeze keeps it in eval mode, so batch-norm statistics stay
+    return encoder.freeze() if freeze else encoder
