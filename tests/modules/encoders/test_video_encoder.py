@@ -70,6 +70,25 @@ def test_frame_order_matters_with_a_temporal_transformer() -> None:
         assert not torch.allclose(enc(clip).pooled, enc(clip.flip(1)).pooled, atol=1e-4)
 
 
+def test_motion_tokens_start_as_plain_patches_and_see_only_what_changed() -> None:
+    """``motion: true`` adds a zero-initialised projection of each token's change since the previous
+    frame: at first the encoder equals the plain one; once the projection is non-zero a clip whose
+    frames all equal its first frame (nothing moves) still encodes as the plain encoder does, while a
+    clip with a changed frame does not."""
+    plain, moving = _video(tokens="patches"), _video(tokens="patches", motion=True)
+    moving.load_state_dict(plain.state_dict(), strict=False)
+    clip = torch.randn(1, 4, 3, 32, 32)
+    still = clip[:, :1].expand(1, 4, 3, 32, 32).contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(moving(clip).tokens, plain(clip).tokens)
+        torch.nn.init.normal_(moving.motion_proj.weight)
+        torch.testing.assert_close(moving(still).tokens, plain(still).tokens)
+        changed = moving(clip).tokens.reshape(1, 4, TOKENS_PER_FRAME, -1) - plain(clip).tokens.reshape(1, 4, TOKENS_PER_FRAME, -1)
+    assert changed[:, 0].abs().max() == 0 and changed[:, 1:].abs().amax(dim=(0, 2, 3)).min() > 0
+    with pytest.raises(ConfigError, match="motion needs tokens: patches"):
+        VideoEncoder(FRAME, motion=True)
+
+
 def test_a_frozen_frame_encoder_gets_no_gradient_but_the_temporal_part_does() -> None:
     """``frame_encoder: {..., freeze: true}``: a pretrained image tower stays as it is (weights and
     eval mode) while the time embedding and the temporal transformer learn."""

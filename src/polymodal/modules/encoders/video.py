@@ -39,6 +39,12 @@ class VideoEncoder(Encoder):
     they are. ``pooled`` is the mask-aware mean over frames (of the transformer's outputs, or of the
     per-frame vectors for ``"mean"``), projected to ``output_dim`` when given.
 
+    ``motion=True`` (``"patches"`` only) adds to every token a learned projection of how that token
+    changed since the previous frame. A frozen image tower's grid describes each frame on its own; the
+    difference says where an object arrived or left at that frame, which "what moved left?" needs and
+    which attention over static per-frame tokens has to discover by itself. The projection starts at
+    zero, so the option changes nothing until it learns to.
+
     ``width`` is the frame encoder's token width; ``max_frames`` bounds ``T`` (positions are learned).
     """
 
@@ -55,12 +61,15 @@ class VideoEncoder(Encoder):
         tokens: Literal["frames", "patches"] = "frames",
         output_dim: int | None = None,
         dropout: float = 0.0,
+        motion: bool = False,
     ) -> None:
         super().__init__()
         if temporal not in ("mean", "transformer"):
             raise ConfigError(f"video: temporal must be 'mean' or 'transformer', got {temporal!r}")
         if tokens not in ("frames", "patches"):
             raise ConfigError(f"video: tokens must be 'frames' or 'patches', got {tokens!r}")
+        if motion and tokens != "patches":
+            raise ConfigError("video: motion needs tokens: patches (it marks which grid cells changed between frames)")
         if max_frames < 1:
             raise ConfigError(f"video: max_frames must be >= 1, got {max_frames}")
         self.frame_encoder = _build_frame_encoder(frame_encoder)
@@ -74,6 +83,10 @@ class VideoEncoder(Encoder):
         fd = self.frame_encoder.output_dim
         self.frame_proj = nn.Identity() if fd == width else nn.Linear(fd, width)
         self.time_embed = nn.Parameter(0.02 * torch.randn(max_frames, width))
+        self.motion_proj = nn.Linear(width, width) if motion else None
+        if self.motion_proj is not None:
+            nn.init.zeros_(self.motion_proj.weight)
+            nn.init.zeros_(self.motion_proj.bias)
         self.transformer = (
             Transformer(width, depth, heads, dropout=dropout) if temporal == "transformer" else None
         )
@@ -93,6 +106,10 @@ class VideoEncoder(Encoder):
             x, x_mask = per_frame + pos, mask
         else:
             n = frame_tokens.shape[2]
+            if self.motion_proj is not None:
+                # frame 0 is compared with itself (no change); padding frames come last and are masked out
+                previous = torch.cat([frame_tokens[:, :1], frame_tokens[:, :-1]], dim=1)
+                frame_tokens = frame_tokens + self.motion_proj(frame_tokens - previous)
             x = (frame_tokens + pos[None, :, None, :]).reshape(b, t * n, self.width)
             x_mask = _patch_mask(mask, token_mask, b, t, n)
         if self.transformer is not None:
