@@ -97,6 +97,13 @@ def test_a_pretrained_towers_relative_path_means_a_folder_beside_the_config(tmp_
     tree = {"model": {"type": "pretrained", "path": "bert"}}
     (tmp_path / "cfg" / "ft.yaml").write_text(yaml.safe_dump(tree))
     assert load_config(tmp_path / "cfg" / "ft.yaml").model.path == str((tmp_path / "cfg" / "bert").resolve())
+    # nested: a video encoder's frame tower taken from a run beside the config
+    (tmp_path / "quickstart_out" / "run").mkdir(parents=True)
+    frame = {"name": "run_vision", "path": "../quickstart_out/run", "freeze": True}
+    tree = {"model": {"type": "vqa", "vision": {"name": "video", "frame_encoder": frame, "tokens": "patches"}, "text": text}}
+    (tmp_path / "cfg" / "video.yaml").write_text(yaml.safe_dump(tree))
+    vision = load_config(tmp_path / "cfg" / "video.yaml").model.vision.options()
+    assert vision["frame_encoder"] == frame | {"path": str((tmp_path / "quickstart_out" / "run").resolve())} and vision["tokens"] == "patches"
 
 
 def test_a_shipped_model_config_is_named_and_swapped_with_set(tmp_path: Path) -> None:

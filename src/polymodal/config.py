@@ -259,9 +259,17 @@ def _anchor_tower_paths(model: Any, base_dir: Path) -> Any:
             return str((base_dir / path).resolve())
         return path
 
+    def nested_anchored(options: dict[str, Any]) -> dict[str, Any]:
+        """``path`` anchored here and in nested encoder specs (a video's ``frame_encoder: {name: run_vision, path: ...}``)."""
+        return {
+            k: anchored(v) if k == "path" else nested_anchored(v) if isinstance(v, dict) else v
+            for k, v in options.items()
+        }
+
     def spec_anchored(spec: EncoderSpec) -> EncoderSpec:
-        path = spec.options().get("path")
-        return EncoderSpec(**(spec.model_dump() | {"path": anchored(path)})) if path is not None else spec
+        dumped = spec.model_dump()
+        anchored_spec = nested_anchored(dumped)
+        return EncoderSpec(**anchored_spec) if anchored_spec != dumped else spec
 
     update: dict[str, Any] = {}
     for name in ("vision", "text", "decoder"):
