@@ -142,3 +142,33 @@ def test_huge_detail_arrays_are_not_written() -> None:
     assert compact["ranks"] == {"omitted": "list of 5000 items"}
     assert compact["small"] == [1, 2.5, None] and compact["nested"] == {"x": [[0, 0, 0], [0, 0, 0]]}
     json.dumps(compact, allow_nan=False)
+
+
+def test_a_same_seed_world_of_another_size_warns_how_many_test_images_were_trained_on(
+    runs: TinyRuns, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scene i of a world does not depend on the world's size: a bigger world with the training world's
+    seed shares its first scenes, so some of its test images are training images of the checkpoint."""
+    from polymodal.data.world import WorldConfig, generate_world
+
+    bigger = tmp_path / "bigger"
+    generate_world(bigger, WorldConfig(num_scenes=90, seed=2, image_size=32), workers=1)  # the tiny runs' world: 60 scenes, seed 2
+    def ids(folder: Path) -> set[int]:
+        return {int(p.stem.rsplit("_", 1)[1]) for p in folder.glob("*.png")}
+
+    expected = len(ids(bigger / "images" / "test") & ids(runs.world / "images" / "train"))
+    assert expected > 0  # the fixture really overlaps: the check below can fail
+    with caplog.at_level("WARNING"):
+        result = evaluate_checkpoint(runs.runs["vqa"], bigger, out_dir=tmp_path / "eval", splits=["test"], num_workers=0, report=False)
+    seen = result["splits"]["test"]["seen_in_training"]
+    assert seen["shared_images"] == expected and seen["images"] == len(ids(bigger / "images" / "test")) and seen["seed"] == 2
+    assert f"{expected} of its {seen['images']} images are training images" in caplog.text and "--seed" in caplog.text
+
+    other_seed = tmp_path / "other_seed"
+    generate_world(other_seed, WorldConfig(num_scenes=90, seed=3, image_size=32), workers=1)
+    result = evaluate_checkpoint(runs.runs["vqa"], other_seed, out_dir=tmp_path / "eval2", splits=["test"], num_workers=0, report=False)
+    assert "seen_in_training" not in result["splits"]["test"]
+
+
+def test_the_training_world_itself_is_not_flagged(vqa_eval: dict) -> None:
+    assert all("seen_in_training" not in split for split in vqa_eval["splits"].values())

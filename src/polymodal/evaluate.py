@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from polymodal.data.sample import Sample
+from polymodal.data.world.overlap import images_seen_in_training
 from polymodal.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,9 @@ def evaluate_checkpoint(
             log.info("%s: no %s samples, skipped", split, task.name)
             continue
         log.info("%s: evaluating %d %s samples", split, len(samples), task.name)
+        seen = images_seen_in_training(run_dir_of(source) if ckpt is not None else None, samples)
+        if seen is not None and seen.shared:
+            log.warning("%s", seen.message(split))
         started = time.perf_counter()
         dropped.clear()
         with torch.no_grad():
@@ -249,6 +253,8 @@ def evaluate_checkpoint(
             "metrics": {k: float(v) for k, v in result.metrics.items()},
             "details": _compact(result.details),
         }
+        if seen is not None and seen.shared:
+            results[split]["seen_in_training"] = seen.to_dict()
         samples_of[split] = samples
     if not results:
         raise DataError(
