@@ -23,25 +23,13 @@ import argparse
 import datetime
 import json
 import os
-import shutil
-import subprocess
-import sys
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from cli_steps import prepare_workdir, run_polymodal
 from provenance import ROOT, cpu_model, git_commit, write_result
 
 from polymodal.metrics import answer_accuracy
-
-
-def _run(args: list[str], cwd: Path, log: Path) -> float:
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, "-m", "polymodal.cli", *args], cwd=cwd, stdout=f, stderr=subprocess.STDOUT, check=False)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(args)} failed (exit {proc.returncode}); see {log}")
-    return time.perf_counter() - t0
 
 
 def _questions(path: Path) -> list[dict]:
@@ -75,19 +63,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "av_world.json")
     args = ap.parse_args()
 
-    work = args.workdir.resolve()
-    if work.exists():
-        shutil.rmtree(work)
-    (work / "configs").mkdir(parents=True)
-    shutil.copy(ROOT / "configs" / "av_world_vqa.yaml", work / "configs" / "av_world_vqa.yaml")  # its ../ paths then point inside work
-    seconds: dict[str, float] = {}
-    if args.quickstart_out is not None:
-        os.symlink(args.quickstart_out.resolve(), work / "quickstart_out")
-    else:
-        seconds["quickstart"] = _run(["quickstart", "--out", "quickstart_out"], work, work / "quickstart.log")
-    seconds["av_world"] = _run(["data", "av-world", "--out", "av_world", "--clips", str(args.clips)], work, work / "av_world.log")
+    work, seconds = prepare_workdir(args.workdir, ["av_world_vqa.yaml"], args.quickstart_out)
+    seconds["av_world"] = run_polymodal(["data", "av-world", "--out", "av_world", "--clips", str(args.clips)], work, work / "av_world.log")
     extra = [a for kv in args.overrides for a in ("--set", kv)]
-    seconds["train_vqa"] = _run(["train", "configs/av_world_vqa.yaml", *extra], work, work / "vqa.log")
+    seconds["train_vqa"] = run_polymodal(["train", "configs/av_world_vqa.yaml", *extra], work, work / "vqa.log")
 
     metrics = json.loads((work / "runs" / "av_world_vqa" / "metrics.json").read_text())
     model = {"accuracy": metrics["test"]["accuracy"]} | metrics.get("test_details", {}).get("by_family", {})

@@ -22,22 +22,10 @@ import argparse
 import datetime
 import json
 import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+from cli_steps import prepare_workdir, run_polymodal
 from provenance import ROOT, cpu_model, git_commit, write_result
-
-
-def _run(args: list[str], cwd: Path, log: Path) -> float:
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, "-m", "polymodal.cli", *args], cwd=cwd, stdout=f, stderr=subprocess.STDOUT, check=False)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(args)} failed (exit {proc.returncode}); see {log}")
-    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -49,23 +37,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mllm_world.json")
     args = ap.parse_args()
 
-    work = args.workdir.resolve()
-    if work.exists():
-        shutil.rmtree(work)
-    (work / "configs").mkdir(parents=True)
-    for name in ("mllm_world_stage1.yaml", "mllm_world_stage2.yaml"):
-        shutil.copy(ROOT / "configs" / name, work / "configs" / name)  # their ../world and ../runs are then inside work
-    seconds: dict[str, float] = {}
-    if args.quickstart_out is not None:
-        os.symlink(args.quickstart_out.resolve(), work / "quickstart_out")
-    else:
-        seconds["quickstart"] = _run(["quickstart", "--out", "quickstart_out"], work, work / "quickstart.log")
+    work, seconds = prepare_workdir(args.workdir, ["mllm_world_stage1.yaml", "mllm_world_stage2.yaml"], args.quickstart_out)
     seconds |= {
-        "world": _run(["data", "world", "--out", "world", "--scenes", str(args.scenes), "--seed", "1"], work, work / "world.log"),
-        "init_lm": _run(["mllm", "init-lm", "--world", "world", "--out", "runs/world_lm", "--steps", str(args.lm_steps), "--context", "256"], work, work / "lm.log"),
-        "stage1": _run(["train", "configs/mllm_world_stage1.yaml"], work, work / "stage1.log"),
-        "stage2": _run(["train", "configs/mllm_world_stage2.yaml"], work, work / "stage2.log"),
-        "stage2_blind": _run(["train", "configs/mllm_world_stage2.yaml", "--set", "train.blind=true", "--set", "output_dir=runs/mllm_world_stage2_blind"],
+        "world": run_polymodal(["data", "world", "--out", "world", "--scenes", str(args.scenes), "--seed", "1"], work, work / "world.log"),
+        "init_lm": run_polymodal(["mllm", "init-lm", "--world", "world", "--out", "runs/world_lm", "--steps", str(args.lm_steps), "--context", "256"], work, work / "lm.log"),
+        "stage1": run_polymodal(["train", "configs/mllm_world_stage1.yaml"], work, work / "stage1.log"),
+        "stage2": run_polymodal(["train", "configs/mllm_world_stage2.yaml"], work, work / "stage2.log"),
+        "stage2_blind": run_polymodal(["train", "configs/mllm_world_stage2.yaml", "--set", "train.blind=true", "--set", "output_dir=runs/mllm_world_stage2_blind"],
                              work, work / "stage2_blind.log"),
     }
     metrics = {name: json.loads((work / "runs" / run / "metrics.json").read_text()) for name, run in

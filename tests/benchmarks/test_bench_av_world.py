@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_av_world.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_av_world", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from bench_av_world import question_prior  # benchmarks/ is on sys.path (conftest.py)
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -38,8 +25,20 @@ def test_question_prior_answers_each_text_with_its_most_frequent_training_answer
         q("how many sounds?", "one", "sound_count"),
         q("what moved up?", "two", "motion_what"),  # unseen text: the overall most frequent answer ("cube" 2 = "two" 2: first seen wins)
     ])
-    prior = _load().question_prior(tmp_path)
+    prior = question_prior(tmp_path)
     # per family: motion_what gets cube (right), cube (wrong), unseen -> "cube" (wrong); sound_count gets two (wrong)
     assert prior["motion_what"] == pytest.approx(1 / 3)
     assert prior["sound_count"] == 0.0
     assert prior["accuracy"] == pytest.approx(1 / 4)
+
+
+def test_the_workdir_holds_the_shipped_config_and_the_given_quickstart(tmp_path: Path) -> None:
+    from cli_steps import prepare_workdir
+
+    finished = tmp_path / "qs"
+    (finished / "run").mkdir(parents=True)
+    (tmp_path / "work" / "stale").mkdir(parents=True)  # a previous run's leftovers are removed
+    work, seconds = prepare_workdir(tmp_path / "work", ["av_world_vqa.yaml"], finished)
+    assert seconds == {} and not (work / "stale").exists()
+    assert (work / "quickstart_out" / "run").is_dir()
+    assert "../quickstart_out/run" in (work / "configs" / "av_world_vqa.yaml").read_text()  # resolves to work/quickstart_out
