@@ -106,3 +106,60 @@ def test_audio_text_retrieval_trains_a_dual_encoder_with_an_audio_tower(tmp_path
     processors = json.loads(next((tmp_path / "run").glob("checkpoints/step_*/processors.json")).read_text())
     media = processors["media"]
     assert media["audio_key"] == "image" and media["audio"]["pad_to_max"] and media["audio"]["max_seconds"] == 0.5
+
+
+def test_video_qa_on_another_runs_frozen_image_tower_with_motion_tokens(tmp_path: Path, clips: Path) -> None:
+    """The AV-world recipe in small: a first run's image tower becomes the frozen frame encoder of a video
+    QA model (``frame_encoder: {name: run_vision, path: RUN, freeze: true}``, ``motion: true``). The
+    video model learns; the tower's weights in its checkpoint are the first run's, untouched."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from polymodal.data.video import read_video
+
+    # run 1: a tiny image-text retrieval model on the clips' first frames
+    rows = []
+    for i, row in enumerate(json.loads(line) for line in (clips / "train.jsonl").read_text().splitlines()):
+        Image.fromarray(read_video(clips / row["video"], num_frames=1)[0]).save(tmp_path / f"frame{i}.png")
+        rows.append({"id": i, "image": f"frame{i}.png", "text": f"a {'red' if row['label'] == 'low' else 'blue'} picture"})
+    (tmp_path / "frames.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    image_source = {"format": "jsonl", "path": str(tmp_path / "frames.jsonl"), "root": str(tmp_path), "id_field": "id", "label_field": None}
+    first = {
+        "seed": 0, "output_dir": str(tmp_path / "tower_run"), "data": {"train": image_source},
+        "model": {"type": "dual_encoder", "vision": VIDEO["frame_encoder"], "text": TEXT | {"causal": True}, "embed_dim": 16},
+        "tokenizer": {"vocab_size": 50, "max_length": 16}, "image": {"size": 32},
+        "optim": {"lr": 3e-3, "warmup_steps": 1},
+        "train": {"task": "retrieval", "epochs": 1, "batch_size": 8, "num_workers": 0, "checkpoint_every": 1000},
+    }
+    (tmp_path / "first.yaml").write_text(yaml.safe_dump(first))
+    Trainer(load_config(tmp_path / "first.yaml"), progress=False).fit()
+    tower = {k.split("image_encoder.", 1)[1]: v for k, v in load_file(next((tmp_path / "tower_run").glob("checkpoints/step_*/model.safetensors"))).items()
+             if "image_encoder." in k}
+    assert tower
+
+    # run 2: video QA ("what colour is the clip?") over that tower, frozen, with motion tokens
+    for split in ("train", "test"):
+        qa = [{"id": r["id"], "video": r["video"], "text": "what colour is the clip?", "answers": ["red" if r["label"] == "low" else "blue"]}
+              for r in map(json.loads, (clips / f"{split}.jsonl").read_text().splitlines()) if r["id"] != "lost"]
+        (tmp_path / f"qa_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa))
+    source = {"format": "jsonl", "root": str(clips), "id_field": "id", "image_field": None, "answers_field": "answers", "video_field": "video"}
+    frame = {"name": "run_vision", "path": "tower_run", "freeze": True}  # relative to the config's folder
+    second = {
+        "seed": 0, "output_dir": str(tmp_path / "video_qa"),
+        "data": {split: source | {"path": str(tmp_path / f"qa_{split}.jsonl")} for split in ("train", "test")},
+        "model": {"type": "vqa", "vision": {"name": "video", "frame_encoder": frame, "temporal": "mean", "tokens": "patches", "motion": True},
+                  "text": TEXT, "fusion_depth": 1},
+        "tokenizer": {"vocab_size": 50, "max_length": 16}, "image": {"size": 32}, "video": {"num_frames": 4},
+        "optim": {"lr": 1e-2, "warmup_steps": 1},  # the frozen tower trained for 3 steps: weak features, a larger step
+        "train": {"task": "vqa", "epochs": 20, "batch_size": 8, "eval_batch_size": 16, "num_workers": 0, "checkpoint_every": 1000},
+    }
+    (tmp_path / "second.yaml").write_text(yaml.safe_dump(second))
+    summary = Trainer(load_config(tmp_path / "second.yaml"), progress=False).fit()
+    assert summary["test"]["accuracy"] >= 0.75
+    weights = load_file(next((tmp_path / "video_qa").glob("checkpoints/step_*/model.safetensors")))
+    frame_weights = {k.split("frame_encoder.", 1)[1]: v for k, v in weights.items() if "frame_encoder." in k}
+    assert frame_weights.keys() == tower.keys() and all(frame_weights[k].equal(tower[k]) for k in tower)
+    # nothing moves in these clips: the motion projection (zero-initialised) sees only zero changes, so its
+    # weight gets no gradient and stays zero, while its bias (added to every token) is trained
+    motion = {k.rsplit(".", 1)[1]: v for k, v in weights.items() if "motion_proj." in k}
+    assert motion["weight"].abs().sum() == 0 and motion["bias"].abs().sum() > 0
