@@ -161,8 +161,8 @@ def test_a_same_seed_world_of_another_size_warns_how_many_test_images_were_train
     with caplog.at_level("WARNING"):
         result = evaluate_checkpoint(runs.runs["vqa"], bigger, out_dir=tmp_path / "eval", splits=["test"], num_workers=0, report=False)
     seen = result["splits"]["test"]["seen_in_training"]
-    assert seen["shared_images"] == expected and seen["images"] == len(ids(bigger / "images" / "test")) and seen["seed"] == 2
-    assert f"{expected} of its {seen['images']} images are training images" in caplog.text and "--seed" in caplog.text
+    assert seen["shared"] == expected and seen["of"] == len(ids(bigger / "images" / "test")) and seen["seed"] == 2
+    assert f"{expected} of its {seen['of']} images are training images" in caplog.text and "--seed" in caplog.text
 
     other_seed = tmp_path / "other_seed"
     generate_world(other_seed, WorldConfig(num_scenes=90, seed=3, image_size=32), workers=1)

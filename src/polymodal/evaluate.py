@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from polymodal.data.sample import Sample
-from polymodal.data.world.overlap import images_seen_in_training
+from polymodal.data.world.overlap import seen_in_training
 from polymodal.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ def evaluate_checkpoint(
             log.info("%s: no %s samples, skipped", split, task.name)
             continue
         log.info("%s: evaluating %d %s samples", split, len(samples), task.name)
-        seen = images_seen_in_training(run_dir_of(source) if ckpt is not None else None, samples)
+        seen = seen_in_training(run_dir_of(source) if ckpt is not None else None, samples)
         if seen is not None and seen.shared:
             log.warning("%s", seen.message(split))
         started = time.perf_counter()

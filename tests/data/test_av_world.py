@@ -317,3 +317,31 @@ def test_cli_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert code == 0, err
     assert "audio-visual world written to" in out and "statements" in out
     assert (out_dir / "data.yaml").is_file() and len(list((out_dir / "videos").glob("*.mp4"))) == 6
+
+
+def test_a_bigger_same_seed_world_is_flagged_as_sharing_training_clips(world: Path, tmp_path: Path) -> None:
+    """Clip i depends on the seed, not on the world's size, so a bigger world with the same seed holds the
+    training clips of a run trained on this one (the check ``polymodal eval`` runs, without a checkpoint)."""
+    import yaml
+
+    from polymodal.data.formats import read_source
+    from polymodal.data.world.overlap import seen_in_training
+    from polymodal.evaluate import read_splits
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"train": [{"format": "jsonl", "path": str(world / "train.jsonl")}]}}))
+    bigger, other = tmp_path / "bigger", tmp_path / "other"
+    write_av_world(bigger, 40, SEED, frames=FRAMES, size=SIZE, progress=False, workers=1)
+    write_av_world(other, 40, SEED + 1, frames=FRAMES, size=SIZE, progress=False, workers=1)
+
+    def test_samples(root: Path) -> list:
+        return list(read_source(read_splits(root / "data.yaml")["test"][0]))
+
+    trained = {r["clip_id"] for r in _jsonl(world / "train.jsonl")}
+    tested = {r["clip_id"] for r in _jsonl(bigger / "test.jsonl")}
+    seen = seen_in_training(run, test_samples(bigger))
+    assert seen is not None and seen.to_dict()["shared"] == len(trained & tested) > 0 and seen.to_dict()["of"] == len(tested)
+    assert "clips are training clips" in seen.message("test") and "av-world --seed" in seen.message("test")
+    assert seen_in_training(run, test_samples(other)) is None  # another seed: other clips
+    assert seen_in_training(run, test_samples(world)) is None  # the training world's own test split

@@ -1,11 +1,12 @@
-"""Two built-in worlds with the same seed share their scenes; evaluating across them can test on training images.
+"""Two built-in worlds with the same seed share their items; evaluating across them can test on training data.
 
-A world draws scene ``i`` from one seeded stream whatever its size, and only then splits the scenes.
-So ``polymodal data world --scenes 2000`` and the quickstart's 10,000-scene world (both seed 0) hold
-the same first 2,000 scenes, and most of the small world's test images are training images of a
-model trained on the large one: its scores would be inflated with nothing to show it. Evaluation
-therefore checks, when the checkpoint's training data and the evaluation data are two different
-worlds generated from the same scene stream, how many evaluation images the model trained on.
+A world draws scene ``i`` (an audio-visual world: clip ``i``) from its seed alone, whatever the world's
+size, and only then splits the items. So ``polymodal data world --scenes 2000`` and the quickstart's
+10,000-scene world (both seed 0) hold the same first 2,000 scenes, and most of the small world's test
+images are training images of a model trained on the large one: its scores would be inflated with
+nothing to show it. Evaluation therefore checks, when the checkpoint's training data and the
+evaluation data are two different worlds of one kind generated from the same stream, how many
+evaluation items the model trained on.
 """
 
 from __future__ import annotations
@@ -21,54 +22,88 @@ import yaml
 
 from polymodal.data.sample import Sample
 
-MANIFEST = "world.json"
-# what decides the scene stream: the seed and the object counts; the image size only changes the rendering
-SCENE_KEYS = ("seed", "min_objects", "max_objects")
-_IMAGE_ID = re.compile(r"_(\d+)\.png$")
 _PATH_KEYS = ("path", "annotations", "questions", "images", "root", "scenes")
 
 
 @dataclass(frozen=True)
+class WorldKind:
+    """A kind of built-in world: its manifest, what decides its content, and how items are numbered."""
+
+    manifest: str
+    name: str
+    command: str  # how to generate one with another seed
+
+    def stream(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings that decide item i's content (a world's size does not)."""
+        if self.name == IMAGE_WORLD.name:  # the seed and the object counts; the image size only changes the rendering
+            return {k: manifest.get("config", {}).get(k) for k in ("seed", "min_objects", "max_objects")}
+        return {k: manifest.get("media", {}).get(k) for k in ("seed", "frames")}  # a clip's events depend on its length
+
+    def trained(self, root: Path) -> set[int]:
+        """The numbers of the world's training items."""
+        if self.name == IMAGE_WORLD.name:
+            return _numbers(p.name for p in (root / "images" / "train").glob("*.png"))
+        rows = (json.loads(line) for line in (root / "train.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
+        return _numbers(Path(r["video"]).name for r in rows if r.get("video"))
+
+    def item(self, sample: Sample) -> str | None:
+        path = sample.image_path if self.name == IMAGE_WORLD.name else sample.video_path
+        return None if path is None else Path(path).name
+
+
+IMAGE_WORLD = WorldKind("world.json", "polymodal-world", "polymodal data world --seed 1 ...")
+AV_WORLD = WorldKind("av_world.json", "polymodal-av-world", "polymodal data av-world --seed 1 ...")
+KINDS = (IMAGE_WORLD, AV_WORLD)
+_NUMBER = re.compile(r"(\d+)\.(?:png|mp4)$")  # images/train/train_000123.png, videos/000123.mp4
+
+
+def _numbers(names: Iterable[str]) -> set[int]:
+    return {int(m[1]) for n in names if (m := _NUMBER.search(n))}
+
+
+@dataclass(frozen=True)
 class SeenInTraining:
-    """Evaluation images that were training images of the checkpoint (same scene of a same-seed world)."""
+    """Evaluation items (images or clips) that were training items of the checkpoint: the same item of a same-seed world."""
 
     shared: int
-    images: int
+    items: int
     train_world: Path
     eval_world: Path
     seed: int
+    kind: WorldKind
 
     def message(self, split: str) -> str:
+        what = "images" if self.kind is IMAGE_WORLD else "clips"
         return (
-            f"{split}: {self.shared} of its {self.images} images are training images of this checkpoint. {self.eval_world} and "
-            f"the training world {self.train_world} are two built-in worlds generated with seed {self.seed}, and scene i is the "
-            "same in both whatever their sizes, so these scores are inflated. Generate the evaluation world with another "
-            "seed (polymodal data world --seed 1 ...)"
+            f"{split}: {self.shared} of its {self.items} {what} are training {what} of this checkpoint. {self.eval_world} and "
+            f"the training world {self.train_world} are two built-in worlds generated with seed {self.seed}, and item i is the "
+            f"same in both whatever their sizes, so these scores are inflated. Generate the evaluation world with another "
+            f"seed ({self.kind.command})"
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shared_images": self.shared, "images": self.images, "train_world": str(self.train_world), "seed": self.seed}
+        return {"shared": self.shared, "of": self.items, "train_world": str(self.train_world), "seed": self.seed}
 
 
-def find_world(path: Path, levels: int = 4) -> Path | None:
-    """The built-in world folder that holds ``path`` (a file or folder inside it), or None."""
+def find_world(path: Path, levels: int = 4) -> tuple[Path, WorldKind] | None:
+    """The built-in world folder that holds ``path`` (a file or folder inside it) and its kind, or None."""
     for folder in [path, *path.parents][: levels + 1]:
-        manifest = folder / MANIFEST
-        if manifest.is_file():
-            try:
-                if json.loads(manifest.read_text(encoding="utf-8")).get("name") == "polymodal-world":
-                    return folder.resolve()
-            except (OSError, json.JSONDecodeError, AttributeError):
-                return None
+        for kind in KINDS:
+            manifest = folder / kind.manifest
+            if manifest.is_file():
+                try:
+                    found = json.loads(manifest.read_text(encoding="utf-8")).get("name") == kind.name
+                except (OSError, json.JSONDecodeError, AttributeError):
+                    return None
+                return (folder.resolve(), kind) if found else None
     return None
 
 
-def _scene_config(world: Path) -> dict[str, Any]:
-    config = json.loads((world / MANIFEST).read_text(encoding="utf-8")).get("config", {})
-    return {k: config.get(k) for k in SCENE_KEYS}
+def _manifest(world: tuple[Path, WorldKind]) -> dict[str, Any]:
+    return json.loads((world[0] / world[1].manifest).read_text(encoding="utf-8"))
 
 
-def _train_world(run_dir: Path) -> Path | None:
+def _train_world(run_dir: Path) -> tuple[Path, WorldKind] | None:
     """The world the run trained on, from its resolved ``config.yaml`` (None: not a world, or unknown)."""
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
@@ -79,30 +114,27 @@ def _train_world(run_dir: Path) -> Path | None:
     for source in sources:
         for value in (source.get(k) for k in _PATH_KEYS) if isinstance(source, Mapping) else ():
             if isinstance(value, str):
-                path = Path(value) if Path(value).is_absolute() else run_dir / value
-                world = find_world(path)
+                world = find_world(Path(value) if Path(value).is_absolute() else run_dir / value)
                 if world is not None:
                     return world
     return None
 
 
-def _image_ids(paths: Iterable[Path]) -> set[int]:
-    return {int(m[1]) for p in paths if (m := _IMAGE_ID.search(p.name))}
-
-
-def images_seen_in_training(run_dir: Path | None, samples: Sequence[Sample]) -> SeenInTraining | None:
-    """How many distinct images of ``samples`` the run at ``run_dir`` trained on, when both are built-in
-    worlds from the same scene stream in different folders; None when that is not the case (the splits of
-    one world never share a scene)."""
-    first = next((s.image_path for s in samples if s.image_path is not None), None)
-    if run_dir is None or first is None:
+def seen_in_training(run_dir: Path | None, samples: Sequence[Sample]) -> SeenInTraining | None:
+    """How many distinct items of ``samples`` the run at ``run_dir`` trained on, when both come from built-in
+    worlds of one kind and one item stream in different folders; None when that is not the case (the splits
+    of one world never share an item)."""
+    train_world = _train_world(run_dir) if run_dir is not None else None
+    if train_world is None:
         return None
-    train_world, eval_world = _train_world(run_dir), find_world(Path(first))
-    if train_world is None or eval_world is None or train_world == eval_world:
+    kind = train_world[1]
+    first = next((s for s in samples if kind.item(s) is not None), None)
+    eval_world = None if first is None else find_world(Path(first.video_path if kind is AV_WORLD else first.image_path))  # type: ignore[arg-type]
+    if eval_world is None or eval_world == train_world or eval_world[1] is not kind:
         return None
-    scene_config = _scene_config(train_world)
-    if scene_config != _scene_config(eval_world):
+    stream = kind.stream(_manifest(train_world))
+    if stream != kind.stream(_manifest(eval_world)):
         return None
-    trained = _image_ids((train_world / "images" / "train").glob("*.png"))
-    evaluated = _image_ids(s.image_path for s in samples if s.image_path is not None)
-    return SeenInTraining(len(evaluated & trained), len(evaluated), train_world, eval_world, int(scene_config["seed"]))
+    evaluated = _numbers(name for s in samples if (name := kind.item(s)) is not None)
+    shared = len(evaluated & kind.trained(train_world[0]))
+    return SeenInTraining(shared, len(evaluated), train_world[0], eval_world[0], int(stream["seed"]), kind)
