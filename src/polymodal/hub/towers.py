@@ -24,6 +24,10 @@ def tower_paths(model_cfg: Any) -> dict[str, str]:
     found: dict[str, str] = {}
     for spec in specs:
         if spec is not None and spec.name in HF_TOWERS and "path" in spec.options():
+            if spec.name == "run_vision":
+                from polymodal.modules.encoders.run_tower import require_run
+
+                require_run(str(spec.options()["path"]))
             found.setdefault(HF_TOWERS[spec.name], str(spec.options()["path"]))
     return found
 

@@ -101,6 +101,8 @@ def test_a_frozen_frame_encoder_gets_no_gradient_but_the_temporal_part_does() ->
     assert all(torch.equal(before[k], v) for k, v in enc.frame_encoder.state_dict().items())
     with pytest.raises(ConfigError, match="freeze must be true or false"):
         build_encoder("video", frame_encoder=dict(FRAME, freeze="yes"))
+    with pytest.raises(ConfigError, match=r"no run at 'quickstart_out/run'.*polymodal quickstart --out quickstart_out"):
+        build_encoder("video", frame_encoder={"name": "run_vision", "path": "quickstart_out/run", "freeze": True})  # not trained yet
 
 
 @pytest.mark.parametrize(

@@ -26,11 +26,23 @@ def _image_encoder_of(model: nn.Module) -> Encoder | None:
     return None
 
 
+def require_run(path: str) -> Path:
+    """``path`` as a folder, or a ConfigError saying where it was looked for and how to make it."""
+    if not Path(path).exists():
+        raise ConfigError(
+            f"encoder run_vision: there is no run at {path!r} (a relative path is looked up beside the config, then from "
+            f"the working directory {Path.cwd()}). Train that run first; the shipped world configs take the quickstart's "
+            "tower: polymodal quickstart --out quickstart_out, beside the configs folder"
+        )
+    return Path(path)
+
+
 def run_vision_tower(path: str) -> Encoder:
     """The trained image encoder of the run (or checkpoint) at ``path``."""
     from polymodal.api import load_model
     from polymodal.errors import PolymodalError
 
+    require_run(path)
     try:
         model, _ = load_model(Path(path))
     except PolymodalError as e:
