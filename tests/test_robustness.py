@@ -151,6 +151,29 @@ def test_captioning_skips_text_and_says_so() -> None:
     assert [t.modality for t in targets] == ["image"] and "text" in skipped
 
 
+def test_a_video_or_audio_tower_in_the_images_place_gets_that_modalitys_corruptions() -> None:
+    """Video QA and audio-text retrieval read a clip or a sound under the batch key ``image``: the curves
+    are named for what the tower reads, with that modality's corruptions (no blur for a sound)."""
+    from polymodal.models.dual_encoder import DualEncoder
+    from polymodal.modules.encoders import build_encoder
+    from polymodal.robustness import kinds_for
+    from polymodal.tasks.retrieval import RetrievalTask
+    from polymodal.tasks.vqa import VQATask
+
+    text = build_encoder("text_transformer", vocab_size=20, max_length=8, width=16, depth=1, heads=2, causal=True)
+    towers = {
+        "video": build_encoder("video", frame_encoder={"name": "cnn", "image_size": 16, "channels": [4, 8], "width": 16}),
+        "audio": build_encoder("audio", n_mels=8, width=16, depth=1, heads=2),
+        "image": build_encoder("cnn", image_size=16, channels=[4, 8], width=16),
+    }
+    for modality, tower in towers.items():
+        model = DualEncoder(tower, text, embed_dim=8)
+        for task in (RetrievalTask(None, 8), VQATask()):
+            targets, _ = applicable_targets(task, model)
+            assert (targets[0].modality, targets[0].key, targets[0].input) == (modality, "image", modality)
+    assert "blur" in kinds_for("video") and kinds_for("audio") == ["noise", "drop"]
+
+
 # ------------------------------------------------------------------------------------------ CLI
 
 

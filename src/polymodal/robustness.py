@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from polymodal.data.processors import CLIP_MEAN, CLIP_STD
 from polymodal.errors import ConfigError
+from polymodal.modules.encoders.run_tower import image_tower_of
 
 __all__ = [
     "CORRUPTIONS",
@@ -456,7 +457,10 @@ def applicable_targets(task: Any, model: nn.Module) -> tuple[list[Target], dict[
             if found is not None:
                 targets.append(Target(m, found[0], found[1]))
         return targets, skipped
-    targets = [Target("image", "image", "image")]
+    tower = image_tower_of(model)
+    visual = getattr(tower, "modality", "image") if tower is not None else "image"  # a video or audio tower in the image's place
+    visual = visual if visual in ("video", "audio") else "image"
+    targets = [Target(visual, "image", visual)]
     if name == "captioning":
         skipped["text"] = "the captioner generates from the image alone: text is not an input at evaluation"
     else:

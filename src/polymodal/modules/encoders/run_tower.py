@@ -18,7 +18,8 @@ from polymodal.errors import ConfigError
 from polymodal.modules.encoders.base import Encoder
 
 
-def _image_encoder_of(model: nn.Module) -> Encoder | None:
+def image_tower_of(model: nn.Module) -> Encoder | None:
+    """The encoder in a model's image place (which may read clips or sounds): ``image_encoder``, a backbone's, or an assistant's."""
     for holder in (model, getattr(model, "backbone", None), getattr(model, "vision", None)):
         tower = getattr(holder, "image_encoder", None) or getattr(holder, "encoder", None)  # an assistant's: vision.encoder
         if isinstance(tower, Encoder):
@@ -47,7 +48,7 @@ def run_vision_tower(path: str) -> Encoder:
         model, _ = load_model(Path(path))
     except PolymodalError as e:
         raise ConfigError(f"encoder run_vision: cannot load the run {path!r}: {e}") from None
-    tower = _image_encoder_of(model)
+    tower = image_tower_of(model)
     if tower is None:
         raise ConfigError(f"encoder run_vision: the model in {path!r} ({type(model).__name__}) has no image tower to take")
     return tower.train()
