@@ -159,10 +159,11 @@ def test_a_same_seed_world_of_another_size_warns_how_many_test_images_were_train
     expected = len(ids(bigger / "images" / "test") & ids(runs.world / "images" / "train"))
     assert expected > 0  # the fixture really overlaps: the check below can fail
     with caplog.at_level("WARNING"):
-        result = evaluate_checkpoint(runs.runs["vqa"], bigger, out_dir=tmp_path / "eval", splits=["test"], num_workers=0, report=False)
+        result = evaluate_checkpoint(runs.runs["vqa"], bigger, out_dir=tmp_path / "eval", splits=["test"], num_workers=0)
     seen = result["splits"]["test"]["seen_in_training"]
     assert seen["shared"] == expected and seen["of"] == len(ids(bigger / "images" / "test")) and seen["seed"] == 2
     assert f"{expected} of its {seen['of']} images are training images" in caplog.text and "--seed" in caplog.text
+    assert f"{expected} of its {seen['of']} items were training items" in Path(result["report_md"]).read_text()  # and the report says so
 
     other_seed = tmp_path / "other_seed"
     generate_world(other_seed, WorldConfig(num_scenes=90, seed=3, image_size=32), workers=1)

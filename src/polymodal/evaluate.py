@@ -339,6 +339,13 @@ def _report_data(summary: dict[str, Any], samples_of: dict[str, list[Sample]], c
         notes.append(f"At most {summary['max_samples']} samples per split were evaluated.")
     for s, why in summary["skipped_splits"].items():
         notes.append(f"Split '{s}' was not evaluated: {why}.")
+    for s, r in splits.items():
+        seen = r.get("seen_in_training")
+        if seen:
+            notes.append(
+                f"Split '{s}': {seen['shared']} of its {seen['of']} items were training items of this checkpoint (the same "
+                f"seed-{seen['seed']} built-in world stream as {seen['train_world']}), so its scores are inflated."
+            )
     if summary.get("robustness"):
         data.robustness = summary["robustness"]
         first = next(iter(summary["robustness"].values()))
