@@ -87,3 +87,21 @@ def test_augmented_items_are_the_same_when_drawn_again(images: dict[str, Path]) 
     first = ds[0].image
     assert torch.equal(ds[0].image, first)
     assert not torch.equal(SampleDataset([s], proc, seed=12)[0].image, first)
+
+
+def test_evaluation_loads_build_no_generator_and_training_loads_do(images: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A per-(seed, index) generator is what makes augmentation resumable, and building one is a large part
+    of a small image's load; an evaluation load draws nothing, so it must not build one."""
+    from polymodal.data import dataset
+
+    s = Sample("0", image_path=images["good"], text="a green square left of a cube")
+    plain = ImageProcessor(ImageProcessorConfig(size=8), train=False)
+    jitter = ImageProcessor(ImageProcessorConfig(size=8, brightness=0.4), train=True)
+    built: list[object] = []
+    real = dataset.np.random.default_rng
+    monkeypatch.setattr(dataset.np.random, "default_rng", lambda *a, **k: built.append(a) or real(*a, **k))
+    first = SampleDataset([s], plain)[0]
+    assert built == [] and first.image.shape == (3, 8, 8) and first.text == s.text
+    SampleDataset([s], plain, flip_prob=0.5, seed=3)[0]  # a flip is a draw
+    SampleDataset([s], jitter, seed=3)[0]  # so is jitter
+    assert built == [([3, 0],), ([3, 0],)]
