@@ -6,8 +6,8 @@ frame's objects. This benchmark runs, with the shipped configs and the public CL
 
 0. ``polymodal quickstart`` (or reuses a finished one: ``--quickstart-out``): the frozen frame tower;
 1. ``polymodal data av-world --clips 2000``;
-2. ``polymodal train configs/av_world_vqa.yaml``: video QA, the pretrained frame tower frozen, a
-   temporal transformer over every frame's grid learning what moved, where to and when.
+2. ``polymodal train configs/av_world_vqa.yaml``: video QA, the pretrained frame tower frozen, every
+   frame's grid tokens plus motion tokens (what changed since the previous frame) for the fusion to read.
 
 A VQA model that does not look at the clip can at best answer each question text with its most
 frequent training answer; that *question prior* is computed here from the same train and test
