@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from polymodal.data.sample import Sample
-from polymodal.data.world.overlap import seen_in_training
+from polymodal.data.world.overlap import TrainingWorld
 from polymodal.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,7 @@ def evaluate_checkpoint(
 
     results: dict[str, dict[str, Any]] = {}
     samples_of: dict[str, list[Sample]] = {}
+    training_world = TrainingWorld.of_run(run_dir_of(source)) if ckpt is not None else None  # same-seed worlds share items
     skipped: dict[str, str] = {}
     for split in chosen:
         samples, problems = _select(groups[split], task, max_samples)
@@ -235,7 +236,7 @@ def evaluate_checkpoint(
             log.info("%s: no %s samples, skipped", split, task.name)
             continue
         log.info("%s: evaluating %d %s samples", split, len(samples), task.name)
-        seen = seen_in_training(run_dir_of(source) if ckpt is not None else None, samples)
+        seen = training_world.seen_in(samples) if training_world is not None else None
         if seen is not None and seen.shared:
             log.warning("%s", seen.message(split))
         started = time.perf_counter()

@@ -325,7 +325,7 @@ def test_a_bigger_same_seed_world_is_flagged_as_sharing_training_clips(world: Pa
     import yaml
 
     from polymodal.data.formats import read_source
-    from polymodal.data.world.overlap import seen_in_training
+    from polymodal.data.world.overlap import TrainingWorld
     from polymodal.evaluate import read_splits
 
     run = tmp_path / "run"
@@ -340,8 +340,10 @@ def test_a_bigger_same_seed_world_is_flagged_as_sharing_training_clips(world: Pa
 
     trained = {r["clip_id"] for r in _jsonl(world / "train.jsonl")}
     tested = {r["clip_id"] for r in _jsonl(bigger / "test.jsonl")}
-    seen = seen_in_training(run, test_samples(bigger))
+    trained_on = TrainingWorld.of_run(run)
+    assert trained_on is not None
+    seen = trained_on.seen_in(test_samples(bigger))
     assert seen is not None and seen.to_dict()["shared"] == len(trained & tested) > 0 and seen.to_dict()["of"] == len(tested)
     assert "clips are training clips" in seen.message("test") and "av-world --seed" in seen.message("test")
-    assert seen_in_training(run, test_samples(other)) is None  # another seed: other clips
-    assert seen_in_training(run, test_samples(world)) is None  # the training world's own test split
+    assert trained_on.seen_in(test_samples(other)) is None  # another seed: other clips
+    assert trained_on.seen_in(test_samples(world)) is None  # the training world's own test split

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,34 +25,39 @@ from polymodal.data.sample import Sample
 _PATH_KEYS = ("path", "annotations", "questions", "images", "root", "scenes")
 
 
+def _image_world_train(root: Path) -> Iterable[str]:
+    return (p.name for p in (root / "images" / "train").glob("*.png"))
+
+
+def _av_world_train(root: Path) -> Iterable[str]:  # videos/ holds every split: the train rows say which are training clips
+    rows = (json.loads(line) for line in (root / "train.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
+    return (Path(r["video"]).name for r in rows if r.get("video"))
+
+
 @dataclass(frozen=True)
 class WorldKind:
-    """A kind of built-in world: its manifest, what decides its content, and how items are numbered."""
+    """A kind of built-in world: its manifest, what decides its items' content, and where they are."""
 
     manifest: str
     name: str
+    section: str  # the manifest section holding ``stream_keys``
+    stream_keys: tuple[str, ...]  # the settings that decide item i's content (a world's size does not)
+    item_path: str  # the Sample field naming an item's file ("image_path" / "video_path")
+    items: str  # what the items are called in messages
     command: str  # how to generate one with another seed
+    train_names: Callable[[Path], Iterable[str]]  # the file names of a world's training items
 
-    def stream(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """The settings that decide item i's content (a world's size does not)."""
-        if self.name == IMAGE_WORLD.name:  # the seed and the object counts; the image size only changes the rendering
-            return {k: manifest.get("config", {}).get(k) for k in ("seed", "min_objects", "max_objects")}
-        return {k: manifest.get("media", {}).get(k) for k in ("seed", "frames")}  # a clip's events depend on its length
-
-    def trained(self, root: Path) -> set[int]:
-        """The numbers of the world's training items."""
-        if self.name == IMAGE_WORLD.name:
-            return _numbers(p.name for p in (root / "images" / "train").glob("*.png"))
-        rows = (json.loads(line) for line in (root / "train.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
-        return _numbers(Path(r["video"]).name for r in rows if r.get("video"))
-
-    def item(self, sample: Sample) -> str | None:
-        path = sample.image_path if self.name == IMAGE_WORLD.name else sample.video_path
-        return None if path is None else Path(path).name
+    def stream(self, root: Path) -> dict[str, Any]:
+        section = json.loads((root / self.manifest).read_text(encoding="utf-8")).get(self.section, {})
+        return {k: section.get(k) for k in self.stream_keys}
 
 
-IMAGE_WORLD = WorldKind("world.json", "polymodal-world", "polymodal data world --seed 1 ...")
-AV_WORLD = WorldKind("av_world.json", "polymodal-av-world", "polymodal data av-world --seed 1 ...")
+# the image world: the seed and the object counts (the image size only changes the rendering); the AV
+# world: the seed and the clip length, on which a clip's events depend
+IMAGE_WORLD = WorldKind("world.json", "polymodal-world", "config", ("seed", "min_objects", "max_objects"), "image_path", "images",
+                        "polymodal data world --seed 1 ...", _image_world_train)
+AV_WORLD = WorldKind("av_world.json", "polymodal-av-world", "media", ("seed", "frames"), "video_path", "clips",
+                     "polymodal data av-world --seed 1 ...", _av_world_train)
 KINDS = (IMAGE_WORLD, AV_WORLD)
 _NUMBER = re.compile(r"(\d+)\.(?:png|mp4)$")  # images/train/train_000123.png, videos/000123.mp4
 
@@ -73,7 +78,7 @@ class SeenInTraining:
     kind: WorldKind
 
     def message(self, split: str) -> str:
-        what = "images" if self.kind is IMAGE_WORLD else "clips"
+        what = self.kind.items
         return (
             f"{split}: {self.shared} of its {self.items} {what} are training {what} of this checkpoint. {self.eval_world} and "
             f"the training world {self.train_world} are two built-in worlds generated with seed {self.seed}, and item i is the "
@@ -99,42 +104,47 @@ def find_world(path: Path, levels: int = 4) -> tuple[Path, WorldKind] | None:
     return None
 
 
-def _manifest(world: tuple[Path, WorldKind]) -> dict[str, Any]:
-    return json.loads((world[0] / world[1].manifest).read_text(encoding="utf-8"))
+class TrainingWorld:
+    """The built-in world a run trained on; compares evaluation splits with its training items.
 
+    Built once per evaluation: the training items are listed (a folder glob or a JSONL read) the first
+    time a split from a same-stream world needs them, not once per split.
+    """
 
-def _train_world(run_dir: Path) -> tuple[Path, WorldKind] | None:
-    """The world the run trained on, from its resolved ``config.yaml`` (None: not a world, or unknown)."""
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    train = (config.get("data") or {}).get("train") if isinstance(config, Mapping) else None
-    sources = train if isinstance(train, list) else [train]
-    for source in sources:
-        for value in (source.get(k) for k in _PATH_KEYS) if isinstance(source, Mapping) else ():
-            if isinstance(value, str):
-                world = find_world(Path(value) if Path(value).is_absolute() else run_dir / value)
-                if world is not None:
-                    return world
-    return None
+    def __init__(self, root: Path, kind: WorldKind) -> None:
+        self.root, self.kind = root, kind
+        self.stream = kind.stream(root)
+        self._trained: set[int] | None = None
 
+    @classmethod
+    def of_run(cls, run_dir: Path | None) -> TrainingWorld | None:
+        """From the run's resolved ``config.yaml``; None when it did not train on a built-in world (or it is unknown)."""
+        if run_dir is None:
+            return None
+        try:
+            config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            return None
+        train = (config.get("data") or {}).get("train") if isinstance(config, Mapping) else None
+        sources = train if isinstance(train, list) else [train]
+        for source in sources:
+            for value in (source.get(k) for k in _PATH_KEYS) if isinstance(source, Mapping) else ():
+                if isinstance(value, str):
+                    world = find_world(Path(value) if Path(value).is_absolute() else run_dir / value)
+                    if world is not None:
+                        return cls(*world)
+        return None
 
-def seen_in_training(run_dir: Path | None, samples: Sequence[Sample]) -> SeenInTraining | None:
-    """How many distinct items of ``samples`` the run at ``run_dir`` trained on, when both come from built-in
-    worlds of one kind and one item stream in different folders; None when that is not the case (the splits
-    of one world never share an item)."""
-    train_world = _train_world(run_dir) if run_dir is not None else None
-    if train_world is None:
-        return None
-    kind = train_world[1]
-    first = next((s for s in samples if kind.item(s) is not None), None)
-    eval_world = None if first is None else find_world(Path(first.video_path if kind is AV_WORLD else first.image_path))  # type: ignore[arg-type]
-    if eval_world is None or eval_world == train_world or eval_world[1] is not kind:
-        return None
-    stream = kind.stream(_manifest(train_world))
-    if stream != kind.stream(_manifest(eval_world)):
-        return None
-    evaluated = _numbers(name for s in samples if (name := kind.item(s)) is not None)
-    shared = len(evaluated & kind.trained(train_world[0]))
-    return SeenInTraining(shared, len(evaluated), train_world[0], eval_world[0], int(stream["seed"]), kind)
+    def seen_in(self, samples: Sequence[Sample]) -> SeenInTraining | None:
+        """How many distinct items of ``samples`` this world trained, when they come from another world of
+        its kind and item stream; None when that is not the case (the splits of one world never share an item)."""
+        paths = [Path(p) for s in samples if (p := getattr(s, self.kind.item_path)) is not None]
+        eval_world = find_world(paths[0]) if paths else None
+        if eval_world is None or eval_world[1] is not self.kind or eval_world[0] == self.root:
+            return None
+        if self.kind.stream(eval_world[0]) != self.stream:
+            return None
+        if self._trained is None:
+            self._trained = _numbers(self.kind.train_names(self.root))
+        evaluated = _numbers(p.name for p in paths)
+        return SeenInTraining(len(evaluated & self._trained), len(evaluated), self.root, eval_world[0], int(self.stream["seed"]), self.kind)
