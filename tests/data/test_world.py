@@ -70,6 +70,30 @@ def _statement(objs: list[dict], p: dict) -> bool:
     raise AssertionError(p)
 
 
+def _grounding(objs: list[dict], p: dict) -> list[int]:
+    """The objects a program's answer is about, as programs.grounding documents it."""
+    def pick(flt: dict) -> list[dict]:
+        return [o for o in objs if _match(o, flt)]
+
+    op = p["op"]
+    if op in ("exist", "count", "count_eq"):
+        chosen = pick(p["filter"])
+    elif op == "query":
+        chosen = [_ref(objs, p["ref"])]
+    elif op == "compare_count":
+        chosen = pick(p["a"]) + pick(p["b"])
+    elif op in ("same_attr", "relate"):
+        chosen = [_ref(objs, p["a"]), _ref(objs, p["b"])]
+    elif op == "count_relate":
+        anchor = _ref(objs, p["of"])
+        chosen = [o for o in objs if o is not anchor and _rel(o, p["rel"], anchor)]
+    elif op == "relate_exists":
+        chosen = [o for a in pick(p["a"]) for b in pick(p["b"]) if a is not b and _rel(a, p["rel"], b) for o in (a, b)]
+    else:
+        raise AssertionError(p)
+    return sorted({next(i for i, o in enumerate(objs) if o is c) for c in chosen})
+
+
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -102,6 +126,7 @@ def test_every_answer_recomputed_from_the_scene_graph(world: Path) -> None:
             expected = _answer(scenes[a["image_id"]], a["program"])
             assert a["multiple_choice_answer"] == expected, a
             assert [x["answer"] for x in a["answers"]] == [expected] * 10
+            assert a["grounding"] == _grounding(scenes[a["image_id"]], a["program"]), a
             checked[a["question_type"]] += 1
     assert set(checked) == {"existence", "count", "attribute", "comparison", "spatial", "compositional"}
     assert min(checked.values()) > 50, checked
@@ -146,6 +171,8 @@ def test_statement_labels_need_image_and_text(world: Path) -> None:
         per_image: dict[int, list[int]] = {}
         for r in rows:
             assert _statement(scenes[r["image_id"]], r["program"]) == bool(r["label"]), r
+            assert r["grounding"] == _grounding(scenes[r["image_id"]], r["program"]), r
+            assert bool(r["grounding"]) or not r["label"] or r["program"]["op"] == "count_eq", r  # a true statement is about something
             assert (world / r["image"]).is_file()
             per_image.setdefault(r["image_id"], []).append(r["label"])
         # one true and one false statement per image: an image-only model is at chance by construction

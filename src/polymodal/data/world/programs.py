@@ -77,6 +77,36 @@ def execute(scene: Scene, program: dict[str, Any]) -> str:
     raise ValueError(f"unknown program op {op!r}")
 
 
+def grounding(scene: Scene, program: dict[str, Any]) -> list[int]:
+    """Indices (in ``scene.objects``) of the objects a question's or statement's answer is about.
+
+    A VQA answer is one label per question, so a model learns *which* objects a question selects only
+    as far as that label reveals it. The selected set is dense supervision for the reasoning itself
+    (GQA ships the same kind of annotation): the object a query names, the objects a count counts
+    (for "how many objects are left of the cube", those left of it, not the cube), both objects of a
+    comparison or relation, and for "a is <rel> some b" statements every a and b that make it hold.
+    """
+    ids = {id(o): i for i, o in enumerate(scene.objects)}
+    op = program["op"]
+    if op in ("exist", "count", "count_eq"):
+        chosen = select(scene, program["filter"])
+    elif op == "query":
+        chosen = [resolve(scene, program["ref"])]
+    elif op == "compare_count":
+        chosen = select(scene, program["a"]) + select(scene, program["b"])
+    elif op in ("same_attr", "relate"):
+        chosen = [resolve(scene, program["a"]), resolve(scene, program["b"])]
+    elif op == "count_relate":
+        anchor = resolve(scene, program["of"])
+        chosen = [o for o in scene.objects if o is not anchor and holds(o, program["rel"], anchor)]
+    elif op == "relate_exists":
+        pairs = [(a, b) for a in select(scene, program["a"]) for b in select(scene, program["b"]) if a is not b and holds(a, program["rel"], b)]
+        chosen = [o for pair in pairs for o in pair]
+    else:
+        raise ValueError(f"unknown program op {op!r}")
+    return sorted({ids[id(o)] for o in chosen})
+
+
 def statement_holds(scene: Scene, program: dict[str, Any]) -> bool:
     """Truth of a statement program; statements use existential semantics, so they are always defined."""
     op = program["op"]
