@@ -225,6 +225,10 @@ def make_batch(batch_size: int, per_image: int, vocab: int, max_length: int, ima
     n_obj = torch.randint(2, MAX_OBJECTS + 1, (batch_size,), generator=g)
     attrs = torch.stack([torch.randint(len(v), (batch_size, MAX_OBJECTS), generator=g) for v in objects.attributes.values()], dim=-1)
     attrs[torch.arange(MAX_OBJECTS)[None] >= n_obj[:, None]] = -100
+    # grounding: which objects each question (image-major) and then each statement is about
+    row_objects = torch.cat([n_obj.repeat_interleave(per_image), n_obj])
+    grounding = (torch.rand(len(row_objects), MAX_OBJECTS, generator=g) < 0.3).float()
+    grounding[torch.arange(MAX_OBJECTS)[None] >= row_objects[:, None]] = -100
     return {
         "images": torch.randn(batch_size, 3, image_size, image_size, generator=g),
         "caption_ids": caption_ids,
@@ -239,6 +243,7 @@ def make_batch(batch_size: int, per_image: int, vocab: int, max_length: int, ima
         "object_attributes": attrs,
         "object_xy": torch.rand(batch_size, MAX_OBJECTS, 2, generator=g),
         "object_annotated": torch.ones(batch_size, dtype=torch.bool),
+        "grounding": grounding,
     }
 
 

@@ -141,3 +141,35 @@ def test_multitask_objects_follow_the_crop(tmp_path: Path) -> None:
     assert [(o["x"], o["attributes"]["shape"]) for o in loaded.objects] == [(0.0, "cube"), (1.0, "sphere")]
     items = [type(items[0])(items[0].captions, items[0].questions, items[0].statements, ({"x": 0.1, "y": 0.5, "attributes": {"shape": "cone"}},))]
     assert ImageItemDataset(items, ImageProcessor(ImageProcessorConfig(size=16)), seed=0)[0].objects == []
+
+
+def test_multitask_grounding_is_renumbered_by_the_crop_and_checked(tmp_path: Path) -> None:
+    """A question's grounding indexes its image's objects: when the crop cuts one off, the rest move up."""
+    from polymodal.tasks.multitask import ImageItemCollator, ImageItemDataset, image_items
+
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (32, 16), (90, 90, 90)).save(wide)
+    objs = (
+        {"x": 0.1, "y": 0.5, "attributes": {"shape": "cone"}},  # outside the centre crop
+        {"x": 0.3, "y": 0.5, "attributes": {"shape": "cube"}},
+        {"x": 0.7, "y": 0.5, "attributes": {"shape": "sphere"}},
+    )
+    samples = [
+        Sample("c", image_path=wide, image_id="a", text="a cube and a sphere."),
+        Sample("q", image_path=wide, image_id="a", text="what is left of the sphere?", answers=("cube",) * 10, meta={"grounding": [1]}),
+        Sample("s", image_path=wide, image_id="a", text="there is a cone.", label=1, meta={"grounding": [0, 2]}),
+        Sample("scene:a", image_path=wide, image_id="a", meta={"objects": objs}),
+    ]
+    items, _ = image_items(samples)
+    loaded = ImageItemDataset(items, ImageProcessor(ImageProcessorConfig(size=16)), seed=0)[0]
+    assert [o["attributes"]["shape"] for o in loaded.objects] == ["cube", "sphere"]
+    assert loaded.grounding == [(0,), (1,)]
+    tok = train_tokenizer([s.text for s in samples if s.text], vocab_size=40)
+    from polymodal.models.object_head import ObjectVocab
+
+    batch = ImageItemCollator(tok, 16, {"0": 0, "1": 1}, ObjectVocab.build(objs))([loaded])
+    assert batch["grounding"].tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
+    bad = [s if s.sample_id != "q" else Sample("q", image_path=wide, image_id="a", text=s.text, answers=s.answers, meta={"grounding": ["x"]}) for s in samples]
+    with pytest.raises(DataError, match="'grounding' must be a list of object indices"):
+        ImageItemDataset(image_items(bad)[0], ImageProcessor(ImageProcessorConfig(size=16)), seed=0)[0]

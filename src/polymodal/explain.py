@@ -46,8 +46,10 @@ def answer_heatmap(model: torch.nn.Module, processors: Processors, image: ImageI
             image_out = vqa.backbone.encode_image(pixels)
             tokens = image_out.tokens.detach().requires_grad_(True)
             text = vqa.backbone.encode_text(ids.to(device), mask.to(device))
-            fused = vqa.backbone.fuse(text, EncoderOutput(tokens=tokens, pooled=image_out.pooled, mask=image_out.mask))
-            logits = vqa.head(fused.pooled)
+            fused = vqa.backbone.fuse(text, EncoderOutput(tokens=tokens, pooled=image_out.pooled, mask=image_out.mask)).pooled
+            if vqa.readout is not None:  # the answer reads the cells the question selected, so they matter too
+                fused = vqa.readout(fused, tokens).pooled
+            logits = vqa.head(fused)
             best = int(logits[0].argmax())
             logits[0, best].backward()
     finally:

@@ -18,6 +18,7 @@ from polymodal.models.factory import BuildContext, build_model
 from polymodal.models.multitask import MultiTaskModel
 from polymodal.models.object_head import ObjectVocab, token_grid
 from polymodal.models.vqa import AnswerVocab
+from polymodal.modules.encoders.base import EncoderOutput
 from polymodal.tasks.multitask import ImageItemCollator, ImageItemDataset, image_items
 
 SIZE = 32
@@ -73,7 +74,8 @@ def build(parts, objects: ObjectVocab | None = None, **changes: object) -> Multi
 def run(model: MultiTaskModel, b: dict):
     return model(b["image"], b["caption_ids"], b["caption_mask"], b["question_ids"], b["question_mask"], b["answers"],
                  b["statement_ids"], b["statement_mask"], b["labels"], image_ids=b["image_ids"],
-                 object_attributes=b.get("object_attributes"), object_xy=b.get("object_xy"), object_annotated=b.get("object_annotated"))
+                 object_attributes=b.get("object_attributes"), object_xy=b.get("object_xy"), object_annotated=b.get("object_annotated"),
+                 grounding=b.get("grounding"))
 
 
 def test_every_world_image_has_all_three_kinds_of_text(parts) -> None:
@@ -169,7 +171,8 @@ def test_fits_a_small_real_batch_on_every_task(parts) -> None:
 
 
 # ------------------------------------------------------------------ object supervision (scene graphs)
-ALL_WITH_OBJ = {"itc": 1.0, "lm": 1.0, "vqa": 1.0, "cls": 1.0, "obj": 1.0}
+REQUIRED_ONLY = {"itc": 1.0, "lm": 1.0, "vqa": 1.0, "cls": 1.0}
+ALL_WITH_OBJ = REQUIRED_ONLY | {"obj": 1.0}
 
 
 def test_world_scene_graphs_reach_every_training_image(parts, objects: ObjectVocab) -> None:
@@ -240,3 +243,84 @@ def test_unannotated_images_do_not_teach_objectness(objects: ObjectVocab) -> Non
     out = object_loss(logits, attrs, objectness, xy, annotated)
     out.loss.backward()
     assert float(out.loss) == 0.0 and objectness.grad is not None and float(objectness.grad.abs().sum()) == 0.0
+
+
+def test_ground_objective_needs_scene_graphs(parts) -> None:
+    with pytest.raises(ConfigError, match="'ground' objective needs scene graphs"):
+        build(parts, weights=REQUIRED_ONLY | {"ground": 1.0})
+
+
+def test_grounding_targets_follow_the_fused_rows(parts, objects: ObjectVocab) -> None:
+    """Rows are every image's questions (image-major) then every statement, as the model fuses them."""
+    b = make_batch(parts, n=3, questions_per_image=2, objects=objects)
+    target = b["grounding"]
+    assert target.shape == (3 * 2 + 3, b["object_xy"].shape[1])
+    items = parts[2]
+    ds = ImageItemDataset(items[:3], ImageProcessor(ImageProcessorConfig(size=SIZE)), seed=0, questions_per_image=2)
+    loaded = [ds[i] for i in range(3)]
+    rows = [(it, k) for it in loaded for k in range(2)] + [(it, 2) for it in loaded]
+    for r, (it, k) in enumerate(rows):
+        n = len(it.objects)
+        assert target[r, :n].tolist() == [float(j in it.grounding[k]) for j in range(n)]
+        assert (target[r, n:] == -100).all()  # padding is ignored
+
+
+def test_ground_objective_teaches_the_question_to_select_its_objects(parts, objects: ObjectVocab) -> None:
+    from polymodal.models.grounded_readout import GroundedReadout
+
+    model = build(parts, objects, weights=ALL_WITH_OBJ | {"ground": 1.0})
+    b = make_batch(parts, n=8, questions_per_image=2, objects=objects)
+    out = run(model, b)
+    assert "ground" in out.parts and "ground" in out.accuracy
+    with pytest.raises(ValueError, match="grounding targets"):
+        run(model, {k: v for k, v in b.items() if k != "grounding"})
+    # the readout starts as a no-op: the heads read exactly the fused question
+    image = model.backbone.encode_image(b["image"])
+    text = model.backbone.encode_text(b["question_ids"][:8:2], b["question_mask"][:8:2])
+    plain = model.backbone.fuse(text, EncoderOutput(image.tokens[:4], image.pooled[:4], None)).pooled
+    torch.testing.assert_close(model.vqa.readout(plain, image.tokens[:4]).pooled, plain)
+    # the grounding loss alone reaches the text tower and the fusion layers, not only the readout
+    rows = torch.cat([torch.arange(8).repeat_interleave(2), torch.arange(8)])
+    params = [p for n, p in model.named_parameters() if not n.startswith(("objects.", "probes.", "captioner."))]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    losses = []
+    for step in range(80):
+        image = model.backbone.encode_image(b["image"])
+        _, _, selection = model.fuse_questions_and_statements(image, b["question_ids"], b["question_mask"], b["statement_ids"], b["statement_mask"])
+        found = GroundedReadout.loss(selection, b["object_xy"][rows], b["grounding"])
+        losses.append(found.loss.item())
+        opt.zero_grad()
+        found.loss.backward()
+        if step == 0:
+            assert model.backbone.text_encoder.token_embed.weight.grad.abs().sum() > 0
+            assert model.vqa.readout.query.weight.grad.abs().sum() > 0
+        opt.step()
+    assert losses[-1] < 0.3 * losses[0], losses
+    from polymodal.losses.objects import objectness_targets
+
+    cells = objectness_targets(b["object_xy"][rows], b["grounding"] == 1, *selection.shape[1:]).bool()
+    p = torch.sigmoid(selection.detach())
+    assert float(p[cells].mean()) > 0.5 and float(p[~cells].mean()) < 0.05  # the named objects' cells, and only those
+
+
+def test_grounded_readout_counts_the_cells_it_selects() -> None:
+    """The count features follow the selection: selecting more cells moves the readout's count input."""
+    from polymodal.models.grounded_readout import GroundedReadout
+
+    torch.manual_seed(0)
+    readout = GroundedReadout(text_width=8, image_width=4, dim=8)
+    tokens = torch.zeros(1, 16, 4)
+    with torch.no_grad():
+        readout.query.weight.zero_()
+        readout.query.bias.fill_(1.0)
+        readout.key.weight.zero_()
+        readout.place.weight.zero_()
+    for bias, expected in ((-20.0, 0.0), (20.0, 16.0)):
+        with torch.no_grad():
+            readout.key.bias.fill_(bias)
+            readout.place.bias.fill_(bias)
+        found = readout(torch.zeros(1, 8), tokens)
+        assert found.selection.shape == (1, 4, 4)
+        assert float(torch.sigmoid(found.selection).sum()) == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(ValueError, match="2 texts but image tokens for 1"):
+        readout(torch.zeros(2, 8), tokens)

@@ -27,12 +27,13 @@ from polymodal.losses import MultiTaskLoss, vqa_bce_loss
 from polymodal.models.backbone import ImageTextBackbone
 from polymodal.models.captioner import Captioner
 from polymodal.models.fusion_encoder import FusionEncoder
+from polymodal.models.grounded_readout import GroundedReadout
 from polymodal.models.object_head import ObjectHead, ObjectVocab
 from polymodal.models.vqa import AnswerVocab, VQAClassifier
 from polymodal.modules.encoders.base import EncoderOutput
 
 PRETRAIN_OBJECTIVES = ("itc", "itm", "mlm")
-OBJECTIVES = PRETRAIN_OBJECTIVES + ("lm", "vqa", "cls", "obj")
+OBJECTIVES = PRETRAIN_OBJECTIVES + ("lm", "vqa", "cls", "obj", "ground")
 PROBES = ("image_only", "text_only")
 REQUIRED = ("itc", "lm", "vqa", "cls")
 
@@ -48,12 +49,17 @@ def _head(width: int, outputs: int, dropout: float = 0.1) -> nn.Module:
     return nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.LayerNorm(2 * width), nn.Dropout(dropout), nn.Linear(2 * width, outputs))
 
 
+def _row_images(images: int, times: int, device: torch.device) -> Tensor:
+    """The image of each text row: ``times - 1`` questions per image (image-major), then one statement per image."""
+    each = torch.arange(images, device=device)
+    return torch.cat([each.repeat_interleave(times - 1), each])
+
+
 def _repeat(image: EncoderOutput, times: int) -> EncoderOutput:
-    """Rows for ``times - 1`` questions per image (image-major) followed by one statement per image."""
+    """The image's tokens for every text row (see :func:`_row_images`)."""
     if times == 1:
         return image
-    index = torch.cat([torch.arange(image.tokens.shape[0], device=image.tokens.device).repeat_interleave(times - 1),
-                       torch.arange(image.tokens.shape[0], device=image.tokens.device)])
+    index = _row_images(image.tokens.shape[0], times, image.tokens.device)
     mask = None if image.mask is None else image.mask[index]
     return EncoderOutput(image.tokens[index], image.pooled[index], mask)
 
@@ -74,7 +80,7 @@ def check_weights(weights: Mapping[str, float]) -> dict[str, float]:
     if missing:
         raise ConfigError(
             f"multitask: the weights of {missing} must be > 0: every head of a multi-task model is trained "
-            "(itc, lm, vqa and cls are required; itm, mlm and obj are optional); for fewer tasks use a single-task model type"
+            "(itc, lm, vqa and cls are required; itm, mlm, obj and ground are optional); for fewer tasks use a single-task model type"
         )
     return weights
 
@@ -98,12 +104,19 @@ class MultiTaskModel(nn.Module):
                 "with each image's objects, as the built-in world writes); none were found. Set weights.obj to 0 "
                 "or add scene graphs"
             )
+        if weights.get("ground", 0.0) > 0 and objects is None:
+            raise ConfigError(
+                "multitask: the 'ground' objective needs scene graphs (a 'scenes' source) and texts that name their "
+                "objects ('grounding' indices, as the built-in world writes); no scene graphs were found. Set weights.ground to 0"
+            )
         if captioner.image_encoder is not pretrain.backbone.image_encoder:
             raise ConfigError("multitask: the captioner must share the backbone's image encoder")
         self.weights = {k: v for k, v in weights.items() if v > 0}
         self.pretrain = pretrain
         self.captioner = captioner
-        self.vqa = VQAClassifier(pretrain.backbone, vocab, dropout=dropout)
+        grounded = objects is not None and weights.get("ground", 0.0) > 0
+        readout = GroundedReadout(pretrain.backbone.width, pretrain.backbone.image_encoder.width) if grounded else None
+        self.vqa = VQAClassifier(pretrain.backbone, vocab, dropout=dropout, readout=readout)
         width = pretrain.backbone.width
         self.num_classes = num_classes
         self.cls_head = _head(width, num_classes, dropout)
@@ -139,6 +152,7 @@ class MultiTaskModel(nn.Module):
         object_attributes: Tensor | None = None,
         object_xy: Tensor | None = None,
         object_annotated: Tensor | None = None,
+        grounding: Tensor | None = None,
     ) -> MultiTaskOutput:
         """Per image: a caption, ``k >= 1`` questions with their answers (rows image-major), a statement
         with its label, and (for the ``obj`` objective) its objects as :meth:`ObjectVocab.targets` gives
@@ -163,12 +177,7 @@ class MultiTaskModel(nn.Module):
             accuracy["itm"] = pre.itm_accuracy
         losses["lm"] = self.captioner(image, caption_ids, caption_mask).loss
 
-        # questions and statements share one pass through the text encoder and the fusion layers
-        pad = self.captioner.pad_id
-        ids = _pad_cat(question_ids, statement_ids, pad)
-        mask = _pad_cat(question_mask.long(), statement_mask.long(), 0)
-        text = self.backbone.encode_text(ids, mask)
-        fused = self.backbone.fuse(text, _repeat(image, per_image + 1)).pooled
+        text, fused, selection = self.fuse_questions_and_statements(image, question_ids, question_mask, statement_ids, statement_mask)
         nq = per_image * b
         vqa_logits = self.vqa.head(fused[:nq])
         targets = self.vocab.targets(answers).to(vqa_logits.device, vqa_logits.dtype)
@@ -189,8 +198,32 @@ class MultiTaskModel(nn.Module):
             found = self.objects(image.tokens, object_attributes, object_xy, object_annotated)
             losses["obj"] = found.loss
             accuracy["obj"] = found.attribute_accuracy
+        if selection is not None:
+            if grounding is None or object_xy is None:
+                raise ValueError("multitask: this model trains the 'ground' objective, so every batch needs object_xy and grounding targets")
+            rows = _row_images(b, per_image + 1, fused.device)
+            grounded = GroundedReadout.loss(selection, object_xy.to(fused.device)[rows], grounding.to(fused.device))
+            losses["ground"] = grounded.loss
+            accuracy["ground"] = grounded.exact
         rest = self.objectives(losses)
         return MultiTaskOutput(loss=pre.loss + rest.total, parts=pre.parts | rest.parts, accuracy=accuracy)
+
+    def fuse_questions_and_statements(
+        self, image: EncoderOutput, question_ids: Tensor, question_mask: Tensor, statement_ids: Tensor, statement_mask: Tensor
+    ) -> tuple[EncoderOutput, Tensor, Tensor | None]:
+        """The text encoding, the features the heads read (see :meth:`VQAClassifier.features`) and, with a
+        grounded readout, its selection logits, for every question (image-major) and then every
+        statement: one pass through the text encoder and the fusion layers for both."""
+        per_image = question_ids.shape[0] // image.tokens.shape[0]
+        ids = _pad_cat(question_ids, statement_ids, self.captioner.pad_id)
+        mask = _pad_cat(question_mask.long(), statement_mask.long(), 0)
+        text = self.backbone.encode_text(ids, mask)
+        rows = _repeat(image, per_image + 1)
+        pooled = self.backbone.fuse(text, rows).pooled
+        if self.vqa.readout is None:
+            return text, pooled, None
+        found = self.vqa.readout(pooled, rows.tokens)
+        return text, found.pooled, found.selection
 
     # ------------------------------------------------------------------ inference
     def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
@@ -215,6 +248,8 @@ class MultiTaskModel(nn.Module):
         image = self.backbone.encode_image(images)
         text = self.backbone.encode_text(text_ids, text_mask)
         fused = self.backbone.fuse(text, image).pooled
+        if self.vqa.readout is not None:
+            fused = self.vqa.readout(fused, image.tokens).pooled
         return {
             "joint": self.cls_head(fused).softmax(-1),
             "image_only": self.probes["image_only"](image.pooled).softmax(-1),

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from polymodal.losses import vqa_bce_loss, vqa_soft_targets
 from polymodal.metrics.vqa import normalize_answer
 from polymodal.models.backbone import ImageTextBackbone
+from polymodal.models.grounded_readout import GroundedReadout
 from polymodal.models.outputs import VQAOutput
 
 
@@ -59,21 +60,30 @@ class AnswerVocab:
 
 
 class VQAClassifier(nn.Module):
-    def __init__(self, backbone: ImageTextBackbone, vocab: AnswerVocab, hidden: int | None = None, dropout: float = 0.1) -> None:
+    def __init__(
+        self, backbone: ImageTextBackbone, vocab: AnswerVocab, hidden: int | None = None, dropout: float = 0.1, readout: GroundedReadout | None = None
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.vocab = vocab
+        self.readout = readout
         hidden = hidden or 2 * backbone.width
         self.head = nn.Sequential(nn.Linear(backbone.width, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Dropout(dropout), nn.Linear(hidden, len(vocab)))
 
     def forward(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, answers: Sequence[Sequence[str]] | None = None) -> VQAOutput:
-        logits = self.head(self.backbone(images, text_ids, text_mask).pooled)
+        logits = self.head(self.features(images, text_ids, text_mask))
         loss = None
         if answers is not None:
             if len(answers) != logits.shape[0]:
                 raise ValueError(f"vqa: got {len(answers)} answer lists for a batch of {logits.shape[0]} questions")
             loss = vqa_bce_loss(logits, self.vocab.targets(answers).to(logits.device, logits.dtype))
         return VQAOutput(logits=logits, loss=loss)
+
+    def features(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> Tensor:
+        """What the answer head reads: the fused question, plus its grounded readout when the model has one."""
+        image = self.backbone.encode_image(images)
+        pooled = self.backbone.fuse(self.backbone.encode_text(text_ids, text_mask), image).pooled
+        return pooled if self.readout is None else self.readout(pooled, image.tokens).pooled
 
     @torch.no_grad()
     def answer(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> list[str]:

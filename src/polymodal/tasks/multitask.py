@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from polymodal.data.dataset import open_or_skip
@@ -23,6 +23,7 @@ from polymodal.data.processors import CropBox, ImageProcessor, consistent_hflip,
 from polymodal.data.sample import Sample
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.errors import DataError
+from polymodal.losses.mlm import IGNORE_INDEX
 from polymodal.metrics import classification_scores, confusion_matrix
 from polymodal.models.factory import BuildContext
 from polymodal.models.object_head import ObjectVocab
@@ -71,6 +72,8 @@ class LoadedItem:
     statement_text: str
     label: Any
     objects: list[dict[str, Any]] | None = None
+    # per question, then the statement: indices into ``objects`` of what the text is about (None: not annotated)
+    grounding: list[tuple[int, ...] | None] | None = None
 
 
 def image_items(samples: Sequence[Sample]) -> tuple[list[ImageItem], int]:
@@ -114,6 +117,7 @@ class ImageItemDataset(Dataset):
         question_texts = [q.text or "" for q in questions]
         answers = [tuple(q.answers) for q in questions]
         objects = None if item.objects is None else list(item.objects)  # records are never mutated: flips and crops make new ones
+        grounding = [_grounding_of(t) for t in (*questions, statement)] if objects is not None else None
         if self.flip_prob > 0 and rng.random() < self.flip_prob:
             img = consistent_hflip(img, None).image
             caption_text, statement_text = swap_left_right(caption_text), swap_left_right(statement_text)
@@ -122,18 +126,31 @@ class ImageItemDataset(Dataset):
             objects = None if objects is None else [o | {"x": 1.0 - o["x"]} for o in objects]
         processed = self.processor.process(img, rng)
         if objects is not None and processed.box is not None:
-            objects = _inside(objects, processed.box)
-        return LoadedItem(processed.pixels, caption, caption_text, question_texts, answers, statement_text, statement.label, objects)
+            objects, renumber = _inside(objects, processed.box)
+            grounding = [None if g is None else tuple(renumber[i] for i in g if i in renumber) for g in grounding or ()]
+        return LoadedItem(processed.pixels, caption, caption_text, question_texts, answers, statement_text, statement.label, objects, grounding)
 
 
-def _inside(objects: list[dict[str, Any]], box: CropBox) -> list[dict[str, Any]]:
-    """The objects whose centres survived the crop, at their positions in the cropped image."""
-    kept = []
-    for o in objects:
+def _grounding_of(sample: Sample) -> tuple[int, ...] | None:
+    """The ``grounding`` annotation of a question or statement (object indices into its image's scene graph)."""
+    found = sample.meta.get("grounding")
+    if found is None:
+        return None
+    if not isinstance(found, (list, tuple)) or not all(isinstance(i, int) and i >= 0 for i in found):
+        raise DataError(f"{sample.origin}: 'grounding' must be a list of object indices (integers >= 0) into the image's scene graph, got {found!r}")
+    return tuple(found)
+
+
+def _inside(objects: list[dict[str, Any]], box: CropBox) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """The objects whose centres survived the crop, at their positions in the cropped image, and each kept
+    object's new index by its old one."""
+    kept, renumber = [], {}
+    for i, o in enumerate(objects):
         moved = box.point(o["x"], o["y"])
         if moved is not None:
+            renumber[i] = len(kept)
             kept.append(o | {"x": moved[0], "y": moved[1]})
-    return kept
+    return kept, renumber
 
 
 class ImageItemCollator:
@@ -159,7 +176,27 @@ class ImageItemCollator:
         batch["image_ids"] = image_id_tensor(batch["samples"])
         if self.objects is not None:
             batch["object_attributes"], batch["object_xy"], batch["object_annotated"] = self.objects.targets([it.objects for it in kept])
+            batch["grounding"] = grounding_targets(kept, batch["object_xy"].shape[1])
         return batch
+
+
+def grounding_targets(items: Sequence[LoadedItem], max_objects: int) -> Tensor:
+    """``[R, M]`` rows in the model's fused order (every image's questions, image-major, then every
+    statement): 1 for the objects a text is about, 0 for the image's other objects, ``IGNORE_INDEX``
+    for padding and for texts without a grounding annotation."""
+    per_image = len(items[0].question_texts)
+    rows = [(it, q) for it in items for q in range(per_image)] + [(it, per_image) for it in items]
+    target = torch.full((len(rows), max_objects), float(IGNORE_INDEX))
+    for r, (it, k) in enumerate(rows):
+        chosen = None if it.grounding is None else it.grounding[k]
+        if chosen is None or it.objects is None:
+            continue
+        n = len(it.objects)
+        if any(i >= n for i in chosen):
+            raise DataError(f"{it.caption.origin}: a grounding annotation names object {max(chosen)} but the image's scene graph has {n} objects")
+        target[r, :n] = 0.0
+        target[r, list(chosen)] = 1.0
+    return target
 
 
 class MultiTaskTask(Task):
@@ -222,7 +259,7 @@ class MultiTaskTask(Task):
             batch["image"], batch["caption_ids"], batch["caption_mask"], batch["question_ids"], batch["question_mask"],
             batch["answers"], batch["statement_ids"], batch["statement_mask"], batch["labels"], image_ids=batch["image_ids"],
             object_attributes=batch.get("object_attributes"), object_xy=batch.get("object_xy"),
-            object_annotated=batch.get("object_annotated"),
+            object_annotated=batch.get("object_annotated"), grounding=batch.get("grounding"),
         )
         logs = {f"loss_{k}": float(v) for k, v in out.parts.items()} | {f"acc_{k}": float(v) for k, v in out.accuracy.items()}
         return StepOutput(out.loss, logs)
