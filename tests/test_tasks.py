@@ -173,3 +173,6 @@ def test_multitask_grounding_is_renumbered_by_the_crop_and_checked(tmp_path: Pat
     bad = [s if s.sample_id != "q" else Sample("q", image_path=wide, image_id="a", text=s.text, answers=s.answers, meta={"grounding": ["x"]}) for s in samples]
     with pytest.raises(DataError, match="'grounding' must be a list of object indices"):
         ImageItemDataset(image_items(bad)[0], ImageProcessor(ImageProcessorConfig(size=16)), seed=0)[0]
+    beyond = [s if s.sample_id != "q" else Sample("q", image_path=wide, image_id="a", text=s.text, answers=s.answers, meta={"grounding": [3]}) for s in samples]
+    with pytest.raises(DataError, match="names object 3 but the image's scene graph has 3 objects"):
+        ImageItemDataset(image_items(beyond)[0], ImageProcessor(ImageProcessorConfig(size=16)), seed=0)[0]

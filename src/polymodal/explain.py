@@ -47,9 +47,7 @@ def answer_heatmap(model: torch.nn.Module, processors: Processors, image: ImageI
             tokens = image_out.tokens.detach().requires_grad_(True)
             text = vqa.backbone.encode_text(ids.to(device), mask.to(device))
             fused = vqa.backbone.fuse(text, EncoderOutput(tokens=tokens, pooled=image_out.pooled, mask=image_out.mask)).pooled
-            if vqa.readout is not None:  # the answer reads the cells the question selected, so they matter too
-                fused = vqa.readout(fused, tokens).pooled
-            logits = vqa.head(fused)
+            logits = vqa.head(vqa.read(fused, tokens))  # with a readout, the cells the question selected matter too
             best = int(logits[0].argmax())
             logits[0, best].backward()
     finally:

@@ -114,7 +114,7 @@ class MultiTaskModel(nn.Module):
         self.weights = {k: v for k, v in weights.items() if v > 0}
         self.pretrain = pretrain
         self.captioner = captioner
-        grounded = objects is not None and weights.get("ground", 0.0) > 0
+        grounded = weights.get("ground", 0.0) > 0  # with scene graphs: checked above
         readout = GroundedReadout(pretrain.backbone.width, pretrain.backbone.image_encoder.width) if grounded else None
         self.vqa = VQAClassifier(pretrain.backbone, vocab, dropout=dropout, readout=readout)
         width = pretrain.backbone.width
@@ -247,9 +247,7 @@ class MultiTaskModel(nn.Module):
         """Class probabilities of the joint head and of both single-modality probes, ``[B, C]`` each."""
         image = self.backbone.encode_image(images)
         text = self.backbone.encode_text(text_ids, text_mask)
-        fused = self.backbone.fuse(text, image).pooled
-        if self.vqa.readout is not None:
-            fused = self.vqa.readout(fused, image.tokens).pooled
+        fused = self.vqa.read(self.backbone.fuse(text, image).pooled, image.tokens)
         return {
             "joint": self.cls_head(fused).softmax(-1),
             "image_only": self.probes["image_only"](image.pooled).softmax(-1),

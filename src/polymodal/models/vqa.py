@@ -82,8 +82,11 @@ class VQAClassifier(nn.Module):
     def features(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> Tensor:
         """What the answer head reads: the fused question, plus its grounded readout when the model has one."""
         image = self.backbone.encode_image(images)
-        pooled = self.backbone.fuse(self.backbone.encode_text(text_ids, text_mask), image).pooled
-        return pooled if self.readout is None else self.readout(pooled, image.tokens).pooled
+        return self.read(self.backbone.fuse(self.backbone.encode_text(text_ids, text_mask), image).pooled, image.tokens)
+
+    def read(self, fused: Tensor, image_tokens: Tensor) -> Tensor:
+        """The pooled fused text with the grounded readout of its image's tokens added (as is without a readout)."""
+        return fused if self.readout is None else self.readout(fused, image_tokens).pooled
 
     @torch.no_grad()
     def answer(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> list[str]:

@@ -117,7 +117,7 @@ class ImageItemDataset(Dataset):
         question_texts = [q.text or "" for q in questions]
         answers = [tuple(q.answers) for q in questions]
         objects = None if item.objects is None else list(item.objects)  # records are never mutated: flips and crops make new ones
-        grounding = [_grounding_of(t) for t in (*questions, statement)] if objects is not None else None
+        grounding = [_grounding_of(t, len(objects)) for t in (*questions, statement)] if objects is not None else None
         if self.flip_prob > 0 and rng.random() < self.flip_prob:
             img = consistent_hflip(img, None).image
             caption_text, statement_text = swap_left_right(caption_text), swap_left_right(statement_text)
@@ -127,17 +127,19 @@ class ImageItemDataset(Dataset):
         processed = self.processor.process(img, rng)
         if objects is not None and processed.box is not None:
             objects, renumber = _inside(objects, processed.box)
-            grounding = [None if g is None else tuple(renumber[i] for i in g if i in renumber) for g in grounding or ()]
+            grounding = [None if g is None else tuple(renumber[i] for i in g if i in renumber) for g in grounding]
         return LoadedItem(processed.pixels, caption, caption_text, question_texts, answers, statement_text, statement.label, objects, grounding)
 
 
-def _grounding_of(sample: Sample) -> tuple[int, ...] | None:
-    """The ``grounding`` annotation of a question or statement (object indices into its image's scene graph)."""
+def _grounding_of(sample: Sample, objects: int) -> tuple[int, ...] | None:
+    """The ``grounding`` annotation of a question or statement: indices into its image's scene graph of ``objects`` objects."""
     found = sample.meta.get("grounding")
     if found is None:
         return None
     if not isinstance(found, (list, tuple)) or not all(isinstance(i, int) and i >= 0 for i in found):
         raise DataError(f"{sample.origin}: 'grounding' must be a list of object indices (integers >= 0) into the image's scene graph, got {found!r}")
+    if any(i >= objects for i in found):
+        raise DataError(f"{sample.origin}: a grounding annotation names object {max(found)} but the image's scene graph has {objects} objects")
     return tuple(found)
 
 
@@ -188,13 +190,10 @@ def grounding_targets(items: Sequence[LoadedItem], max_objects: int) -> Tensor:
     rows = [(it, q) for it in items for q in range(per_image)] + [(it, per_image) for it in items]
     target = torch.full((len(rows), max_objects), float(IGNORE_INDEX))
     for r, (it, k) in enumerate(rows):
-        chosen = None if it.grounding is None else it.grounding[k]
-        if chosen is None or it.objects is None:
+        chosen = None if it.grounding is None else it.grounding[k]  # an item has grounding only with its objects
+        if chosen is None:
             continue
-        n = len(it.objects)
-        if any(i >= n for i in chosen):
-            raise DataError(f"{it.caption.origin}: a grounding annotation names object {max(chosen)} but the image's scene graph has {n} objects")
-        target[r, :n] = 0.0
+        target[r, : len(it.objects)] = 0.0
         target[r, list(chosen)] = 1.0
     return target
 
