@@ -38,8 +38,9 @@ def _wordpiece_vocab(texts: Iterable[str], vocab_size: int, min_frequency: int) 
     """
     norm, pre = _normalizer(), pre_tokenizers.BertPreTokenizer()
     counts: Counter[str] = Counter()
-    for text in texts:
-        counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)))
+    for text, times in Counter(texts).items():  # captions and questions repeat: split each distinct text once
+        for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)):
+            counts[w] += times
     chars = sorted({c for w in counts for c in w})
     pieces = list(SPECIAL_TOKENS) + chars + [f"##{c}" for c in chars]
     budget = max(0, vocab_size - len(pieces))
