@@ -8,7 +8,7 @@ of the quickstart's multi-task model, polymodal's own modules against a *peer* w
 architecture whose every transformer piece is a `transformers` module. Target: polymodal >= 1.3x.
 
 Both models are built from ``configs/quickstart.yaml`` (the ``model`` section, through
-``build_model``), then the peer's three transformer stacks are swapped for `transformers` ones:
+``build_model``), then the peer's four transformer stacks are swapped for `transformers` ones:
 
 * text tower (width 128, 2 layers, 4 heads, MLP 512, 48 positions): ``BertModel`` without its pooler;
 * fusion (2 layers, text self-attention + cross-attention to the image tokens + MLP): ``BertEncoder``
@@ -19,7 +19,9 @@ Both models are built from ``configs/quickstart.yaml`` (the ``model`` section, t
 * caption decoder (1 layer, causal, cross-attention): ``BertModel(is_decoder=True,
   add_cross_attention=True)``, the body of ``BertLMHeadModel``; its LM head stays polymodal's (tied to
   the word embedding, plus a bias) because ``BertLMHeadModel``'s extra dense + LayerNorm transform
-  would make the heads differ.
+  would make the heads differ;
+* the grounded readout's layer over [question; object slots] (width 128, 1 layer, 4 heads, MLP 256,
+  cross-attention to the fused question's tokens): ``BertEncoder`` as the fusion.
 
 Everything else is the very same code in both: the SmallCNN image tower (plain torch convolutions), the
 projection / VQA / classification / probe / object heads, every loss (polymodal's), AdamW with the
@@ -85,7 +87,9 @@ MAX_OBJECTS = 5
 # ------------------------------------------------------------------------------------------------
 
 
-def bert_config(width: int, depth: int, heads: int, vocab: int, positions: int, *, cross: bool, causal: bool, attn: str) -> Any:
+def bert_config(
+    width: int, depth: int, heads: int, vocab: int, positions: int, *, cross: bool, causal: bool, attn: str, mlp_ratio: float = 4.0
+) -> Any:
     """A ``BertConfig`` sized like a polymodal tower (no dropout, LayerNorm eps 1e-5, exact GELU, as polymodal)."""
     from transformers import BertConfig
 
@@ -94,7 +98,7 @@ def bert_config(width: int, depth: int, heads: int, vocab: int, positions: int, 
         hidden_size=width,
         num_hidden_layers=depth,
         num_attention_heads=heads,
-        intermediate_size=4 * width,
+        intermediate_size=int(mlp_ratio * width),
         hidden_act="gelu",
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
@@ -172,7 +176,8 @@ class BertFusion(nn.Module):
 
 
 def to_peer(model: nn.Module, model_cfg: dict[str, Any], vocab: int, attn: str) -> nn.Module:
-    """A deep copy of a polymodal multi-task model whose text tower, fusion and decoder are `transformers` modules."""
+    """A deep copy of a polymodal multi-task model whose text tower, fusion, decoder and readout layer are
+    `transformers` modules."""
     peer = copy.deepcopy(model)
     text, dec = model_cfg["text"], model_cfg["decoder"]
     backbone = peer.pretrain.backbone
@@ -181,6 +186,12 @@ def to_peer(model: nn.Module, model_cfg: dict[str, Any], vocab: int, attn: str) 
     heads = model_cfg.get("fusion_heads") or max(1, width // 64)
     backbone.fusion = BertFusion(bert_config(width, model_cfg.get("fusion_depth", 2), heads, vocab, text["max_length"], cross=True, causal=False, attn=attn))
     peer.captioner.decoder = BertText(bert_config(dec["width"], dec["depth"], dec["heads"], vocab, dec["max_length"], cross=True, causal=True, attn=attn))
+    readout = peer.vqa.readout
+    if readout is not None:  # the grounded readout's layer over [question; slots], reading the question's tokens
+        block = readout.reason.blocks[0]
+        ratio = block.mlp.fc.out_features / readout.dim
+        config = bert_config(readout.dim, len(readout.reason.blocks), block.attn.heads, vocab, text["max_length"], cross=True, causal=False, attn=attn, mlp_ratio=ratio)
+        readout.reason = BertFusion(config)
     return peer
 
 

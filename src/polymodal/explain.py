@@ -46,7 +46,7 @@ def answer_heatmap(model: torch.nn.Module, processors: Processors, image: ImageI
             image_out = vqa.backbone.encode_image(pixels)
             tokens = image_out.tokens.detach().requires_grad_(True)
             text = vqa.backbone.encode_text(ids.to(device), mask.to(device))
-            fused = vqa.backbone.fuse(text, EncoderOutput(tokens=tokens, pooled=image_out.pooled, mask=image_out.mask)).pooled
+            fused = vqa.backbone.fuse(text, EncoderOutput(tokens=tokens, pooled=image_out.pooled, mask=image_out.mask))
             logits = vqa.head(vqa.read(fused, tokens))  # with a readout, the cells the question selected matter too
             best = int(logits[0].argmax())
             logits[0, best].backward()

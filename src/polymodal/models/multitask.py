@@ -24,10 +24,11 @@ from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
 from polymodal.losses import MultiTaskLoss, vqa_bce_loss
+from polymodal.losses.mlm import IGNORE_INDEX
 from polymodal.models.backbone import ImageTextBackbone
 from polymodal.models.captioner import Captioner
 from polymodal.models.fusion_encoder import FusionEncoder
-from polymodal.models.grounded_readout import GroundedReadout
+from polymodal.models.grounded_readout import GroundedReadout, KnownObjects, Readout
 from polymodal.models.object_head import ObjectHead, ObjectVocab
 from polymodal.models.vqa import AnswerVocab, VQAClassifier
 from polymodal.modules.encoders.base import EncoderOutput
@@ -177,7 +178,14 @@ class MultiTaskModel(nn.Module):
             accuracy["itm"] = pre.itm_accuracy
         losses["lm"] = self.captioner(image, caption_ids, caption_mask).loss
 
-        text, fused, selection = self.fuse_questions_and_statements(image, question_ids, question_mask, statement_ids, statement_mask)
+        known = None
+        if self.vqa.readout is not None:
+            if grounding is None or object_xy is None or object_attributes is None:
+                raise ValueError("multitask: this model trains the 'ground' objective, so every batch needs object_attributes, object_xy and grounding targets")
+            annotated = object_annotated if object_annotated is not None else torch.ones(b, dtype=torch.bool)
+            valid = (object_attributes != IGNORE_INDEX).any(-1)
+            known = KnownObjects(object_xy.to(images.device), valid.to(images.device), annotated.to(images.device))
+        text, fused, readout = self.fuse_questions_and_statements(image, question_ids, question_mask, statement_ids, statement_mask, known)
         nq = per_image * b
         vqa_logits = self.vqa.head(fused[:nq])
         targets = self.vocab.targets(answers).to(vqa_logits.device, vqa_logits.dtype)
@@ -198,32 +206,36 @@ class MultiTaskModel(nn.Module):
             found = self.objects(image.tokens, object_attributes, object_xy, object_annotated)
             losses["obj"] = found.loss
             accuracy["obj"] = found.attribute_accuracy
-        if selection is not None:
-            if grounding is None or object_xy is None:
-                raise ValueError("multitask: this model trains the 'ground' objective, so every batch needs object_xy and grounding targets")
-            rows = _row_images(b, per_image + 1, fused.device)
-            grounded = GroundedReadout.loss(selection, object_xy.to(fused.device)[rows], grounding.to(fused.device))
+        if readout is not None and known is not None:
+            grounded = GroundedReadout.loss(readout, known, grounding.to(fused.device))
             losses["ground"] = grounded.loss
             accuracy["ground"] = grounded.exact
         rest = self.objectives(losses)
         return MultiTaskOutput(loss=pre.loss + rest.total, parts=pre.parts | rest.parts, accuracy=accuracy)
 
     def fuse_questions_and_statements(
-        self, image: EncoderOutput, question_ids: Tensor, question_mask: Tensor, statement_ids: Tensor, statement_mask: Tensor
-    ) -> tuple[EncoderOutput, Tensor, Tensor | None]:
+        self,
+        image: EncoderOutput,
+        question_ids: Tensor,
+        question_mask: Tensor,
+        statement_ids: Tensor,
+        statement_mask: Tensor,
+        known: KnownObjects | None = None,
+    ) -> tuple[EncoderOutput, Tensor, Readout | None]:
         """The text encoding, the features the heads read (see :meth:`VQAClassifier.features`) and, with a
-        grounded readout, its selection logits, for every question (image-major) and then every
-        statement: one pass through the text encoder and the fusion layers for both."""
+        grounded readout, what it found, for every question (image-major) and then every statement: one
+        pass through the text encoder and the fusion layers for both. ``known`` are the rows' annotated
+        objects while training (see :class:`KnownObjects`)."""
         per_image = question_ids.shape[0] // image.tokens.shape[0]
         ids = _pad_cat(question_ids, statement_ids, self.captioner.pad_id)
         mask = _pad_cat(question_mask.long(), statement_mask.long(), 0)
         text = self.backbone.encode_text(ids, mask)
         rows = _repeat(image, per_image + 1)
-        pooled = self.backbone.fuse(text, rows).pooled
+        fused = self.backbone.fuse(text, rows)
         if self.vqa.readout is None:
-            return text, pooled, None
-        found = self.vqa.readout(pooled, rows.tokens)
-        return text, found.pooled, found.selection
+            return text, fused.pooled, None
+        found = self.vqa.readout(fused, image.tokens, known, _row_images(image.tokens.shape[0], per_image + 1, fused.pooled.device))
+        return text, found.pooled, found
 
     # ------------------------------------------------------------------ inference
     def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
@@ -247,7 +259,7 @@ class MultiTaskModel(nn.Module):
         """Class probabilities of the joint head and of both single-modality probes, ``[B, C]`` each."""
         image = self.backbone.encode_image(images)
         text = self.backbone.encode_text(text_ids, text_mask)
-        fused = self.vqa.read(self.backbone.fuse(text, image).pooled, image.tokens)
+        fused = self.vqa.read(self.backbone.fuse(text, image), image.tokens)
         return {
             "joint": self.cls_head(fused).softmax(-1),
             "image_only": self.probes["image_only"](image.pooled).softmax(-1),

@@ -20,6 +20,7 @@ from polymodal.metrics.vqa import normalize_answer
 from polymodal.models.backbone import ImageTextBackbone
 from polymodal.models.grounded_readout import GroundedReadout
 from polymodal.models.outputs import VQAOutput
+from polymodal.modules.encoders.base import EncoderOutput
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,11 @@ class VQAClassifier(nn.Module):
     def features(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> Tensor:
         """What the answer head reads: the fused question, plus its grounded readout when the model has one."""
         image = self.backbone.encode_image(images)
-        return self.read(self.backbone.fuse(self.backbone.encode_text(text_ids, text_mask), image).pooled, image.tokens)
+        return self.read(self.backbone.fuse(self.backbone.encode_text(text_ids, text_mask), image), image.tokens)
 
-    def read(self, fused: Tensor, image_tokens: Tensor) -> Tensor:
+    def read(self, fused: EncoderOutput, image_tokens: Tensor) -> Tensor:
         """The pooled fused text with the grounded readout of its image's tokens added (as is without a readout)."""
-        return fused if self.readout is None else self.readout(fused, image_tokens).pooled
+        return fused.pooled if self.readout is None else self.readout(fused, image_tokens).pooled
 
     @torch.no_grad()
     def answer(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> list[str]:

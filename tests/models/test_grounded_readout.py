@@ -1,0 +1,124 @@
+"""The grounded readout on its own: slots for the annotated objects while training, detected ones at
+inference, a count that follows the selection, and a detector the grounding loss can teach."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from polymodal.losses.mlm import IGNORE_INDEX
+from polymodal.models.grounded_readout import GroundedReadout, KnownObjects, Readout
+from polymodal.modules.encoders.base import EncoderOutput
+
+SIDE = 4  # a 4 x 4 token grid
+
+
+def texts(rows: int, width: int = 8, length: int = 3) -> EncoderOutput:
+    return EncoderOutput(tokens=torch.randn(rows, length, width), pooled=torch.randn(rows, width), mask=torch.ones(rows, length, dtype=torch.bool))
+
+
+def cell_centre(col: int, row: int) -> list[float]:
+    return [(col + 0.5) / SIDE, (row + 0.5) / SIDE]
+
+
+def small_readout(**changes: int) -> GroundedReadout:
+    torch.manual_seed(0)
+    return GroundedReadout(**({"text_width": 8, "image_width": 4, "dim": 8, "depth": 1, "heads": 2, "max_objects": 5} | changes))
+
+
+def test_readout_starts_as_a_no_op() -> None:
+    readout = small_readout()
+    fused = texts(3)
+    found = readout(fused, torch.randn(3, SIDE * SIDE, 4))
+    torch.testing.assert_close(found.pooled, fused.pooled)
+    assert found.objectness.shape == (3, SIDE, SIDE) and found.offset.shape == (3, SIDE, SIDE, 2)
+
+
+def test_teacher_forcing_puts_annotated_object_j_in_slot_j() -> None:
+    readout = small_readout()
+    xy = torch.tensor([[cell_centre(0, 0), cell_centre(3, 2), cell_centre(1, 1)], [cell_centre(2, 2), [0.0, 0.0], [0.0, 0.0]]])
+    valid = torch.tensor([[True, True, True], [True, False, False]])
+    rows = torch.tensor([0, 0, 1])  # two texts about image 0, one about image 1
+    found = readout(texts(3), torch.randn(2, SIDE * SIDE, 4), KnownObjects(xy, valid, torch.ones(2, dtype=torch.bool)), rows)
+    # every image annotated: exactly as many slots as annotated objects, padding slots empty
+    assert found.slots.tolist() == valid[rows].tolist()
+    assert torch.isinf(found.selection[~found.slots]).all() and torch.isfinite(found.selection[found.slots]).all()
+    # an image without a scene graph gets the detector's slots (up to max_objects) even while training
+    found = readout(texts(3), torch.randn(2, SIDE * SIDE, 4), KnownObjects(xy, valid, torch.tensor([True, False])), rows)
+    assert found.selection.shape == (3, 5) and found.slots[:2, :3].all() and not found.slots[:2, 3:].any()
+
+
+def test_detect_keeps_adjacent_objects_most_confident_first() -> None:
+    readout = small_readout(max_objects=3)
+    objectness = torch.full((1, SIDE, SIDE), -5.0)
+    objectness[0, 1, 1], objectness[0, 1, 2], objectness[0, 3, 0], objectness[0, 0, 3] = 2.0, 3.0, 1.0, 0.5
+    cells, present = readout.detect(objectness)
+    assert cells.tolist() == [[1 * SIDE + 2, 1 * SIDE + 1, 3 * SIDE + 0]]  # two neighbours both kept; capped at 3
+    assert present.tolist() == [[True, True, True]]
+    cells, present = readout.detect(torch.full((1, SIDE, SIDE), -1.0))
+    assert not present.any()
+
+
+def test_count_follows_the_selection() -> None:
+    """Selecting every slot or none moves the selection's probability mass from 0 to the object count,
+    and the heads see the difference once the output projection is trained."""
+    readout = small_readout()
+    xy = torch.tensor([[cell_centre(0, 0), cell_centre(2, 1), cell_centre(3, 3)]])
+    known = KnownObjects(xy, torch.ones(1, 3, dtype=torch.bool), torch.ones(1, dtype=torch.bool))
+    fused, tokens = texts(1), torch.randn(1, SIDE * SIDE, 4)
+    pooled = {}
+    with torch.no_grad():
+        torch.nn.init.normal_(readout.out.weight)
+        for name, sign in (("none", -1.0), ("all", 1.0)):
+            readout.select_query.weight.zero_()
+            readout.select_key.weight.zero_()
+            readout.select_query.bias.fill_(1.0)
+            readout.select_key.bias.fill_(20.0 * sign)
+            found = readout(fused, tokens, known)
+            pooled[name] = found.pooled
+            assert float(torch.sigmoid(found.selection).sum()) == pytest.approx(3.0 if sign > 0 else 0.0, abs=1e-3)
+    assert not torch.allclose(pooled["none"], pooled["all"])
+
+
+def test_grounding_loss_teaches_the_detector_the_annotated_centres() -> None:
+    """Image tokens mark their objects' cells with a feature; after training on the annotation alone, the
+    detector finds exactly those cells at inference (no annotation given) and their in-cell position."""
+    g = torch.Generator().manual_seed(0)
+    images, objects = 32, 2
+    picks = torch.stack([torch.randperm(SIDE * SIDE, generator=g)[:objects] for _ in range(images)])
+    inside = torch.rand(images, objects, 2, generator=g) * 0.8 + 0.1
+    xy = (torch.stack([picks % SIDE, picks // SIDE], dim=-1) + inside) / SIDE
+    tokens = torch.randn(images, SIDE * SIDE, 4, generator=g) * 0.3
+    tokens[torch.arange(images).unsqueeze(1), picks, 0] += 3.0
+    tokens[torch.arange(images).unsqueeze(1), picks, 1] += inside[..., 0] * 3.0
+    tokens[torch.arange(images).unsqueeze(1), picks, 2] += inside[..., 1] * 3.0
+    known = KnownObjects(xy, torch.ones(images, objects, dtype=torch.bool), torch.ones(images, dtype=torch.bool))
+    targets = torch.full((images, objects), IGNORE_INDEX)
+    readout = small_readout()
+    opt = torch.optim.Adam(readout.parameters(), lr=1e-2)
+    fused = texts(images)
+    for _ in range(150):
+        loss = GroundedReadout.loss(readout(fused, tokens, known), known, targets).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        found: Readout = readout(fused, tokens)
+        cells, present = readout.detect(found.objectness)
+    assert present.sum(1).tolist() == [objects] * images
+    assert sorted(map(tuple, cells[:, :objects].sort(1).values.tolist())) == sorted(map(tuple, picks.sort(1).values.tolist()))
+    predicted = found.offset.flatten(1, 2)[torch.arange(images).unsqueeze(1), picks]
+    assert float((predicted - inside).abs().mean()) < 0.1
+
+
+def test_shape_errors_name_what_was_expected() -> None:
+    readout = small_readout()
+    with pytest.raises(ValueError, match="2 texts but image tokens for 1"):
+        readout(texts(2), torch.randn(1, SIDE * SIDE, 4))
+    with pytest.raises(ValueError, match="annotated objects for 2 images but tokens for 1"):
+        known = KnownObjects(torch.rand(2, 3, 2), torch.ones(2, 3, dtype=torch.bool), torch.ones(2, dtype=torch.bool))
+        readout(texts(1), torch.randn(1, SIDE * SIDE, 4), known)
+    known = KnownObjects(torch.rand(1, 3, 2), torch.ones(1, 3, dtype=torch.bool), torch.ones(1, dtype=torch.bool))
+    found = readout(texts(1), torch.randn(1, SIDE * SIDE, 4), known)
+    with pytest.raises(ValueError, match="grounding: expected selection"):
+        GroundedReadout.loss(found, known, torch.zeros(1, 4))
