@@ -143,6 +143,30 @@ def test_vqa_overfits_eight_world_questions(world_batch: WorldBatch) -> None:
     assert model.answer(world_batch.images, ids, mask) == [a[0] for a in world_batch.answers]
 
 
+def test_vqa_encodes_a_repeated_image_once_at_inference(world_batch: WorldBatch) -> None:
+    """Questions about the same image in a row share one image encoding (and one detection) at
+    inference, and get exactly the features they would get one at a time."""
+    from polymodal.models.grounded_readout import GroundedReadout
+
+    torch.manual_seed(0)
+    backbone = ImageTextBackbone(vit(), text(world_batch.tokenizer.vocab_size), fusion_depth=1)
+    readout = GroundedReadout(backbone.width, backbone.image_encoder.width, dim=32, heads=2)
+    torch.nn.init.normal_(readout.out.weight, std=0.1)  # a trained readout: it changes the features
+    model = VQAClassifier(backbone, AnswerVocab.build(world_batch.answers), readout=readout).eval()
+    images = world_batch.images[[0, 0, 0, 1, 1, 0]]
+    ids, mask = enc(world_batch, world_batch.questions[:6])
+    encoded: list[int] = []
+    backbone.image_encoder.register_forward_hook(lambda module, args, out: encoded.append(args[0].shape[0]))
+    together = model.features(images, ids, mask)
+    assert encoded == [3]  # images 0, 1, 0: only consecutive repeats are merged
+    one_at_a_time = torch.cat([model.features(images[i : i + 1], ids[i : i + 1], mask[i : i + 1]) for i in range(6)])
+    torch.testing.assert_close(together, one_at_a_time, atol=1e-5, rtol=1e-4)
+    model.train()  # training batches keep every row (batch statistics depend on them)
+    encoded.clear()
+    model.features(images, ids, mask)
+    assert encoded == [6]
+
+
 # ---------------- classifier ------------------------------------------------------------------------
 
 

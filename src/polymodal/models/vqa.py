@@ -60,6 +60,18 @@ class AnswerVocab:
         return cls(tuple(d["answers"]))
 
 
+def repeated_images(images: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``images [B, ...]`` without the consecutive repeats, and for each input row the index of its image
+    in what is left (``None`` when nothing repeats)."""
+    if images.shape[0] < 2:
+        return images, None
+    new = torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
+    new[1:] = (images[1:] != images[:-1]).flatten(1).any(1)
+    if bool(new.all()):
+        return images, None
+    return images[new], new.long().cumsum(0) - 1
+
+
 class VQAClassifier(nn.Module):
     def __init__(
         self, backbone: ImageTextBackbone, vocab: AnswerVocab, hidden: int | None = None, dropout: float = 0.1, readout: GroundedReadout | None = None
@@ -81,13 +93,20 @@ class VQAClassifier(nn.Module):
         return VQAOutput(logits=logits, loss=loss)
 
     def features(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> Tensor:
-        """What the answer head reads: the fused question, plus its grounded readout when the model has one."""
-        image = self.backbone.encode_image(images)
-        return self.read(self.backbone.fuse(self.backbone.encode_text(text_ids, text_mask), image), image.tokens)
+        """What the answer head reads: the fused question, plus its grounded readout when the model has one.
 
-    def read(self, fused: EncoderOutput, image_tokens: Tensor) -> Tensor:
-        """The pooled fused text with the grounded readout of its image's tokens added (as is without a readout)."""
-        return fused.pooled if self.readout is None else self.readout(fused, image_tokens).pooled
+        At inference, questions about the same image usually come in a row (VQA files list them per
+        image): such an image is encoded once, not once per question, which is most of an evaluation's
+        time. Training batches are left alone, as batch norm's statistics depend on them."""
+        unique, rows = (images, None) if self.training else repeated_images(images)
+        image = self.backbone.encode_image(unique)
+        per_text = image if rows is None else EncoderOutput(image.tokens[rows], image.pooled[rows], None if image.mask is None else image.mask[rows])
+        return self.read(self.backbone.fuse(self.backbone.encode_text(text_ids, text_mask), per_text), image.tokens, rows)
+
+    def read(self, fused: EncoderOutput, image_tokens: Tensor, rows: Tensor | None = None) -> Tensor:
+        """The pooled fused text with the grounded readout of its image's tokens added (as is without a
+        readout); text ``r`` is about image ``rows[r]`` (``None``: image ``r``)."""
+        return fused.pooled if self.readout is None else self.readout(fused, image_tokens, rows=rows).pooled
 
     @torch.no_grad()
     def answer(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> list[str]:
