@@ -59,6 +59,18 @@ def test_detect_keeps_adjacent_objects_most_confident_first() -> None:
     assert not present.any()
 
 
+def test_an_image_with_no_detected_object_reads_finite_features() -> None:
+    """All slots empty (nothing above 0.5 objectness): the question still attends to itself, the count
+    is zero and nothing turns NaN."""
+    readout = small_readout()
+    torch.nn.init.normal_(readout.out.weight)
+    with torch.no_grad():
+        readout.detector[-1].bias.fill_(-100.0)
+    found = readout(texts(2), torch.randn(2, SIDE * SIDE, 4))
+    assert not found.slots.any() and float(torch.sigmoid(found.selection.detach()).sum()) == 0.0
+    assert torch.isfinite(found.pooled).all()
+
+
 def test_count_follows_the_selection() -> None:
     """Selecting every slot or none moves the selection's probability mass from 0 to the object count,
     and the heads see the difference once the output projection is trained."""
