@@ -19,8 +19,9 @@ Part 2, **does the trainer wait on data**: short real runs of the quickstart mod
 (64 px PNGs), and of a retrieval dual encoder on the 224 px JPEGs, with each ``--workers`` value. The
 trainer logs, per optimizer step, ``data_seconds`` (blocked in the loader) and ``step_seconds``
 (forward, backward, optimizer) to the run's ``log.csv``; the script reports the first step of each
-epoch apart (a new DataLoader per epoch: worker start-up and an empty prefetch queue), the steady
-state without those steps, and the share of wall time spent waiting.
+epoch apart (an empty prefetch queue, and in the first epoch the workers' start-up; the workers
+persist from epoch to epoch), the steady state without those steps, and the share of wall time
+spent waiting.
 
 Writes ``benchmarks/results/data.json``. ``--quick`` is a smoke run (seconds), not a measurement.
 """
@@ -290,9 +291,8 @@ def jpeg_run_config(captions: Path, images: Path, run_dir: Path, steps: int, wor
 def step_times(log_csv: Path) -> dict[str, Any]:
     """Per-step data wait and compute from a run's log.csv, summarised.
 
-    The first step of each epoch is reported apart: the trainer makes a new DataLoader per epoch, so
-    with workers that step waits for worker start-up and an empty prefetch queue, whatever the
-    steady state is.
+    The first step of each epoch is reported apart: with workers it waits for an empty prefetch queue
+    (and, in the first epoch, for the workers to start), whatever the steady state is.
     """
     data: dict[int, float] = {}
     step: dict[int, float] = {}

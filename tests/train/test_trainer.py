@@ -97,7 +97,7 @@ def test_the_log_splits_each_step_into_data_wait_and_compute(tmp_path: Path, wor
 
     import polymodal.train.trainer as trainer_module
 
-    real = trainer_module.make_loader
+    real = trainer_module.make_train_loader
 
     class SlowLoader:
         def __init__(self, loader: object) -> None:
@@ -108,7 +108,7 @@ def test_the_log_splits_each_step_into_data_wait_and_compute(tmp_path: Path, wor
                 time.sleep(0.05)
                 yield batch
 
-    monkeypatch.setattr(trainer_module, "make_loader", lambda *a, **k: SlowLoader(real(*a, **k)))
+    monkeypatch.setattr(trainer_module, "make_train_loader", lambda *a, **k: SlowLoader(real(*a, **k)))
     cfg = load_config(write_config(tmp_path, world, "retrieval", max_steps=3, log_every=1))
     Trainer(cfg, progress=False).fit()
     with open(tmp_path / "run/log.csv", newline="") as f:

@@ -2,16 +2,17 @@
 
 The sampler draws a fixed permutation per (seed, epoch) and can start part-way through it, so a
 resumed run sees exactly the batches the interrupted run would have seen next, without replaying
-the ones before.
+the ones before. The training loader is built once per run: its workers persist across epochs, and
+each index carries its epoch's seed to them.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from polymodal.config import DataConfig, ImageSettings, RunConfig
 from polymodal.data.dataset import Collator, SampleDataset
@@ -86,6 +87,47 @@ class ResumableSampler(Sampler[int]):
         return self.shard_size - self.start
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed a training item's augmentation and text choice are drawn with in ``epoch``."""
+    return seed * 1000 + epoch
+
+
+class EpochSeededSampler(Sampler[tuple[int, int]]):
+    """``(epoch seed, index)`` pairs in the order of a :class:`ResumableSampler`, from its current position."""
+
+    def __init__(self, sampler: ResumableSampler, seed: int) -> None:
+        self.sampler, self.seed = sampler, seed
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        seed = epoch_seed(self.seed, self.sampler.epoch)
+        return ((seed, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class EpochSeededDataset(Dataset):
+    """A training dataset indexed by ``(epoch seed, index)``.
+
+    A persistent worker keeps its own copy of the dataset for the whole run, so an epoch seed set on
+    the main process's copy would never reach it. The seed travels with each index instead, and every
+    item is drawn exactly as a loader built for that epoch alone would draw it (the resume tests
+    depend on that)."""
+
+    def __init__(self, dataset: Any) -> None:
+        if not hasattr(dataset, "seed"):
+            raise TypeError(f"{type(dataset).__name__}: a training dataset must draw its items with a 'seed' attribute (per (seed, index))")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        seed, index = key
+        self.dataset.seed = seed
+        return self.dataset[index]
+
+
 def image_processor(settings: ImageSettings, train: bool, seed: int = 0) -> ImageProcessor:
     cfg = ImageProcessorConfig(
         size=settings.size,
@@ -154,5 +196,40 @@ def make_loader(
         # workers get their seeds from this generator, not from the global RNG, so creating a loader
         # on resume does not shift the random stream that dropout and masking draw from
         generator=torch.Generator().manual_seed(seed),
+        drop_last=False,
+    )
+
+
+def make_train_loader(
+    samples: Sequence[Any],
+    processor: ImageProcessor | None,
+    tokenizer: TextTokenizer,
+    max_length: int,
+    batch_size: int,
+    num_workers: int,
+    sampler: ResumableSampler,
+    seed: int,
+    flip_prob: float = 0.0,
+    task: Task | None = None,
+    media: MediaPlan | None = None,
+) -> DataLoader:
+    """The training loader for the whole run: iterate it once per epoch after moving ``sampler`` to
+    that epoch's position. Its workers start once instead of once per epoch (a process start and a
+    copy of the dataset each, which on spawn platforms costs seconds per epoch)."""
+    custom = task.train_dataset(samples, processor, flip_prob, seed) if task is not None else None
+    if custom is not None:
+        dataset, collate = custom
+    else:
+        dataset = SampleDataset(samples, processor, flip_prob=flip_prob, seed=seed, media=media)
+        collate = Collator(tokenizer, max_length, media)
+    return DataLoader(
+        EpochSeededDataset(dataset),
+        batch_size=batch_size,
+        sampler=EpochSeededSampler(sampler, seed),
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),  # see make_loader
         drop_last=False,
     )

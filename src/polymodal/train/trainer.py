@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 import yaml
 from tqdm import tqdm
 
@@ -35,7 +36,7 @@ from polymodal.metrics.vqa import normalize_answer
 from polymodal.models.factory import build_model
 from polymodal.tasks import Task, build_task
 from polymodal.tasks.base import to_device
-from polymodal.train.data import ResumableSampler, image_processor, load_split, make_loader, media_plan, require
+from polymodal.train.data import ResumableSampler, image_processor, load_split, make_loader, make_train_loader, media_plan, require
 from polymodal.train.run_log import RunLog
 from polymodal.train.schedule import param_groups, warmup_cosine
 
@@ -278,6 +279,7 @@ class Trainer:
         fused = self.device.type == "cuda" and not self.fsdp
         self.optimizer = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, fused=fused or None)
         self.sampler = ResumableSampler(len(self.train_items), self.cfg.seed, rank=self.rank, world_size=self.world)
+        self.train_loader: DataLoader | None = None
         self.micro_per_epoch = micro_per_epoch = math.ceil(self.sampler.shard_size / s.batch_size)
         self.steps_per_epoch = math.ceil(micro_per_epoch / s.accumulation)
         self.total_steps = min(s.max_steps or math.inf, self.steps_per_epoch * s.epochs)
@@ -373,11 +375,12 @@ class Trainer:
         """One epoch from the saved position; returns False when max_steps was reached."""
         s, st = self.settings, self.state
         self.sampler.set_position(st.epoch, st.step_in_epoch * s.batch_size)
-        loader = make_loader(
-            self.train_items, self.train_processor, self.tokenizer, self.max_length, s.batch_size,
-            s.num_workers, sampler=self.sampler, flip_prob=self.cfg.image.flip_prob, seed=self.cfg.seed * 1000 + st.epoch,
-            task=self.task, media=self.train_media,
-        )
+        if self.train_loader is None:  # built once: its workers persist from epoch to epoch
+            self.train_loader = make_train_loader(
+                self.train_items, self.train_processor, self.tokenizer, self.max_length, s.batch_size,
+                s.num_workers, self.sampler, self.cfg.seed, flip_prob=self.cfg.image.flip_prob, task=self.task, media=self.train_media,
+            )
+        loader = self.train_loader
         micro_total = self.micro_per_epoch
         bar = self.bar
         bar.set_description(f"epoch {st.epoch + 1}/{self.total_epochs}")
