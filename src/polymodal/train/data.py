@@ -165,6 +165,17 @@ def media_plan(cfg: RunConfig, model_config: object, train: bool) -> MediaPlan |
     )
 
 
+def _dataset(
+    samples: Sequence[Any], processor: ImageProcessor | None, tokenizer: TextTokenizer, max_length: int, flip_prob: float, seed: int,
+    task: Task | None, media: MediaPlan | None,
+) -> tuple[Any, Any]:
+    """``(dataset, collate_fn)``: the task's own for its training items, else the standard sample loader's."""
+    custom = task.train_dataset(samples, processor, flip_prob, seed) if task is not None else None
+    if custom is not None:
+        return custom
+    return SampleDataset(samples, processor, flip_prob=flip_prob, seed=seed, media=media), Collator(tokenizer, max_length, media)
+
+
 def make_loader(
     samples: Sequence[Sample],
     processor: ImageProcessor | None,
@@ -179,12 +190,7 @@ def make_loader(
     media: MediaPlan | None = None,
 ) -> DataLoader:
     """Batches of ``samples``; with ``task`` they are the task's training items and its own dataset."""
-    custom = task.train_dataset(samples, processor, flip_prob, seed) if task is not None else None
-    if custom is not None:
-        dataset, collate = custom
-    else:
-        dataset = SampleDataset(samples, processor, flip_prob=flip_prob, seed=seed, media=media)
-        collate = Collator(tokenizer, max_length, media)
+    dataset, collate = _dataset(samples, processor, tokenizer, max_length, flip_prob, seed, task, media)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -216,12 +222,7 @@ def make_train_loader(
     """The training loader for the whole run: iterate it once per epoch after moving ``sampler`` to
     that epoch's position. Its workers start once instead of once per epoch (a process start and a
     copy of the dataset each, which on spawn platforms costs seconds per epoch)."""
-    custom = task.train_dataset(samples, processor, flip_prob, seed) if task is not None else None
-    if custom is not None:
-        dataset, collate = custom
-    else:
-        dataset = SampleDataset(samples, processor, flip_prob=flip_prob, seed=seed, media=media)
-        collate = Collator(tokenizer, max_length, media)
+    dataset, collate = _dataset(samples, processor, tokenizer, max_length, flip_prob, seed, task, media)
     return DataLoader(
         EpochSeededDataset(dataset),
         batch_size=batch_size,
