@@ -132,9 +132,10 @@ def test_blind_run_never_loads_an_image(world: Path, lm: Path, tmp_path: Path) -
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"blind": True})})
     trainer = Trainer(cfg, progress=False)
     trainer.setup()
-    from polymodal.train.data import make_loader
+    from polymodal.train.data import ResumableSampler, make_train_loader
 
-    loader = make_loader(trainer.train_items, trainer.train_processor, trainer.tokenizer, 32, 4, 0, task=trainer.task)
+    sampler = ResumableSampler(len(trainer.train_items), seed=0)
+    loader = make_train_loader(trainer.train_items, trainer.train_processor, trainer.tokenizer, 32, 4, 0, sampler, seed=0, task=trainer.task)
     batch = next(iter(loader))
     assert "images" not in batch and (batch["input_ids"] == trainer.model.image_token_id).sum() == 0
 

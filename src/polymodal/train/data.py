@@ -165,17 +165,6 @@ def media_plan(cfg: RunConfig, model_config: object, train: bool) -> MediaPlan |
     )
 
 
-def _dataset(
-    samples: Sequence[Any], processor: ImageProcessor | None, tokenizer: TextTokenizer, max_length: int, flip_prob: float, seed: int,
-    task: Task | None, media: MediaPlan | None,
-) -> tuple[Any, Any]:
-    """``(dataset, collate_fn)``: the task's own for its training items, else the standard sample loader's."""
-    custom = task.train_dataset(samples, processor, flip_prob, seed) if task is not None else None
-    if custom is not None:
-        return custom
-    return SampleDataset(samples, processor, flip_prob=flip_prob, seed=seed, media=media), Collator(tokenizer, max_length, media)
-
-
 def make_loader(
     samples: Sequence[Sample],
     processor: ImageProcessor | None,
@@ -183,21 +172,16 @@ def make_loader(
     max_length: int,
     batch_size: int,
     num_workers: int,
-    sampler: Sampler[int] | None = None,
-    flip_prob: float = 0.0,
     seed: int = 0,
-    task: Task | None = None,
     media: MediaPlan | None = None,
 ) -> DataLoader:
-    """Batches of ``samples``; with ``task`` they are the task's training items and its own dataset."""
-    dataset, collate = _dataset(samples, processor, tokenizer, max_length, flip_prob, seed, task, media)
+    """Batches of ``samples`` in order, for evaluation and prediction (training uses :func:`make_train_loader`)."""
     return DataLoader(
-        dataset,
+        SampleDataset(samples, processor, seed=seed, media=media),
         batch_size=batch_size,
-        sampler=sampler,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=Collator(tokenizer, max_length, media),
         persistent_workers=False,
         # workers get their seeds from this generator, not from the global RNG, so creating a loader
         # on resume does not shift the random stream that dropout and masking draw from
@@ -219,10 +203,16 @@ def make_train_loader(
     task: Task | None = None,
     media: MediaPlan | None = None,
 ) -> DataLoader:
-    """The training loader for the whole run: iterate it once per epoch after moving ``sampler`` to
-    that epoch's position. Its workers start once instead of once per epoch (a process start and a
-    copy of the dataset each, which on spawn platforms costs seconds per epoch)."""
-    dataset, collate = _dataset(samples, processor, tokenizer, max_length, flip_prob, seed, task, media)
+    """The training loader for the whole run, over the task's own dataset when it has one: iterate it
+    once per epoch after moving ``sampler`` to that epoch's position. Its workers start once instead
+    of once per epoch (a process start and a copy of the dataset each, which on spawn platforms costs
+    seconds per epoch)."""
+    custom = task.train_dataset(samples, processor, flip_prob, seed) if task is not None else None
+    if custom is not None:
+        dataset, collate = custom
+    else:
+        dataset = SampleDataset(samples, processor, flip_prob=flip_prob, seed=seed, media=media)
+        collate = Collator(tokenizer, max_length, media)
     return DataLoader(
         EpochSeededDataset(dataset),
         batch_size=batch_size,
