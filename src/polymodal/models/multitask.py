@@ -60,9 +60,7 @@ def _repeat(image: EncoderOutput, times: int) -> EncoderOutput:
     """The image's tokens for every text row (see :func:`_row_images`)."""
     if times == 1:
         return image
-    index = _row_images(image.tokens.shape[0], times, image.tokens.device)
-    mask = None if image.mask is None else image.mask[index]
-    return EncoderOutput(image.tokens[index], image.pooled[index], mask)
+    return image.take(_row_images(image.tokens.shape[0], times, image.tokens.device))
 
 
 def _pad_cat(a: Tensor, b: Tensor, pad: int) -> Tensor:

@@ -37,6 +37,10 @@ class EncoderOutput:
     pooled: Tensor  # [B, output_dim]
     mask: Tensor | None = None  # [B, T] bool, True = real token; None = all real
 
+    def take(self, index: Tensor) -> "EncoderOutput":
+        """The outputs of rows ``index`` (repeats allowed), e.g. one image's encoding for each text about it."""
+        return EncoderOutput(self.tokens[index], self.pooled[index], None if self.mask is None else self.mask[index])
+
 
 def format_shape(shape: Tensor | Sequence[int | str] | torch.Size) -> str:
     """``[8, 3, 64, 64]`` for a tensor or a sequence of sizes / symbolic names like ``"batch"``."""
