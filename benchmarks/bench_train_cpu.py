@@ -165,8 +165,14 @@ class BertFusion(nn.Module):
         for layer in self.encoder.layer:
             layer.attention.self.is_causal = False
 
-    def forward(self, x: Tensor, *, mask: Tensor | None = None, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, *, mask: Tensor | None = None, context: Tensor | None = None, context_mask: Tensor | None = None, context_rows: Tensor | None = None
+    ) -> Tensor:
         from transformers.masking_utils import create_bidirectional_mask
+
+        if context is not None and context_rows is not None:  # `transformers` takes one context per row: repeat it
+            context = context.index_select(0, context_rows)
+            context_mask = None if context_mask is None else context_mask.index_select(0, context_rows)
 
         attn = create_bidirectional_mask(config=self.config, inputs_embeds=x, attention_mask=None if mask is None else mask.long())
         cross = None

@@ -289,3 +289,38 @@ def _recording(init, calls):
         init(self, mask)
 
     return wrapped
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_context_rows_equal_a_repeated_context(pack, monkeypatch):
+    """Texts that share an image read it through ``context_rows`` instead of a repeated copy: values and
+    gradients (to the texts, the shared context and the weights) are those of the repeated context,
+    packed or not, with a context mask."""
+    from polymodal.modules import transformer
+
+    if not pack:
+        monkeypatch.setattr(transformer, "PACK_MAX_REAL_FRACTION", -1.0)
+    torch.manual_seed(0)
+    stack = Transformer(W, 2, H, cross_attention=True, context_dim=16)
+    x = torch.randn(5, 7, W, requires_grad=True)
+    mask = torch.ones(5, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[3, 2:] = False
+    context = torch.randn(2, 6, 16, requires_grad=True)
+    context_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6], dtype=torch.bool)
+    rows = torch.tensor([0, 0, 1, 1, 0])
+
+    def run(**kwargs):
+        out = stack(x, mask=mask, **kwargs)
+        loss = (out * mask[..., None]).square().sum()
+        return out, torch.autograd.grad(loss, [x, context, stack.blocks[0].cross_attn.kv.weight])
+
+    shared, shared_grads = run(context=context, context_mask=context_mask, context_rows=rows)
+    repeated, repeated_grads = run(context=context[rows], context_mask=context_mask[rows])
+    torch.testing.assert_close(shared[mask], repeated[mask], atol=1e-6, rtol=1e-5)
+    for a, b in zip(shared_grads, repeated_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"context_rows must index the context's 2 entries once per row of x \(5\)"):
+        stack(x, mask=mask, context=context, context_rows=torch.tensor([0, 1, 2, 0, 0]))
+    with pytest.raises(ValueError, match="context_rows must index"):
+        stack(x, mask=mask, context=context, context_rows=rows[:3])

@@ -45,9 +45,11 @@ class ImageTextBackbone(nn.Module):
     def encode_text(self, text_ids: Tensor, text_mask: Tensor | None = None) -> EncoderOutput:
         return self.text_encoder(text_ids, text_mask)
 
-    def fuse(self, text: EncoderOutput, image: EncoderOutput) -> EncoderOutput:
-        """Cross-attend text tokens to image tokens; ``pooled`` is the fused first ([CLS]) token."""
-        x = self.fusion(text.tokens, mask=text.mask, context=image.tokens, context_mask=image.mask)
+    def fuse(self, text: EncoderOutput, image: EncoderOutput, rows: Tensor | None = None) -> EncoderOutput:
+        """Cross-attend text tokens to image tokens; ``pooled`` is the fused first ([CLS]) token. Text ``i``
+        reads image ``rows[i]`` (``None``: image ``i``), so several texts about one image need not
+        repeat its tokens: each image's keys and values are projected once."""
+        x = self.fusion(text.tokens, mask=text.mask, context=image.tokens, context_mask=image.mask, context_rows=rows)
         tokens = self.ln(x)
         return EncoderOutput(tokens=tokens, pooled=tokens[:, 0], mask=text.mask)
 

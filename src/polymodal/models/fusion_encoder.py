@@ -93,7 +93,7 @@ class FusionEncoder(nn.Module):
                 logits = itc.logits_per_image.detach().float()  # type: ignore[union-attr]
                 negs = sample_hard_negatives(logits, logits.t(), image_ids=image_ids, generator=generator)
             pairs = itm_pairs(negs)
-            fused = self.backbone.fuse(text.take(pairs.text_index), image.take(pairs.image_index))
+            fused = self.backbone.fuse(text.take(pairs.text_index), image, pairs.image_index)
             out = itm_loss(self.itm_head(fused.pooled), pairs.labels)  # type: ignore[misc]
             losses["itm"], itm_acc = out.loss, out.accuracy
         if "mlm" in weights:

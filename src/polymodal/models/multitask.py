@@ -56,13 +56,6 @@ def _row_images(images: int, times: int, device: torch.device) -> Tensor:
     return torch.cat([each.repeat_interleave(times - 1), each])
 
 
-def _repeat(image: EncoderOutput, times: int) -> EncoderOutput:
-    """The image's tokens for every text row (see :func:`_row_images`)."""
-    if times == 1:
-        return image
-    return image.take(_row_images(image.tokens.shape[0], times, image.tokens.device))
-
-
 def _pad_cat(a: Tensor, b: Tensor, pad: int) -> Tensor:
     """Stack two ``[B, T]`` id/mask tensors of different lengths along the batch, right-padded."""
     t = max(a.shape[1], b.shape[1])
@@ -228,11 +221,11 @@ class MultiTaskModel(nn.Module):
         ids = _pad_cat(question_ids, statement_ids, self.captioner.pad_id)
         mask = _pad_cat(question_mask.long(), statement_mask.long(), 0)
         text = self.backbone.encode_text(ids, mask)
-        rows = _repeat(image, per_image + 1)
-        fused = self.backbone.fuse(text, rows)
+        rows = _row_images(image.tokens.shape[0], per_image + 1, image.tokens.device)
+        fused = self.backbone.fuse(text, image, rows)
         if self.vqa.readout is None:
             return text, fused.pooled, None
-        found = self.vqa.readout(fused, image.tokens, known, _row_images(image.tokens.shape[0], per_image + 1, fused.pooled.device))
+        found = self.vqa.readout(fused, image.tokens, known, rows)
         return text, found.pooled, found
 
     # ------------------------------------------------------------------ inference

@@ -100,8 +100,7 @@ class VQAClassifier(nn.Module):
         time. Training batches are left alone, as batch norm's statistics depend on them."""
         unique, rows = (images, None) if self.training else repeated_images(images)
         image = self.backbone.encode_image(unique)
-        per_text = image if rows is None else image.take(rows)
-        return self.read(self.backbone.fuse(self.backbone.encode_text(text_ids, text_mask), per_text), image.tokens, rows)
+        return self.read(self.backbone.fuse(self.backbone.encode_text(text_ids, text_mask), image, rows), image.tokens, rows)
 
     def read(self, fused: EncoderOutput, image_tokens: Tensor, rows: Tensor | None = None) -> Tensor:
         """The pooled fused text with the grounded readout of its image's tokens added (as is without a

@@ -146,9 +146,14 @@ class MultiHeadAttention(nn.Module):
             self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
 
-    def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values of a cross-attention context, ``[B, heads, S, head_dim]`` each."""
+    def project_kv(self, context: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Keys and values of a cross-attention context, ``[B, heads, S, head_dim]`` each. With ``rows``
+        (``[B]``, an index into ``context``'s batch), several queries share one context: it is
+        projected once per context and the keys and values are then picked per row, which is cheaper
+        than projecting a repeated context (a multi-task batch asks 3-4 texts about each image)."""
         k, v = self._split_heads(self.kv(context), 2)
+        if rows is not None:
+            k, v = k.index_select(0, rows), v.index_select(0, rows)
         return k, v
 
     def _split_heads(self, x: Tensor, parts: int) -> tuple[Tensor, ...]:
@@ -170,18 +175,19 @@ class MultiHeadAttention(nn.Module):
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
         cache: LayerKV | None = None,
+        context_rows: Tensor | None = None,
     ) -> Tensor:
         """``x`` ``[B, T, dim]`` -> ``[B, T, dim]``.
 
         ``attn_mask``/``is_causal`` come from :func:`self_attention_mask` / :func:`cross_attention_mask`.
         With ``cache``: self-attention appends this call's keys / values to it and attends over all of
         them; cross-attention stores the context's keys / values when ``context`` is given and reuses
-        the stored ones when it is None.
+        the stored ones when it is None. ``context_rows``: see :meth:`project_kv`.
         """
         if self.cross:
             (q,) = self._split_heads(self.q(x), 1)
             if context is not None:
-                k, v = self.project_kv(context)
+                k, v = self.project_kv(context, context_rows)
                 if cache is not None:
                     cache.k, cache.v = k, v
             elif cache is not None and cache.k is not None and cache.v is not None:
@@ -207,6 +213,7 @@ class MultiHeadAttention(nn.Module):
         *,
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
+        context_rows: Tensor | None = None,
     ) -> Tensor:
         """:meth:`forward` for the real tokens only: ``x`` ``[N, dim]`` -> ``[N, dim]`` (see :class:`Packing`).
 
@@ -216,7 +223,7 @@ class MultiHeadAttention(nn.Module):
             if context is None:
                 raise ValueError("cross-attention needs a context")
             (q,) = self._split_heads(packing.pad(self.q(x)), 1)
-            k, v = self.project_kv(context)
+            k, v = self.project_kv(context, context_rows)
         else:
             q, k, v = self._split_heads(packing.pad(self.qkv(x)), 3)
         return self.proj(packing.pack(self._merge_heads(self._attend(q, k, v, attn_mask, is_causal))))

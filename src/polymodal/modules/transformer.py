@@ -183,8 +183,10 @@ class TransformerBlock(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
         cache: LayerCache | None = None,
+        context_rows: Tensor | None = None,
     ) -> Tensor:
-        """``x`` ``[B, T, width]``; masks in SDPA form (see :mod:`polymodal.modules.attention`)."""
+        """``x`` ``[B, T, width]``; masks in SDPA form (see :mod:`polymodal.modules.attention`); row ``i``
+        of ``x`` cross-attends to ``context[context_rows[i]]`` (``None``: to ``context[i]``)."""
         x = x + self.drop(
             self.attn(
                 self.ln_1(x),
@@ -197,7 +199,7 @@ class TransformerBlock(nn.Module):
             cross_cache = cache.cross_attn if cache is not None else None
             if context is not None or (cross_cache is not None and cross_cache.k is not None):
                 x = x + self.drop(
-                    self.cross_attn(self.ln_cross(x), context, attn_mask=context_mask, cache=cross_cache)
+                    self.cross_attn(self.ln_cross(x), context, attn_mask=context_mask, cache=cross_cache, context_rows=context_rows)
                 )
         return x + self.drop(self.mlp(self.ln_2(x)))
 
@@ -210,11 +212,12 @@ class TransformerBlock(nn.Module):
         is_causal: bool = False,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        context_rows: Tensor | None = None,
     ) -> Tensor:
         """:meth:`forward` on the real tokens only, ``x`` ``[N, width]`` (see :class:`Packing`)."""
         x = x + self.drop(self.attn.forward_packed(self.ln_1(x), packing, attn_mask=attn_mask, is_causal=is_causal))
         if self.cross_attn is not None and self.ln_cross is not None and context is not None:
-            x = x + self.drop(self.cross_attn.forward_packed(self.ln_cross(x), packing, context, attn_mask=context_mask))
+            x = x + self.drop(self.cross_attn.forward_packed(self.ln_cross(x), packing, context, attn_mask=context_mask, context_rows=context_rows))
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
@@ -276,11 +279,14 @@ class Transformer(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
         cache: KVCache | None = None,
+        context_rows: Tensor | None = None,
     ) -> Tensor:
         """``x`` ``[B, T, width]`` -> ``[B, T, width]``.
 
         ``mask`` ``[B, T]`` marks the real tokens of ``x`` (True / 1); ``context`` ``[B, S, context_dim]``
-        with ``context_mask`` ``[B, S]`` feeds the cross-attention sub-layers. With ``cache`` the
+        with ``context_mask`` ``[B, S]`` feeds the cross-attention sub-layers. With ``context_rows``
+        (``[B]``), ``context`` is ``[C, S, context_dim]`` for ``C`` distinct contexts and row ``i`` of
+        ``x`` reads ``context[context_rows[i]]``: each context's keys and values are projected once. With ``cache`` the
         tokens in ``x`` continue the cached sequence (positions ``cache.length ...``) and the cache
         is updated in place.
         """
@@ -291,6 +297,14 @@ class Transformer(nn.Module):
             mask = mask if mask.dtype == torch.bool else mask != 0
         if context_mask is not None and context_mask.dtype != torch.bool:
             context_mask = context_mask != 0
+        if context_rows is not None:
+            if context is None or context_rows.shape != (b,) or (b and int(context_rows.max()) >= context.shape[0]):
+                raise ValueError(
+                    f"transformer: context_rows must index the context's {None if context is None else context.shape[0]} entries "
+                    f"once per row of x ({b}), got shape {list(context_rows.shape)}"
+                )
+            if context_mask is not None:
+                context_mask = context_mask.index_select(0, context_rows)
         past = 0
         key_mask = mask
         if cache is not None:
@@ -319,7 +333,7 @@ class Transformer(nn.Module):
         use_checkpoint = self.grad_checkpointing and cache is None and torch.is_grad_enabled()
         packing = self._packing(mask, cache)
         if packing is not None:
-            kwargs = {"attn_mask": attn_mask, "is_causal": is_causal, "context": context, "context_mask": ctx_mask}
+            kwargs = {"attn_mask": attn_mask, "is_causal": is_causal, "context": context, "context_mask": ctx_mask, "context_rows": context_rows}
             x = packing.pack(x)
             for block in self.blocks:
                 if use_checkpoint:
@@ -333,6 +347,7 @@ class Transformer(nn.Module):
                 "is_causal": is_causal,
                 "context": context,
                 "context_mask": ctx_mask,
+                "context_rows": context_rows,
             }
             if use_checkpoint:
                 x = checkpoint(block, x, use_reentrant=False, **kwargs)
