@@ -143,10 +143,8 @@ def test_multitask_objects_follow_the_crop(tmp_path: Path) -> None:
     assert ImageItemDataset(items, ImageProcessor(ImageProcessorConfig(size=16)), seed=0)[0].objects == []
 
 
-def test_multitask_grounding_is_renumbered_by_the_crop_and_checked(tmp_path: Path) -> None:
-    """A question's grounding indexes its image's objects: when the crop cuts one off, the rest move up."""
-    from polymodal.tasks.multitask import ImageItemCollator, ImageItemDataset, image_items
-
+def _wide_image_with_three_objects(tmp_path: Path) -> tuple[Path, tuple[dict, ...]]:
+    """A 32 x 16 image whose centre crop cuts off the first of its three objects."""
     wide = tmp_path / "wide.png"
     Image.new("RGB", (32, 16), (90, 90, 90)).save(wide)
     objs = (
@@ -154,6 +152,14 @@ def test_multitask_grounding_is_renumbered_by_the_crop_and_checked(tmp_path: Pat
         {"x": 0.3, "y": 0.5, "attributes": {"shape": "cube"}},
         {"x": 0.7, "y": 0.5, "attributes": {"shape": "sphere"}},
     )
+    return wide, objs
+
+
+def test_multitask_grounding_is_renumbered_by_the_crop_and_checked(tmp_path: Path) -> None:
+    """A question's grounding indexes its image's objects: when the crop cuts one off, the rest move up."""
+    from polymodal.tasks.multitask import ImageItemCollator, ImageItemDataset, image_items
+
+    wide, objs = _wide_image_with_three_objects(tmp_path)
     samples = [
         Sample("c", image_path=wide, image_id="a", text="a cube and a sphere."),
         Sample("q", image_path=wide, image_id="a", text="what is left of the sphere?", answers=("cube",) * 10, meta={"grounding": [1]}),
@@ -176,3 +182,46 @@ def test_multitask_grounding_is_renumbered_by_the_crop_and_checked(tmp_path: Pat
     beyond = [s if s.sample_id != "q" else Sample("q", image_path=wide, image_id="a", text=s.text, answers=s.answers, meta={"grounding": [3]}) for s in samples]
     with pytest.raises(DataError, match="names object 3 but the image's scene graph has 3 objects"):
         ImageItemDataset(image_items(beyond)[0], ImageProcessor(ImageProcessorConfig(size=16)), seed=0)[0]
+
+
+def test_multitask_plan_is_renumbered_by_the_crop_mirrored_by_the_flip_and_checked(tmp_path: Path) -> None:
+    """A text's plan indexes its image's objects and names relations: a crop drops and renumbers its
+    objects as it does the grounding, a horizontal flip turns its "left" into "right" as it does the text."""
+    from polymodal.models.object_head import ObjectVocab
+    from polymodal.models.relations import RELATIONS
+    from polymodal.tasks.multitask import ImageItemCollator, ImageItemDataset, image_items
+
+    wide, objs = _wide_image_with_three_objects(tmp_path)
+    plan = {"first": [2], "hops": ["directly left"], "second": [], "relation": None}
+    pair = {"first": [0, 1], "hops": [], "second": [2], "relation": "left"}
+
+    def samples_with(question_plan: object) -> list[Sample]:
+        return [
+            Sample("c", image_path=wide, image_id="a", text="a cube and a sphere."),
+            Sample("q", image_path=wide, image_id="a", text="what is directly left of the sphere?", answers=("cube",) * 10, meta={"plan": question_plan}),
+            Sample("s", image_path=wide, image_id="a", text="a cone is left of a sphere.", label=1, meta={"plan": pair}),
+            Sample("scene:a", image_path=wide, image_id="a", meta={"objects": objs}),
+        ]
+
+    items, _ = image_items(samples_with(plan))
+    loaded = ImageItemDataset(items, ImageProcessor(ImageProcessorConfig(size=16)), seed=0)[0]
+    assert [(p.first, p.hops, p.second, p.relation) for p in loaded.plans] == [((1,), ("directly left",), (), None), ((0,), (), (1,), "left")]
+    flipped = ImageItemDataset(items, ImageProcessor(ImageProcessorConfig(size=16)), flip_prob=1.0, seed=0)[0]
+    assert flipped.question_texts == ["what is directly right of the sphere?"]
+    assert [(p.hops, p.relation) for p in flipped.plans] == [(("directly right",), None), ((), "right")]
+
+    tok = train_tokenizer(["a cube and a sphere.", "what is directly left of the sphere?", "a cone is left of a sphere."], vocab_size=40)
+    batch = ImageItemCollator(tok, 16, {"0": 0, "1": 1}, ObjectVocab.build(objs))([loaded])
+    targets = batch["plan"]  # rows: the question, then the statement
+    assert targets.first.tolist() == [[0.0, 1.0], [1.0, 0.0]] and targets.second.tolist() == [[0.0, 0.0], [0.0, 1.0]]
+    assert targets.hops.tolist() == [1, 0]
+    assert targets.relations.tolist() == [[RELATIONS.index("directly left"), -100, -100], [-100, -100, RELATIONS.index("left")]]
+
+    for bad, message in (
+        ({"first": [0], "hops": ["near"], "second": [], "relation": None}, "'plan' must be an object with 'first'"),
+        ({"first": [0], "hops": [], "second": []}, "'plan' must be an object with 'first'"),
+        ({"first": [5], "hops": [], "second": [], "relation": None}, "a plan names object 5 but the image's scene graph has 3 objects"),
+        ({"first": [0], "hops": ["left", "left", "left"], "second": [], "relation": None}, "at most 2 relation names"),
+    ):
+        with pytest.raises(DataError, match=message):
+            ImageItemDataset(image_items(samples_with(bad))[0], ImageProcessor(ImageProcessorConfig(size=16)), seed=0)[0]

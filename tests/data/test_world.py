@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from polymodal.data.world import WorldConfig, generate_world
 from polymodal.errors import ConfigError
+from polymodal.models.relations import RELATIONS, relate, relation_matrices
 
 # ---------------- an independent reading of the program semantics (see programs.py docstring) -------
 
@@ -130,6 +132,54 @@ def test_every_answer_recomputed_from_the_scene_graph(world: Path) -> None:
             checked[a["question_type"]] += 1
     assert set(checked) == {"existence", "count", "attribute", "comparison", "spatial", "compositional"}
     assert min(checked.values()) > 50, checked
+
+
+def _execute_plan(objs: list[dict], plan: dict) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A plan run with the readout's own relation operators on exact 0/1 selections: the first selection
+    after its hops, the second, and how many of the first stand in the asked relation to the second."""
+    xy = torch.tensor([[[o["x"], o["y"]] for o in objs]])
+    matrices = relation_matrices(xy, torch.ones(1, len(objs), dtype=torch.bool))
+    one_hot = lambda idx: torch.tensor([[float(i in idx) for i in range(len(objs))]])  # noqa: E731
+    relation = lambda name: torch.eye(len(RELATIONS))[RELATIONS.index(name)].unsqueeze(0)  # noqa: E731
+    chosen = one_hot(plan["first"])
+    for hop in plan["hops"]:
+        chosen = relate(chosen, matrices, relation(hop)).round()
+    second = one_hot(plan["second"])
+    related = float((chosen * relate(second, matrices, relation(plan["relation"]))).sum()) if plan["relation"] else 0.0
+    return chosen[0], second[0], related
+
+
+def test_plans_reproduce_every_answer_with_the_readouts_relations(world: Path) -> None:
+    """The plan is what the grounded readout is taught to compute; executed with its relation operators it
+    must give every question's answer and every statement's label, or the readout learns a wrong plan."""
+    scenes = _scenes(world)
+    checked = Counter()
+    for qs in ("train", "test", "test_heldout"):
+        for a in _load(world, f"vqa/annotations_{qs}.json")["annotations"]:
+            objs, p, answer = scenes[a["image_id"]], a["program"], a["multiple_choice_answer"]
+            chosen, second, related = _execute_plan(objs, a["plan"])
+            count, yes = int(chosen.sum()), answer == "yes"
+            if p["op"] in ("count", "count_relate"):
+                assert count == int(answer), a
+            elif p["op"] == "exist":
+                assert (count > 0) == yes, a
+            elif p["op"] == "query":
+                assert count == 1 and objs[int(chosen.argmax())][p["attr"]] == answer, a
+            elif p["op"] == "compare_count":
+                other = int(second.sum())
+                assert {"more": count > other, "fewer": count < other, "equal": count == other}[p["cmp"]] == yes, a
+            elif p["op"] == "same_attr":
+                assert count == 1 and int(second.sum()) == 1, a
+                assert (objs[int(chosen.argmax())][p["attr"]] == objs[int(second.argmax())][p["attr"]]) == yes, a
+            elif p["op"] == "relate":
+                assert count == 1 and int(second.sum()) == 1 and (related > 0) == yes, a
+            checked[p["op"]] += 1
+    for row in (json.loads(line) for line in (world / "classification" / "train.jsonl").read_text().splitlines()):
+        chosen, _, related = _execute_plan(scenes[row["image_id"]], row["plan"])
+        holds = {"exist": chosen.sum() > 0, "count_eq": chosen.sum() == row["program"].get("n"), "relate_exists": related > 0}[row["program"]["op"]]
+        assert bool(holds) == bool(row["label"]), row
+        checked["statement " + row["program"]["op"]] += 1
+    assert min(checked.values()) > 20 and len(checked) == 10, checked
 
 
 def test_heldout_templates_and_combos_never_in_training(world: Path) -> None:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from polymodal.losses.mlm import IGNORE_INDEX
-from polymodal.models.grounded_readout import GroundedReadout, KnownObjects, Readout
+from polymodal.models.grounded_readout import HOPS, GroundedReadout, KnownObjects, PlanTargets, Readout
+from polymodal.models.relations import RELATIONS
 from polymodal.modules.encoders.base import EncoderOutput
 
 SIDE = 4  # a 4 x 4 token grid
@@ -71,6 +72,23 @@ def test_an_image_with_no_detected_object_reads_finite_features() -> None:
     assert torch.isfinite(found.pooled).all()
 
 
+def force(readout: GroundedReadout, first: float, second: float = -1.0, hops: int = 0, relation: str = "left") -> None:
+    """Make the readout select every slot (``first > 0``) or none, likewise the second selection, and follow
+    ``hops`` times ``relation``, whatever the question says."""
+    with torch.no_grad():
+        for query, key, sign in ((readout.select_query, readout.select_key, first), (readout.second_query, readout.second_key, second)):
+            query.weight.zero_()
+            key.weight.zero_()
+            query.bias.fill_(1.0)
+            key.bias.fill_(20.0 * sign)
+        readout.plan.weight.zero_()
+        bias = torch.zeros_like(readout.plan.bias).view(-1)
+        per_hop = bias[: HOPS * len(RELATIONS)].view(HOPS, len(RELATIONS))
+        per_hop[:, RELATIONS.index(relation)] = 50.0
+        bias[HOPS * len(RELATIONS) + hops] = 50.0
+        readout.plan.bias.copy_(bias)
+
+
 def test_count_follows_the_selection() -> None:
     """Selecting every slot or none moves the selection's probability mass from 0 to the object count,
     and the heads see the difference once the output projection is trained."""
@@ -82,14 +100,50 @@ def test_count_follows_the_selection() -> None:
     with torch.no_grad():
         torch.nn.init.normal_(readout.out.weight)
         for name, sign in (("none", -1.0), ("all", 1.0)):
-            readout.select_query.weight.zero_()
-            readout.select_key.weight.zero_()
-            readout.select_query.bias.fill_(1.0)
-            readout.select_key.bias.fill_(20.0 * sign)
+            force(readout, first=sign)
             found = readout(fused, tokens, known)
             pooled[name] = found.pooled
             assert float(torch.sigmoid(found.selection).sum()) == pytest.approx(3.0 if sign > 0 else 0.0, abs=1e-3)
     assert not torch.allclose(pooled["none"], pooled["all"])
+
+
+@pytest.mark.parametrize(("hops", "relation", "expected"), [
+    (1, "left", [1.0, 1.0, 0.0]),  # everything left of something: all but the rightmost
+    (1, "directly above", [1.0, 1.0, 0.0]),  # for each object, the nearest one above it
+    (2, "directly right", [0.0, 0.0, 1.0]),  # right of what is right of something: the rightmost
+])
+def test_hops_follow_the_relation_from_the_slots_positions(hops: int, relation: str, expected: list[float]) -> None:
+    readout = small_readout()
+    # three objects down a diagonal: 0 top left, 1 middle, 2 bottom right
+    xy = torch.tensor([[cell_centre(0, 0), cell_centre(1, 1), cell_centre(3, 3)]])
+    known = KnownObjects(xy, torch.ones(1, 3, dtype=torch.bool), torch.ones(1, dtype=torch.bool))
+    force(readout, first=1.0, hops=hops, relation=relation)
+    with torch.no_grad():
+        found = readout(texts(1), torch.randn(1, SIDE * SIDE, 4), known)
+    assert torch.sigmoid(found.selection)[0].tolist() == pytest.approx(expected, abs=1e-3)
+    assert torch.sigmoid(found.first)[0].tolist() == pytest.approx([1.0] * 3, abs=1e-3)  # the words' selection, before the hops
+
+
+def test_plan_targets_teach_both_selections_and_the_relations() -> None:
+    """Texts with a plan are taught each selection, the hop count and each relation (not the union);
+    texts without one keep the union target."""
+    readout = small_readout()
+    xy = torch.tensor([[cell_centre(0, 0), cell_centre(2, 1), cell_centre(3, 3)]])
+    known = KnownObjects(xy, torch.ones(1, 3, dtype=torch.bool), torch.ones(1, dtype=torch.bool))
+    rows = torch.zeros(2, dtype=torch.long)
+    found = readout(texts(2), torch.randn(1, SIDE * SIDE, 4), known, rows)
+    union = torch.tensor([[1.0, 0.0, 1.0], [float(IGNORE_INDEX)] * 3])
+    plan = PlanTargets(
+        first=torch.tensor([[float(IGNORE_INDEX)] * 3, [0.0, 1.0, 0.0]]),
+        second=torch.tensor([[float(IGNORE_INDEX)] * 3, [0.0, 0.0, 1.0]]),
+        hops=torch.tensor([IGNORE_INDEX, 1]),
+        relations=torch.tensor([[IGNORE_INDEX] * 3, [RELATIONS.index("directly left"), IGNORE_INDEX, RELATIONS.index("above")]]),
+    )
+    GroundedReadout.loss(found, known, union, plan).loss.backward()
+    for name in ("select_key", "second_key", "plan"):
+        assert getattr(readout, name).weight.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="plan targets"):
+        GroundedReadout.loss(found, known, union, PlanTargets(plan.first[:1], plan.second, plan.hops, plan.relations))
 
 
 def test_grounding_loss_teaches_the_detector_the_annotated_centres() -> None:

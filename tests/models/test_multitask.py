@@ -75,7 +75,7 @@ def run(model: MultiTaskModel, b: dict):
     return model(b["image"], b["caption_ids"], b["caption_mask"], b["question_ids"], b["question_mask"], b["answers"],
                  b["statement_ids"], b["statement_mask"], b["labels"], image_ids=b["image_ids"],
                  object_attributes=b.get("object_attributes"), object_xy=b.get("object_xy"), object_annotated=b.get("object_annotated"),
-                 grounding=b.get("grounding"))
+                 grounding=b.get("grounding"), plan=b.get("plan"))
 
 
 def test_every_world_image_has_all_three_kinds_of_text(parts) -> None:
@@ -289,7 +289,7 @@ def test_ground_objective_teaches_the_question_to_select_its_objects(parts, obje
     for step in range(80):
         image = model.backbone.encode_image(b["image"])
         _, _, readout = model.fuse_questions_and_statements(image, b["question_ids"], b["question_mask"], b["statement_ids"], b["statement_mask"], known)
-        found = GroundedReadout.loss(readout, known, b["grounding"])
+        found = GroundedReadout.loss(readout, known, b["grounding"], b["plan"])
         losses.append(found.loss.item())
         opt.zero_grad()
         found.loss.backward()
@@ -298,8 +298,9 @@ def test_ground_objective_teaches_the_question_to_select_its_objects(parts, obje
             assert model.vqa.readout.select_query.weight.grad.abs().sum() > 0
         opt.step()
     assert losses[-1] < 0.3 * losses[0], losses
-    # slot j is annotated object j: the named objects are selected, and only those
-    annotated = b["grounding"] != IGNORE_INDEX
-    p = torch.sigmoid(readout.selection.detach()[:, : b["grounding"].shape[1]])
-    assert float(p[annotated & (b["grounding"] == 1)].mean()) > 0.8 and float(p[annotated & (b["grounding"] == 0)].mean()) < 0.2
+    # slot j is annotated object j: each selection picks the objects its part of the plan names, and only those
+    for logits, target in ((readout.first, b["plan"].first), (readout.second, b["plan"].second)):
+        annotated = target != IGNORE_INDEX
+        p = torch.sigmoid(logits.detach()[:, : target.shape[1]])
+        assert float(p[annotated & (target == 1)].mean()) > 0.8 and float(p[annotated & (target == 0)].mean()) < 0.2
     assert float(found.exact) > 0.8

@@ -14,15 +14,22 @@ does so with the image tower it is given:
   "left of x" and "nearest to x" are functions the slots can compute from each other;
 * a small transformer runs over [question, slots]: the question finds its anchor object, the
   slots compare their positions with it;
-* every slot gets a selection score against the question; the soft count is the sum of the
-  selection probabilities, given to the heads as radial features around 0, 1, 2, ...; the
-  selected slots' mean feature says what was selected;
+* two selections are read off the slots: the objects the question's words describe, and a second set
+  (the other side of "more cubes than spheres" or "is the cube left of the sphere");
+* the first selection may follow up to two spatial relations ("the object directly left of the
+  object above the cube"), computed exactly from the slots' positions (``relations.py``); the question
+  only picks which relations and how many hops, so the layer never has to learn to compare coordinates;
+* the heads read each selection's soft count (radial features around 0, 1, 2, ...), their difference,
+  their mean features and the features' product, how many of the first stand in the asked relation to
+  the second, and how many are in both;
 * all of it is added to the fused question through a zero-initialised projection, so a model starts
   exactly as one without the readout.
 
 When the data says which objects each text is about (the built-in world's programs; GQA's
 annotations), the ``ground`` objective supervises the selection per object and trains the detector
-on the scene graph's centres.
+on the scene graph's centres; a ``plan`` annotation (the program read as the two selections, the hops
+and the relations) supervises each part on its own, which is what made spatial and compositional
+questions learnable in 900 CPU steps (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -37,8 +44,12 @@ from torch import Tensor, nn
 from polymodal.losses.mlm import IGNORE_INDEX
 from polymodal.losses.objects import objectness_targets
 from polymodal.models.object_head import token_grid
+from polymodal.models.relations import RELATIONS, relate, relation_matrices
 from polymodal.modules.encoders.base import EncoderOutput
 from polymodal.modules.transformer import Transformer
+
+MAX_HOPS = 2  # a selection follows up to 2 relations ("the object directly left of the object above the cube")
+HOPS = MAX_HOPS + 1  # the choices: 0, 1 or 2 hops
 
 
 @dataclass
@@ -59,12 +70,30 @@ class GroundingLossOutput:
 
 
 @dataclass
+class PlanTargets:
+    """Per text row, what its reasoning plan says (see ``tasks.multitask.plan_targets``): ``first``/``second
+    [R, M]`` 1/0 per annotated object, ``hops [R]`` and ``relations [R, MAX_HOPS + 1]`` (each hop's relation,
+    then the one asked between the selections) as indices; ``IGNORE_INDEX`` where not annotated or unused."""
+
+    first: Tensor
+    second: Tensor
+    hops: Tensor
+    relations: Tensor
+
+    def to(self, device: torch.device | str) -> PlanTargets:
+        return PlanTargets(self.first.to(device), self.second.to(device), self.hops.to(device), self.relations.to(device))
+
+
+@dataclass
 class Readout:
     pooled: Tensor  # [R, W] the fused question with its count and selection added
-    selection: Tensor  # [R, K] selection logits per slot (-inf on empty slots)
+    selection: Tensor  # [R, K] logits of "the text is about this slot": either selection (-inf on empty slots)
     slots: Tensor  # [R, K] True where a slot holds an object
     objectness: Tensor  # [B, s, s] detector logits per image
     offset: Tensor  # [B, s, s, 2] each cell's centre estimate inside the cell, in [0, 1]
+    first: Tensor  # [R, K] logits of the selection the words describe, before any hop (-inf on empty slots)
+    second: Tensor  # [R, K] logits of the second selection (-inf on empty slots)
+    plan: Tensor  # [R, (MAX_HOPS + 1) * len(RELATIONS) + HOPS] relation logits per hop and for the pair, then hop-count logits
 
 
 class GroundedReadout(nn.Module):
@@ -83,10 +112,19 @@ class GroundedReadout(nn.Module):
         self.question = nn.Linear(text_width, dim)
         self.reason = Transformer(dim, depth, heads, mlp_ratio=2.0, cross_attention=True, context_dim=text_width)
         self.norm = nn.LayerNorm(dim)
+        # two selections: "a" may follow up to two relation hops from what the words describe ("the object
+        # directly left of the cube"), "b" is a second phrase (the other side of a comparison or relation)
         self.select_query = nn.Linear(dim, dim)
         self.select_key = nn.Linear(dim, dim)
+        self.second_query = nn.Linear(dim, dim)
+        self.second_key = nn.Linear(dim, dim)
+        # per text: the relation of each hop, the relation checked between "a" and "b", and how many hops
+        self.plan = nn.Linear(dim, HOPS * len(RELATIONS) + HOPS)
+        with torch.no_grad():  # start as the one-selection readout: no hop
+            self.plan.bias[-HOPS:] = torch.tensor([2.0] + [0.0] * (HOPS - 1))
         self.register_buffer("count_centres", torch.arange(max_count + 1, dtype=torch.float32), persistent=False)
-        self.out = nn.Linear(2 * dim + max_count + 1, text_width)
+        self.register_buffer("difference_centres", torch.arange(-4, 5, dtype=torch.float32), persistent=False)
+        self.out = nn.Linear(4 * dim + 2 * (max_count + 1) + 9 + 2 * 3, text_width)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.dim, self.max_objects = dim, max_objects
@@ -128,15 +166,55 @@ class GroundedReadout(nn.Module):
             context_mask=fused.mask,
         )
         states = self.norm(states)
-        asked, objects = states[:, 0], states[:, 1:]
-        logits = torch.einsum("rd,rkd->rk", self.select_query(asked).float(), self.select_key(objects).float()) / math.sqrt(self.dim)
-        logits = logits.masked_fill(~slots, float("-inf"))
-        weights = torch.sigmoid(logits)
-        count = weights.sum(-1, keepdim=True)
-        near_count = torch.exp(-2.0 * (count - self.count_centres) ** 2)  # [R, max_count + 1]
-        selected = torch.einsum("rk,rkd->rd", weights, objects.float()) / count.clamp(min=1.0)
-        extra = self.out(torch.cat([asked.float(), selected, near_count], dim=-1))
-        return Readout(pooled + extra.to(pooled.dtype), logits, slots, objectness, offset)
+        # selections, relations and counts in float32: under bf16 autocast a probability of 0.9999 rounds to 1,
+        # and its logit to infinity
+        with torch.autocast(device_type=states.device.type, enabled=False):
+            states = states.float()
+            asked, objects = states[:, 0], states[:, 1:]
+            first = self._scores(self.select_query(asked), self.select_key(objects), slots)
+            second_logits = self._scores(self.second_query(asked), self.second_key(objects), slots)
+            second = torch.sigmoid(second_logits)
+            matrices = relation_matrices(self._annotated_where_known(xy, known), present)[rows]  # [R, P, K, K]
+            plan = self.plan(asked)
+            hop_relations = plan[:, :HOPS * len(RELATIONS)].view(-1, HOPS, len(RELATIONS)).softmax(-1)
+            hops = plan[:, HOPS * len(RELATIONS):].softmax(-1)  # [R, HOPS]: 0, 1 or 2 relation hops
+            step = torch.sigmoid(first)
+            chosen = hops[:, :1] * step
+            for h in range(1, HOPS):
+                step = relate(step, matrices, hop_relations[:, h - 1])
+                chosen = chosen + hops[:, h : h + 1] * step
+            related = (chosen * relate(second, matrices, hop_relations[:, MAX_HOPS])).sum(-1, keepdim=True)  # "a" <rel> "b"?
+            both = (chosen * second).sum(-1, keepdim=True)
+            count, second_count = chosen.sum(-1, keepdim=True), second.sum(-1, keepdim=True)
+            selected = torch.einsum("rk,rkd->rd", chosen, objects) / count.clamp(min=1.0)
+            second_selected = torch.einsum("rk,rkd->rd", second, objects) / second_count.clamp(min=1.0)
+            extra = self.out(torch.cat([
+                asked, selected, second_selected, selected * second_selected,
+                self._near(count, self.count_centres), self._near(second_count, self.count_centres),
+                self._near(count - second_count, self.difference_centres),
+                self._near(related, self.count_centres[:3]), self._near(both, self.count_centres[:3]),
+            ], dim=-1))
+            union = 1.0 - (1.0 - chosen) * (1.0 - second)  # what the grounding annotation names: both selections
+            union = union.clamp(1e-6, 1.0 - 1e-6)
+            logits = (torch.log(union) - torch.log1p(-union)).masked_fill(~slots, float("-inf"))
+        return Readout(pooled + extra.to(pooled.dtype), logits, slots, objectness, offset, first, second_logits, plan)
+
+    def _scores(self, query: Tensor, keys: Tensor, slots: Tensor) -> Tensor:
+        return (torch.einsum("rd,rkd->rk", query, keys) / math.sqrt(self.dim)).masked_fill(~slots, float("-inf"))
+
+    @staticmethod
+    def _near(value: Tensor, centres: Tensor) -> Tensor:
+        """``value [R, 1]`` as radial features around ``centres``: a head reads "exactly 2" off one input."""
+        return torch.exp(-2.0 * (value - centres) ** 2)
+
+    @staticmethod
+    def _annotated_where_known(xy: Tensor, known: KnownObjects | None) -> Tensor:
+        """The slots' positions for the relations: while training, the annotated centres (exact, so a hop
+        is taught the true geometry while the detector's offsets are still rough); detected ones elsewhere."""
+        if known is None:
+            return xy
+        given = F.pad(known.xy.to(xy.dtype), (0, 0, 0, xy.shape[1] - known.xy.shape[1]))
+        return torch.where(known.known[:, None, None], given, xy)
 
     def _teacher_forced(self, index: Tensor, present: Tensor, known: KnownObjects, side: int) -> tuple[Tensor, Tensor]:
         """The annotated objects' cells, in annotation order (so slot j is object j), for images that
@@ -156,19 +234,23 @@ class GroundedReadout(nn.Module):
         return torch.where(use, given, index), torch.where(use, valid, present)
 
     @staticmethod
-    def loss(found: Readout, known: KnownObjects, targets: Tensor) -> GroundingLossOutput:
-        """The detector against the annotated centres, and the selection against the annotation:
+    def loss(found: Readout, known: KnownObjects, targets: Tensor, plan: PlanTargets | None = None) -> GroundingLossOutput:
+        """The detector against the annotated centres, and the selections against the annotation:
         ``targets [R, M]`` is 1 for the objects a text is about, 0 for its image's other objects,
         ignored for padding and unannotated texts (the slots must be the teacher-forced ones, so slot
-        ``j`` is object ``j``)."""
+        ``j`` is object ``j``). Texts with a ``plan`` are taught its parts instead (each selection, the
+        number of hops and each relation), which says more than the union of what they select."""
         m = targets.shape[1]
         if known.xy.shape[1] != m or known.xy.shape[0] != found.objectness.shape[0] or found.selection.shape[0] != targets.shape[0] or found.selection.shape[1] < m:
             raise ValueError(
                 f"grounding: expected selection [R, >=M], targets [R, M] and xy [B, M, 2] for the readout's B images; got "
                 f"{list(found.selection.shape)}, {list(targets.shape)} and {list(known.xy.shape)} (objectness {list(found.objectness.shape)})"
             )
+        if plan is not None and (plan.first.shape != targets.shape or plan.second.shape != targets.shape or plan.hops.shape != targets.shape[:1]):
+            raise ValueError(f"grounding: plan targets {list(plan.first.shape)}, {list(plan.second.shape)}, {list(plan.hops.shape)} do not match the {list(targets.shape)} grounding targets")
         # every part reaches the loss even when nothing is annotated, as DDP needs
-        loss = found.objectness.sum() * 0.0 + found.offset.sum() * 0.0 + found.selection[found.slots].sum() * 0.0
+        loss = found.objectness.sum() * 0.0 + found.offset.sum() * 0.0 + found.plan.sum() * 0.0
+        loss = loss + found.first[found.slots].sum() * 0.0 + found.second[found.slots].sum() * 0.0
         exact = loss.detach()
         if bool(known.known.any()):
             xy, valid = known.xy[known.known], known.valid[known.known]
@@ -179,10 +261,27 @@ class GroundedReadout(nn.Module):
             image = torch.arange(xy.shape[0], device=xy.device).unsqueeze(1).expand_as(col)
             predicted = found.offset[known.known][image[valid], row[valid], col[valid]]
             loss = loss + F.l1_loss(predicted, (cell - cell.floor())[valid])
-        annotated = targets != IGNORE_INDEX
+        planned = torch.zeros_like(targets[:, 0], dtype=torch.bool) if plan is None else plan.hops != IGNORE_INDEX
+        right_rows: list[Tensor] = []
+        annotated = (targets != IGNORE_INDEX) & ~planned.unsqueeze(1)
         if bool(annotated.any()):
-            selection = found.selection[:, :m]
-            loss = loss + F.binary_cross_entropy_with_logits(selection[annotated], targets[annotated].float())
-            right = ((selection > 0) == (targets == 1)) | ~annotated
-            exact = right[annotated.any(-1)].all(-1).float().mean().detach()
+            loss = loss + _selection_loss(found.selection[:, :m], targets, annotated, right_rows)
+        if plan is not None and bool(planned.any()):
+            for logits, target in ((found.first, plan.first), (found.second, plan.second)):
+                loss = loss + _selection_loss(logits[:, :m], target, (target != IGNORE_INDEX) & planned.unsqueeze(1), right_rows)
+            relations = found.plan[planned, : HOPS * len(RELATIONS)].view(-1, len(RELATIONS))
+            loss = loss + F.cross_entropy(found.plan[planned, HOPS * len(RELATIONS):], plan.hops[planned])
+            used = plan.relations[planned].flatten()
+            if bool((used != IGNORE_INDEX).any()):
+                loss = loss + F.cross_entropy(relations, used, ignore_index=IGNORE_INDEX)
+        if right_rows:
+            exact = torch.cat(right_rows).float().mean().detach()
         return GroundingLossOutput(loss, exact)
+
+
+def _selection_loss(logits: Tensor, targets: Tensor, annotated: Tensor, right_rows: list[Tensor]) -> Tensor:
+    """BCE of per-slot ``logits [R, M]`` against 1/0 ``targets`` where ``annotated``; appends, per annotated
+    row, whether every slot was selected right."""
+    right = ((logits > 0) == (targets == 1)) | ~annotated
+    right_rows.append(right[annotated.any(-1)].all(-1))
+    return F.binary_cross_entropy_with_logits(logits[annotated], targets[annotated].float())

@@ -28,7 +28,7 @@ from polymodal.losses.mlm import IGNORE_INDEX
 from polymodal.models.backbone import ImageTextBackbone
 from polymodal.models.captioner import Captioner
 from polymodal.models.fusion_encoder import FusionEncoder
-from polymodal.models.grounded_readout import GroundedReadout, KnownObjects, Readout
+from polymodal.models.grounded_readout import GroundedReadout, KnownObjects, PlanTargets, Readout
 from polymodal.models.object_head import ObjectHead, ObjectVocab
 from polymodal.models.vqa import AnswerVocab, VQAClassifier
 from polymodal.modules.encoders.base import EncoderOutput
@@ -145,6 +145,7 @@ class MultiTaskModel(nn.Module):
         object_xy: Tensor | None = None,
         object_annotated: Tensor | None = None,
         grounding: Tensor | None = None,
+        plan: PlanTargets | None = None,
     ) -> MultiTaskOutput:
         """Per image: a caption, ``k >= 1`` questions with their answers (rows image-major), a statement
         with its label, and (for the ``obj`` objective) its objects as :meth:`ObjectVocab.targets` gives
@@ -198,7 +199,7 @@ class MultiTaskModel(nn.Module):
             losses["obj"] = found.loss
             accuracy["obj"] = found.attribute_accuracy
         if readout is not None and known is not None:
-            grounded = GroundedReadout.loss(readout, known, grounding.to(fused.device))
+            grounded = GroundedReadout.loss(readout, known, grounding.to(fused.device), None if plan is None else plan.to(fused.device))
             losses["ground"] = grounded.loss
             accuracy["ground"] = grounded.exact
         rest = self.objectives(losses)

@@ -10,7 +10,7 @@ numbers are the same ones the single-task models report.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,8 +26,18 @@ from polymodal.errors import DataError
 from polymodal.losses.mlm import IGNORE_INDEX
 from polymodal.metrics import classification_scores, confusion_matrix
 from polymodal.models.factory import BuildContext
+from polymodal.models.grounded_readout import MAX_HOPS, PlanTargets
 from polymodal.models.object_head import ObjectVocab
-from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, group_by_image, image_id_tensor, is_caption
+from polymodal.models.relations import RELATIONS
+from polymodal.tasks.base import (
+    EvalResult,
+    LoaderFactory,
+    StepOutput,
+    Task,
+    group_by_image,
+    image_id_tensor,
+    is_caption,
+)
 from polymodal.tasks.captioning import CaptioningTask
 from polymodal.tasks.classification import ClassificationTask
 from polymodal.tasks.retrieval import RetrievalTask
@@ -74,6 +84,8 @@ class LoadedItem:
     objects: list[dict[str, Any]] | None = None
     # per question, then the statement: indices into ``objects`` of what the text is about (None: not annotated)
     grounding: list[tuple[int, ...] | None] | None = None
+    # per question, then the statement: the text's reasoning plan (see :func:`plan_targets`; None: not annotated)
+    plans: list[Plan | None] | None = None
 
 
 def image_items(samples: Sequence[Sample]) -> tuple[list[ImageItem], int]:
@@ -118,17 +130,20 @@ class ImageItemDataset(Dataset):
         answers = [tuple(q.answers) for q in questions]
         objects = None if item.objects is None else list(item.objects)  # records are never mutated: flips and crops make new ones
         grounding = [_grounding_of(t, len(objects)) for t in (*questions, statement)] if objects is not None else None
+        plans = [_plan_of(t, len(objects)) for t in (*questions, statement)] if objects is not None else None
         if self.flip_prob > 0 and rng.random() < self.flip_prob:
             img = consistent_hflip(img, None).image
             caption_text, statement_text = swap_left_right(caption_text), swap_left_right(statement_text)
             question_texts = [swap_left_right(t) for t in question_texts]
             answers = [tuple(swap_left_right(a) for a in ans) for ans in answers]
             objects = None if objects is None else [o | {"x": 1.0 - o["x"]} for o in objects]
+            plans = None if plans is None else [None if p is None else p.flipped() for p in plans]
         processed = self.processor.process(img, rng)
         if objects is not None and processed.box is not None:
             objects, renumber = _inside(objects, processed.box)
             grounding = [None if g is None else tuple(renumber[i] for i in g if i in renumber) for g in grounding]
-        return LoadedItem(processed.pixels, caption, caption_text, question_texts, answers, statement_text, statement.label, objects, grounding)
+            plans = None if plans is None else [None if p is None else p.renumbered(renumber) for p in plans]
+        return LoadedItem(processed.pixels, caption, caption_text, question_texts, answers, statement_text, statement.label, objects, grounding, plans)
 
 
 def _grounding_of(sample: Sample, objects: int) -> tuple[int, ...] | None:
@@ -141,6 +156,49 @@ def _grounding_of(sample: Sample, objects: int) -> tuple[int, ...] | None:
     if any(i >= objects for i in found):
         raise DataError(f"{sample.origin}: a grounding annotation names object {max(found)} but the image's scene graph has {objects} objects")
     return tuple(found)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A text's reasoning as :func:`polymodal.data.world.programs.reasoning_plan` writes it: the objects its
+    words describe (``first``), the relations followed from them (``hops``, names from
+    :data:`polymodal.models.relations.RELATIONS`), the other side of a comparison (``second``) and the
+    relation asked between the two (``relation``)."""
+
+    first: tuple[int, ...]
+    hops: tuple[str, ...]
+    second: tuple[int, ...]
+    relation: str | None
+
+    def flipped(self) -> Plan:
+        """The plan of the mirrored image, whose text says "right" for "left"."""
+        return replace(self, hops=tuple(swap_left_right(h) for h in self.hops), relation=None if self.relation is None else swap_left_right(self.relation))
+
+    def renumbered(self, renumber: dict[int, int]) -> Plan:
+        """The plan after a crop: objects that left the image are dropped, the rest renumbered."""
+        return replace(self, first=tuple(renumber[i] for i in self.first if i in renumber), second=tuple(renumber[i] for i in self.second if i in renumber))
+
+
+def _plan_of(sample: Sample, objects: int) -> Plan | None:
+    """The ``plan`` annotation of a question or statement, checked against its image's ``objects`` objects."""
+    found = sample.meta.get("plan")
+    if found is None:
+        return None
+    expected = (
+        "an object with 'first' and 'second' (lists of object indices into the image's scene graph), 'hops' (a list of at most "
+        f"{MAX_HOPS} relation names) and 'relation' (a relation name or null); relation names: {list(RELATIONS)}"
+    )
+    if not isinstance(found, dict) or set(found) != {"first", "second", "hops", "relation"}:
+        raise DataError(f"{sample.origin}: 'plan' must be {expected}, got {found!r}")
+    chosen = [*found["first"], *found["second"]]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in chosen):
+        raise DataError(f"{sample.origin}: 'plan' must be {expected}, got {found!r}")
+    if chosen and max(chosen) >= objects:
+        raise DataError(f"{sample.origin}: a plan names object {max(chosen)} but the image's scene graph has {objects} objects")
+    names = [*found["hops"], *([] if found["relation"] is None else [found["relation"]])]
+    if len(found["hops"]) > MAX_HOPS or any(n not in RELATIONS for n in names):
+        raise DataError(f"{sample.origin}: 'plan' must be {expected}, got {found!r}")
+    return Plan(tuple(found["first"]), tuple(found["hops"]), tuple(found["second"]), found["relation"])
 
 
 def _inside(objects: list[dict[str, Any]], box: CropBox) -> tuple[list[dict[str, Any]], dict[int, int]]:
@@ -179,15 +237,47 @@ class ImageItemCollator:
         if self.objects is not None:
             batch["object_attributes"], batch["object_xy"], batch["object_annotated"] = self.objects.targets([it.objects for it in kept])
             batch["grounding"] = grounding_targets(kept, batch["object_xy"].shape[1])
+            if any(it.plans is not None and any(p is not None for p in it.plans) for it in kept):
+                batch["plan"] = plan_targets(kept, batch["object_xy"].shape[1])
         return batch
+
+
+def _text_rows(items: Sequence[LoadedItem]) -> list[tuple[LoadedItem, int]]:
+    """(item, text index) in the model's fused order: every image's questions, image-major, then every statement."""
+    per_image = len(items[0].question_texts)
+    return [(it, q) for it in items for q in range(per_image)] + [(it, per_image) for it in items]
+
+
+def plan_targets(items: Sequence[LoadedItem], max_objects: int) -> PlanTargets:
+    """The rows' plans as targets (rows as :func:`grounding_targets`): ``first``/``second [R, M]`` 1/0 per
+    object, ``hops [R]`` how many relations are followed, ``relations [R, MAX_HOPS + 1]`` the index in
+    RELATIONS of each hop and of the relation asked between the selections; ``IGNORE_INDEX`` where not
+    annotated or not used."""
+    rows = _text_rows(items)
+    first = torch.full((len(rows), max_objects), float(IGNORE_INDEX))
+    second = first.clone()
+    hops = torch.full((len(rows),), IGNORE_INDEX, dtype=torch.long)
+    relations = torch.full((len(rows), MAX_HOPS + 1), IGNORE_INDEX, dtype=torch.long)
+    for r, (it, k) in enumerate(rows):
+        plan = None if it.plans is None else it.plans[k]
+        if plan is None:
+            continue
+        for target, chosen in ((first, plan.first), (second, plan.second)):
+            target[r, : len(it.objects)] = 0.0
+            target[r, list(chosen)] = 1.0
+        hops[r] = len(plan.hops)
+        for h, name in enumerate(plan.hops):
+            relations[r, h] = RELATIONS.index(name)
+        if plan.relation is not None:
+            relations[r, MAX_HOPS] = RELATIONS.index(plan.relation)
+    return PlanTargets(first, second, hops, relations)
 
 
 def grounding_targets(items: Sequence[LoadedItem], max_objects: int) -> Tensor:
     """``[R, M]`` rows in the model's fused order (every image's questions, image-major, then every
     statement): 1 for the objects a text is about, 0 for the image's other objects, ``IGNORE_INDEX``
     for padding and for texts without a grounding annotation."""
-    per_image = len(items[0].question_texts)
-    rows = [(it, q) for it in items for q in range(per_image)] + [(it, per_image) for it in items]
+    rows = _text_rows(items)
     target = torch.full((len(rows), max_objects), float(IGNORE_INDEX))
     for r, (it, k) in enumerate(rows):
         chosen = None if it.grounding is None else it.grounding[k]  # an item has grounding only with its objects
@@ -258,7 +348,7 @@ class MultiTaskTask(Task):
             batch["image"], batch["caption_ids"], batch["caption_mask"], batch["question_ids"], batch["question_mask"],
             batch["answers"], batch["statement_ids"], batch["statement_mask"], batch["labels"], image_ids=batch["image_ids"],
             object_attributes=batch.get("object_attributes"), object_xy=batch.get("object_xy"),
-            object_annotated=batch.get("object_annotated"), grounding=batch.get("grounding"),
+            object_annotated=batch.get("object_annotated"), grounding=batch.get("grounding"), plan=batch.get("plan"),
         )
         logs = {f"loss_{k}": float(v) for k, v in out.parts.items()} | {f"acc_{k}": float(v) for k, v in out.accuracy.items()}
         return StepOutput(out.loss, logs)

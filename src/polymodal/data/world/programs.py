@@ -107,6 +107,59 @@ def grounding(scene: Scene, program: dict[str, Any]) -> list[int]:
     return sorted({ids[id(o)] for o in chosen})
 
 
+def _chain(scene: Scene, ref: dict[str, Any]) -> tuple[SceneObject, list[str]]:
+    """The object a reference's filter names, and the relations that lead from it to the referred object
+    (innermost first): "the object directly left of the object above the cube" is the cube, then
+    ["directly above", "directly left"]."""
+    if "filter" in ref:
+        return resolve(scene, ref), []
+    anchor, hops = _chain(scene, ref["of"])
+    return anchor, [*hops, f"directly {ref['nearest']}"]
+
+
+def reasoning_plan(scene: Scene, program: dict[str, Any]) -> dict[str, Any]:
+    """How a question's or statement's program reads as two selections and the relations between them:
+    ``first`` (indices into ``scene.objects``) is what the words describe; ``hops`` are the relations
+    followed from it, innermost first ("directly left" for "the object directly left of", "left" for
+    "the objects left of"); ``second`` is the other side of a comparison or relation; ``relation``
+    is the one "first <relation> second" asks about (None when it asks none).
+
+    The answer of every world question is a function of these (a count, a count difference, an overlap,
+    the selected object's attribute), so a model that gets the plan right and counts right answers
+    right; supervising it is what CLEVR's and GQA's programs are shipped for.
+    """
+    ids = {id(o): i for i, o in enumerate(scene.objects)}
+    op = program["op"]
+    first: list[SceneObject] = []
+    second: list[SceneObject] = []
+    hops: list[str] = []
+    relation = None
+    if op in ("exist", "count", "count_eq"):
+        first = select(scene, program["filter"])
+    elif op == "query":
+        anchor, hops = _chain(scene, program["ref"])
+        first = [anchor]
+    elif op == "compare_count":
+        first, second = select(scene, program["a"]), select(scene, program["b"])
+    elif op in ("same_attr", "relate"):
+        anchor, hops = _chain(scene, program["a"])
+        first, second = [anchor], [resolve(scene, program["b"])]
+        relation = program.get("rel")
+    elif op == "count_relate":
+        anchor, hops = _chain(scene, program["of"])
+        first, hops = [anchor], [*hops, program["rel"]]
+    elif op == "relate_exists":
+        first, second, relation = select(scene, program["a"]), select(scene, program["b"]), program["rel"]
+    else:
+        raise ValueError(f"unknown program op {op!r}")
+    return {
+        "first": sorted(ids[id(o)] for o in first),
+        "hops": hops,
+        "second": sorted(ids[id(o)] for o in second),
+        "relation": relation,
+    }
+
+
 def statement_holds(scene: Scene, program: dict[str, Any]) -> bool:
     """Truth of a statement program; statements use existential semantics, so they are always defined."""
     op = program["op"]

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from polymodal.data.world.captions import generate_captions, generate_paraphrase_caption
 from polymodal.data.world.conversations import conversations_for_scene, count_turns
 from polymodal.data.world.lexicon import UNSEEN_LEXICON
-from polymodal.data.world.programs import grounding
+from polymodal.data.world.programs import grounding, reasoning_plan
 from polymodal.data.world.questions import FAMILIES, HELD_OUT_COMBOS, HELD_OUT_TEMPLATES, generate_question
 from polymodal.data.world.render import render_scene
 from polymodal.data.world.scene import Scene, sample_scene
@@ -131,11 +131,11 @@ def _build(job: tuple[str, int]) -> dict[str, Any]:
         # programs are freshly built per question, so no deep copy (dataclasses.asdict) is needed
         "questions": [
             {"text": q.text, "answer": q.answer, "family": q.family, "template": q.template, "program": q.program, "held_out": q.held_out,
-             "grounding": grounding(scene, q.program)}
+             "grounding": grounding(scene, q.program), "plan": reasoning_plan(scene, q.program)}
             for q in questions
         ],
         "statements": [
-            {"text": statements[i][0].text, "program": statements[i][0].program, "label": statements[i][1], "grounding": grounding(scene, statements[i][0].program)}
+            {"text": statements[i][0].text, "program": statements[i][0].program, "label": statements[i][1], "grounding": grounding(scene, statements[i][0].program), "plan": reasoning_plan(scene, statements[i][0].program)}
             for i in order
         ],
     }
@@ -198,6 +198,7 @@ def _vqa_files(cfg: WorldConfig, image_split: str, qsplit: str, items: list[tupl
                 "answers": [{"answer": q["answer"], "answer_confidence": "yes", "answer_id": j + 1} for j in range(10)],
                 "program": q["program"],
                 "grounding": q["grounding"],  # indices into the scene graph's objects (scenes/<split>.json)
+                "plan": q["plan"],  # the program as two selections and relations (programs.reasoning_plan)
             }
         )
     header = {"info": _info(cfg, qsplit), "license": {}, "data_type": "world", "data_subtype": image_split}
@@ -294,7 +295,7 @@ def generate_world(out: str | Path, cfg: WorldConfig | None = None, workers: int
         for r in recs:
             iid = r["scene"]["image_id"]
             for k, st in enumerate(r["statements"]):
-                rows.append({"id": f"{iid}_{k}", "image": f"images/{split}/{r['file_name']}", "text": st["text"], "label": st["label"], "image_id": iid, "program": st["program"], "grounding": st["grounding"]})
+                rows.append({"id": f"{iid}_{k}", "image": f"images/{split}/{r['file_name']}", "text": st["text"], "label": st["label"], "image_id": iid, "program": st["program"], "grounding": st["grounding"], "plan": st["plan"]})
         _write_jsonl(root / f["classification"], rows)
         counts["statements"] += len(rows)
         _write_json(
