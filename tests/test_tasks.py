@@ -220,6 +220,7 @@ def test_multitask_plan_is_renumbered_by_the_crop_mirrored_by_the_flip_and_check
     for bad, message in (
         ({"first": [0], "hops": ["near"], "second": [], "relation": None}, "'plan' must be an object with 'first'"),
         ({"first": [0], "hops": [], "second": []}, "'plan' must be an object with 'first'"),
+        ({"first": 0, "hops": [], "second": [], "relation": None}, "'plan' must be an object with 'first'"),
         ({"first": [5], "hops": [], "second": [], "relation": None}, "a plan names object 5 but the image's scene graph has 3 objects"),
         ({"first": [0], "hops": ["left", "left", "left"], "second": [], "relation": None}, "at most 2 relation names"),
     ):

@@ -188,7 +188,7 @@ def _plan_of(sample: Sample, objects: int) -> Plan | None:
         "an object with 'first' and 'second' (lists of object indices into the image's scene graph), 'hops' (a list of at most "
         f"{MAX_HOPS} relation names) and 'relation' (a relation name or null); relation names: {list(RELATIONS)}"
     )
-    if not isinstance(found, dict) or set(found) != {"first", "second", "hops", "relation"}:
+    if not isinstance(found, dict) or set(found) != {"first", "second", "hops", "relation"} or not all(isinstance(found[k], list) for k in ("first", "second", "hops")):
         raise DataError(f"{sample.origin}: 'plan' must be {expected}, got {found!r}")
     chosen = [*found["first"], *found["second"]]
     if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in chosen):
