@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from polymodal.losses.mlm import IGNORE_INDEX
-from polymodal.models.grounded_readout import HOPS, GroundedReadout, KnownObjects, PlanTargets, Readout
+from polymodal.models.grounded_readout import GroundedReadout, KnownObjects, PlanTargets, Readout, split_plan
 from polymodal.models.relations import RELATIONS
 from polymodal.modules.encoders.base import EncoderOutput
 
@@ -82,11 +82,11 @@ def force(readout: GroundedReadout, first: float, second: float = -1.0, hops: in
             query.bias.fill_(1.0)
             key.bias.fill_(20.0 * sign)
         readout.plan.weight.zero_()
-        bias = torch.zeros_like(readout.plan.bias).view(-1)
-        per_hop = bias[: HOPS * len(RELATIONS)].view(HOPS, len(RELATIONS))
-        per_hop[:, RELATIONS.index(relation)] = 50.0
-        bias[HOPS * len(RELATIONS) + hops] = 50.0
-        readout.plan.bias.copy_(bias)
+        bias = torch.zeros_like(readout.plan.bias).unsqueeze(0)
+        per_slot, hop_count = split_plan(bias)  # views of bias
+        per_slot[..., RELATIONS.index(relation)] = 50.0
+        hop_count[:, hops] = 50.0
+        readout.plan.bias.copy_(bias[0])
 
 
 def test_count_follows_the_selection() -> None:

@@ -50,6 +50,7 @@ from polymodal.modules.transformer import Transformer
 
 MAX_HOPS = 2  # a selection follows up to 2 relations ("the object directly left of the object above the cube")
 HOPS = MAX_HOPS + 1  # the choices: 0, 1 or 2 hops
+RELATION_SLOTS = MAX_HOPS + 1  # a relation for each hop, then the one asked between the two selections
 
 
 @dataclass
@@ -72,7 +73,7 @@ class GroundingLossOutput:
 @dataclass
 class PlanTargets:
     """Per text row, what its reasoning plan says (see ``tasks.multitask.plan_targets``): ``first``/``second
-    [R, M]`` 1/0 per annotated object, ``hops [R]`` and ``relations [R, MAX_HOPS + 1]`` (each hop's relation,
+    [R, M]`` 1/0 per annotated object, ``hops [R]`` and ``relations [R, RELATION_SLOTS]`` (each hop's relation,
     then the one asked between the selections) as indices; ``IGNORE_INDEX`` where not annotated or unused."""
 
     first: Tensor
@@ -93,7 +94,17 @@ class Readout:
     offset: Tensor  # [B, s, s, 2] each cell's centre estimate inside the cell, in [0, 1]
     first: Tensor  # [R, K] logits of the selection the words describe, before any hop (-inf on empty slots)
     second: Tensor  # [R, K] logits of the second selection (-inf on empty slots)
-    plan: Tensor  # [R, (MAX_HOPS + 1) * len(RELATIONS) + HOPS] relation logits per hop and for the pair, then hop-count logits
+    plan: Tensor  # [R, RELATION_SLOTS * len(RELATIONS) + HOPS] relation logits per hop and for the pair, then hop-count logits (see split_plan)
+
+    def split_plan(self) -> tuple[Tensor, Tensor]:
+        """``plan`` as relation logits ``[R, RELATION_SLOTS, len(RELATIONS)]`` and hop-count logits ``[R, HOPS]``."""
+        return split_plan(self.plan)
+
+
+def split_plan(plan: Tensor) -> tuple[Tensor, Tensor]:
+    """Plan logits ``[R, RELATION_SLOTS * len(RELATIONS) + HOPS]`` as per-slot relation logits and hop-count logits."""
+    cut = RELATION_SLOTS * len(RELATIONS)
+    return plan[:, :cut].view(-1, RELATION_SLOTS, len(RELATIONS)), plan[:, cut:]
 
 
 class GroundedReadout(nn.Module):
@@ -119,12 +130,15 @@ class GroundedReadout(nn.Module):
         self.second_query = nn.Linear(dim, dim)
         self.second_key = nn.Linear(dim, dim)
         # per text: the relation of each hop, the relation checked between "a" and "b", and how many hops
-        self.plan = nn.Linear(dim, HOPS * len(RELATIONS) + HOPS)
+        self.plan = nn.Linear(dim, RELATION_SLOTS * len(RELATIONS) + HOPS)
         with torch.no_grad():  # start as the one-selection readout: no hop
             self.plan.bias[-HOPS:] = torch.tensor([2.0] + [0.0] * (HOPS - 1))
         self.register_buffer("count_centres", torch.arange(max_count + 1, dtype=torch.float32), persistent=False)
         self.register_buffer("difference_centres", torch.arange(-4, 5, dtype=torch.float32), persistent=False)
-        self.out = nn.Linear(4 * dim + 2 * (max_count + 1) + 9 + 2 * 3, text_width)
+        # asked, both selections' features and their product; both counts, their difference, and the
+        # relation and overlap counts (around 0, 1, 2)
+        reads = 4 * dim + 2 * self.count_centres.numel() + self.difference_centres.numel() + 2 * 3
+        self.out = nn.Linear(reads, text_width)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.dim, self.max_objects = dim, max_objects
@@ -176,8 +190,9 @@ class GroundedReadout(nn.Module):
             second = torch.sigmoid(second_logits)
             matrices = relation_matrices(self._annotated_where_known(xy, known), present)[rows]  # [R, P, K, K]
             plan = self.plan(asked)
-            hop_relations = plan[:, :HOPS * len(RELATIONS)].view(-1, HOPS, len(RELATIONS)).softmax(-1)
-            hops = plan[:, HOPS * len(RELATIONS):].softmax(-1)  # [R, HOPS]: 0, 1 or 2 relation hops
+            relation_logits, hop_logits = split_plan(plan)
+            hop_relations = relation_logits.softmax(-1)  # [R, RELATION_SLOTS, len(RELATIONS)]
+            hops = hop_logits.softmax(-1)  # [R, HOPS]: 0, 1 or 2 relation hops
             step = torch.sigmoid(first)
             chosen = hops[:, :1] * step
             for h in range(1, HOPS):
@@ -262,26 +277,26 @@ class GroundedReadout(nn.Module):
             predicted = found.offset[known.known][image[valid], row[valid], col[valid]]
             loss = loss + F.l1_loss(predicted, (cell - cell.floor())[valid])
         planned = torch.zeros_like(targets[:, 0], dtype=torch.bool) if plan is None else plan.hops != IGNORE_INDEX
-        right_rows: list[Tensor] = []
-        annotated = (targets != IGNORE_INDEX) & ~planned.unsqueeze(1)
-        if bool(annotated.any()):
-            loss = loss + _selection_loss(found.selection[:, :m], targets, annotated, right_rows)
+        selections = [(found.selection, targets, (targets != IGNORE_INDEX) & ~planned.unsqueeze(1))]
         if plan is not None and bool(planned.any()):
-            for logits, target in ((found.first, plan.first), (found.second, plan.second)):
-                loss = loss + _selection_loss(logits[:, :m], target, (target != IGNORE_INDEX) & planned.unsqueeze(1), right_rows)
-            relations = found.plan[planned, : HOPS * len(RELATIONS)].view(-1, len(RELATIONS))
-            loss = loss + F.cross_entropy(found.plan[planned, HOPS * len(RELATIONS):], plan.hops[planned])
+            selections += [(logits, target, (target != IGNORE_INDEX) & planned.unsqueeze(1)) for logits, target in ((found.first, plan.first), (found.second, plan.second))]
+            relation_logits, hop_logits = found.split_plan()
+            loss = loss + F.cross_entropy(hop_logits[planned], plan.hops[planned])
             used = plan.relations[planned].flatten()
             if bool((used != IGNORE_INDEX).any()):
-                loss = loss + F.cross_entropy(relations, used, ignore_index=IGNORE_INDEX)
+                loss = loss + F.cross_entropy(relation_logits[planned].flatten(0, 1), used, ignore_index=IGNORE_INDEX)
+        right_rows: list[Tensor] = []
+        for logits, target, annotated in selections:
+            if bool(annotated.any()):
+                part, right = _selection_loss(logits[:, :m], target, annotated)
+                loss, right_rows = loss + part, [*right_rows, right]
         if right_rows:
             exact = torch.cat(right_rows).float().mean().detach()
         return GroundingLossOutput(loss, exact)
 
 
-def _selection_loss(logits: Tensor, targets: Tensor, annotated: Tensor, right_rows: list[Tensor]) -> Tensor:
-    """BCE of per-slot ``logits [R, M]`` against 1/0 ``targets`` where ``annotated``; appends, per annotated
-    row, whether every slot was selected right."""
+def _selection_loss(logits: Tensor, targets: Tensor, annotated: Tensor) -> tuple[Tensor, Tensor]:
+    """BCE of per-slot ``logits [R, M]`` against 1/0 ``targets`` where ``annotated``, and per annotated row
+    whether every slot was selected right."""
     right = ((logits > 0) == (targets == 1)) | ~annotated
-    right_rows.append(right[annotated.any(-1)].all(-1))
-    return F.binary_cross_entropy_with_logits(logits[annotated], targets[annotated].float())
+    return F.binary_cross_entropy_with_logits(logits[annotated], targets[annotated].float()), right[annotated.any(-1)].all(-1)

@@ -26,7 +26,7 @@ from polymodal.errors import DataError
 from polymodal.losses.mlm import IGNORE_INDEX
 from polymodal.metrics import classification_scores, confusion_matrix
 from polymodal.models.factory import BuildContext
-from polymodal.models.grounded_readout import MAX_HOPS, PlanTargets
+from polymodal.models.grounded_readout import MAX_HOPS, RELATION_SLOTS, PlanTargets
 from polymodal.models.object_head import ObjectVocab
 from polymodal.models.relations import RELATIONS
 from polymodal.tasks.base import (
@@ -250,14 +250,14 @@ def _text_rows(items: Sequence[LoadedItem]) -> list[tuple[LoadedItem, int]]:
 
 def plan_targets(items: Sequence[LoadedItem], max_objects: int) -> PlanTargets:
     """The rows' plans as targets (rows as :func:`grounding_targets`): ``first``/``second [R, M]`` 1/0 per
-    object, ``hops [R]`` how many relations are followed, ``relations [R, MAX_HOPS + 1]`` the index in
+    object, ``hops [R]`` how many relations are followed, ``relations [R, RELATION_SLOTS]`` the index in
     RELATIONS of each hop and of the relation asked between the selections; ``IGNORE_INDEX`` where not
     annotated or not used."""
     rows = _text_rows(items)
     first = torch.full((len(rows), max_objects), float(IGNORE_INDEX))
     second = first.clone()
     hops = torch.full((len(rows),), IGNORE_INDEX, dtype=torch.long)
-    relations = torch.full((len(rows), MAX_HOPS + 1), IGNORE_INDEX, dtype=torch.long)
+    relations = torch.full((len(rows), RELATION_SLOTS), IGNORE_INDEX, dtype=torch.long)
     for r, (it, k) in enumerate(rows):
         plan = None if it.plans is None else it.plans[k]
         if plan is None:
