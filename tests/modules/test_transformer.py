@@ -9,8 +9,11 @@ import torch
 
 from polymodal.errors import ConfigError
 from polymodal.modules.attention import (
+    FAST_LOW_PRECISION_SOFTMAX_MIN_KEYS,
     LayerKV,
     MultiHeadAttention,
+    Packing,
+    _math_attention,
     cross_attention_mask,
     self_attention_mask,
 )
@@ -58,6 +61,49 @@ def test_self_attention_matches_reference_with_padding(causal):
     ref = attn.proj(_reference_attention(q, k, v, allowed).transpose(1, 2).reshape(3, 7, W))
     real = key_mask
     torch.testing.assert_close(out[real], ref[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("keys", [5, FAST_LOW_PRECISION_SOFTMAX_MIN_KEYS + 8])  # softmax upcast to float32 / kept in bf16
+@pytest.mark.parametrize("masking", ["none", "padding", "causal", "additive"])
+def test_training_attention_under_bf16_autocast_matches_float64(keys, masking):
+    """The CPU training attention (scores scaled and masked in one add, short rows softmaxed in float32)
+    against float64, values and gradients, in every masking form it takes."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, keys, 16, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    allowed = torch.ones(2, 1, keys, keys, dtype=torch.bool)
+    if masking in ("padding", "additive"):
+        allowed[0, :, :, keys // 2 :] = False
+    if masking == "causal":
+        allowed &= torch.ones(keys, keys, dtype=torch.bool).tril()
+    attn_mask = {"none": None, "causal": None, "padding": allowed, "additive": torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))}[masking]
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _math_attention(q.float(), k.float(), v.float(), attn_mask, masking == "causal", 0.0)
+    assert out.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    ref = _reference_attention(q, k, v, allowed)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    torch.testing.assert_close(out.double(), ref, atol=3e-2, rtol=3e-2)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=0.1, rtol=5e-2)
+
+
+def test_packing_round_trip_and_its_gradients():
+    """pad puts the real tokens back in place with exact zeros at the padding; pack and pad are each
+    other's gradient, to first and second order."""
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    packing = Packing(mask)
+    x = torch.randn(int(mask.sum()), 3, dtype=torch.float64, requires_grad=True)
+    padded = packing.pad(x)
+    assert padded.shape == (3, 4, 3)
+    assert padded[~mask].abs().max() == 0
+    assert torch.equal(padded[mask], x)
+    assert torch.equal(packing.pack(padded), x)
+    assert torch.autograd.gradcheck(packing.pad, (x,))
+    assert torch.autograd.gradgradcheck(packing.pad, (x,))
+    y = torch.randn(3, 4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(packing.pack, (y,))
+    assert torch.autograd.gradgradcheck(packing.pack, (y,))
 
 
 def test_causal_without_padding_uses_sdpa_is_causal_fast_path():
@@ -291,24 +337,35 @@ def _recording(init, calls):
     return wrapped
 
 
-@pytest.mark.parametrize("pack", [True, False])
-def test_context_rows_equal_a_repeated_context(pack, monkeypatch):
+@pytest.mark.parametrize(
+    ("pack", "rows", "grouped"),
+    [
+        (True, [0, 0, 1, 1, 0], True),  # packed: the texts' queries are stacked per context
+        (True, [2, 0, 2, 0, 2], True),  # in any order, with a context no text reads
+        (True, [0, 0, 0, 0, 1], False),  # too uneven to stack (3 contexts x 4 > 2 x 5 rows): keys and values picked per row
+        (False, [0, 0, 1, 1, 0], False),
+    ],
+)
+def test_context_rows_equal_a_repeated_context(pack, rows, grouped, monkeypatch):
     """Texts that share an image read it through ``context_rows`` instead of a repeated copy: values and
     gradients (to the texts, the shared context and the weights) are those of the repeated context,
-    packed or not, with a context mask."""
-    from polymodal.modules import transformer
+    packed or not, grouped by context or not, with a context mask."""
+    from polymodal.modules import attention, transformer
 
     if not pack:
         monkeypatch.setattr(transformer, "PACK_MAX_REAL_FRACTION", -1.0)
+    groups = []
+    init = attention.ContextGroups.__init__
+    monkeypatch.setattr(attention.ContextGroups, "__init__", lambda self, *a: groups.append(a[1].tolist()) or init(self, *a))
     torch.manual_seed(0)
     stack = Transformer(W, 2, H, cross_attention=True, context_dim=16)
     x = torch.randn(5, 7, W, requires_grad=True)
     mask = torch.ones(5, 7, dtype=torch.bool)
     mask[1, 4:] = False
     mask[3, 2:] = False
-    context = torch.randn(2, 6, 16, requires_grad=True)
-    context_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6], dtype=torch.bool)
-    rows = torch.tensor([0, 0, 1, 1, 0])
+    context = torch.randn(3, 6, 16, requires_grad=True)
+    context_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6, [0, 1, 1, 0, 1, 1]], dtype=torch.bool)
+    rows = torch.tensor(rows)
 
     def run(**kwargs):
         out = stack(x, mask=mask, **kwargs)
@@ -316,11 +373,12 @@ def test_context_rows_equal_a_repeated_context(pack, monkeypatch):
         return out, torch.autograd.grad(loss, [x, context, stack.blocks[0].cross_attn.kv.weight])
 
     shared, shared_grads = run(context=context, context_mask=context_mask, context_rows=rows)
+    assert groups == ([rows.tolist()] if grouped else [])
     repeated, repeated_grads = run(context=context[rows], context_mask=context_mask[rows])
     torch.testing.assert_close(shared[mask], repeated[mask], atol=1e-6, rtol=1e-5)
     for a, b in zip(shared_grads, repeated_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match=r"context_rows must index the context's 2 entries once per row of x \(5\)"):
-        stack(x, mask=mask, context=context, context_rows=torch.tensor([0, 1, 2, 0, 0]))
+    with pytest.raises(ValueError, match=r"context_rows must index the context's 3 entries once per row of x \(5\)"):
+        stack(x, mask=mask, context=context, context_rows=torch.tensor([0, 1, 3, 0, 0]))
     with pytest.raises(ValueError, match="context_rows must index"):
         stack(x, mask=mask, context=context, context_rows=rows[:3])

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from polymodal.errors import ConfigError
 from polymodal.modules.attention import (
+    ContextGroups,
     LayerKV,
     MultiHeadAttention,
     Packing,
@@ -213,11 +214,17 @@ class TransformerBlock(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
         context_rows: Tensor | None = None,
+        context_groups: ContextGroups | None = None,
     ) -> Tensor:
-        """:meth:`forward` on the real tokens only, ``x`` ``[N, width]`` (see :class:`Packing`)."""
+        """:meth:`forward` on the real tokens only, ``x`` ``[N, width]`` (see :class:`Packing`; for
+        ``context_groups``, :class:`~polymodal.modules.attention.ContextGroups`)."""
         x = x + self.drop(self.attn.forward_packed(self.ln_1(x), packing, attn_mask=attn_mask, is_causal=is_causal))
         if self.cross_attn is not None and self.ln_cross is not None and context is not None:
-            x = x + self.drop(self.cross_attn.forward_packed(self.ln_cross(x), packing, context, attn_mask=context_mask, context_rows=context_rows))
+            x = x + self.drop(
+                self.cross_attn.forward_packed(
+                    self.ln_cross(x), packing, context, attn_mask=context_mask, context_rows=context_rows, context_groups=context_groups
+                )
+            )
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
@@ -303,8 +310,9 @@ class Transformer(nn.Module):
                     f"transformer: context_rows must index the context's {None if context is None else context.shape[0]} entries "
                     f"once per row of x ({b}), got shape {list(context_rows.shape)}"
                 )
-            if context_mask is not None:
-                context_mask = context_mask.index_select(0, context_rows)
+        shared_context_mask = context_mask
+        if context_rows is not None and context_mask is not None:
+            context_mask = context_mask.index_select(0, context_rows)
         past = 0
         key_mask = mask
         if cache is not None:
@@ -334,6 +342,10 @@ class Transformer(nn.Module):
         packing = self._packing(mask, cache)
         if packing is not None:
             kwargs = {"attn_mask": attn_mask, "is_causal": is_causal, "context": context, "context_mask": ctx_mask, "context_rows": context_rows}
+            if context is not None and context_rows is not None and ContextGroups.worthwhile(context_rows, context.shape[0]):
+                kwargs["context_groups"] = ContextGroups(packing, context_rows, context.shape[0])
+                kwargs["context_mask"] = cross_attention_mask(shared_context_mask)
+                kwargs["context_rows"] = None
             x = packing.pack(x)
             for block in self.blocks:
                 if use_checkpoint:
