@@ -24,7 +24,7 @@ Both models are built from ``configs/quickstart.yaml`` (the ``model`` section, t
   cross-attention to the fused question's tokens): ``BertEncoder`` as the fusion.
 
 Everything else is the very same code in both: the SmallCNN image tower (plain torch convolutions), the
-projection / VQA / classification / probe / object heads, every loss (polymodal's), AdamW with the
+projection / VQA / classification / probe / object heads, every loss (polymodal's), AdamW (fused, as the Trainer builds it) with the
 quickstart's weight-decay groups, gradient clipping at the config's ``grad_clip``, and bf16 autocast as
 ``train.precision`` says. So the ratio measures the transformer stacks (attention, masks, layer
 layout), which is what a user swapping polymodal for `transformers` would change. The one
@@ -71,7 +71,7 @@ from polymodal.models.object_head import ObjectVocab
 from polymodal.models.vqa import AnswerVocab
 from polymodal.modules.encoders.base import EncoderOutput
 from polymodal.quickstart import quickstart_config
-from polymodal.train.schedule import param_groups
+from polymodal.train.schedule import build_adamw
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = Path(__file__).parent / "results" / "train_cpu.json"
@@ -316,10 +316,10 @@ def make_runner(
     compile_model: bool = False,
     attention: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> Runner:
-    """The Trainer's optimizer for ``model`` (AdamW, weight-decay groups, the config's lr and clipping)."""
+    """The Trainer's optimizer for ``model`` (fused AdamW, weight-decay groups, the config's lr and clipping)."""
     o = cfg["optim"]
     model.train()
-    optimizer = torch.optim.AdamW(param_groups(model, o.get("weight_decay", 0.0)), lr=o.get("lr", 1e-3))
+    optimizer = build_adamw(model, lr=o.get("lr", 1e-3), weight_decay=o.get("weight_decay", 0.0))
     forward = torch.compile(model) if compile_model else model
     precision = cfg["train"].get("precision", "fp32")
     return Runner(name, model, forward, optimizer, precision, o.get("grad_clip", 0.0), attention)

@@ -38,7 +38,7 @@ from polymodal.tasks import Task, build_task
 from polymodal.tasks.base import to_device
 from polymodal.train.data import ResumableSampler, image_processor, load_split, make_loader, make_train_loader, media_plan, require
 from polymodal.train.run_log import RunLog
-from polymodal.train.schedule import param_groups, warmup_cosine
+from polymodal.train.schedule import build_adamw, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -275,9 +275,7 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(self.cfg.model_dump_json()), sort_keys=False))
 
         o = self.cfg.optim
-        # the fused CUDA kernel updates every tensor in one launch instead of several per parameter
-        fused = self.device.type == "cuda" and not self.fsdp
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, fused=fused or None)
+        self.optimizer = build_adamw(self.model, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps, sharded=self.fsdp)
         self.sampler = ResumableSampler(len(self.train_items), self.cfg.seed, rank=self.rank, world_size=self.world)
         self.train_loader: DataLoader | None = None
         self.micro_per_epoch = micro_per_epoch = math.ceil(self.sampler.shard_size / s.batch_size)
