@@ -133,17 +133,19 @@ class TextTokenizer:
 
     def encode(self, texts: Sequence[str], max_length: int, add_special_tokens: bool = True) -> TextBatch:
         """Pad to the longest text in the batch (at most ``max_length``), truncating longer ones."""
-        encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
-        length = min(max_length, max((len(e.ids) for e in encs), default=1)) or 1
-        ids = torch.full((len(encs), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(encs), length), dtype=torch.long)
-        for i, e in enumerate(encs):
-            seq = e.ids[:length]
-            if len(e.ids) > length and add_special_tokens and self.sep_id is not None:
+        encoded = [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+        length = min(max_length, max((len(e) for e in encoded), default=1)) or 1
+        rows, masks = [], []
+        for full in encoded:
+            seq = full[:length]
+            if len(full) > length and add_special_tokens and self.sep_id is not None:
                 seq[-1] = self.sep_id  # keep the end marker after truncation: decoders learn to stop
-            ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[i, : len(seq)] = 1
-        return TextBatch(ids, mask)
+            pad = length - len(seq)
+            rows.append(seq + [self.pad_id] * pad)
+            masks.append([1] * len(seq) + [0] * pad)
+        # one tensor from lists: a tensor write per row cost more than the tokenizer itself
+        shape = (len(rows), length)
+        return TextBatch(torch.tensor(rows, dtype=torch.long).reshape(shape), torch.tensor(masks, dtype=torch.long).reshape(shape))
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
         if isinstance(ids, torch.Tensor):

@@ -46,6 +46,7 @@ from polymodal.tasks.vqa import VQATask
 log = logging.getLogger(__name__)
 
 KINDS = ("caption", "question", "statement")
+RELATION_INDEX = {name: i for i, name in enumerate(RELATIONS)}
 CLASSIFIER_VIEWS = ("joint", "text_only", "image_only")
 
 
@@ -254,10 +255,12 @@ def plan_targets(items: Sequence[LoadedItem], max_objects: int) -> PlanTargets:
     RELATIONS of each hop and of the relation asked between the selections; ``IGNORE_INDEX`` where not
     annotated or not used."""
     rows = _text_rows(items)
-    first = torch.full((len(rows), max_objects), float(IGNORE_INDEX))
-    second = first.clone()
-    hops = torch.full((len(rows),), IGNORE_INDEX, dtype=torch.long)
-    relations = torch.full((len(rows), RELATION_SLOTS), IGNORE_INDEX, dtype=torch.long)
+    # numpy arrays while filling: an element write to a tensor costs microseconds, and a batch has
+    # thousands (this runs in the training loop's data path)
+    first = np.full((len(rows), max_objects), float(IGNORE_INDEX), dtype=np.float32)
+    second = first.copy()
+    hops = np.full(len(rows), IGNORE_INDEX, dtype=np.int64)
+    relations = np.full((len(rows), RELATION_SLOTS), IGNORE_INDEX, dtype=np.int64)
     for r, (it, k) in enumerate(rows):
         plan = None if it.plans is None else it.plans[k]
         if plan is None:
@@ -267,9 +270,10 @@ def plan_targets(items: Sequence[LoadedItem], max_objects: int) -> PlanTargets:
             target[r, list(chosen)] = 1.0
         hops[r] = len(plan.hops)
         for h, name in enumerate(plan.hops):
-            relations[r, h] = RELATIONS.index(name)
+            relations[r, h] = RELATION_INDEX[name]
         if plan.relation is not None:
-            relations[r, MAX_HOPS] = RELATIONS.index(plan.relation)
+            relations[r, MAX_HOPS] = RELATION_INDEX[plan.relation]
+    first, second, hops, relations = (torch.from_numpy(a) for a in (first, second, hops, relations))
     return PlanTargets(first, second, hops, relations)
 
 
@@ -278,14 +282,14 @@ def grounding_targets(items: Sequence[LoadedItem], max_objects: int) -> Tensor:
     statement): 1 for the objects a text is about, 0 for the image's other objects, ``IGNORE_INDEX``
     for padding and for texts without a grounding annotation."""
     rows = _text_rows(items)
-    target = torch.full((len(rows), max_objects), float(IGNORE_INDEX))
+    target = np.full((len(rows), max_objects), float(IGNORE_INDEX), dtype=np.float32)  # numpy: see plan_targets
     for r, (it, k) in enumerate(rows):
         chosen = None if it.grounding is None else it.grounding[k]  # an item has grounding only with its objects
         if chosen is None:
             continue
         target[r, : len(it.objects)] = 0.0
         target[r, list(chosen)] = 1.0
-    return target
+    return torch.from_numpy(target)
 
 
 class MultiTaskTask(Task):
