@@ -105,3 +105,54 @@ def test_evaluation_loads_build_no_generator_and_training_loads_do(images: dict[
     SampleDataset([s], plain, flip_prob=0.5, seed=3)[0]  # a flip is a draw
     SampleDataset([s], jitter, seed=3)[0]  # so is jitter
     assert built == [([3, 0],), ([3, 0],)]
+
+
+def test_decoded_image_cache_reads_each_file_once_and_stays_within_its_budget(tmp_path: Path, caplog) -> None:
+    from polymodal.data.dataset import open_or_skip
+    from polymodal.data.images import DecodedImageCache
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (16, 16), (i, 2 * i, 3 * i)).save(paths[-1])
+    cache = DecodedImageCache(max_bytes=2 * 16 * 16 * 4)  # room for two 16 x 16 RGB images
+    proc = ImageProcessor(ImageProcessorConfig(size=16), train=True, decoded=cache)
+    samples = [Sample(str(i), image_path=p) for i, p in enumerate(paths)]
+    with caplog.at_level("INFO"):
+        first = [open_or_skip(s, proc) for s in samples]
+        paths[0].unlink()  # a cached image is not read again
+        paths[2].unlink()  # one that did not fit is
+        again = [open_or_skip(s, proc) for s in samples]
+    assert again[0] is first[0] and again[1] is first[1]
+    assert again[2] is None  # read again, and now missing: skipped with the usual warning
+    assert (cache.hits, cache.used) == (2, 2 * 16 * 16 * 4)
+    assert sum("decoded-image cache full" in r.message for r in caplog.records) == 1
+    assert first[0].getpixel((0, 0)) == (0, 0, 0) and first[2].getpixel((0, 0)) == (2, 4, 6)
+
+
+def test_training_batches_are_the_same_with_the_decoded_image_cache(tmp_path: Path) -> None:
+    """Cached images feed the same augmentation: every pixel of two epochs' batches is unchanged."""
+    from polymodal.config import ImageSettings
+    from polymodal.train.data import image_processor
+
+    samples = []
+    for i in range(6):
+        path = tmp_path / f"{i}.png"
+        Image.effect_noise((24, 20), 40 + i).convert("RGB").save(path)
+        samples.append(Sample(str(i), image_path=path, text=f"image {i} left", label=i % 2))
+    tok = train_tokenizer([s.text for s in samples], vocab_size=60)
+    settings = {"size": 16, "random_resized_crop": (0.5, 1.0), "brightness": 0.2, "contrast": 0.2}
+
+    def two_epochs(cache_mb: int) -> tuple[list[torch.Tensor], ImageProcessor]:
+        proc = image_processor(ImageSettings(**settings, cache_mb=cache_mb), train=True)
+        out = []
+        for epoch in range(2):
+            ds = SampleDataset(samples, proc, flip_prob=0.5, seed=epoch)
+            out += [b["image"] for b in DataLoader(ds, batch_size=3, collate_fn=Collator(tok, max_length=8))]
+        return out, proc
+
+    plain, plain_proc = two_epochs(0)
+    cached, cached_proc = two_epochs(1)
+    assert plain_proc.decoded is None and cached_proc.decoded.hits == 6  # the second epoch read nothing
+    assert all(torch.equal(a, b) for a, b in zip(plain, cached, strict=True))
+    assert image_processor(ImageSettings(**settings, cache_mb=1), train=False).decoded is None  # training only

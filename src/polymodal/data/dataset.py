@@ -39,14 +39,21 @@ class LoadedSample:
 def open_or_skip(sample: Sample, processor: Any = None) -> Image.Image | None:
     """The sample's image, or None (with a warning naming it) when it cannot be read: the collator
     counts the Nones, so a bad image is skipped and reported, never fatal and never silent. With the
-    ``processor`` that will receive it, a JPEG is decoded no larger than that processor needs."""
+    ``processor`` that will receive it, a JPEG is decoded no larger than that processor needs, and an
+    image already in the processor's decoded-image cache is not read again."""
     source = sample.image_bytes if sample.image_bytes is not None else sample.image_path
+    cache = getattr(processor, "decoded", None) if sample.image_bytes is None else None
+    if cache is not None and (cached := cache.get(source)) is not None:
+        return cached
     try:
         draft = getattr(processor, "draft_size", None)  # a checkpoint's own (Hugging Face) processor has none
-        return open_image(source, name=sample.origin or None, draft=draft)
+        img = open_image(source, name=sample.origin or None, draft=draft)
     except DataError as e:
         log.warning("skipping %s: %s", sample.origin or sample.sample_id, e)
         return None
+    if cache is not None:
+        cache.put(source, img)
+    return img
 
 
 def _load(

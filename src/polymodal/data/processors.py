@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from polymodal.data.images import DecodedImageCache
+
 # CLIP's statistics are the usual default for pretrained towers; world models use them too.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -72,9 +74,14 @@ class ProcessedImage:
 class ImageProcessor:
     """PIL image -> normalised float tensor [3, size, size]; ``train=True`` adds the configured augmentation."""
 
-    def __init__(self, config: ImageProcessorConfig | None = None, train: bool = False, seed: int | None = None) -> None:
+    def __init__(
+        self, config: ImageProcessorConfig | None = None, train: bool = False, seed: int | None = None, decoded: DecodedImageCache | None = None
+    ) -> None:
         self.config = config or ImageProcessorConfig()
         self.train = train
+        # The decoded-image cache travels with the processor: it is what every dataset is handed, and
+        # what an image decodes to depends on it (JPEG draft size). Not part of the saved config.
+        self.decoded = decoded
         self._rng = np.random.default_rng(seed)
         mean = torch.tensor(self.config.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.config.std, dtype=torch.float32).view(3, 1, 1)

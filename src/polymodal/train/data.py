@@ -18,6 +18,7 @@ from polymodal.config import DataConfig, ImageSettings, RunConfig
 from polymodal.data.dataset import Collator, SampleDataset
 from polymodal.data.media import MediaPlan
 from polymodal.data.formats import describe, read_source
+from polymodal.data.images import DecodedImageCache
 from polymodal.data.processors import ImageProcessor, ImageProcessorConfig
 from polymodal.data.report import DataReport
 from polymodal.data.sample import Sample
@@ -138,7 +139,8 @@ def image_processor(settings: ImageSettings, train: bool, seed: int = 0) -> Imag
         contrast=settings.contrast if train else 0.0,
         jpeg_draft=settings.jpeg_draft,
     )
-    return ImageProcessor(cfg, train=train, seed=seed)
+    decoded = DecodedImageCache(settings.cache_mb * 2**20) if train and settings.cache_mb else None
+    return ImageProcessor(cfg, train=train, seed=seed, decoded=decoded)
 
 
 def media_plan(cfg: RunConfig, model_config: object, train: bool) -> MediaPlan | None:
