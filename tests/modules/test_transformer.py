@@ -106,6 +106,23 @@ def test_packing_round_trip_and_its_gradients():
     assert torch.autograd.gradgradcheck(packing.pack, (y,))
 
 
+def test_packing_rounds_its_length_up_with_padding_fillers_that_unpack_drops():
+    """A bucketed packing carries padding positions along as fillers (so batches repeat shapes); the
+    stack's output, unpacked, has exact zeros at every padding position all the same."""
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    packing = Packing(mask, bucket=4)
+    assert (packing.real, len(packing.index)) == (7, 8)
+    assert mask.reshape(-1)[packing.index[7:]].logical_not().all()  # the filler is a padding position
+    assert len(Packing(mask, bucket=64).index) == 15  # never more than every position
+    x = torch.randn(3, 5, 2, dtype=torch.float64, requires_grad=True)
+    packed = packing.pack(x)
+    assert packed.shape == (8, 2)
+    out = packing.unpack(packed * 2)
+    assert out[~mask].abs().max() == 0 and torch.equal(out[mask], 2 * x[mask])
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.equal(grad, 2.0 * mask[..., None].expand_as(x))  # nothing flows to padding or fillers
+
+
 def test_causal_without_padding_uses_sdpa_is_causal_fast_path():
     mask, is_causal = self_attention_mask(None, 5, causal=True)
     assert mask is None and is_causal is True
@@ -330,9 +347,9 @@ def test_packing_is_skipped_without_enough_padding_or_without_grad(monkeypatch):
 
 
 def _recording(init, calls):
-    def wrapped(self, mask):
+    def wrapped(self, mask, **kwargs):
         calls.append(tuple(mask.shape))
-        init(self, mask)
+        init(self, mask, **kwargs)
 
     return wrapped
 

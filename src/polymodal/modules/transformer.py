@@ -35,6 +35,8 @@ from polymodal.modules.attention import (
 # Pack only when at most this fraction of a batch's token positions is real: gathering and scattering
 # the tokens around each attention costs about what 10% fewer tokens save in the other layers.
 PACK_MAX_REAL_FRACTION = 0.9
+# Packed lengths are rounded up to a multiple of this (see Packing: new shapes cost oneDNN new kernels).
+PACK_BUCKET = 64
 
 __all__ = [
     "MLP",
@@ -352,7 +354,7 @@ class Transformer(nn.Module):
                     x = checkpoint(block.forward_packed, x, packing, use_reentrant=False, **kwargs)
                 else:
                     x = block.forward_packed(x, packing, **kwargs)
-            return packing.pad(x)
+            return packing.unpack(x)
         for i, block in enumerate(self.blocks):
             kwargs = {
                 "attn_mask": attn_mask,
@@ -379,7 +381,7 @@ class Transformer(nn.Module):
         real = int(mask.sum())
         if real == 0 or real > PACK_MAX_REAL_FRACTION * mask.numel():
             return None
-        return Packing(mask)
+        return Packing(mask, bucket=PACK_BUCKET)
 
 
 def _shape_error(what: str, expected: tuple, got: Tensor) -> Exception:
