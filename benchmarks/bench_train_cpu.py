@@ -31,9 +31,12 @@ layout), which is what a user swapping polymodal for `transformers` would change
 architectural difference left is the LayerNorm placement: polymodal's blocks are pre-LN, BERT's post-LN
 (same number of LayerNorms, same FLOPs); BERT's embeddings add a 2 x 128 token-type table per tower.
 
-Inputs are synthetic and made once (data loading is excluded): 64 images of 64 px, one caption each,
-``questions_per_image`` questions and one statement per image, token lengths drawn per row (so
+Inputs are synthetic and made before timing (data loading is excluded): 64 images of 64 px, one caption
+each, ``questions_per_image`` questions and one statement per image, token lengths drawn per row (so
 padding masks are realistic), answers and object annotations from the built-in world's vocabulary.
+Every step gets a batch of its own, as training does, so token counts change from step to step
+(``--same-batch`` repeats one batch, which hides what a new shape costs: oneDNN builds a kernel per
+matrix size on first use).
 Rows: polymodal as shipped; "polymodal, SDPA attention", the same model with its CPU training
 attention switched back to ``F.scaled_dot_product_attention`` (see :func:`sdpa_attention`;
 ``--no-what-if`` drops it); and
@@ -232,7 +235,7 @@ def _ids(rows: int, lengths: tuple[int, int], vocab: int, max_length: int, g: to
 
 
 def make_batch(batch_size: int, per_image: int, vocab: int, max_length: int, image_size: int, seed: int) -> dict[str, Any]:
-    """One synthetic multi-task batch with the shapes and padding of a quickstart batch (made once, reused)."""
+    """One synthetic multi-task batch with the shapes and padding of a quickstart batch."""
     g = torch.Generator().manual_seed(seed)
     answers, objects = world_vocabularies()
     caption_ids, caption_mask = _ids(batch_size, LENGTHS["caption"], vocab, max_length, g)
@@ -389,6 +392,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--compile", action="store_true", help="also time polymodal under torch.compile (slow to compile on CPU)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--same-batch", dest="fresh_batches", action="store_false",
+        help="time every step on one repeated batch (as before 2026-11-24: hides the cost of new shapes)",
+    )
     ap.add_argument("--quick", action="store_true", help="batch 16, 1 warmup step, 2 repeats of 2 steps: checks that it runs")
     ap.add_argument("--result", type=Path, default=RESULT)
     args = ap.parse_args(argv)
@@ -408,7 +415,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     batch_size = args.batch_size or train_cfg["batch_size"]
     per_image = train_cfg.get("questions_per_image", 1)
     max_length = min(model_cfg["text"]["max_length"], model_cfg["decoder"]["max_length"])
-    batch = make_batch(batch_size, per_image, vocab, max_length, model_cfg["vision"]["image_size"], args.seed)
+    # A new batch every step, as in training: each batch's token counts differ, and kernels built for
+    # one shape (oneDNN's, for every new matrix size) are a real cost a single repeated batch would hide.
+    # Both sides see the same batches in the same order.
+    n_batches = max(1, args.warmup) + args.repeats * args.steps if args.fresh_batches else 1
+    batches = [make_batch(batch_size, per_image, vocab, max_length, model_cfg["vision"]["image_size"], args.seed + i) for i in range(n_batches)]
+    batch = batches[0]
 
     poly = build_polymodal(model_cfg, vocab, args.seed)
     runners = [make_runner("polymodal", poly, cfg)]
@@ -421,10 +433,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     params = {r.name: count_params(r.model) for r in runners}
 
     warmup_s: dict[str, float] = {}
+    def batch_at(i: int) -> dict[str, Any]:
+        return batches[i % len(batches)]
+
     for r in runners:  # first steps allocate, pick kernels and (with --compile) compile: untimed
         t0 = time.perf_counter()
-        for _ in range(max(1, args.warmup)):
-            r.step(batch)
+        for i in range(max(1, args.warmup)):
+            r.step(batch_at(i))
         warmup_s[r.name] = time.perf_counter() - t0
     times: dict[str, list[float]] = {r.name: [] for r in runners}
     losses: dict[str, float] = {}
@@ -432,8 +447,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         order = runners if rep % 2 == 0 else runners[::-1]  # alternate who goes first
         for r in order:
             t0 = time.perf_counter()
-            for _ in range(args.steps):
-                losses[r.name] = r.step(batch)
+            for i in range(args.steps):
+                losses[r.name] = r.step(batch_at(max(1, args.warmup) + rep * args.steps + i))
             times[r.name].append((time.perf_counter() - t0) / args.steps)
 
     rows = []
@@ -468,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "precision": train_cfg.get("precision", "fp32"),
         "peer_attention": args.peer_attn,
         "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "quick": args.quick,
+        "fresh_batch_every_step": args.fresh_batches,
         "param_difference_pct": round(100 * (p_peer - p_poly) / p_poly, 3),
         "rows": rows,
         "fastest_peer": fastest["model"],
