@@ -255,7 +255,7 @@ def quickstart(
 ) -> None:
     """The first thing to run: generate the built-in world, train one multi-task model, evaluate, report.
 
-    Takes about 10 minutes on a 2-core CPU with the defaults; --scenes 500 --steps 20 is a smoke test.
+    Takes about 5 minutes on a 2-core CPU with the defaults; --scenes 500 --steps 20 is a smoke test.
 
     Example:  polymodal quickstart --out quickstart_out
     """
