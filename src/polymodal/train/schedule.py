@@ -51,3 +51,11 @@ def build_adamw(
     device = next((p.device.type for p in model.parameters()), "cpu")
     fused = not sharded and device in ("cpu", "cuda")
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused or None)
+
+
+def restore_optimizer_kind(optimizer: torch.optim.Optimizer, built: list[dict]) -> None:
+    """Give loaded param groups back the kernel choice (``fused`` / ``foreach``) the optimizer was built
+    with: ``load_state_dict`` copies the saved groups' flags too, so a checkpoint written before fused
+    AdamW (or under FSDP) would otherwise choose the kernel for the resumed run."""
+    for group, flags in zip(optimizer.param_groups, built):
+        group.update({k: flags[k] for k in ("fused", "foreach") if k in flags})
