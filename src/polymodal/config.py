@@ -60,7 +60,7 @@ class ImageSettings(StrictModel):
     flip_prob: float = Field(0.0, ge=0.0, le=1.0, description="cross-modal flip: mirrors the image, swaps left/right in the text")
     jpeg_draft: bool = Field(False, description="decode large JPEGs at a reduced scale: ~2x faster loading at 640x480 -> 224, pixels within a few levels")
     cache_mb: int = Field(
-        0, ge=0, description="keep decoded training images in memory, up to this many MB per data-loading process, so epochs after the first skip decoding (0: off)"
+        0, ge=0, description="keep decoded training images in memory, up to this many MB, so epochs after the first skip decoding (0: off; used with train.num_workers: 0)"
     )
 
 

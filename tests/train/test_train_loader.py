@@ -53,3 +53,17 @@ def test_a_dataset_without_a_seed_is_named() -> None:
 
     with pytest.raises(TypeError, match="Unseeded: a training dataset must draw its items with a 'seed'"):
         EpochSeededDataset(Unseeded())
+
+
+def test_the_decoded_image_cache_is_dropped_with_workers(caplog: pytest.LogCaptureFixture) -> None:
+    """With workers each would keep a cache of its own (slow to fill, workers x the memory): the loader
+    says so and turns it off; loading in the main process keeps it."""
+    from polymodal.config import ImageSettings
+    from polymodal.train.data import image_processor
+
+    for workers, kept in ((0, True), (2, False)):
+        processor = image_processor(ImageSettings(size=16, cache_mb=8), train=True)
+        caplog.clear()
+        make_train_loader(list(range(8)), processor, None, 8, 4, workers, ResumableSampler(8, seed=0), seed=0, task=DrawsTask())  # type: ignore[arg-type]
+        assert (processor.decoded is not None) is kept
+        assert any("image.cache_mb is used only" in r.message for r in caplog.records) is not kept

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class DecodedImageCache:
-    """Decoded images kept in memory, up to ``max_bytes`` per process, keyed by file path.
+    """Decoded images kept in memory, up to ``max_bytes``, keyed by file path (used when the main
+    process loads the training data: see ``make_train_loader``).
 
     A dataset trained for several epochs then decodes each image once instead of once per epoch: the
     built-in world's 64 px PNGs take ~0.3 ms each to open and decode, ~20 ms of every quickstart
