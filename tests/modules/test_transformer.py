@@ -63,9 +63,10 @@ def test_self_attention_matches_reference_with_padding(causal):
     torch.testing.assert_close(out[real], ref[real], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("keys", [5, FAST_LOW_PRECISION_SOFTMAX_MIN_KEYS + 8])  # softmax upcast to float32 / kept in bf16
+@pytest.mark.parametrize("precision", ["bf16 autocast", "fp16 tensors"])
+@pytest.mark.parametrize("keys", [5, FAST_LOW_PRECISION_SOFTMAX_MIN_KEYS + 8])  # softmax upcast to float32 / kept low
 @pytest.mark.parametrize("masking", ["none", "padding", "causal", "additive"])
-def test_training_attention_under_bf16_autocast_matches_float64(keys, masking):
+def test_training_attention_in_low_precision_matches_float64(keys, masking, precision):
     """The CPU training attention (scores scaled and masked in one add, short rows softmaxed in float32)
     against float64, values and gradients, in every masking form it takes."""
     torch.manual_seed(0)
@@ -77,9 +78,13 @@ def test_training_attention_under_bf16_autocast_matches_float64(keys, masking):
         allowed &= torch.ones(keys, keys, dtype=torch.bool).tril()
     attn_mask = {"none": None, "causal": None, "padding": allowed, "additive": torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))}[masking]
 
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = _math_attention(q.float(), k.float(), v.float(), attn_mask, masking == "causal", 0.0)
-    assert out.dtype == torch.bfloat16
+    if precision == "fp16 tensors":
+        out = _math_attention(q.half(), k.half(), v.half(), attn_mask, masking == "causal", 0.0)
+        assert out.dtype == torch.float16
+    else:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = _math_attention(q.float(), k.float(), v.float(), attn_mask, masking == "causal", 0.0)
+        assert out.dtype == torch.bfloat16
     grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
     ref = _reference_attention(q, k, v, allowed)
     ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
@@ -352,6 +357,33 @@ def _recording(init, calls):
         init(self, mask, **kwargs)
 
     return wrapped
+
+
+@pytest.mark.parametrize("bucket", [3, 64])  # some padding as fillers, or all of it
+def test_a_bucketed_stack_equals_the_padded_one(bucket, monkeypatch):
+    """Fillers (padding carried along to round the packed length) change nothing: the real tokens'
+    values and every gradient match the padded stack's, with grouped cross-attention too."""
+    from polymodal.modules import transformer
+
+    torch.manual_seed(0)
+    stack = Transformer(W, 2, H, cross_attention=True, context_dim=16)
+    x = torch.randn(6, 7, W, requires_grad=True)
+    mask = torch.arange(7)[None] < torch.tensor([7, 2, 5, 3, 1, 4])[:, None]
+    context = torch.randn(3, 6, 16, requires_grad=True)
+    rows = torch.tensor([0, 0, 1, 1, 2, 2])
+
+    def run():
+        out = stack(x, mask=mask, context=context, context_rows=rows)
+        return out, torch.autograd.grad((out * mask[..., None]).square().sum(), [x, context, stack.blocks[1].attn.qkv.weight])
+
+    monkeypatch.setattr(transformer, "PACK_BUCKET", bucket)
+    packed, packed_grads = run()
+    monkeypatch.setattr(transformer, "PACK_MAX_REAL_FRACTION", -1.0)  # never pack
+    padded, padded_grads = run()
+    assert packed[~mask].abs().max() == 0
+    torch.testing.assert_close(packed[mask], padded[mask], atol=1e-6, rtol=1e-5)
+    for a, b in zip(packed_grads, padded_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -336,6 +336,7 @@ class ContextGroups(Packing):
         self.batch, self.length = contexts * self.per_context, packing.length
         token_row = packing.index // packing.length
         self.index = (rows * self.per_context + slot)[token_row] * packing.length + packing.index % packing.length
+        self.real = len(self.index)  # a packing's fillers ride along as tokens of this layout
 
     @staticmethod
     def worthwhile(rows: Tensor, contexts: int) -> bool:
@@ -360,12 +361,13 @@ def _math_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, i
     PyTorch's CPU SDPA picks a flash kernel whose backward is slow at this library's sizes (head dim
     32-64, tens of tokens): with it, attention backward was 35% of a quickstart training step, and the
     plain matmul-softmax-matmul made the whole step 1.45x faster (benchmarks/bench_train_cpu.py).
-    Inference keeps SDPA, whose forward is fast. Masks are boolean (True = may attend) and every row
-    allows at least one key (see :func:`self_attention_mask`), so no row softmaxes over nothing.
+    Inference keeps SDPA, whose forward is fast. Masks are boolean (True = may attend; every row
+    allows at least one key, see :func:`self_attention_mask`, so no row softmaxes over nothing) or
+    additive, as SDPA takes them.
 
-    Under bf16 autocast, fewer keys than :data:`FAST_LOW_PRECISION_SOFTMAX_MIN_KEYS` are softmaxed
-    in float32 (1.7x faster attention for the quickstart's 26-token texts). A mask is added as a -inf
-    bias, scaled on the way (one op instead of a scaling of q and a ``masked_fill``).
+    In bf16 or fp16 (tensors or autocast), fewer keys than :data:`FAST_LOW_PRECISION_SOFTMAX_MIN_KEYS`
+    are softmaxed in float32 (1.7x faster attention for the quickstart's 26-token texts). A mask is
+    added as a -inf bias, scaled on the way (one op instead of a scaling of q and a ``masked_fill``).
     """
     scale = q.shape[-1] ** -0.5
     if is_causal:

@@ -177,8 +177,8 @@ class SmallCNN(Encoder):
         _check_images(self.where, images, self.in_channels, self.image_size)
         # Channels-last (NHWC) is the layout oneDNN's and cuDNN's convolutions run natively; from
         # NCHW every conv reorders its input and output. Training the quickstart's CNN (batch norm,
-        # bf16) took 34 ms a step instead of 46 on CPU; group norm is unchanged. The feature map then
-        # flattens into tokens without a copy.
+        # bf16) took 34 ms a step instead of 46 on CPU; group norm is unchanged. The feature map, when
+        # it stays channels-last, then flattens into tokens without a copy.
         fmap = self.features(images.contiguous(memory_format=torch.channels_last))  # [B, C, g, g]
         tokens = self.to_tokens(fmap.flatten(2).transpose(1, 2))  # [B, g*g, width]
         if self.pos_embed is not None:
