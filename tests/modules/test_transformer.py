@@ -334,21 +334,42 @@ def test_packed_training_forward_equals_the_padded_one_on_real_tokens(causal, cr
     torch.testing.assert_close(grad_packed, grad_padded, atol=1e-6, rtol=1e-5)
 
 
-def test_packing_is_skipped_without_enough_padding_or_without_grad(monkeypatch):
+def test_packing_is_skipped_without_enough_padding_or_with_a_cache(monkeypatch):
     from polymodal.modules import attention
 
     packs = []
     monkeypatch.setattr(attention.Packing, "__init__", _recording(attention.Packing.__init__, packs))
-    stack = Transformer(W, 1, H)
+    stack = Transformer(W, 1, H, causal=True)
     x = torch.randn(2, 20, W)
     almost_full = torch.ones(2, 20, dtype=torch.bool)
     almost_full[0, -1] = False  # 97.5% real: packing would cost more than it saves
     stack(x, mask=almost_full)
     half = torch.ones(2, 20, dtype=torch.bool)
     half[:, 10:] = False
-    with torch.no_grad():  # inference keeps the padded layout
-        stack(x, mask=half)
+    with torch.no_grad():
+        stack(x, mask=half, cache=KVCache())  # incremental decoding keeps the padded layout
     assert packs == []
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_inference_packs_too_and_equals_the_padded_forward(cross, monkeypatch):
+    """Without gradients (embedding a gallery, evaluation) the stack packs as well, attending with SDPA."""
+    from polymodal.modules import attention, transformer
+
+    packs = []
+    monkeypatch.setattr(attention.Packing, "__init__", _recording(attention.Packing.__init__, packs))
+    torch.manual_seed(0)
+    stack = Transformer(W, 2, H, cross_attention=cross, context_dim=16).eval()
+    x = torch.randn(4, 9, W)
+    mask = torch.arange(9)[None] < torch.tensor([9, 3, 5, 2])[:, None]
+    kwargs = {"context": torch.randn(4, 6, 16)} if cross else {}
+    with torch.no_grad():
+        packed = stack(x, mask=mask, **kwargs)
+        assert len(packs) == 1
+        monkeypatch.setattr(transformer, "PACK_MAX_REAL_FRACTION", -1.0)  # never pack
+        padded = stack(x, mask=mask, **kwargs)
+    assert packed[~mask].abs().max() == 0
+    torch.testing.assert_close(packed[mask], padded[mask], atol=1e-5, rtol=1e-5)
 
 
 def _recording(init, calls):
