@@ -325,24 +325,29 @@ class ContextGroups(Packing):
     fusion cross-attention, forward + backward.
     """
 
-    def __init__(self, packing: Packing, rows: Tensor, contexts: int) -> None:
-        counts = torch.bincount(rows, minlength=contexts)
-        self.contexts = contexts
+    def __init__(self, packing: Packing, rows: Tensor, counts: Tensor) -> None:
+        self.contexts = len(counts)
         self.per_context = int(counts.max())
         order = torch.argsort(rows, stable=True)
         first_of_context = torch.cumsum(counts, 0) - counts
         slot = torch.empty_like(rows)
         slot[order] = torch.arange(len(rows), device=rows.device) - first_of_context[rows[order]]
-        self.batch, self.length = contexts * self.per_context, packing.length
+        self.batch, self.length = self.contexts * self.per_context, packing.length
         token_row = packing.index // packing.length
         self.index = (rows * self.per_context + slot)[token_row] * packing.length + packing.index % packing.length
         self.real = len(self.index)  # a packing's fillers ride along as tokens of this layout
 
-    @staticmethod
-    def worthwhile(rows: Tensor, contexts: int) -> bool:
-        """Whether the grouped layout is no bigger than twice the padded one (a context asked far more
-        often than the others would pad every other context to its count)."""
-        return len(rows) > 0 and contexts * int(torch.bincount(rows, minlength=contexts).max()) <= 2 * len(rows)
+    @classmethod
+    def build(cls, packing: Packing, rows: Tensor, contexts: int) -> ContextGroups | None:
+        """The grouped layout of ``packing``'s rows, whose row ``i`` reads context ``rows[i]``; None when it
+        would be more than twice the padded one (a context asked far more often than the others would
+        pad every other context to its count)."""
+        if len(rows) == 0:
+            return None
+        counts = torch.bincount(rows, minlength=contexts)
+        if contexts * int(counts.max()) > 2 * len(rows):
+            return None
+        return cls(packing, rows, counts)
 
     def pad(self, x: Tensor) -> Tensor:
         """``[N, C]`` -> ``[contexts, per_context * T, C]`` with zeros at padding and missing rows."""

@@ -344,10 +344,9 @@ class Transformer(nn.Module):
         packing = self._packing(mask, cache)
         if packing is not None:
             kwargs = {"attn_mask": attn_mask, "is_causal": is_causal, "context": context, "context_mask": ctx_mask, "context_rows": context_rows}
-            if context is not None and context_rows is not None and ContextGroups.worthwhile(context_rows, context.shape[0]):
-                kwargs["context_groups"] = ContextGroups(packing, context_rows, context.shape[0])
-                kwargs["context_mask"] = cross_attention_mask(shared_context_mask)
-                kwargs["context_rows"] = None
+            groups = None if context is None or context_rows is None else ContextGroups.build(packing, context_rows, context.shape[0])
+            if groups is not None:
+                kwargs |= {"context_groups": groups, "context_mask": cross_attention_mask(shared_context_mask), "context_rows": None}
             x = packing.pack(x)
             for block in self.blocks:
                 if use_checkpoint:
