@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from polymodal.train.schedule import build_adamw, restore_optimizer_kind
+from polymodal.train.schedule import build_adamw, load_keeping_kernel
 
 
 def _model() -> nn.Module:
@@ -42,10 +42,10 @@ def test_a_resumed_optimizer_keeps_the_kernel_it_was_built_with() -> None:
     old.add_param_group({"params": build_adamw(model, lr=1e-3).param_groups[1]["params"], "weight_decay": 0.0})
     model(torch.randn(2, 4)).sum().backward()
     old.step()
+    plain_load = build_adamw(model, lr=1e-3)
+    plain_load.load_state_dict(old.state_dict())
+    assert plain_load.param_groups[0]["fused"] is None  # what load_state_dict does on its own
     opt = build_adamw(model, lr=1e-3)
-    kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
-    opt.load_state_dict(old.state_dict())
-    assert opt.param_groups[0]["fused"] is None  # what load_state_dict does on its own
-    restore_optimizer_kind(opt, kernels)
+    assert load_keeping_kernel(opt, lambda: opt.load_state_dict(old.state_dict()) or "loaded") == "loaded"
     assert [g["fused"] for g in opt.param_groups] == [True, True]
     opt.step()  # and the fused kernel takes the loaded state

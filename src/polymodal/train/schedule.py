@@ -4,8 +4,12 @@ decay to ``min_lr_ratio`` of the peak (the usual CLIP/ALBEF schedule)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
@@ -53,9 +57,13 @@ def build_adamw(
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
-def restore_optimizer_kind(optimizer: torch.optim.Optimizer, built: list[dict]) -> None:
-    """Give loaded param groups back the kernel choice (``fused`` / ``foreach``) the optimizer was built
-    with: ``load_state_dict`` copies the saved groups' flags too, so a checkpoint written before fused
-    AdamW (or under FSDP) would otherwise choose the kernel for the resumed run."""
-    for group, flags in zip(optimizer.param_groups, built):
-        group.update({k: flags[k] for k in ("fused", "foreach") if k in flags})
+def load_keeping_kernel(optimizer: torch.optim.Optimizer, load: Callable[[], T]) -> T:
+    """Run ``load`` (which restores ``optimizer``'s state) and give the param groups back the kernel
+    choice (``fused`` / ``foreach``) the optimizer was built with: ``load_state_dict`` copies the saved
+    groups' flags too, so a checkpoint written before fused AdamW (or under FSDP) would otherwise
+    choose the kernel for the resumed run."""
+    kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    loaded = load()
+    for group, flags in zip(optimizer.param_groups, kernels):
+        group.update(flags)
+    return loaded

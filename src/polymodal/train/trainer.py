@@ -38,7 +38,7 @@ from polymodal.tasks import Task, build_task
 from polymodal.tasks.base import to_device
 from polymodal.train.data import ResumableSampler, image_processor, load_split, make_loader, make_train_loader, media_plan, require
 from polymodal.train.run_log import RunLog
-from polymodal.train.schedule import build_adamw, restore_optimizer_kind, warmup_cosine
+from polymodal.train.schedule import build_adamw, load_keeping_kernel, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -284,9 +284,8 @@ class Trainer:
         self.scheduler = warmup_cosine(self.optimizer, o.warmup_steps, self.total_steps, o.min_lr_ratio)
         self.scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" and self.device.type == "cuda" else None
         if self.checkpoint is not None:
-            kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in self.optimizer.param_groups]
-            restored = self.checkpoint.load_training_state(self._optimizer_io(), self.scheduler, self.scaler)
-            restore_optimizer_kind(self.optimizer, kernels)
+            checkpoint = self.checkpoint
+            restored = load_keeping_kernel(self.optimizer, lambda: checkpoint.load_training_state(self._optimizer_io(), self.scheduler, self.scaler))
             self.state = TrainState(**restored)
             log.info("resumed from %s at epoch %d, step %d", self.checkpoint.path, self.state.epoch, self.state.global_step)
         wrapped: torch.nn.Module = self.model
