@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from polymodal.errors import ConfigError
+from polymodal.modules.fused_mlp import can_fuse, fused_quick_gelu_mlp
 from polymodal.modules.attention import (
     ContextGroups,
     LayerKV,
@@ -132,11 +133,14 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         self.fc = nn.Linear(width, hidden, bias=bias)
+        self.activation = activation
         self.act = make_activation(activation)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.proj = nn.Linear(hidden, width, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if can_fuse(x, self.activation, dropout_active=self.training and isinstance(self.drop, nn.Dropout)):
+            return fused_quick_gelu_mlp(x, self.fc, self.proj)
         return self.proj(self.drop(self.act(self.fc(x))))
 
 
