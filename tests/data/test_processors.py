@@ -148,3 +148,37 @@ def test_the_run_config_switches_jpeg_draft_on_for_training_and_evaluation() -> 
     settings = ImageSettings(jpeg_draft=True)
     assert image_processor(settings, train=True).config.jpeg_draft and image_processor(settings, train=False).config.jpeg_draft
     assert not image_processor(ImageSettings(), train=True).config.jpeg_draft
+
+
+class _Draws:
+    """A stand-in generator whose ``uniform`` returns chosen values, in order (brightness, then contrast)."""
+
+    def __init__(self, *values: float) -> None:
+        self.values = list(values)
+
+    def uniform(self, lo: float, hi: float) -> float:
+        value = self.values.pop(0)
+        assert lo <= value <= hi
+        return value
+
+
+@pytest.mark.parametrize("brightness, contrast", [(0.3, -0.3), (-0.3, 0.3), (0.25, 0.0), (0.0, -0.25)])
+def test_colour_jitter_matches_pil_image_enhance(brightness, contrast) -> None:
+    """Brightness then contrast, each clipped to 0-255, as PIL's ImageEnhance does them; PIL rounds to
+    whole levels after each step and polymodal does not, so they agree to within two levels."""
+    from PIL import ImageEnhance
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    pixels[:4] = 255  # saturated rows: brightening must clip them before contrast reads them
+    pixels[4:6] = 0
+    img = Image.fromarray(pixels)
+    cfg = ImageProcessorConfig(size=16, mean=(0, 0, 0), std=(1, 1, 1), brightness=0.3, contrast=0.3)
+    draws = [v for v, amount in ((brightness, cfg.brightness), (contrast, cfg.contrast)) if amount > 0]
+    ours = ImageProcessor(cfg, train=True)(img, _Draws(*draws)) * 255
+    expected = ImageEnhance.Contrast(ImageEnhance.Brightness(img).enhance(1 + brightness)).enhance(1 + contrast)
+    expected_t = torch.from_numpy(np.asarray(expected, dtype=np.float32)).permute(2, 0, 1)
+    assert (ours - expected_t).abs().max() <= 2.0
+    assert ours.min() >= 0 and ours.max() <= 255.0 + 1e-3
+    if brightness > 0 and contrast < 0:  # the clipped white rows come out exactly where PIL puts them
+        assert (ours[:, :4] - expected_t[:, :4]).abs().max() <= 1.0
