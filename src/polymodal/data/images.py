@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from polymodal.data import png_fast
 from polymodal.errors import DataError
 
 # A 20k x 20k PNG decodes to 1.2 GB; refuse anything past ~90 megapixels before decoding it.
@@ -59,6 +60,10 @@ class DecodedImageCache:
         self.used += size
 
 
+def _too_many_pixels(label: str, width: int, height: int, max_pixels: int) -> DataError:
+    return DataError(f"image {label} is {width}x{height}: more pixels than the limit of {max_pixels} (decompression-bomb guard)")
+
+
 def open_image(
     source: Path | bytes,
     name: str | None = None,
@@ -71,12 +76,21 @@ def open_image(
     scale (:meth:`ImageProcessor.draft_size`); other formats are always decoded whole.
     """
     label = name or (str(source) if isinstance(source, Path) else "<image bytes>")
+    data = bytes(source) if isinstance(source, (bytes, bytearray)) else None
     try:
-        fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+        if data is None and png_fast.available() and str(source).lower().endswith(".png"):
+            with open(source, "rb") as f:
+                data = f.read()
+        fp = io.BytesIO(data) if data is not None else open(source, "rb")
     except FileNotFoundError:
         raise DataError(f"image file not found: {label}") from None
     except OSError as e:
         raise DataError(f"cannot read image {label}: {e.strerror or e}") from None
+    if data is not None and (size := png_fast.png_size(data)) is not None:
+        if size[0] * size[1] > max_pixels:
+            raise _too_many_pixels(label, *size, max_pixels)
+        if (fast := png_fast.decode_rgb(data)) is not None:
+            return fast
     with fp:
         try:
             with warnings.catch_warnings():
@@ -84,7 +98,7 @@ def open_image(
                 img = Image.open(fp)
                 w, h = img.size
                 if w * h > max_pixels:
-                    raise DataError(f"image {label} is {w}x{h} pixels, more than the limit of {max_pixels} pixels")
+                    raise _too_many_pixels(label, w, h, max_pixels)
                 target = draft(w, h) if draft is not None and img.format == "JPEG" else None
                 if target is not None:
                     img.draft("RGB", target)
