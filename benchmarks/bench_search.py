@@ -195,8 +195,25 @@ def thread_limit(threads: int) -> Iterator[str]:
         faiss.omp_set_num_threads(old)
 
 
-def _search_one(vi: V.VectorIndex, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return vi.search(q[None, :], K)
+def _search_one(vi: V.VectorIndex, q: np.ndarray, **effort: int) -> tuple[np.ndarray, np.ndarray]:
+    return vi.search(q[None, :], K, **effort)
+
+
+SWEEP_FACTORS = (0.25, 1, 4, 8, 16)  # times the index's own nprobe / efSearch
+
+
+def effort_sweep(vi: V.VectorIndex, factors: tuple[float, ...] = SWEEP_FACTORS) -> list[dict[str, int]]:
+    """The per-call settings to sweep for an IVF (``nprobe``) or HNSW (``ef_search``) index: multiples
+    of its own, each at least 1, IVF's capped at its list count; none for exact search."""
+    params = vi.describe()
+    if vi.kind == "ivf":
+        own, cap, knob = params["nprobe"], params["nlist"], "nprobe"
+    elif vi.kind == "hnsw":
+        own, cap, knob = params["efSearch"], None, "ef_search"
+    else:
+        return []
+    values = sorted({max(1, round(own * f)) if cap is None else min(cap, max(1, round(own * f))) for f in factors})
+    return [{knob: v} for v in values]
 
 
 def _pct(ms: np.ndarray) -> dict[str, float]:
@@ -239,8 +256,9 @@ def resolve_kinds(kinds: list[str], n: int, flat_max: int) -> list[tuple[str, st
 
 
 def run(n: int, queries: int, dim: int, kinds: list[str], threads: int, noise: float = 0.5, seed: int = 0,
-        flat_max: int = V.FLAT_MAX, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Build every requested index over the same data and measure it against exact numpy search."""
+        flat_max: int = V.FLAT_MAX, log: Callable[[str], None] = print, sweep: bool = False) -> dict[str, Any]:
+    """Build every requested index over the same data and measure it against exact numpy search; with
+    ``sweep``, also each approximate index at several per-call ``nprobe`` / ``ef_search`` settings."""
     if n < K:
         raise ValueError(f"--n must be at least {K}")
     result: dict[str, Any] = {
@@ -287,6 +305,19 @@ def run(n: int, queries: int, dim: int, kinds: list[str], threads: int, noise: f
                     "latency_ms": _pct(lat), "batch_qps": len(qs) / batch_s,
                     "recall@1": recall_at(db, qs, found, true_s, 1), "recall@10": recall_at(db, qs, found, true_s, K),
                 }
+            if sweep:
+                row["sweep"] = []
+                for effort in effort_sweep(vi):
+                    point: dict[str, Any] = {**effort, "sets": {}}
+                    for name, qs in qsets.items():
+                        lat = latencies_ms(functools.partial(_search_one, vi, **effort), qs)
+                        _, found = vi.search(qs, K, **effort)
+                        true_s = truth[name][0]
+                        point["sets"][name] = {"latency_ms": _pct(lat), "recall@1": recall_at(db, qs, found, true_s, 1),
+                                               "recall@10": recall_at(db, qs, found, true_s, K)}
+                    log(f"    {effort}: " + ", ".join(f"{n} p50 {p['latency_ms']['p50']:.2f} ms recall@10 {p['recall@10']:.3f}"
+                                                    for n, p in point["sets"].items()))
+                    row["sweep"].append(point)
             rows.append(row)
             del vi  # free it before the next one is built: one index in memory at a time
 
@@ -313,6 +344,19 @@ def markdown_table(result: dict[str, Any]) -> str:
                 f"{s['speedup_p50_vs_numpy']:.1f}x | {s['batch_qps']:,.0f} | {s['recall@1']:.3f} | {s['recall@10']:.3f} | "
                 f"{row['index_mb']:,.0f} |"
             )
+    sweeps = [row for row in result["rows"] if row.get("sweep")]
+    if sweeps:
+        lines += ["", "| index | setting | near-dup p50 ms | near-dup recall@1 | near-dup recall@10 | random p50 ms | random recall@10 | p50 speed-up (random) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        exact_p50 = result["rows"][0]["sets"]["random"]["latency_ms"]["p50"]
+        for row in sweeps:
+            for point in row["sweep"]:
+                setting = ", ".join(f"{k}={v}" for k, v in point.items() if k != "sets")
+                near, rand = point["sets"]["near_duplicate"], point["sets"]["random"]
+                lines.append(
+                    f"| {row['label']} | {setting} | {near['latency_ms']['p50']:.2f} | {near['recall@1']:.3f} | {near['recall@10']:.3f} | "
+                    f"{rand['latency_ms']['p50']:.2f} | {rand['recall@10']:.3f} | {exact_p50 / rand['latency_ms']['p50']:.1f}x |"
+                )
     return "\n".join(lines)
 
 
@@ -328,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flat-max", type=int, default=V.FLAT_MAX, help=f"auto's exact-search threshold (default {V.FLAT_MAX:,}, as SearchIndex)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke run: n=20,000, 100 queries")
+    ap.add_argument("--sweep", action="store_true", help="also measure IVF / HNSW at several per-call nprobe / ef_search settings")
     ap.add_argument("--out", type=Path, default=DEFAULT_RESULT)
     args = ap.parse_args(argv)
     if args.quick:
@@ -339,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < K or args.queries < 1 or args.dim < 1 or args.threads < 1:
         ap.error(f"--n must be >= {K}, and --queries, --dim and --threads >= 1")
 
-    result = run(args.n, args.queries, args.dim, kinds, args.threads, args.noise, args.seed, args.flat_max)
+    result = run(args.n, args.queries, args.dim, kinds, args.threads, args.noise, args.seed, args.flat_max, sweep=args.sweep)
     print()
     print(markdown_table(result))
     write_result(args.out, result)

@@ -744,6 +744,8 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     model: str | None = typer.Option(None, "--model", "-m", help="The index's model, if it moved since the build (checked against the index)."),
     device: str = typer.Option("cpu", "--device", help="'cpu', 'cuda', 'cuda:N' or 'auto'."),
+    nprobe: int | None = typer.Option(None, "--nprobe", help="IVF index: clusters to scan (more: slower, higher recall; default: the index's own)."),
+    ef_search: int | None = typer.Option(None, "--ef-search", help="HNSW index: candidates to keep (more: slower, higher recall)."),
 ) -> None:
     """Search an index by text or by image; prints rank, cosine score, id and the image path or text.
 
@@ -758,7 +760,8 @@ def search(
     if (query is None) == (image is None):
         raise PolymodalError('search: give either a text query (polymodal search IDX "a red cube") or --image FILE, not both')
     with SearchIndex.open(index_path, model=model, device=device) as index:
-        hits = index.search_text(query, k, target=target.value) if query is not None else index.search_image(image, k, target=target.value)  # type: ignore[arg-type]
+        effort = {"target": target.value, "nprobe": nprobe, "ef_search": ef_search}
+        hits = index.search_text(query, k, **effort) if query is not None else index.search_image(image, k, **effort)  # type: ignore[arg-type]
         rows = []
         for rank, h in enumerate(hits, 1):
             row = {"rank": rank} | h.to_dict()

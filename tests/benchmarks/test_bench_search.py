@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 pytest.importorskip("faiss")
@@ -72,3 +73,31 @@ def test_exact_batch_matches_one_at_a_time(bench: ModuleType) -> None:
         s1, i1 = bench.exact_one(db, q, 10)
         assert list(i1) == list(ids[j])
         assert s1 == pytest.approx(scores[j], abs=1e-6)
+
+
+def test_sweep_measures_each_setting_and_more_effort_finds_more(bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "search.json"
+    argv = ["--n", "4000", "--dim", "32", "--queries", "30", "--threads", "1", "--flat-max", "1000", "--kinds", "auto,hnsw",
+            "--sweep", "--out", str(out)]
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| ivf (auto) | nprobe=" in printed and "| hnsw | ef_search=" in printed
+    rows = {r["label"]: r for r in json.loads(out.read_text())["rows"]}
+    ivf, hnsw = rows["ivf (auto)"], rows["hnsw"]
+    nlist, own = ivf["params"]["nlist"], ivf["params"]["nprobe"]
+    probes = [p["nprobe"] for p in ivf["sweep"]]
+    assert probes == sorted(set(probes)) and own in probes and max(probes) <= nlist
+    assert [p["ef_search"] for p in hnsw["sweep"]][1:3] == [hnsw["params"]["efSearch"], 4 * hnsw["params"]["efSearch"]]
+    recalls = [p["sets"]["random"]["recall@10"] for p in ivf["sweep"]]
+    assert recalls[-1] > recalls[0]  # probing more lists finds more of the true neighbours
+    if max(probes) == nlist:
+        assert recalls[-1] == 1.0  # every list probed: exact
+    at_own = next(p for p in ivf["sweep"] if p["nprobe"] == own)["sets"]["random"]["recall@10"]
+    assert at_own == ivf["sets"]["random"]["recall@10"]  # the per-call setting equal to the index's own gives the same answer
+
+
+def test_no_sweep_for_exact_search(bench: ModuleType) -> None:
+    import polymodal.index.vectors as V
+
+    db = bench.make_database(200, 8, seed=0)
+    assert bench.effort_sweep(V.build("flat", 8, np.arange(200), db, generation=0)) == []

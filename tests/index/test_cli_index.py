@@ -40,6 +40,11 @@ def test_build_search_add_delete_info(tmp_path: Path, tiny: Tiny, capsys: pytest
     assert all(Path(h["file"]).is_file() and Path(h["file"]).parent == root for h in hits)
     assert all(h["caption"] for h in hits)  # the COCO captions were kept with the images
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    code, out, err = run_cli(capsys, "search", idx, "a large green sphere", "-k", "3", "--json", "--nprobe", "4", "--ef-search", "16")
+    assert code == 0, err
+    assert [h["id"] for h in json.loads(out)] == [h["id"] for h in hits]  # exact (flat) search: effort changes nothing
+    code, out, err = run_cli(capsys, "search", idx, "a large green sphere", "--nprobe", "0")
+    assert code != 0 and "nprobe must be a whole number >= 1" in err
 
     code, out, err = run_cli(capsys, "search", idx, "--image", str(tiny.test_images[0]), "-k", "1000000000", "--target", "text", "--json")
     texts = json.loads(out)

@@ -218,3 +218,61 @@ def test_auto_kind_switches_to_ivf_past_the_threshold_and_back(tmp_path: Path, t
     assert len(hits) == 3 and hits[0].path == images[-2].relative_to(root).as_posix()
     reopened.close()
     assert SearchIndex.open(tmp_path / "idx").stats().vectors["image"] == {"kind": "hnsw", "vectors": 3, "M": 32, "efSearch": 64}
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind, knob", [("ivf", "nprobe"), ("hnsw", "ef_search")])
+def test_search_effort_trades_speed_for_recall_in_one_call(kind: str, knob: str) -> None:
+    """More probes (IVF) or candidates (HNSW) reach the exact answer; fewer miss; the index keeps its own."""
+    rng = np.random.default_rng(0)
+    db, queries = _unit(rng, 6000, 64), _unit(rng, 40, 64)
+    vi = V.build(kind, 64, np.arange(6000), db, generation=0)
+    exact = np.argsort(-(queries @ db.T), axis=1)[:, :10]
+
+    def recall(**effort: int) -> float:
+        _, ids = vi.search(queries, 10, **effort)
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)]))
+
+    default, low, high = recall(), recall(**{knob: 1}), recall(**{knob: 10_000})
+    assert high == 1.0 and high >= default > low
+    assert recall() == default  # the call's setting did not stick
+    before = vi.describe()
+    other = {"ivf": "ef_search", "hnsw": "nprobe"}[kind]
+    assert recall(**{other: 1}) == default and vi.describe() == before  # the other kind's knob is ignored
+
+
+def test_exact_search_ignores_effort_and_bad_effort_is_refused() -> None:
+    rng = np.random.default_rng(1)
+    db = _unit(rng, 300, 16)
+    flat = V.build("flat", 16, np.arange(300), db, generation=0)
+    plain = flat.search(db[:3], 5)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, flat.search(db[:3], 5, nprobe=1, ef_search=1)))
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(SearchIndexError, match="nprobe must be a whole number >= 1"):
+            flat.search(db[:1], 5, nprobe=bad)  # type: ignore[arg-type]
+    with pytest.raises(SearchIndexError, match="ef_search must be"):
+        flat.search(db[:1], 5, ef_search=0)
+
+
+def test_search_index_passes_effort_through(tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _collection(tmp_path, tiny)
+    index = SearchIndex.create(tmp_path / "idx", tiny.run, root=root)
+    index.add_images(root, progress=False)
+    seen: list[dict] = []
+    real = V.VectorIndex.search
+
+    def spy(self, queries, k, **effort):
+        seen.append(effort)
+        return real(self, queries, k, **effort)
+
+    monkeypatch.setattr(V.VectorIndex, "search", spy)
+    index.search_text("a red cube", k=3, nprobe=7)
+    index.search_image(sorted(root.rglob("*.png"))[0], k=3, ef_search=9, target="all")
+    assert seen == [{"nprobe": 7, "ef_search": None}] + [{"nprobe": None, "ef_search": 9}] * 2
+    with pytest.raises(SearchIndexError, match="nprobe"):
+        index.search_text("a red cube", nprobe=0)
+    index.close()

@@ -506,24 +506,32 @@ class SearchIndex:
 
     # ----------------------------------------------------------------------------------- search
 
-    def search_text(self, query: str, k: int = 10, *, target: Target = "image") -> list[SearchHit]:
+    def search_text(
+        self, query: str, k: int = 10, *, target: Target = "image", nprobe: int | None = None, ef_search: int | None = None
+    ) -> list[SearchHit]:
         """The ``k`` entries of ``target`` (``image``, ``text`` or ``all``) nearest to a text query, best
         first. A ``k`` larger than the entries there is clamped to their number (so ``10**9`` returns
-        everything, ranked); an empty or non-string query raises."""
+        everything, ranked); an empty or non-string query raises. ``nprobe`` / ``ef_search`` trade
+        speed for recall on an IVF / HNSW index (see :meth:`VectorIndex.search`)."""
         if not isinstance(query, str):
             raise SearchIndexError(f"a text query must be a string, got {type(query).__name__}")
         if not query.strip():
             raise SearchIndexError("the text query is empty; give some words to search for")
         k = _check_k(k)
-        return self.search_vector(self._encode_texts([query.strip()])[0], k, target=target)
+        return self.search_vector(self._encode_texts([query.strip()])[0], k, target=target, nprobe=nprobe, ef_search=ef_search)
 
-    def search_image(self, image: ImageInput, k: int = 10, *, target: Target = "image") -> list[SearchHit]:
+    def search_image(
+        self, image: ImageInput, k: int = 10, *, target: Target = "image", nprobe: int | None = None, ef_search: int | None = None
+    ) -> list[SearchHit]:
         """The ``k`` entries of ``target`` nearest to an image (a path, PIL image or encoded bytes), best
-        first; ``k`` is clamped as in :meth:`search_text`. An unreadable image raises, naming it."""
+        first; ``k``, ``nprobe`` and ``ef_search`` as in :meth:`search_text`. An unreadable image
+        raises, naming it."""
         k = _check_k(k)
-        return self.search_vector(self._encode_images([image])[0], k, target=target)
+        return self.search_vector(self._encode_images([image])[0], k, target=target, nprobe=nprobe, ef_search=ef_search)
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, *, target: Target = "image") -> list[SearchHit]:
+    def search_vector(
+        self, vector: np.ndarray, k: int = 10, *, target: Target = "image", nprobe: int | None = None, ef_search: int | None = None
+    ) -> list[SearchHit]:
         """The ``k`` entries of ``target`` nearest to an embedding (normalised here), best first."""
         k = _check_k(k)
         if target not in ("image", "text", "all"):
@@ -537,7 +545,7 @@ class SearchIndex:
             self.refresh()
             found: list[tuple[float, int]] = []
             for kind in kinds:
-                scores, ids = self._vectors[kind].search(q, k)
+                scores, ids = self._vectors[kind].search(q, k, nprobe=nprobe, ef_search=ef_search)
                 found += [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
             found.sort(key=lambda x: (-x[0], x[1]))
             entries = self.store.lookup([i for _, i in found[:k]])

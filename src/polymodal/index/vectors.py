@@ -110,22 +110,42 @@ class VectorIndex:
         self.index.remove_ids(np.asarray(ids, dtype=np.int64))
         return True
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, nprobe: int | None = None, ef_search: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(scores [q, k], ids [q, k])``, best first; ids of -1 mark fewer than ``k`` results.
+
+        ``nprobe`` (IVF: clusters scanned) and ``ef_search`` (HNSW: graph candidates kept) trade speed
+        for recall in this call only; None keeps the index's own. The other kind's setting, and both
+        for exact (flat) search, are ignored, so one call works whatever kind ``auto`` chose. What
+        they buy at 1M vectors is measured in benchmarks/bench_search.py.
 
         A handful of queries is searched on one thread. FAISS parallelises over queries (and the ID map
         translates results in an OpenMP loop), so one query gains nothing from more threads, but every
         OpenMP region waits for all of them: on a server whose cores are busy with the model, that wait
         was ~20 ms per query against ~0.05 ms single-threaded (benchmarks/bench_search.py).
         """
+        params = self._search_params(nprobe, ef_search)
         k = min(k, self.ntotal)
         if k <= 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if len(queries) > SMALL_QUERY_BATCH:
-            return self.index.search(queries, k)
+            return self.index.search(queries, k, params=params)
         with _single_thread():
-            return self.index.search(queries, k)
+            return self.index.search(queries, k, params=params)
+
+    def _search_params(self, nprobe: int | None, ef_search: int | None) -> Any:
+        for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise SearchIndexError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.kind == "ivf" and nprobe is not None:
+            faiss = import_faiss()
+            return faiss.SearchParametersIVF(nprobe=min(nprobe, int(faiss.extract_index_ivf(self.index).nlist)))
+        if self.kind == "hnsw" and ef_search is not None:
+            faiss = import_faiss()
+            return faiss.SearchParametersHNSW(efSearch=ef_search)
+        return None
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "vectors": self.ntotal}
