@@ -77,7 +77,7 @@ def text_batch() -> tuple[torch.Tensor, torch.Tensor]:
 def test_forward_loss_shapes_and_gradients():
     model = build(label_smoothing=0.1)
     ids, mask = text_batch()
-    out = model(images(), ids, mask)
+    out = model(images(), ids, mask, return_logits=True)
     assert isinstance(out, CaptionerOutput)
     assert out.logits.shape == (3, 6, VOCAB)
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
@@ -90,11 +90,12 @@ def test_forward_loss_shapes_and_gradients():
 def test_loss_is_next_token_cross_entropy_over_real_tokens_only():
     model = build(label_smoothing=0.0).eval()
     ids, mask = text_batch()
-    out = model(images(), ids, mask)
+    out = model(images(), ids, mask, return_logits=True)
     targets = ids[:, 1:]
     real = mask[:, 1:]
     want = F.cross_entropy(out.logits[real], targets[real])
     torch.testing.assert_close(out.loss, want)
+    torch.testing.assert_close(model(images(), ids, mask).loss, want)  # real positions only: the same loss
     # Changing what sits in pad positions changes nothing; the default mask is ids != pad_id.
     noisy = ids.masked_fill(~mask, 17)
     torch.testing.assert_close(model(images(), noisy, mask).loss, out.loss)
@@ -110,11 +111,34 @@ def test_label_mask_scores_only_the_answer():
     ids, mask = text_batch()
     answer = torch.zeros_like(mask)
     answer[:, 3:] = True  # e.g. '[CLS] q q | a a [SEP]': only the tail is learned
-    out = model(images(), ids, mask, label_mask=answer)
+    out = model(images(), ids, mask, label_mask=answer, return_logits=True)
     scored = (mask & answer)[:, 1:]
     torch.testing.assert_close(out.loss, F.cross_entropy(out.logits[scored], ids[:, 1:][scored]))
+    torch.testing.assert_close(model(images(), ids, mask, label_mask=answer).loss, out.loss)
     # Logits are those of the unmasked forward: the question still conditions the answer.
-    torch.testing.assert_close(out.logits, model(images(), ids, mask).logits)
+    torch.testing.assert_close(out.logits, model(images(), ids, mask, return_logits=True).logits)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_scoring_only_real_tokens_gives_the_full_forwards_loss_and_gradients(label_smoothing):
+    """The default forward projects only the scored positions onto the vocabulary; values and
+    gradients must equal those of the forward that keeps every position's logits."""
+    model = build(label_smoothing=label_smoothing)
+    ids, mask = text_batch()
+    grads = []
+    losses = []
+    for keep in (True, False):
+        model.zero_grad()
+        out = model(images(), ids, mask, return_logits=keep)
+        out.loss.backward()
+        losses.append(out.loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[0], losses[1])
+    assert grads[0].keys() == grads[1].keys() and "lm_bias" in grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="return_logits=True"):
+        _ = out.logits  # the default forward kept none, and says how to get them
 
 
 def test_lm_head_is_tied_to_the_token_embedding():

@@ -99,6 +99,30 @@ def test_fusion_encoder_objectives_and_itm_scores(world_batch: WorldBatch) -> No
         _fusion(world_batch, weights={"itc": 1.0, "captioning": 1.0})
 
 
+def test_fusion_mlm_scores_the_selected_positions_as_a_full_head_would(world_batch: WorldBatch) -> None:
+    """The MLM head runs on the selected positions only; the loss and its gradients must be those of
+    the head over every position with the unselected ones ignored."""
+    from polymodal.losses import mask_tokens, mlm_loss
+
+    torch.manual_seed(0)
+    model = _fusion(world_batch, weights={"mlm": 1.0})
+    ids, mask = enc(world_batch, world_batch.captions)
+    out = model(world_batch.images, ids, mask, generator=torch.Generator().manual_seed(3))
+    out.loss.backward()
+    fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    masked = mask_tokens(ids, model.vocab_size, model.mask_token_id, special_tokens_mask=model._special_mask(ids),
+                         prob=model.mlm_probability, generator=torch.Generator().manual_seed(3))
+    assert 0 < int((masked.labels != -100).sum()) < masked.labels.numel() // 2
+    fused = model.backbone.fuse(model.backbone.encode_text(masked.input_ids, mask), model.backbone.encode_image(world_batch.images))
+    full = mlm_loss(model.mlm_head(fused.tokens), masked.labels)
+    full.backward()
+    torch.testing.assert_close(out.parts["mlm"], full.detach())
+    assert "mlm_head.3.weight" in fast
+    for name, grad in fast.items():
+        torch.testing.assert_close(grad, dict(model.named_parameters())[name].grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_fusion_encoder_learns_itc_and_itm(world_batch: WorldBatch) -> None:
     """ITC memorises 8 pairs quickly; ITM from scratch is slower (ALBEF leans on ITC-shaped features
     first), so the bar for ITM is 'well below the constant predictor' (0.637 for the 1:2

@@ -20,7 +20,7 @@ Positions count real tokens only, so a padded prompt generates exactly what it w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
+from polymodal.losses._token_mean import token_mean_cross_entropy
 from polymodal.losses.captioning import lm_loss
 from polymodal.losses.mlm import IGNORE_INDEX
 from polymodal.models.generation import GenerationOutput, check_method
@@ -42,10 +43,19 @@ __all__ = ["Captioner", "CaptionerOutput"]
 @dataclass
 class CaptionerOutput:
     """``loss``: scalar LM loss over the real target tokens; ``logits`` ``[B, T - 1, vocab]``
-    (position ``t`` predicts ``text_ids[:, t + 1]``)."""
+    (position ``t`` predicts ``text_ids[:, t + 1]``), kept only when the forward was asked for them."""
 
     loss: Tensor
-    logits: Tensor
+    kept_logits: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def logits(self) -> Tensor:
+        if self.kept_logits is None:
+            raise ValueError(
+                "captioner: this forward scored only the real target tokens and kept no logits; "
+                "call it with return_logits=True to get [batch, T - 1, vocab] logits"
+            )
+        return self.kept_logits
 
 
 @dataclass
@@ -174,6 +184,8 @@ class Captioner(nn.Module):
         text_ids: Tensor,
         text_mask: Tensor | None = None,
         label_mask: Tensor | None = None,
+        *,
+        return_logits: bool = False,
     ) -> CaptionerOutput:
         """Teacher-forced LM loss. ``text_ids`` ``[B, T]`` start with BOS and end with EOS (then pad);
         ``text_mask`` ``[B, T]`` (1 = real token) defaults to ``text_ids != pad_id``.
@@ -181,6 +193,11 @@ class Captioner(nn.Module):
         ``label_mask`` ``[B, T]`` (1 = scored) restricts the loss to some real tokens: for generative
         VQA on ``[CLS] question: ... answer: red [SEP]`` mark only ``red [SEP]`` so the model learns
         the answer, not the question (the question still conditions it). Default: every real token.
+
+        Only the scored positions go through the vocabulary projection and the softmax unless
+        ``return_logits`` asks for every position's logits: a batch padded to its longest caption is
+        ~40% padding, and with a 30k-word vocabulary that projection is most of a small decoder's
+        step. The loss is the same either way.
         """
         if text_ids.dim() != 2 or text_ids.shape[1] < 2:
             raise shape_error("captioner", "text_ids (BOS + at least one token)", ("batch", ">= 2"), text_ids)
@@ -198,7 +215,6 @@ class Captioner(nn.Module):
             encoder_tokens=image.tokens,
             encoder_mask=image.mask,
         )
-        logits = self.lm_logits(out.tokens)
         scored = text_mask[:, 1:]
         if label_mask is not None:
             if label_mask.shape != text_ids.shape:
@@ -206,9 +222,12 @@ class Captioner(nn.Module):
                     "captioner", "label_mask (same shape as text_ids)", tuple(text_ids.shape), label_mask
                 )
             scored = scored & (label_mask[:, 1:] != 0)
-        labels = text_ids[:, 1:].masked_fill(~scored, IGNORE_INDEX)
-        loss = lm_loss(logits, labels, shift=False, label_smoothing=self.label_smoothing)
-        return CaptionerOutput(loss=loss, logits=logits)
+        if return_logits:
+            logits = self.lm_logits(out.tokens)
+            labels = text_ids[:, 1:].masked_fill(~scored, IGNORE_INDEX)
+            return CaptionerOutput(lm_loss(logits, labels, shift=False, label_smoothing=self.label_smoothing), logits)
+        logits = self.lm_logits(out.tokens[scored])
+        return CaptionerOutput(token_mean_cross_entropy(logits, text_ids[:, 1:][scored], self.label_smoothing))
 
     # ---------------------------------------------------------------------------------------------
     # Generation

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polymodal.losses import ITCLoss, MultiTaskLoss, itm_loss, itm_pairs, mask_tokens, mlm_loss, sample_hard_negatives
+from polymodal.losses import ITCLoss, MultiTaskLoss, itm_loss, itm_pairs, mask_tokens, sample_hard_negatives
+from polymodal.losses._token_mean import token_mean_cross_entropy
+from polymodal.losses.mlm import IGNORE_INDEX
 from polymodal.models.backbone import ImageTextBackbone
 from polymodal.models.dual_encoder import _projection
 from polymodal.models.outputs import FusionEncoderOutput
@@ -107,7 +109,11 @@ class FusionEncoder(nn.Module):
             )
             masked_text = self.backbone.encode_text(masked.input_ids, text_mask)
             fused = self.backbone.fuse(masked_text, image)
-            losses["mlm"] = mlm_loss(self.mlm_head(fused.tokens), masked.labels)  # type: ignore[misc]
+            # only the selected ~15% of positions go through the head: its vocabulary projection is
+            # the largest matmul of the step, and the other positions' logits are never scored
+            selected = masked.labels != IGNORE_INDEX
+            logits = self.mlm_head(fused.tokens[selected])  # type: ignore[misc]
+            losses["mlm"] = token_mean_cross_entropy(logits, masked.labels[selected])
         total = self.objectives(losses)
         return FusionEncoderOutput(loss=total.total, parts=total.parts, itm_accuracy=itm_acc, itc=itc)
 
