@@ -127,6 +127,25 @@ def test_search_by_text_and_image_agree_with_the_index(served: Served, ret: Test
     assert f.status_code == 200 and f.content == img.read_bytes()
 
 
+def test_search_effort_fields_reach_the_index_and_are_validated(served: Served, ret: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from polymodal.index import vectors as V
+
+    seen: list[dict] = []
+    real = V.VectorIndex.search
+
+    def spy(self, queries, k, **effort):
+        seen.append(effort)
+        return real(self, queries, k, **effort)
+
+    monkeypatch.setattr(V.VectorIndex, "search", spy)
+    r = ret.post("/v1/search", data={"text": "a red cube", "k": "3", "nprobe": "8", "ef_search": "40"})
+    assert r.status_code == 200 and len(r.json()["results"]) == 3
+    assert seen == [{"nprobe": 8, "ef_search": 40}]
+    for field, value in (("nprobe", "0"), ("ef_search", "-1"), ("nprobe", "lots")):
+        body = _error(ret.post("/v1/search", data={"text": "a cube", field: value}), 422)
+        assert field in body
+
+
 # ----------------------------------------------------------------------------------- micro-batching
 
 

@@ -144,7 +144,7 @@ class VectorIndex:
             return faiss.SearchParametersIVF(nprobe=min(nprobe, int(faiss.extract_index_ivf(self.index).nlist)))
         if self.kind == "hnsw" and ef_search is not None:
             faiss = import_faiss()
-            return faiss.SearchParametersHNSW(efSearch=ef_search)
+            return faiss.SearchParametersHNSW(efSearch=min(ef_search, max(1, self.ntotal)))  # more would only allocate
         return None
 
     def describe(self) -> dict[str, Any]:

@@ -249,6 +249,8 @@ def create_app(model: nn.Module, processors: Processors, index: Any | None = Non
         text: Annotated[str | None, Form(description="A text query (or upload an image).")] = None,
         k: Annotated[int, Form(description="How many results, 1..max_k (default max_k 1000; more is a 422).")] = 10,
         target: Annotated[Literal["image", "text", "all"], Form(description="Which entries to return.")] = "image",
+        nprobe: Annotated[int | None, Form(ge=1, description="IVF index: clusters to scan (more: slower, higher recall; default: the index's own).")] = None,
+        ef_search: Annotated[int | None, Form(ge=1, description="HNSW index: candidates to keep (more: slower, higher recall).")] = None,
     ) -> SearchResponse:
         """Search the index by a text or an uploaded image; paths are relative to the collection root."""
         if index is None:
@@ -263,7 +265,7 @@ def create_app(model: nn.Module, processors: Processors, index: Any | None = Non
             vec = await run("embed-text", guards.check_text(text, "text", settings))
         import numpy as np
 
-        hits = await run_in_threadpool(index.search_vector, np.asarray(vec, dtype=np.float32), k, target=target)
+        hits = await run_in_threadpool(index.search_vector, np.asarray(vec, dtype=np.float32), k, target=target, nprobe=nprobe, ef_search=ef_search)
         return SearchResponse(results=[SearchHitOut(rank=r, id=h.id, kind=h.kind, score=h.score, path=h.path, text=h.text, caption=h.caption)
                                        for r, h in enumerate(hits, 1)])
 
