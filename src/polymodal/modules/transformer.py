@@ -139,9 +139,14 @@ class MLP(nn.Module):
         self.proj = nn.Linear(hidden, width, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if can_fuse(x, self.activation, dropout_active=self.training and isinstance(self.drop, nn.Dropout)):
-            return fused_quick_gelu_mlp(x, self.fc, self.proj)
+        if not torch.jit.is_scripting():  # TorchScript compiles only the plain modules
+            if self._fuses(x):
+                return fused_quick_gelu_mlp(x, self.fc, self.proj)
         return self.proj(self.drop(self.act(self.fc(x))))
+
+    def _fuses(self, x: Tensor) -> bool:
+        activation = getattr(self, "activation", "")  # an MLP pickled before the attribute existed has none
+        return can_fuse(x, activation, self.fc.weight, dropout_active=self.training and isinstance(self.drop, nn.Dropout))
 
 
 class TransformerBlock(nn.Module):
