@@ -745,7 +745,7 @@ def search(
     model: str | None = typer.Option(None, "--model", "-m", help="The index's model, if it moved since the build (checked against the index)."),
     device: str = typer.Option("cpu", "--device", help="'cpu', 'cuda', 'cuda:N' or 'auto'."),
     nprobe: int | None = typer.Option(None, "--nprobe", help="IVF index: clusters to scan (more: slower, higher recall; default: the index's own)."),
-    ef_search: int | None = typer.Option(None, "--ef-search", help="HNSW index: candidates to keep (more: slower, higher recall)."),
+    ef_search: int | None = typer.Option(None, "--ef-search", help="HNSW index: candidates to keep (more: slower, higher recall; default: the index's own)."),
 ) -> None:
     """Search an index by text or by image; prints rank, cosine score, id and the image path or text.
 

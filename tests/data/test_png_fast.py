@@ -115,3 +115,13 @@ def test_without_pyspng_the_same_pixels_come_from_pil(tmp_path, monkeypatch):
 def test_missing_png_names_the_file(tmp_path):
     with pytest.raises(DataError, match="image file not found: .*absent.png"):
         open_image(Path(tmp_path / "absent.png"))
+
+
+def test_pils_own_pixel_limit_holds_on_the_fast_path_too(tmp_path, monkeypatch):
+    """open_image refuses what PIL's decompression-bomb guard refuses, whichever decoder would run."""
+    path = tmp_path / "x.png"
+    path.write_bytes(_png(_random((20, 20, 3))))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    for source in (path, path.read_bytes()):
+        with pytest.raises(DataError, match="more pixels than the limit"):
+            open_image(source, max_pixels=1000)

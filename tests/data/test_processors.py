@@ -162,10 +162,13 @@ class _Draws:
         return value
 
 
-@pytest.mark.parametrize("brightness, contrast", [(0.3, -0.3), (-0.3, 0.3), (0.25, 0.0), (0.0, -0.25)])
-def test_colour_jitter_matches_pil_image_enhance(brightness, contrast) -> None:
+@pytest.mark.parametrize(
+    "brightness, contrast, amount", [(0.3, -0.3, 0.3), (-0.3, 0.3, 0.3), (0.25, 0.0, 0.3), (0.0, -0.25, 0.3), (-1.4, 0.0, 1.5)]
+)
+def test_colour_jitter_matches_pil_image_enhance(brightness, contrast, amount) -> None:
     """Brightness then contrast, each clipped to 0-255, as PIL's ImageEnhance does them; PIL rounds to
-    whole levels after each step and polymodal does not, so they agree to within two levels."""
+    whole levels after each step and polymodal does not, so they agree to within two levels. A
+    brightness range over 1 can draw a negative factor: clipped to black, as PIL does."""
     from PIL import ImageEnhance
 
     rng = np.random.default_rng(0)
@@ -173,9 +176,8 @@ def test_colour_jitter_matches_pil_image_enhance(brightness, contrast) -> None:
     pixels[:4] = 255  # saturated rows: brightening must clip them before contrast reads them
     pixels[4:6] = 0
     img = Image.fromarray(pixels)
-    cfg = ImageProcessorConfig(size=16, mean=(0, 0, 0), std=(1, 1, 1), brightness=0.3, contrast=0.3)
-    draws = [v for v, amount in ((brightness, cfg.brightness), (contrast, cfg.contrast)) if amount > 0]
-    ours = ImageProcessor(cfg, train=True)(img, _Draws(*draws)) * 255
+    cfg = ImageProcessorConfig(size=16, mean=(0, 0, 0), std=(1, 1, 1), brightness=amount, contrast=amount)
+    ours = ImageProcessor(cfg, train=True)(img, _Draws(brightness, contrast)) * 255
     expected = ImageEnhance.Contrast(ImageEnhance.Brightness(img).enhance(1 + brightness)).enhance(1 + contrast)
     expected_t = torch.from_numpy(np.asarray(expected, dtype=np.float32)).permute(2, 0, 1)
     assert (ours - expected_t).abs().max() <= 2.0

@@ -251,7 +251,8 @@ def test_exact_search_ignores_effort_and_bad_effort_is_refused() -> None:
     flat = V.build("flat", 16, np.arange(300), db, generation=0)
     plain = flat.search(db[:3], 5)
     assert all(np.array_equal(a, b) for a, b in zip(plain, flat.search(db[:3], 5, nprobe=1, ef_search=1)))
-    for bad in (0, -3, 2.5, True):
+    assert all(np.array_equal(a, b) for a, b in zip(flat.search(db[:3], 5, nprobe=np.int64(4)), plain))  # numpy integers are whole numbers
+    for bad in (0, -3, 2.5, True, np.float64(3.0)):
         with pytest.raises(SearchIndexError, match="nprobe must be a whole number >= 1"):
             flat.search(db[:1], 5, nprobe=bad)  # type: ignore[arg-type]
     with pytest.raises(SearchIndexError, match="ef_search must be"):

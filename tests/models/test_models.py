@@ -292,6 +292,9 @@ def test_generative_vqa_overfits_and_learns_only_answers(world_batch: WorldBatch
     assert losses[-1] < 0.05, losses[-5:]
     model.eval()
     assert model.answer(world_batch.images, world_batch.questions) == answers
+    full = model(world_batch.images, world_batch.questions, answers, return_logits=True)
+    assert full.logits is not None and full.logits.shape == (8, ids.shape[1] - 1, tok.vocab_size)
+    torch.testing.assert_close(full.loss, model(world_batch.images, world_batch.questions, answers).loss)
 
 
 def test_freeze_in_a_tower_spec_locks_that_tower_only() -> None:

@@ -87,8 +87,10 @@ def open_image(
     except OSError as e:
         raise DataError(f"cannot read image {label}: {e.strerror or e}") from None
     if data is not None and (size := png_fast.png_size(data)) is not None:
-        if size[0] * size[1] > max_pixels:
-            raise _too_many_pixels(label, *size, max_pixels)
+        # PIL's own guard (below) refuses past Image.MAX_IMAGE_PIXELS as well: the fast path must too
+        limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+        if size[0] * size[1] > limit:
+            raise _too_many_pixels(label, *size, limit)
         if (fast := png_fast.decode_rgb(data)) is not None:
             return fast
     with fp:

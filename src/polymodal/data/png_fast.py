@@ -7,10 +7,12 @@ cache holds it), so this is a third of a small image's load.
 
 Only the common case takes this path: 8-bit RGB or RGBA, whose conversion to RGB is unambiguous
 (RGBA drops alpha, as PIL's ``convert("RGB")`` does). Everything else, and every file this path has
-any doubt about, goes to PIL, which decides: libspng does not check the image data's checksums, so
-they are checked here first, and a file that fails them, or that libspng cannot decode, is handed to
-PIL to be decoded or rejected with its usual error. Both paths therefore accept and reject the same
-files.
+any doubt about, goes to PIL, which decides: libspng does not check the chunks' CRCs (it decoded a
+bit-flipped file that PIL rejects), so they are checked here first, and a file that fails them, or
+that libspng cannot decode, is handed to PIL to be decoded or rejected with its usual error. One
+difference remains: libspng does not verify the zlib stream's own (Adler-32) checksum, so a file
+written with a wrong one but correct chunk CRCs (damaged before its CRCs were computed) decodes here
+and is refused by PIL. Transmission and storage damage breaks the CRCs and is caught.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class ImageProcessorConfig:
 
 
 # ITU-R 601-2 luma, the weights of PIL's convert("L") (and of torchvision's rgb_to_grayscale)
-_GREY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114])
+_GREY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32)
 
 _INTERP = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 
@@ -165,7 +165,7 @@ class ImageProcessor:
         ~135 us a 64 px world image took to process, measured)."""
         c = self.config
         if c.brightness > 0:
-            pixels.mul_(1 + rng.uniform(-c.brightness, c.brightness)).clamp_(max=255.0)
+            pixels.mul_(1 + rng.uniform(-c.brightness, c.brightness)).clamp_(0.0, 255.0)  # brightness > 1 may draw a negative factor
         if c.contrast > 0:
             factor = 1 + rng.uniform(-c.contrast, c.contrast)
             grey = float(torch.mv(pixels.mean(dim=(1, 2)).unsqueeze(0), _GREY_WEIGHTS))

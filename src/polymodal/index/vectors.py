@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import operator
 import os
 import struct
 import zlib
@@ -136,9 +137,18 @@ class VectorIndex:
             return self.index.search(queries, k, params=params)
 
     def _search_params(self, nprobe: int | None, ef_search: int | None) -> Any:
+        checked = []
         for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise SearchIndexError(f"{name} must be a whole number >= 1, got {value!r}")
+            if value is not None:
+                try:
+                    number = operator.index(value)  # ints and numpy integers, not floats or bools
+                except TypeError:
+                    number = 0
+                if isinstance(value, bool) or number < 1:
+                    raise SearchIndexError(f"{name} must be a whole number >= 1, got {value!r}")
+                value = number
+            checked.append(value)
+        nprobe, ef_search = checked
         if self.kind == "ivf" and nprobe is not None:
             faiss = import_faiss()
             return faiss.SearchParametersIVF(nprobe=min(nprobe, int(faiss.extract_index_ivf(self.index).nlist)))

@@ -20,7 +20,7 @@ Positions count real tokens only, so a padded prompt generates exactly what it w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,19 +43,11 @@ __all__ = ["Captioner", "CaptionerOutput"]
 @dataclass
 class CaptionerOutput:
     """``loss``: scalar LM loss over the real target tokens; ``logits`` ``[B, T - 1, vocab]``
-    (position ``t`` predicts ``text_ids[:, t + 1]``), kept only when the forward was asked for them."""
+    (position ``t`` predicts ``text_ids[:, t + 1]``) when the forward was asked for them
+    (``return_logits=True``), else None."""
 
     loss: Tensor
-    kept_logits: Tensor | None = field(default=None, repr=False)
-
-    @property
-    def logits(self) -> Tensor:
-        if self.kept_logits is None:
-            raise ValueError(
-                "captioner: this forward scored only the real target tokens and kept no logits; "
-                "call it with return_logits=True to get [batch, T - 1, vocab] logits"
-            )
-        return self.kept_logits
+    logits: Tensor | None = None
 
 
 @dataclass
@@ -222,10 +214,11 @@ class Captioner(nn.Module):
                     "captioner", "label_mask (same shape as text_ids)", tuple(text_ids.shape), label_mask
                 )
             scored = scored & (label_mask[:, 1:] != 0)
-        if return_logits:
+        if return_logits or torch.compiler.is_compiling():  # a compiled graph keeps static shapes
             logits = self.lm_logits(out.tokens)
             labels = text_ids[:, 1:].masked_fill(~scored, IGNORE_INDEX)
-            return CaptionerOutput(lm_loss(logits, labels, shift=False, label_smoothing=self.label_smoothing), logits)
+            loss = lm_loss(logits, labels, shift=False, label_smoothing=self.label_smoothing)
+            return CaptionerOutput(loss, logits if return_logits else None)
         logits = self.lm_logits(out.tokens[scored])
         return CaptionerOutput(token_mean_cross_entropy(logits, text_ids[:, 1:][scored], self.label_smoothing))
 

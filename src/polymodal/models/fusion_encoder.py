@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polymodal.losses import ITCLoss, MultiTaskLoss, itm_loss, itm_pairs, mask_tokens, sample_hard_negatives
+from polymodal.losses import ITCLoss, MultiTaskLoss, itm_loss, itm_pairs, mask_tokens, mlm_loss, sample_hard_negatives
 from polymodal.losses._token_mean import token_mean_cross_entropy
 from polymodal.losses.mlm import IGNORE_INDEX
 from polymodal.models.backbone import ImageTextBackbone
@@ -110,10 +110,13 @@ class FusionEncoder(nn.Module):
             masked_text = self.backbone.encode_text(masked.input_ids, text_mask)
             fused = self.backbone.fuse(masked_text, image)
             # only the selected ~15% of positions go through the head: its vocabulary projection is
-            # the largest matmul of the step, and the other positions' logits are never scored
-            selected = masked.labels != IGNORE_INDEX
-            logits = self.mlm_head(fused.tokens[selected])  # type: ignore[misc]
-            losses["mlm"] = token_mean_cross_entropy(logits, masked.labels[selected])
+            # the largest matmul of the step, and the other positions' logits are never scored (a
+            # compiled graph keeps static shapes, so it scores every position, ignoring the others)
+            if torch.compiler.is_compiling():
+                losses["mlm"] = mlm_loss(self.mlm_head(fused.tokens), masked.labels)  # type: ignore[misc]
+            else:
+                selected = masked.labels != IGNORE_INDEX
+                losses["mlm"] = token_mean_cross_entropy(self.mlm_head(fused.tokens[selected]), masked.labels[selected])  # type: ignore[misc]
         total = self.objectives(losses)
         return FusionEncoderOutput(loss=total.total, parts=total.parts, itm_accuracy=itm_acc, itc=itc)
 

@@ -38,10 +38,10 @@ class GenerativeVQA(nn.Module):
         label_mask = (positions >= prompt_len.unsqueeze(1)) & full.attention_mask.bool()
         return full.input_ids, full.attention_mask, label_mask.long()
 
-    def forward(self, images: Tensor, questions: Sequence[str], answers: Sequence[str]) -> CaptionerOutput:
+    def forward(self, images: Tensor, questions: Sequence[str], answers: Sequence[str], *, return_logits: bool = False) -> CaptionerOutput:
         ids, mask, label_mask = self.training_batch(questions, answers)
         device = images.device
-        return self.captioner(images, ids.to(device), mask.to(device), label_mask=label_mask.to(device))
+        return self.captioner(images, ids.to(device), mask.to(device), label_mask=label_mask.to(device), return_logits=return_logits)
 
     @torch.no_grad()
     def answer(self, images: Tensor, questions: Sequence[str], max_new_tokens: int = 6, **search: object) -> list[str]:
