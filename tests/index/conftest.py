@@ -63,3 +63,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
         generate_world(world, WorldConfig(num_scenes=60, seed=2, image_size=32), workers=1)
         run = _train_retrieval(root, world, seed=1)
     return Tiny(world, run, _train_retrieval(root, world, seed=7))
+
+
+def spy_on_vector_search(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Record the effort keywords (nprobe / ef_search) of every VectorIndex.search call, which still runs."""
+    from polymodal.index import vectors as V
+
+    seen: list[dict] = []
+    real = V.VectorIndex.search
+
+    def spy(self, queries, k, **effort):
+        seen.append(effort)
+        return real(self, queries, k, **effort)
+
+    monkeypatch.setattr(V.VectorIndex, "search", spy)
+    return seen

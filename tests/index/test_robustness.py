@@ -17,7 +17,7 @@ pytest.importorskip("faiss", reason="the search index needs faiss-cpu (pip insta
 from polymodal.index import SearchIndex, SearchIndexError
 from polymodal.index import vectors as V
 from polymodal.index.search_index import FAISS_FILES
-from tests.index.conftest import Tiny
+from tests.index.conftest import Tiny, spy_on_vector_search
 
 
 def _collection(tmp_path: Path, tiny: Tiny, splits: tuple[str, ...] = ("test",)) -> Path:
@@ -263,14 +263,7 @@ def test_search_index_passes_effort_through(tmp_path: Path, tiny: Tiny, monkeypa
     root = _collection(tmp_path, tiny)
     index = SearchIndex.create(tmp_path / "idx", tiny.run, root=root)
     index.add_images(root, progress=False)
-    seen: list[dict] = []
-    real = V.VectorIndex.search
-
-    def spy(self, queries, k, **effort):
-        seen.append(effort)
-        return real(self, queries, k, **effort)
-
-    monkeypatch.setattr(V.VectorIndex, "search", spy)
+    seen = spy_on_vector_search(monkeypatch)
     index.search_text("a red cube", k=3, nprobe=7)
     index.search_image(sorted(root.rglob("*.png"))[0], k=3, ef_search=9, target="all")
     assert seen == [{"nprobe": 7, "ef_search": None}] + [{"nprobe": None, "ef_search": 9}] * 2

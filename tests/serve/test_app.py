@@ -128,16 +128,9 @@ def test_search_by_text_and_image_agree_with_the_index(served: Served, ret: Test
 
 
 def test_search_effort_fields_reach_the_index_and_are_validated(served: Served, ret: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    from polymodal.index import vectors as V
+    from tests.index.conftest import spy_on_vector_search
 
-    seen: list[dict] = []
-    real = V.VectorIndex.search
-
-    def spy(self, queries, k, **effort):
-        seen.append(effort)
-        return real(self, queries, k, **effort)
-
-    monkeypatch.setattr(V.VectorIndex, "search", spy)
+    seen = spy_on_vector_search(monkeypatch)
     r = ret.post("/v1/search", data={"text": "a red cube", "k": "3", "nprobe": "8", "ef_search": "40"})
     assert r.status_code == 200 and len(r.json()["results"]) == 3
     assert seen == [{"nprobe": 8, "ef_search": 40}]
