@@ -13,7 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polymodal.losses import ITCLoss, MultiTaskLoss, itm_loss, itm_pairs, mask_tokens, mlm_loss, sample_hard_negatives
+from polymodal.losses import (
+    ITCLoss,
+    MultiTaskLoss,
+    itm_loss,
+    itm_pairs,
+    mask_tokens,
+    mlm_loss,
+    sample_hard_negatives,
+)
 from polymodal.losses._token_mean import token_mean_cross_entropy
 from polymodal.losses.mlm import IGNORE_INDEX
 from polymodal.models.backbone import ImageTextBackbone

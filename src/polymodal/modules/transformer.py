@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from polymodal.errors import ConfigError
-from polymodal.modules.fused_mlp import can_fuse, fused_quick_gelu_mlp
 from polymodal.modules.attention import (
     ContextGroups,
     LayerKV,
@@ -32,6 +31,7 @@ from polymodal.modules.attention import (
     cross_attention_mask,
     self_attention_mask,
 )
+from polymodal.modules.fused_mlp import can_fuse, fused_quick_gelu_mlp
 
 # Pack only when at most this fraction of a batch's token positions is real: gathering and scattering
 # the tokens around each attention costs about what 10% fewer tokens save in the other layers.
