@@ -314,14 +314,22 @@ def train(
         sets.append(f"output_dir={output_dir}")
     cfg = load_config(config, sets)
     trainer = Trainer(cfg, resume=resume)
+    is_main = trainer.is_main
     try:
         summary = trainer.fit()
     finally:
+        import gc
+
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    if not trainer.is_main:
+        # Free the model now, with the process-group handles DDP/FSDP keep in it: left to the interpreter's
+        # shutdown, Gloo's worker threads can be torn down mid-finalisation (SIGABRT, "terminate called
+        # without an active exception", seen once on a rank that had finished; pytorch/pytorch#179291).
+        del trainer
+        gc.collect()
+    if not is_main:
         return
     typer.echo(json.dumps({k: v for k, v in summary.items() if k in ("steps", "epochs", "test")}, indent=1, default=float))
     typer.echo(f"run folder: {cfg.output_dir}")
