@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from provenance import cpu_model, git_commit, write_result
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "inference.json"
@@ -322,12 +323,13 @@ def _row(
 
 def _texts(s: Shapes, batch: int, device: torch.device, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """Random ids padded to the context length: real lengths between half and all of it, each ending
-    in the EOS id (CLIP pools there), as a tokenizer's padded batch looks."""
+    in the end-of-text token, which is the vocabulary's last id as in OpenAI's CLIP: CLIPModel configs
+    of that lineage (eos_token_id 2) pool at the largest id, polymodal at the last real token."""
     lengths = torch.randint(s.context_length // 2, s.context_length + 1, (batch,), generator=gen)
-    ids = torch.randint(3, s.vocab_size, (batch, s.context_length), generator=gen)
+    ids = torch.randint(3, s.vocab_size - 1, (batch, s.context_length), generator=gen)
     pos = torch.arange(s.context_length)[None, :]
     mask = pos < lengths[:, None]
-    ids[torch.arange(batch), lengths - 1] = EOS
+    ids[torch.arange(batch), lengths - 1] = s.vocab_size - 1
     ids = ids.masked_fill(~mask, PAD)
     return ids.to(device), mask.long().to(device)
 
@@ -370,6 +372,7 @@ def bench_embedding(
     if dims != text_dims or dims["polymodal"] != dims["peer"]:
         raise RuntimeError(f"embedding sizes differ: image {dims}, text {text_dims}")
     params["embed_dim"] = dims["polymodal"]
+    params["same_function_max_abs_diff"] = _load_peer_weights(ours, peer, s, images, ids, mask)
 
     rows = []
     t = time_interleaved(
@@ -381,6 +384,25 @@ def bench_embedding(
     )
     rows.append(_row("text embedding", "texts/s", batch, t, {"batch": batch}))
     return rows, params
+
+
+def _load_peer_weights(ours: nn.Module, peer: nn.Module, s: Shapes, images: Tensor, ids: Tensor, mask: Tensor) -> float:
+    """Give polymodal the peer's own weights (``polymodal convert clip``'s mapping) and check that both
+    compute the same normalised embeddings: the timed models are then one function, two codebases.
+    Returns the largest difference (fp32); above 1e-4 the benchmark refuses to run."""
+    from polymodal.hub.native_clip import clip_state_dict
+
+    ours.load_state_dict(clip_state_dict(peer.state_dict(), s.vision_depth, s.text_depth))
+    with torch.inference_mode():
+        diffs = [
+            (F.normalize(ours.encode_image(images), dim=-1) - F.normalize(_features(peer.get_image_features(pixel_values=images)), dim=-1)).abs().max(),
+            (F.normalize(ours.encode_text(ids, mask), dim=-1)
+             - F.normalize(_features(peer.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)).abs().max(),
+        ]
+    worst = float(max(diffs))
+    if worst > 1e-4:
+        raise RuntimeError(f"polymodal with the peer's weights differs from it by {worst:.2e}: not the same model")
+    return worst
 
 
 def _features(out: Any) -> Tensor:

@@ -64,6 +64,8 @@ def test_quick_run_writes_rows_with_matching_sizes(
         p, q = result["params"][side]["polymodal"], result["params"][side]["peer"]
         assert abs(p - q) / q < 0.05, (side, p, q)
     assert result["params"]["embedding"]["embed_dim"] == result["shapes"]["embed_dim"]
+    # polymodal timed with the peer's own weights (convert clip's mapping): one function, two codebases
+    assert 0.0 <= result["params"]["embedding"]["same_function_max_abs_diff"] < 1e-4
     for key in ("torch", "transformers", "cpu", "cores", "device"):
         assert key in result["machine"]
     assert "| image embedding |" in capsys.readouterr().out
