@@ -848,7 +848,7 @@ def convert_clip_command(
     """Convert CLIP weights into polymodal's own dual encoder, checked against transformers' embeddings.
 
     The converted model computes the same embeddings with polymodal's towers, which are faster on CPU
-    than transformers' CLIPModel (benchmarks/RESULTS.md), and fine-tunes with polymodal's trainer.
+    than transformers' CLIPModel (benchmarks/RESULTS.md); predict, eval, index build and serve take it.
 
     Example:  polymodal convert clip ~/models/clip-vit-base-patch32 --out runs/clip_b32
     """

@@ -106,3 +106,130 @@ def test_cli_converts_and_the_search_index_takes_the_run(hf_folders, tmp_path, c
     hits = index.search_image(photos / "p2.png", k=1)
     assert hits[0].path == "p2.png"
     index.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# OpenAI's lineage: eos_token_id 2 (pooling at the largest id), the end token last in the vocabulary, no pad
+# token, towers of different widths, texts truncated to the context, photos that need a resize.
+
+OPENAI_WORDS = ["[UNK]", "a", "photo", "of", "the", "red", "blue", "cube", "sphere", "cat", "on", "mat", "two", "left"]
+
+
+def _openai_style(folder: Path, seed: int = 0, *, dtype=None, preprocessor: dict | None = None, eos_last: bool = True) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    ends = ["<|startoftext|>", "<|endoftext|>"] if eos_last else ["<|endoftext|>", "<|startoftext|>"]
+    vocab = {w: i for i, w in enumerate(OPENAI_WORDS + ends)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[(t, vocab[t]) for t in ("<|startoftext|>", "<|endoftext|>")]
+    )
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        unk_token="[UNK]", model_max_length=12,
+    ).save_pretrained(folder)
+    torch.manual_seed(seed)
+    text = dict(vocab_size=len(vocab), max_position_embeddings=12, hidden_size=24, intermediate_size=96, num_hidden_layers=2,
+                num_attention_heads=3, eos_token_id=2, bos_token_id=1, pad_token_id=1)
+    vision = dict(hidden_size=40, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4, image_size=30, patch_size=6)
+    model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=12))
+    with torch.no_grad():  # non-trivial norms, so a swapped LayerNorm would show
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(folder)
+    transformers.CLIPImageProcessor(**(preprocessor or {"size": {"shortest_edge": 30}, "crop_size": {"height": 30, "width": 30}})).save_pretrained(folder)
+    return folder
+
+
+def _photos() -> list[Image.Image]:
+    rng = np.random.default_rng(1)
+    # 50x37: the long side scales to 40.5; Hugging Face floors it to 40 (rounding would give 41)
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in ((64, 48), (50, 37), (30, 45))]
+
+
+def _hf_embeddings(folder: Path, photos, texts):
+    ref = transformers.CLIPModel.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    enc = tok(texts, padding="longest", truncation=True, max_length=12, return_tensors="pt")
+    pixels = transformers.CLIPImageProcessor.from_pretrained(folder)(images=photos, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        t = torch.nn.functional.normalize(native_clip._features(ref.get_text_features(**enc)), dim=-1)
+        i = torch.nn.functional.normalize(native_clip._features(ref.get_image_features(pixel_values=pixels)), dim=-1)
+    return pixels, t, i
+
+
+OPENAI_TEXTS = ["a photo of a cat", "two red cube left of the blue sphere on a mat " * 3, "cat"]
+
+
+@pytest.mark.parametrize("squash", [False, True])
+def test_openai_style_clip_converts_and_embeds_raw_inputs_identically(tmp_path, squash) -> None:
+    pre = {"do_center_crop": False, "size": {"height": 30, "width": 30}} if squash else None
+    folder = _openai_style(tmp_path / "hf", preprocessor=pre)
+    native_clip.convert_clip(folder, tmp_path / "run")
+    model, proc = load_model(tmp_path / "run")
+    assert proc.tokenizer.pad_id == 0  # no pad token: a real one stands in, and only the mask matters
+    pixels, want_txt, want_img = _hf_embeddings(folder, _photos(), OPENAI_TEXTS)
+    torch.testing.assert_close(proc.images(_photos()), pixels, rtol=0, atol=1e-5)
+    torch.testing.assert_close(predict.embed_texts(model, proc, OPENAI_TEXTS), want_txt, rtol=0, atol=1e-5)
+    torch.testing.assert_close(predict.embed_images(model, proc, _photos()), want_img, rtol=0, atol=1e-5)
+
+
+def test_fp16_checkpoints_convert(tmp_path) -> None:
+    folder = _openai_style(tmp_path / "hf", dtype=torch.float16)
+    native_clip.convert_clip(folder, tmp_path / "run")
+    model, proc = load_model(tmp_path / "run")
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_incomplete_weights_are_refused(tmp_path) -> None:
+    """from_pretrained fills missing tensors with random values; every later check would pass on them."""
+    from safetensors.torch import load_file, save_file
+
+    folder = _openai_style(tmp_path / "hf")
+    weights = load_file(folder / "model.safetensors")
+    del weights["text_projection.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(PretrainedLoadError, match="text_projection.weight"):
+        native_clip.convert_clip(folder, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_replaces_the_whole_run(tmp_path) -> None:
+    first, second = _openai_style(tmp_path / "a", seed=0), _openai_style(tmp_path / "b", seed=1)
+    out = tmp_path / "run"
+    native_clip.convert_clip(first, out)
+    (out / "stale.txt").write_text("from before")
+    with pytest.raises(PretrainedLoadError, match="--overwrite"):
+        native_clip.convert_clip(second, out)
+    native_clip.convert_clip(second, out, overwrite=True)
+    assert not (out / "stale.txt").exists() and not list(tmp_path.glob(".run.tmp-*"))
+    model, proc = load_model(out)
+    _, want_txt, _ = _hf_embeddings(second, _photos(), OPENAI_TEXTS)
+    torch.testing.assert_close(predict.embed_texts(model, proc, OPENAI_TEXTS), want_txt, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("resize larger than the crop", "shortest_edge 40 differs from the crop 30"),
+        ("no normalisation", "do_normalize"),
+        ("end token not last", "not the vocabulary's last"),
+        ("another family", "model_type 'clip'"),
+    ],
+)
+def test_what_cannot_be_reproduced_is_refused_naming_it(tmp_path, hf_folders, case, match) -> None:
+    if case == "another family":
+        folder = hf_folders["siglip"]
+    elif case == "end token not last":
+        folder = _openai_style(tmp_path / "hf", eos_last=False)
+    else:
+        pre = {"size": {"shortest_edge": 40}, "crop_size": {"height": 30, "width": 30}} if case.startswith("resize") else {
+            "size": {"shortest_edge": 30}, "crop_size": {"height": 30, "width": 30}, "do_normalize": False}
+        folder = _openai_style(tmp_path / "hf", preprocessor=pre)
+    with pytest.raises(PretrainedLoadError, match=match):
+        native_clip.convert_clip(folder, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

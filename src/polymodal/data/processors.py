@@ -36,6 +36,9 @@ class ImageProcessorConfig:
     # decode JPEGs at 1/2, 1/4 or 1/8 scale (in the DCT) when the output needs no more pixels: ~2x
     # faster (640x480 photos to 224), pixels within a few levels of a full decode
     jpeg_draft: bool = False
+    # the resized long side: "round" (polymodal's own) or "floor" (Hugging Face's image processors, so a
+    # converted checkpoint sees exactly the pixels it saw there: 640x480 to 224 is 298 wide, not 299)
+    resize_rounding: str = "round"
 
     def __post_init__(self) -> None:
         if self.size < 8:
@@ -44,6 +47,8 @@ class ImageProcessorConfig:
             raise ValueError(f"image processor: resize_mode must be 'shortest_then_center_crop' or 'squash', got {self.resize_mode!r}")
         if self.interpolation not in _INTERP:
             raise ValueError(f"image processor: interpolation must be one of {sorted(_INTERP)}, got {self.interpolation!r}")
+        if self.resize_rounding not in ("round", "floor"):
+            raise ValueError(f"image processor: resize_rounding must be 'round' or 'floor', got {self.resize_rounding!r}")
 
 
 # ITU-R 601-2 luma, the weights of PIL's convert("L") (and of torchvision's rgb_to_grayscale)
@@ -118,8 +123,12 @@ class ImageProcessor:
         w, h = img.size
         if (w, h) == (c.size, c.size):
             return img, None
-        scale = c.size / min(w, h)
-        nw, nh = max(c.size, round(w * scale)), max(c.size, round(h * scale))
+        if c.resize_rounding == "floor":  # in integers, as Hugging Face computes it (no 447.99999 for 448)
+            short = min(w, h)
+            nw, nh = max(c.size, c.size * w // short), max(c.size, c.size * h // short)
+        else:
+            scale = c.size / min(w, h)
+            nw, nh = max(c.size, round(w * scale)), max(c.size, round(h * scale))
         img = img.resize((nw, nh), interp)
         left, top = (nw - c.size) // 2, (nh - c.size) // 2
         box = CropBox(left / nw, top / nh, (left + c.size) / nw, (top + c.size) / nh)
