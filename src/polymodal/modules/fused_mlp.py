@@ -15,6 +15,8 @@ oneDNN's swish is ``x * sigmoid(x)`` (it ignores an ``alpha``), so ``h * sigmoid
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.autograd.forward_ad
 import torch.fx
@@ -45,6 +47,11 @@ def fused_mlp_available() -> bool:
     return _available
 
 
+@functools.cache
+def _native_bf16() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
     """The dtype the plain modules would compute in, if the fused op can match it: autocast's on CPU for
     float32 / bfloat16 inputs (as autocast casts a Linear's), else the input's when the weights share it.
@@ -55,9 +62,7 @@ def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
         dtype = x.dtype
     else:
         return None
-    if dtype == torch.float32:
-        return dtype
-    if dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if dtype == torch.float32 or (dtype == torch.bfloat16 and _native_bf16()):
         return dtype
     return None
 
@@ -76,28 +81,28 @@ def _plain_tensor(x: Tensor) -> bool:
     return not is_functorch_wrapped_tensor(x)
 
 
-def can_fuse(x: Tensor, activation: str, weight: Tensor, dropout_active: bool) -> bool:
-    """True where the fused path gives what the modules would, faster: a QuickGELU MLP on CPU over at
-    least :data:`FUSE_MIN_ROWS` rows, no autograd of any kind, no active dropout, not being traced,
-    exported or compiled (an exported graph keeps the portable ops)."""
+def fused_dtype(x: Tensor, activation: str, weight: Tensor, dropout_active: bool) -> torch.dtype | None:
+    """The dtype to run the fused path in, or None where it must not run: it runs where it gives what
+    the modules would, faster: a QuickGELU MLP on CPU over at least :data:`FUSE_MIN_ROWS` rows, no
+    autograd of any kind, no active dropout, not being traced, exported or compiled (an exported graph
+    keeps the portable ops)."""
     if activation != "quick_gelu" or dropout_active or not _plain_tensor(x):
-        return False
+        return None
     if x.device.type != "cpu" or torch.is_grad_enabled() or x.numel() < FUSE_MIN_ROWS * x.shape[-1]:
-        return False
+        return None
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
-        return False
-    return _compute_dtype(x, weight) is not None and fused_mlp_available()
+        return None
+    dtype = _compute_dtype(x, weight)
+    return dtype if dtype is not None and fused_mlp_available() else None
 
 
-def fused_quick_gelu_mlp(x: Tensor, fc: nn.Linear, proj: nn.Linear) -> Tensor:
-    """``proj(quick_gelu(fc(x)))`` with ``fc`` and the activation fused; call only where
-    :func:`can_fuse` holds.
+def fused_quick_gelu_mlp(x: Tensor, fc: nn.Linear, proj: nn.Linear, dtype: torch.dtype) -> Tensor:
+    """``proj(quick_gelu(fc(x)))`` with ``fc`` and the activation fused, in the ``dtype``
+    :func:`fused_dtype` gave (call it only where that is not None).
 
     The 1.702 scales the input and ``fc``'s bias (the input is 1/4 the size of the hidden layer) and
     its inverse rides on ``proj``'s matmul as ``alpha``, so no scaled copy of a weight is made or kept.
     Under autocast the weights are cast to its dtype on each call, as autocast itself does per region."""
-    dtype = _compute_dtype(x, fc.weight)
-    assert dtype is not None
     bias = None if fc.bias is None else fc.bias.to(dtype) * QUICK_GELU_ALPHA
     h = torch.ops.mkldnn._linear_pointwise(x.to(dtype) * QUICK_GELU_ALPHA, fc.weight.to(dtype), bias, "swish", [], "")
     flat, weight = h.reshape(-1, h.shape[-1]), proj.weight.to(dtype).t()

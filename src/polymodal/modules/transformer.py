@@ -31,7 +31,7 @@ from polymodal.modules.attention import (
     cross_attention_mask,
     self_attention_mask,
 )
-from polymodal.modules.fused_mlp import can_fuse, fused_quick_gelu_mlp
+from polymodal.modules.fused_mlp import fused_dtype, fused_quick_gelu_mlp
 
 # Pack only when at most this fraction of a batch's token positions is real: gathering and scattering
 # the tokens around each attention costs about what 10% fewer tokens save in the other layers.
@@ -140,13 +140,14 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():  # TorchScript compiles only the plain modules
-            if self._fuses(x):
-                return fused_quick_gelu_mlp(x, self.fc, self.proj)
+            dtype = self._fused_dtype(x)
+            if dtype is not None:
+                return fused_quick_gelu_mlp(x, self.fc, self.proj, dtype)
         return self.proj(self.drop(self.act(self.fc(x))))
 
-    def _fuses(self, x: Tensor) -> bool:
+    def _fused_dtype(self, x: Tensor) -> torch.dtype | None:
         activation = getattr(self, "activation", "")  # an MLP pickled before the attribute existed has none
-        return can_fuse(x, activation, self.fc.weight, dropout_active=self.training and isinstance(self.drop, nn.Dropout))
+        return fused_dtype(x, activation, self.fc.weight, dropout_active=self.training and isinstance(self.drop, nn.Dropout))
 
 
 class TransformerBlock(nn.Module):
