@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
-from polymodal.losses._token_mean import token_mean_cross_entropy
+from polymodal.losses._token_mean import scored_rows_cross_entropy
 from polymodal.losses.captioning import lm_loss
 from polymodal.losses.mlm import IGNORE_INDEX
 from polymodal.models.generation import GenerationOutput, check_method
@@ -214,13 +214,11 @@ class Captioner(nn.Module):
                     "captioner", "label_mask (same shape as text_ids)", tuple(text_ids.shape), label_mask
                 )
             scored = scored & (label_mask[:, 1:] != 0)
-        if return_logits or torch.compiler.is_compiling():  # a compiled graph keeps static shapes
+        labels = text_ids[:, 1:].masked_fill(~scored, IGNORE_INDEX)
+        if return_logits:
             logits = self.lm_logits(out.tokens)
-            labels = text_ids[:, 1:].masked_fill(~scored, IGNORE_INDEX)
-            loss = lm_loss(logits, labels, shift=False, label_smoothing=self.label_smoothing)
-            return CaptionerOutput(loss, logits if return_logits else None)
-        logits = self.lm_logits(out.tokens[scored])
-        return CaptionerOutput(token_mean_cross_entropy(logits, text_ids[:, 1:][scored], self.label_smoothing))
+            return CaptionerOutput(lm_loss(logits, labels, shift=False, label_smoothing=self.label_smoothing), logits)
+        return CaptionerOutput(scored_rows_cross_entropy(out.tokens, labels, self.lm_logits, self.label_smoothing))
 
     # ---------------------------------------------------------------------------------------------
     # Generation

@@ -19,11 +19,9 @@ from polymodal.losses import (
     itm_loss,
     itm_pairs,
     mask_tokens,
-    mlm_loss,
     sample_hard_negatives,
 )
-from polymodal.losses._token_mean import token_mean_cross_entropy
-from polymodal.losses.mlm import IGNORE_INDEX
+from polymodal.losses._token_mean import scored_rows_cross_entropy
 from polymodal.models.backbone import ImageTextBackbone
 from polymodal.models.dual_encoder import _projection
 from polymodal.models.outputs import FusionEncoderOutput
@@ -117,14 +115,9 @@ class FusionEncoder(nn.Module):
             )
             masked_text = self.backbone.encode_text(masked.input_ids, text_mask)
             fused = self.backbone.fuse(masked_text, image)
-            # only the selected ~15% of positions go through the head: its vocabulary projection is
-            # the largest matmul of the step, and the other positions' logits are never scored (a
-            # compiled graph keeps static shapes, so it scores every position, ignoring the others)
-            if torch.compiler.is_compiling():
-                losses["mlm"] = mlm_loss(self.mlm_head(fused.tokens), masked.labels)  # type: ignore[misc]
-            else:
-                selected = masked.labels != IGNORE_INDEX
-                losses["mlm"] = token_mean_cross_entropy(self.mlm_head(fused.tokens[selected]), masked.labels[selected])  # type: ignore[misc]
+            # only the selected ~15% of positions go through the head (its vocabulary projection is the
+            # largest matmul of the step)
+            losses["mlm"] = scored_rows_cross_entropy(fused.tokens, masked.labels, self.mlm_head)  # type: ignore[arg-type]
         total = self.objectives(losses)
         return FusionEncoderOutput(loss=total.total, parts=total.parts, itm_accuracy=itm_acc, itc=itc)
 
