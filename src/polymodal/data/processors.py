@@ -45,8 +45,8 @@ class ImageProcessorConfig:
             raise ValueError(f"image processor: size must be >= 8, got {self.size}")
         if self.resize_mode not in ("shortest_then_center_crop", "squash"):
             raise ValueError(f"image processor: resize_mode must be 'shortest_then_center_crop' or 'squash', got {self.resize_mode!r}")
-        if self.interpolation not in _INTERP:
-            raise ValueError(f"image processor: interpolation must be one of {sorted(_INTERP)}, got {self.interpolation!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"image processor: interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}")
         if self.resize_rounding not in ("round", "floor"):
             raise ValueError(f"image processor: resize_rounding must be 'round' or 'floor', got {self.resize_rounding!r}")
 
@@ -54,7 +54,8 @@ class ImageProcessorConfig:
 # ITU-R 601-2 luma, the weights of PIL's convert("L") (and of torchvision's rgb_to_grayscale)
 _GREY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32)
 
-_INTERP = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
+# interpolation name -> PIL resampling filter (also how Hugging Face image processors store "resample")
+INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class ImageProcessor:
         return math.ceil(width / factor), math.ceil(height / factor)
 
     def _resize(self, img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, CropBox | None]:
-        c, interp = self.config, _INTERP[self.config.interpolation]
+        c, interp = self.config, INTERPOLATIONS[self.config.interpolation]
         if self.train and c.random_resized_crop is not None:
             return self._random_resized_crop(img, interp, rng)
         if c.resize_mode == "squash":

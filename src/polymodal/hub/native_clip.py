@@ -113,15 +113,14 @@ def clip_state_dict(hf: Mapping[str, Tensor], vision_depth: int, text_depth: int
     return {k: v.detach().clone().float() for k, v in out.items()}
 
 
-_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as preprocessor_config.json stores them
-
-
 def clip_image_processor(src: Path, image_size: int) -> Any:
     """polymodal's ``ImageProcessorConfig`` doing what the folder's ``preprocessor_config.json`` asks:
     shortest side to the crop size then a centre crop, or a plain resize to the tower's size. Anything
     it cannot do the same way is refused, naming the setting (a silently different preprocessing would
     give subtly worse embeddings)."""
-    from polymodal.data.processors import ImageProcessorConfig
+    from polymodal.data.processors import INTERPOLATIONS, ImageProcessorConfig
+
+    resample = {int(code): name for name, code in INTERPOLATIONS.items()}  # PIL's codes, as the JSON stores them
 
     path = src / "preprocessor_config.json"
     if not path.is_file():
@@ -137,9 +136,9 @@ def clip_image_processor(src: Path, image_size: int) -> Any:
 
     if cfg.get("do_normalize", True) is False or abs(float(cfg.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9 or cfg.get("do_rescale", True) is False:
         raise refuse("do_normalize / do_rescale / rescale_factor differ from CLIP's (scale to 0-1, then normalise)")
-    interpolation = _RESAMPLE.get(int(cfg.get("resample", 3)))
+    interpolation = resample.get(int(cfg.get("resample", 3)))
     if interpolation is None:
-        raise refuse(f"resample {cfg.get('resample')!r} is not one of {sorted(_RESAMPLE)}")
+        raise refuse(f"resample {cfg.get('resample')!r} is not one of {sorted(resample)}")
     size = cfg.get("size") or {}
     size = {"shortest_edge": size} if isinstance(size, int) else size
     if cfg.get("do_center_crop", True):

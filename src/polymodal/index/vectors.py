@@ -137,18 +137,7 @@ class VectorIndex:
             return self.index.search(queries, k, params=params)
 
     def _search_params(self, nprobe: int | None, ef_search: int | None) -> Any:
-        checked = []
-        for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
-            if value is not None:
-                try:
-                    number = operator.index(value)  # ints and numpy integers, not floats or bools
-                except TypeError:
-                    number = 0
-                if isinstance(value, bool) or number < 1:
-                    raise SearchIndexError(f"{name} must be a whole number >= 1, got {value!r}")
-                value = number
-            checked.append(value)
-        nprobe, ef_search = checked
+        nprobe, ef_search = _whole_number("nprobe", nprobe), _whole_number("ef_search", ef_search)
         if self.kind == "ivf" and nprobe is not None:
             faiss = import_faiss()
             return faiss.SearchParametersIVF(nprobe=min(nprobe, int(faiss.extract_index_ivf(self.index).nlist)))
@@ -168,6 +157,19 @@ class VectorIndex:
             hnsw = faiss.downcast_index(self.index.index).hnsw
             out |= {"M": int(hnsw.nb_neighbors(1)), "efSearch": int(hnsw.efSearch)}
         return out
+
+
+def _whole_number(name: str, value: Any) -> int | None:
+    """``value`` as an int >= 1 (ints and numpy integers, not floats or bools), None left as None."""
+    if value is None:
+        return None
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = 0
+    if isinstance(value, bool) or number < 1:
+        raise SearchIndexError(f"{name} must be a whole number >= 1, got {value!r}")
+    return number
 
 
 @contextlib.contextmanager
