@@ -178,7 +178,7 @@ class ImageProcessor:
             pixels.mul_(1 + rng.uniform(-c.brightness, c.brightness)).clamp_(0.0, 255.0)  # brightness > 1 may draw a negative factor
         if c.contrast > 0:
             factor = 1 + rng.uniform(-c.contrast, c.contrast)
-            grey = float(torch.mv(pixels.mean(dim=(1, 2)).unsqueeze(0), _GREY_WEIGHTS))
+            grey = float(torch.dot(pixels.mean(dim=(1, 2)), _GREY_WEIGHTS))
             pixels.mul_(factor).add_(grey * (1 - factor)).clamp_(0.0, 255.0)
 
     def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
