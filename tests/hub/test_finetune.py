@@ -224,3 +224,42 @@ def test_fine_tuning_mistakes_are_named(tmp_path: Path, world: Path, hf_folders:
 def test_the_shipped_clip_fine_tuning_config_is_valid() -> None:
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "finetune_clip_coco.yaml")
     assert cfg.model.type == "pretrained" and cfg.model.path == "clip-vit-base-patch32" and cfg.train.task == "retrieval"
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_accumulated_clip_and_siglip_steps_give_the_full_batch_gradients(hf_folders: dict[str, Path], family: str) -> None:
+    """Gradient-cached accumulation on the Hugging Face towers: every gradient (scale and SigLIP's bias
+    included) equals one step on the whole batch."""
+    from polymodal.data.sample import Sample
+    from polymodal.tasks.retrieval import RetrievalTask
+    from polymodal.train.contrastive_accum import split_micro_batches
+
+    model, proc = load_model(hf_folders[family])
+    model.train()
+    ids, mask = proc.texts(["a red cube", "two blue spheres", "the green cone", "a cube", "one sphere", "red"])
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randn(6, 3, 30, 30, generator=g), "text_ids": ids, "text_mask": mask,
+             "samples": [Sample(sample_id=str(i), image_id=str(min(i, 4))) for i in range(6)]}
+    task = RetrievalTask(proc.tokenizer, proc.max_length)
+    assert task.keeps_negatives_across(model)
+
+    def grads() -> dict[str, torch.Tensor]:
+        out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out
+
+    task.loss(model, batch).loss.backward()
+    full = grads()
+    task.accumulated_loss(model, model, split_micro_batches(batch, 2))
+    cached = grads()
+    assert full.keys() == cached.keys() and "hf.logit_scale" in full and (family == "clip" or "hf.logit_bias" in full)
+    for name in full:
+        assert (cached[name] - full[name]).abs().max() <= 1e-6 * full[name].abs().max() + 1e-7, name
+
+
+def test_full_batch_accumulation_is_refused_where_the_loss_needs_more_than_embeddings(tmp_path: Path, world: Path, hf_folders: dict[str, Path]) -> None:
+    """BLIP's ITM head reads both towers' tokens: it cannot be scored from cached embeddings."""
+    spec = {"type": "pretrained", "path": str(hf_folders["blip_itm"])}
+    cfg = load_config(run_config(tmp_path, world, spec, accumulation=2, contrastive_accumulation="full_batch"))
+    with pytest.raises(ConfigError, match="train.contrastive_accumulation: 'full_batch' needs a contrastive dual encoder"):
+        Trainer(cfg, progress=False).fit()

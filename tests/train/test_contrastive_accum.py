@@ -176,3 +176,72 @@ def test_split_micro_batches_keeps_fields_aligned() -> None:
         assert torch.equal(p["pair"][0], p["image"]) and p["task"] == "retrieval"
     with pytest.raises(AccumulationError, match="cannot make 11 non-empty"):
         split_micro_batches(batch, 11)
+
+
+def _pair_batches(n: int, micro: int) -> tuple[dict, list[dict]]:
+    """A batch of ``n`` image-text pairs (two pairs share an image) and the same rows in ``micro`` pieces."""
+    from polymodal.data.sample import Sample
+
+    g = torch.Generator().manual_seed(3)
+    samples = [Sample(sample_id=str(i), image_id=str(i // 2 if i < 2 else i), text="t") for i in range(n)]
+    batch = {
+        "image": torch.randn(n, 3, 16, 16, generator=g),
+        "text_ids": torch.randint(1, 50, (n, 6), generator=g),
+        "text_mask": torch.ones(n, 6, dtype=torch.long),
+        "samples": samples,
+    }
+    batch["text_mask"][1, 4:] = 0
+    return batch, split_micro_batches(batch, micro)
+
+
+def test_retrieval_task_accumulation_gives_the_full_batch_gradients_of_every_parameter() -> None:
+    """The trainer's path (RetrievalTask.accumulated_loss on a DualEncoder): every gradient, the
+    temperature's included, equals one full-batch step's; summing micro-batch losses would not."""
+    from polymodal.models.factory import BuildContext, build_model
+    from polymodal.tasks.retrieval import RetrievalTask
+
+    torch.manual_seed(0)
+    vit = {"name": "vit", "image_size": 16, "patch_size": 8, "width": 16, "depth": 1, "heads": 2}
+    text = {"name": "text_transformer", "max_length": 8, "width": 16, "depth": 1, "heads": 2, "causal": True}
+    model = build_model({"type": "dual_encoder", "vision": vit, "text": text, "embed_dim": 8}, BuildContext(vocab_size=50))
+    task = RetrievalTask(tokenizer=None, max_length=8)
+    batch, pieces = _pair_batches(8, 3)
+
+    task.loss(model, batch).loss.backward()
+    full = _grads(model)
+    _zero(model)
+    out = task.accumulated_loss(model, model, pieces)
+    cached = _grads(model)
+    assert full.keys() == cached.keys() and "0.itc.logit_scale" in full
+    for name in full:  # summation order differs: compare to each tensor's own scale
+        assert (cached[name] - full[name]).abs().max() <= 1e-6 * full[name].abs().max() + 1e-7, name
+    assert out.logs["acc_i2t"] >= 0 and out.loss.requires_grad is False
+
+    _zero(model)
+    for piece in pieces:
+        (task.loss(model, piece).loss / len(pieces)).backward()
+    summed = _grads(model)
+    assert not torch.allclose(summed["0.itc.logit_scale"], full["0.itc.logit_scale"], atol=1e-4)
+
+
+def test_batch_norm_statistics_count_each_micro_batch_once() -> None:
+    """The no-grad first pass must not move BatchNorm's running statistics: after the step they equal
+    one ordinary training forward per micro-batch."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
+    reference = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
+    reference.load_state_dict(net.state_dict())
+    data = torch.randn(12, 4) * 3 + 1
+    pieces = split_micro_batches(data, 3)
+    def encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = net(x)
+        return h, h.roll(1, dims=1)
+
+    contrastive_accum_step(encode, pieces, lambda a, b: itc_loss(a, b, 1.0).loss, module=net)
+    with torch.no_grad():
+        for piece in pieces:
+            reference(piece)
+    bn, ref = net[1], reference[1]
+    assert int(bn.num_batches_tracked) == 3
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)

@@ -280,3 +280,37 @@ def test_two_process_fsdp_matches_one_process_and_resumes(tmp_path: Path, world:
     c = _final_weights(tmp_path / "two/run")
     for name in a:
         assert torch.allclose(a[name], c[name], atol=1e-5), name
+
+
+def _train(tmp: Path, world: Path, name: str, **train: object) -> dict[str, torch.Tensor]:
+    (tmp / name).mkdir()
+    Trainer(load_config(write_config(tmp / name, world, "retrieval", **{"max_steps": 3} | train)), progress=False).fit()
+    return _final_weights(tmp / name / "run")
+
+
+def test_contrastive_accumulation_scores_the_whole_accumulated_batch(tmp_path: Path, world: Path) -> None:
+    """Two micro-batches of 8 reach the weights of one batch of 16: every pair of the 16 is a negative.
+    Summing micro-batch losses (the 'micro_batch' mode) sees 8 negatives a row and ends elsewhere."""
+    whole = _train(tmp_path, world, "whole", batch_size=16)
+    cached = _train(tmp_path, world, "cached", batch_size=8, accumulation=2)
+    summed = _train(tmp_path, world, "summed", batch_size=8, accumulation=2, contrastive_accumulation="micro_batch")
+    for name in whole:
+        assert torch.allclose(whole[name], cached[name], atol=1e-6), name
+    assert max((whole[n] - summed[n]).abs().max().item() for n in whole) > 1e-4
+
+
+@pytest.mark.parametrize("strategy, port", [("ddp", 29537), ("fsdp", 29538)])
+def test_contrastive_accumulation_under_two_processes_matches_one_batch(tmp_path: Path, world: Path, strategy: str, port: int) -> None:
+    """2 processes x 2 micro-batches of 4 = one process with a batch of 16: the cached features are
+    gathered across ranks, and the temperature's gradient reaches DDP/FSDP through the forward pass."""
+    whole = _train(tmp_path, world, "whole", batch_size=16)
+    (tmp_path / "two").mkdir()
+    cfg = write_config(tmp_path / "two", world, "retrieval", batch_size=4, accumulation=2, max_steps=3, distributed=strategy)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m", "polymodal.cli", "train", str(cfg)]
+    out = subprocess.run(launch, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    two = _final_weights(tmp_path / "two/run")
+    for name in whole:
+        assert torch.allclose(whole[name], two[name], atol=1e-5), name
+

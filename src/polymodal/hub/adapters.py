@@ -118,15 +118,37 @@ class HFDualEncoder(_Adapter):
         """``[B_img, B_txt]`` logits exactly as the model's own forward computes them."""
         return image_embeds @ text_embeds.t() * self.hf.logit_scale.exp() + (self.hf.logit_bias if self.family == "siglip" else 0.0)
 
-    def forward(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, image_ids: Tensor | None = None) -> HFDualEncoderOutput:
+    def embed_pairs(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> tuple[Tensor, ...]:
+        """Embeddings and the loss's own parameters (scale; SigLIP's bias too) repeated per row; see
+        ``DualEncoder.embed_pairs`` for why."""
         img, txt = self.encode_image(images), self.encode_text(text_ids, text_mask)
+        rows = len(img)
+        scale = self.hf.logit_scale.reshape(-1).expand(rows)
         if self.family == "siglip":
-            loss = sigmoid_pair_loss(img, txt, self.hf.logit_scale, self.hf.logit_bias, image_ids=image_ids)
+            return img, txt, scale, self.hf.logit_bias.reshape(-1).expand(rows)
+        return img, txt, scale
+
+    def pair_loss(self, img: Tensor, txt: Tensor, scale_rows: Tensor, *rest: Tensor, image_ids: Tensor | None = None) -> HFDualEncoderOutput:
+        """The model's own pair loss on ``embed_pairs``' outputs (parameters read from the first row)."""
+        if self.family == "siglip":
+            loss = sigmoid_pair_loss(img, txt, scale_rows[:1], rest[0][:1], image_ids=image_ids)
             with torch.no_grad():
                 hits = (img @ txt.t()).argmax(dim=1) == torch.arange(len(img), device=img.device)
-            return HFDualEncoderOutput(img, txt, loss, PairStats(hits.float().mean(), self.hf.logit_scale.detach().exp()))
-        itc = itc_loss(img, txt, self.hf.logit_scale, image_ids=image_ids, normalize=False)
+            return HFDualEncoderOutput(img, txt, loss, PairStats(hits.float().mean(), scale_rows[:1].detach().exp().reshape(())))
+        itc = itc_loss(img, txt, scale_rows[:1], image_ids=image_ids, normalize=False)
         return HFDualEncoderOutput(img, txt, itc.loss, itc)
+
+    def forward(
+        self,
+        images: Tensor,
+        text_ids: Tensor,
+        text_mask: Tensor | None = None,
+        image_ids: Tensor | None = None,
+        *,
+        embeddings_only: bool = False,
+    ) -> HFDualEncoderOutput | tuple[Tensor, ...]:
+        rows = self.embed_pairs(images, text_ids, text_mask)
+        return rows if embeddings_only else self.pair_loss(*rows, image_ids=image_ids)
 
 
 @dataclass

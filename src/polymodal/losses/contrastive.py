@@ -197,11 +197,14 @@ class ITCLoss(nn.Module):
         image_features: torch.Tensor,
         text_features: torch.Tensor,
         image_ids: torch.Tensor | None = None,
+        logit_scale: torch.Tensor | None = None,
     ) -> ITCOutput:
+        """``logit_scale``: a stand-in for this module's own (a view of it that gradient caching made a
+        leaf of; see ``DualEncoder.embed_pairs``); None uses the parameter itself."""
         return itc_loss(
             image_features,
             text_features,
-            self.logit_scale,
+            self.logit_scale if logit_scale is None else logit_scale,
             image_ids=image_ids,
             gather=self.gather,
             local_loss=self.local_loss,

@@ -64,13 +64,37 @@ class DualEncoder(nn.Module):
         z = self.text_proj(self.text_encoder(text_ids, text_mask).pooled)
         return F.normalize(z, dim=-1) if normalize else z
 
-    def forward(
-        self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, image_ids: Tensor | None = None
-    ) -> DualEncoderOutput:
+    def embed_pairs(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Everything the pair loss reads, one row per pair: image and text embeddings, and the loss's
+        log-scale repeated per row.
+
+        The repeated scale is what lets gradient-cached accumulation (``train/contrastive_accum``)
+        treat the temperature like a feature: it is an output of the forward pass, so DDP sees the
+        parameter used, and its gradient reaches the parameter through the re-encoding's backward,
+        once, with every other gradient.
+        """
         img = self.encode_image(images)
         txt = self.encode_text(text_ids, text_mask)
-        itc = self.itc(img, txt, image_ids=image_ids)
-        return DualEncoderOutput(image_embeds=img, text_embeds=txt, loss=itc.loss, itc=itc)
+        return img, txt, self.itc.logit_scale.expand(img.shape[0])
+
+    def pair_loss(self, image_embeds: Tensor, text_embeds: Tensor, scale_rows: Tensor, image_ids: Tensor | None = None) -> DualEncoderOutput:
+        """The contrastive loss of ``embed_pairs``' outputs (the scale is read from its first row)."""
+        itc = self.itc(image_embeds, text_embeds, image_ids=image_ids, logit_scale=scale_rows[:1])
+        return DualEncoderOutput(image_embeds=image_embeds, text_embeds=text_embeds, loss=itc.loss, itc=itc)
+
+    def forward(
+        self,
+        images: Tensor,
+        text_ids: Tensor,
+        text_mask: Tensor | None = None,
+        image_ids: Tensor | None = None,
+        *,
+        embeddings_only: bool = False,
+    ) -> DualEncoderOutput | tuple[Tensor, Tensor, Tensor]:
+        """The loss of a batch, or with ``embeddings_only`` what ``embed_pairs`` returns (through
+        ``forward``, so that DDP's gradient hooks are armed for it)."""
+        rows = self.embed_pairs(images, text_ids, text_mask)
+        return rows if embeddings_only else self.pair_loss(*rows, image_ids=image_ids)
 
     @property
     def logit_scale(self) -> float:

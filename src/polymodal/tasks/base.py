@@ -110,5 +110,23 @@ class Task:
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         raise NotImplementedError
 
+    def keeps_negatives_across(self, model: nn.Module) -> bool:
+        """Can :meth:`accumulated_loss` score a whole accumulated batch at once on this (unwrapped)
+        model? Contrastive losses need it: summed micro-batch losses only see a micro-batch's negatives."""
+        return False
+
+    def accumulated_loss(
+        self,
+        model: nn.Module,
+        core: nn.Module,
+        micro_batches: Sequence[dict[str, Any]],
+        *,
+        scale_loss: Callable[[Tensor], Tensor] | None = None,
+        no_sync: Callable[[], Any] | None = None,
+    ) -> StepOutput:
+        """One optimizer step's loss over all ``micro_batches`` together, its gradients already in
+        ``.grad``. ``model`` is what runs forward (DDP/compiled wrapper), ``core`` the module inside."""
+        raise NotImplementedError(f"task {self.name!r} accumulates micro-batch losses")
+
     def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:
         raise NotImplementedError

@@ -6,15 +6,16 @@ gallery of 5k images and 25k captions never materialises a float64 N x M matrix.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from polymodal.data.sample import Sample
 from polymodal.errors import DataError
 from polymodal.metrics import retrieval_metrics
 from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, group_by_image, image_id_tensor, is_caption
+from polymodal.train.contrastive_accum import contrastive_accum_step
 
 
 class RetrievalTask(Task):
@@ -30,8 +31,32 @@ class RetrievalTask(Task):
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         ids = image_id_tensor(batch["samples"]).to(batch["image"].device)
-        out = model(batch["image"], batch["text_ids"], batch["text_mask"], image_ids=ids)
-        return StepOutput(out.loss, {"acc_i2t": float(out.itc.acc_i2t), "logit_scale": float(out.itc.logit_scale)})
+        return _step_output(model(batch["image"], batch["text_ids"], batch["text_mask"], image_ids=ids))
+
+    def keeps_negatives_across(self, model: nn.Module) -> bool:
+        return callable(getattr(model, "embed_pairs", None)) and callable(getattr(model, "pair_loss", None))
+
+    def accumulated_loss(
+        self,
+        model: nn.Module,
+        core: nn.Module,
+        micro_batches: Sequence[dict[str, Any]],
+        *,
+        scale_loss: Callable[[Tensor], Tensor] | None = None,
+        no_sync: Callable[[], Any] | None = None,
+    ) -> StepOutput:
+        """Gradient caching (``train/contrastive_accum``): every pair of the accumulated batch is a
+        negative for every other, as in one step on the whole batch, with a micro-batch's activations."""
+        ids = torch.cat([image_id_tensor(b["samples"]) for b in micro_batches]).to(micro_batches[0]["image"].device)
+        out = contrastive_accum_step(
+            lambda b: model(b["image"], b["text_ids"], b["text_mask"], embeddings_only=True),
+            micro_batches,
+            lambda *rows: core.pair_loss(*rows, image_ids=ids),
+            scale_loss=scale_loss,
+            no_sync=no_sync,
+            module=core,
+        )
+        return _step_output(out.loss_output, loss=out.loss)
 
     @torch.no_grad()
     def embed(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device):
@@ -69,3 +94,8 @@ class RetrievalTask(Task):
                 }
             )
         return EvalResult(metrics, {"gallery_images": len(images), "captions": len(samples), "examples": examples})
+
+
+def _step_output(out: Any, loss: Tensor | None = None) -> StepOutput:
+    logs = {"acc_i2t": float(out.itc.acc_i2t), "logit_scale": float(out.itc.logit_scale)}
+    return StepOutput(out.loss if loss is None else loss, logs)

@@ -21,15 +21,16 @@ their gradient once - splicing adds it K times, i.e. a K-times too large tempera
 
 Determinism: step 3 must reproduce step 1's features exactly. Dropout and other random ops are
 handled by saving the RNG state (CPU and initialised CUDA devices) before each micro-batch's first
-encoding and restoring it before its re-encoding (``preserve_rng=True``). Remaining caveats:
-BatchNorm in train mode updates its running statistics twice per micro-batch (the batch statistics
-themselves are the same in both passes), and non-deterministic kernels may differ by rounding.
+encoding and restoring it before its re-encoding (``preserve_rng=True``). BatchNorm in train mode would update its running statistics in both passes; given the ``module``,
+the statistics the first pass wrote are put back, so each micro-batch counts once. (Its batch
+statistics are a micro-batch's, as with any accumulation.) Non-deterministic kernels may differ by
+rounding.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,21 @@ class _RngState:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
+@contextlib.contextmanager
+def _running_stats_kept(module: torch.nn.Module | None) -> Iterator[None]:
+    """Put back the running statistics that BatchNorm layers of ``module`` update inside the block."""
+    norms = [] if module is None else [
+        m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+    buffers = [b for m in norms for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        for buffer, value in zip(buffers, saved):
+            buffer.copy_(value)
+
+
 def _as_features(output: Any, index: int) -> tuple[torch.Tensor, ...]:
     if isinstance(output, torch.Tensor):
         return (output,)
@@ -111,6 +127,7 @@ def contrastive_accum_step(
     no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
     preserve_rng: bool = True,
     check_determinism: bool = False,
+    module: torch.nn.Module | None = None,
 ) -> AccumStepOutput:
     """Accumulate gradients of ``loss_fn`` evaluated on the full batch, encoding K micro-batches.
 
@@ -132,6 +149,8 @@ def contrastive_accum_step(
         preserve_rng: restore the RNG state before each re-encoding (needed with dropout).
         check_determinism: verify that re-encoded features equal the cached ones (debugging aid; costs
             a comparison per micro-batch).
+        module: the model ``encode`` runs; its BatchNorm running statistics then count each
+            micro-batch once (by the pass with gradients), not twice.
     """
     if len(micro_batches) == 0:
         raise AccumulationError("contrastive accumulation: micro_batches is empty; need at least one")
@@ -141,7 +160,8 @@ def contrastive_accum_step(
     with torch.no_grad():
         for k, micro_batch in enumerate(micro_batches):
             rng_states.append(_RngState.capture() if preserve_rng else None)
-            features = _as_features(encode(micro_batch), k)
+            with _running_stats_kept(module):
+                features = _as_features(encode(micro_batch), k)
             if cached and len(features) != len(cached[0]):
                 raise AccumulationError(
                     f"contrastive accumulation: micro_batch {k} gave {len(features)} outputs, micro_batch 0 "

@@ -9,6 +9,7 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -294,6 +295,8 @@ class Trainer:
 
             wrapped = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.forward_model = torch.compile(wrapped) if s.compile else wrapped
+        self.full_batch_accumulation = self._full_batch_accumulation()
+        self._no_sync = self._sharded_no_sync if self.fsdp else getattr(wrapped, "no_sync", None)
         if self.pretrained:
             self.train_processor = self.eval_processor = self.hf_processors.image
         else:
@@ -391,6 +394,8 @@ class Trainer:
         # seconds blocked on the loader vs seconds in the step itself, per log window: a data-bound run
         # shows data_seconds near step time; one that never waits shows it near zero
         waited, computed, timed = 0.0, 0.0, 0
+        pending: list[dict[str, Any]] = []  # micro-batches of the current step, with full-batch accumulation
+        backed = 0  # backward passes since the last optimizer step
         batches = iter(loader)
         while True:
             t_wait = time.perf_counter()
@@ -401,28 +406,34 @@ class Trainer:
                 break
             skipped += batch["num_skipped"]
             filled.update(batch.get("num_missing") or {})
-            if not batch["samples"]:  # every sample of this batch was unreadable
-                st.step_in_epoch += 1
-                continue
-            batch = to_device(batch, self.device)
-            with self._autocast():
-                out = self.task.loss(self.forward_model, batch)
-            loss = out.loss
-            if not self._all_finite(loss):
-                last = (self.run_dir / "checkpoints" / "latest")
-                where = last.read_text().strip() if last.is_file() else "none written yet"
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at optimizer step {st.global_step} (epoch {st.epoch + 1}); the step was not "
-                    f"applied. Last good checkpoint: {where}. Lower optim.lr, keep optim.grad_clip on, or check the data."
-                )
-            (self.scaler.scale(loss / s.accumulation) if self.scaler else loss / s.accumulation).backward()
             st.step_in_epoch += 1
-            seen += len(batch["samples"])
-            window.append(loss.item())  # .item() waits for the device, so the step time below is real on GPUs too
-            if st.step_in_epoch % s.accumulation and st.step_in_epoch < micro_total:
+            if batch["samples"]:  # empty when every sample of this batch was unreadable
+                batch = to_device(batch, self.device)
+                seen += len(batch["samples"])
+                if self.full_batch_accumulation:
+                    pending.append(batch)  # scored together at the step: every pair is a negative
+                else:
+                    with self._autocast():
+                        out = self.task.loss(self.forward_model, batch)
+                    self._check_finite(out.loss)
+                    (self.scaler.scale(out.loss / s.accumulation) if self.scaler else out.loss / s.accumulation).backward()
+                    window.append(out.loss.item())  # .item() waits for the device, so the step time below is real on GPUs too
+                    backed += 1
+            at_step = not st.step_in_epoch % s.accumulation or st.step_in_epoch >= micro_total
+            if pending and at_step:
+                with self._autocast():
+                    out = self.task.accumulated_loss(
+                        self.forward_model, self.model, pending, scale_loss=self.scaler.scale if self.scaler else None, no_sync=self._no_sync,
+                    )
+                pending = []
+                self._check_finite(out.loss)  # gradients are in .grad, but the step is not applied
+                window.append(out.loss.item())
+                backed += 1
+            if not at_step or not backed:
                 computed += time.perf_counter() - t_got
                 continue
             self._optimizer_step()
+            backed = 0
             computed += time.perf_counter() - t_got
             timed += 1
             st.global_step += 1
@@ -446,6 +457,46 @@ class Trainer:
             policy = self.cfg.missing_modality
             log.warning("epoch %d: inputs missing and filled (missing_modality: %s): %s", st.epoch + 1, policy, dict(filled))
         return st.global_step < self.total_steps
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if self._all_finite(loss):
+            return
+        st = self.state
+        last = self.run_dir / "checkpoints" / "latest"
+        where = last.read_text().strip() if last.is_file() else "none written yet"
+        raise TrainingDiverged(
+            f"loss became {loss.item()} at optimizer step {st.global_step} (epoch {st.epoch + 1}); the step was not "
+            f"applied. Last good checkpoint: {where}. Lower optim.lr, keep optim.grad_clip on, or check the data."
+        )
+
+    @contextlib.contextmanager
+    def _sharded_no_sync(self) -> Iterator[None]:
+        """FSDP's counterpart of DDP's ``no_sync``: keep gradients local until the last micro-batch."""
+        self.model.set_requires_gradient_sync(False)  # type: ignore[operator]
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)  # type: ignore[operator]
+
+    def _full_batch_accumulation(self) -> bool:
+        """Whether accumulated micro-batches are scored as one batch (see ``train.contrastive_accumulation``)."""
+        s = self.settings
+        if s.accumulation == 1 or s.contrastive_accumulation == "micro_batch":
+            return False
+        if self.task.keeps_negatives_across(self.model):
+            log.info("accumulation: %d micro-batches of %d are scored as one contrastive batch of %d (gradient caching)",
+                     s.accumulation, s.batch_size, s.accumulation * s.batch_size)
+            return True
+        if "contrastive_accumulation" in s.model_fields_set:
+            raise ConfigError(
+                f"train.contrastive_accumulation: 'full_batch' needs a contrastive dual encoder (task retrieval with a dual_encoder, "
+                f"CLIP or SigLIP model); task '{self.task.name}' with model type '{self.cfg.model.type}' sums micro-batch losses. "
+                "Remove the key or set it to 'micro_batch'"
+            )
+        if self.task.name in ("retrieval", "multitask"):
+            log.warning("accumulation: this %s model's contrastive loss sees only its micro-batch's negatives (%d, not %d)",
+                        self.task.name, s.batch_size, s.accumulation * s.batch_size)
+        return False
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Every rank must agree, or one rank stops while the others wait for it forever."""
