@@ -857,6 +857,7 @@ def convert_clip_command(
     path = convert_clip(source, out, overwrite=overwrite)
     typer.echo(f"wrote {path}: a polymodal dual encoder with the CLIP weights of {source} (embeddings checked against transformers')")
     typer.echo(f"  search:  polymodal index build --model {out} --images PHOTOS --out IDX")
+    typer.echo(f"  fine-tune: a train config with 'init_from: {out}' (model, tokenizer and preprocessing come with it)")
 
 
 bench_app = typer.Typer(help="Measure models: parameters, FLOPs and latency.", no_args_is_help=True)

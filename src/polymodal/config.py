@@ -139,6 +139,13 @@ class RunConfig(StrictModel):
     output_dir: Path = Path("runs/default")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig | None = None
+    init_from: Path | None = Field(
+        None,
+        description=(
+            "a polymodal run (or one of its checkpoints) whose weights start this run, with its model, tokenizer and image "
+            "preprocessing: fine-tuning a trained run or one written by 'polymodal convert clip' (model may then be left out)"
+        ),
+    )
     tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
     image: ImageSettings = Field(default_factory=ImageSettings)
     audio: AudioSettings = Field(default_factory=AudioSettings)
@@ -255,6 +262,8 @@ def resolve_paths(cfg: Any, base_dir: Path) -> Any:
             update["tokenizer"] = cfg.tokenizer.model_copy(update={"path": (base_dir / cfg.tokenizer.path).resolve()})
         if cfg.model is not None:
             update["model"] = _anchor_tower_paths(cfg.model, base_dir)
+        if cfg.init_from is not None and not cfg.init_from.is_absolute() and (base_dir / cfg.init_from).exists():
+            update["init_from"] = (base_dir / cfg.init_from).resolve()  # a run beside the config; else as written (the cwd's)
         return cfg.model_copy(update=update)
     return cfg
 

@@ -233,3 +233,49 @@ def test_what_cannot_be_reproduced_is_refused_naming_it(tmp_path, hf_folders, ca
     with pytest.raises(PretrainedLoadError, match=match):
         native_clip.convert_clip(folder, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_converted_clip_fine_tunes_with_polymodal_train(converted, tmp_path, caplog) -> None:
+    """`init_from: <converted run>` trains CLIP's weights in polymodal's own model, with CLIP's
+    tokenizer and preprocessing, and two micro-batches scored as one contrastive batch."""
+    import json
+
+    import yaml
+
+    from polymodal.config import load_config
+    from polymodal.data.world import WorldConfig, generate_world
+    from polymodal.models.configs import parse_model_config
+    from polymodal.train.checkpoint import latest_checkpoint, load_checkpoint
+    from polymodal.train.trainer import Trainer
+
+    world = tmp_path / "world"
+    generate_world(world, WorldConfig(num_scenes=24, seed=4, image_size=32), workers=1)
+    captions = {split: {"format": "coco_captions", "annotations": str(world / f"annotations/captions_{split}.json"),
+                        "images": str(world / f"images/{split}")} for split in ("train", "test")}
+    config = tmp_path / "finetune.yaml"
+    config.write_text(yaml.safe_dump({
+        "init_from": str(converted), "output_dir": str(tmp_path / "tuned"), "data": captions,
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "train": {"task": "retrieval", "max_steps": 2, "batch_size": 4, "accumulation": 2, "num_workers": 0, "eval_batch_size": 16,
+                  "log_every": 1},
+    }))
+    trainer = Trainer(load_config(config), progress=False)
+    with caplog.at_level("INFO", logger="polymodal.train.trainer"):
+        summary = trainer.fit()
+    assert summary["steps"] == 2 and "t2i_R@1" in summary["test"]
+    assert any("scored as one contrastive batch of 8" in r.message for r in caplog.records)
+
+    source = load_checkpoint(converted)
+    tuned = load_checkpoint(latest_checkpoint(tmp_path / "tuned"))
+    assert parse_model_config(tuned.model_config) == parse_model_config(source.model_config)
+    assert tuned.processors["image"] == source.processors["image"]  # CLIP's crop, resample and statistics, kept
+    assert tuned.processors["text_max_length"] == source.processors["text_max_length"]
+    before, after = source.model_state(), tuned.model_state()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    log = (tmp_path / "tuned/log.csv").read_text()
+    assert ",train,loss," in log
+    model, proc = load_model(tmp_path / "tuned")
+    ids, mask = proc.texts(TEXTS)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_text(ids, mask), trainer.eval_model.eval().encode_text(ids, mask), atol=1e-6)
+    assert json.loads((tmp_path / "tuned/metrics.json").read_text())["steps"] == 2

@@ -314,3 +314,54 @@ def test_contrastive_accumulation_under_two_processes_matches_one_batch(tmp_path
     for name in whole:
         assert torch.allclose(whole[name], two[name], atol=1e-5), name
 
+
+def _init_config(tmp: Path, world: Path, start: Path, drop: tuple[str, ...] = ("model", "tokenizer", "image"), **train: object) -> Path:
+    """A retrieval config that starts from the run ``start`` and leaves out what that run decides."""
+    tmp.mkdir(exist_ok=True)
+    path = write_config(tmp, world, "retrieval", max_steps=2, **train)
+    tree = yaml.safe_load(path.read_text())
+    for key in drop:
+        tree.pop(key)
+    path.write_text(yaml.safe_dump(tree | {"init_from": str(start)}))
+    return path
+
+
+def test_a_run_starts_from_another_runs_weights_tokenizer_and_preprocessing(tmp_path: Path, world: Path) -> None:
+    from polymodal.api import load_model
+    from polymodal.train.checkpoint import load_checkpoint
+
+    first = _train(tmp_path, world, "first", batch_size=8)
+    saved = load_checkpoint(tmp_path / "first/run")
+    trainer = Trainer(load_config(_init_config(tmp_path / "second", world, tmp_path / "first/run")), progress=False)
+    trainer.setup()
+    assert trainer.model_config.model_dump() == saved.model_config
+    state = trainer.model.state_dict()
+    assert all(torch.equal(state[name], first[name]) for name in first)
+    assert trainer.tokenizer.tokenizer.get_vocab() == saved.tokenizer.tokenizer.get_vocab() and trainer.max_length == saved.processors["text_max_length"]
+    assert json.loads(json.dumps(trainer.eval_processor.to_dict())) == saved.processors["image"]  # 32 px: the default is 64
+
+    summary = Trainer(load_config(_init_config(tmp_path / "third", world, tmp_path / "first/run")), progress=False).fit()
+    assert summary["steps"] == 2 and "t2i_R@1" in summary["test"]
+    tuned = _final_weights(tmp_path / "third/run")
+    assert any(not torch.equal(tuned[name], first[name]) for name in first)  # it trained on from there
+    written = yaml.safe_load((tmp_path / "third/run/config.yaml").read_text())
+    assert written["model"]["type"] == "dual_encoder"  # the run is complete without the first one
+    model, proc = load_model(tmp_path / "third/run")
+    assert proc.max_length == saved.processors["text_max_length"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"init_from": "/no/such/run"}, r"init_from '/no/such/run': .*does not exist"),
+        ({"model": MODELS["vqa"][1]}, r"holds a 'dual_encoder' model, but model.type is 'vqa'"),
+        ({"tokenizer": {"vocab_size": 300}}, r"tokenizer: vocab_size cannot be set with init_from"),
+        ({"image": {"size": 48, "flip_prob": 0.5}}, r"image: size cannot be set with init_from"),
+    ],
+)
+def test_init_from_mistakes_are_named(tmp_path: Path, world: Path, change: dict, message: str) -> None:
+    _train(tmp_path, world, "first", batch_size=8, max_steps=1)
+    path = _init_config(tmp_path / "second", world, tmp_path / "first/run")
+    path.write_text(yaml.safe_dump(yaml.safe_load(path.read_text()) | change))
+    with pytest.raises(ConfigError, match=message):
+        Trainer(load_config(path), progress=False).fit()

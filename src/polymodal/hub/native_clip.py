@@ -7,8 +7,7 @@ packed texts, a fused QuickGELU MLP, one q/k/v projection). The architectures ma
 parameter (pre-LN ViT with ``ln_pre``, a causal text tower pooled at its end-of-text token, QuickGELU,
 bias-free projections), so converting is a renaming plus stacking q, k and v into one projection.
 :func:`convert_clip` writes a polymodal run folder that ``polymodal predict``, ``eval``, ``index build``
-and ``serve`` take. (Fine-tuning it with ``polymodal train`` needs a way to start a native model from a
-run's weights, which model configs do not have yet.)
+and ``serve`` take, and that ``polymodal train`` fine-tunes when a config names it in ``init_from``.
 
 Pooling: CLIPModel pools at the end-of-text token, the first one (configs naming its id) or the
 largest id in the text (OpenAI's configs, ``eos_token_id`` 2, whose end token is the vocabulary's last

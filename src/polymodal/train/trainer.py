@@ -110,8 +110,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, resume: bool = False, progress: bool = True) -> None:
         if cfg.train is None:
             raise ConfigError("the config has no 'train' section (train: {task: ..., epochs: ...})")
-        if cfg.model is None:
-            raise ConfigError("the config has no 'model' section (model: {type: ..., vision: ..., text: ...})")
+        if cfg.model is None and cfg.init_from is None:
+            raise ConfigError("the config has no 'model' section (model: {type: ..., vision: ..., text: ...}) and no init_from run to take one from")
         self.cfg = cfg
         self.settings = cfg.train
         self.run_dir = Path(cfg.output_dir)
@@ -122,6 +122,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
         self.state = TrainState()
+        self.init: Any = None  # the run init_from names (train/init_run.py), once setup has read it
 
     # ---------------------------------------------------------------- setup
     @property
@@ -205,6 +206,8 @@ class Trainer:
             return {f"lm/{p.name}": p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
     def _tokenizer(self, train: Sequence[Sample]) -> TextTokenizer:
+        if self.init is not None:
+            return self.init.tokenizer
         if self.pretrained:
             return self.hf_processors.tokenizer
         if self.assistant:
@@ -232,7 +235,13 @@ class Trainer:
         s = self.settings
         seed_everything(self.cfg.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._adopt_tower_preprocessing()
+        self.init = None
+        if self.cfg.init_from is not None:  # its model, tokenizer and image preprocessing come with its weights
+            from polymodal.train.init_run import open_init_run
+
+            self.cfg, self.init = open_init_run(self.cfg)
+        else:
+            self._adopt_tower_preprocessing()
         placeholder = build_task(s.task, None, self.cfg.tokenizer.max_length)
         if self.pretrained:
             self._open_pretrained(placeholder)
@@ -242,6 +251,8 @@ class Trainer:
         require(train, "train", placeholder)
         self.tokenizer = self._tokenizer(train)
         self.task = build_task(s.task, self.tokenizer, self.max_length, s.questions_per_image, blind=s.blind)
+        if self.init is not None:
+            self.task.load_state(self.init.task_state_for(s.task))  # the answers or classes its heads were trained on
         self.checkpoint = None
         if self.resume:
             from polymodal.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -262,6 +273,9 @@ class Trainer:
             self._adopt_answer_labels()
         if self.checkpoint is not None:
             self.checkpoint.load_model_state(self.model)  # before sharding: the file holds full weights
+        elif self.init is not None:
+            self.init.load_weights(self.model)
+            log.info("weights from %s", self.init.checkpoint.path)
         self.fsdp = self.world > 1 and s.distributed == "fsdp"
         self.eval_model = self.model
         if self.fsdp:
@@ -300,8 +314,9 @@ class Trainer:
         if self.pretrained:
             self.train_processor = self.eval_processor = self.hf_processors.image
         else:
-            self.train_processor = image_processor(self.cfg.image, train=True, seed=self.cfg.seed + self.rank)
-            self.eval_processor = image_processor(self.cfg.image, train=False)
+            base = self.init.image if self.init is not None else None
+            self.train_processor = image_processor(self.cfg.image, train=True, seed=self.cfg.seed + self.rank, base=base)
+            self.eval_processor = image_processor(self.cfg.image, train=False, base=base)
         self.train_media = media_plan(self.cfg, self.model_config, train=True)
         self.eval_media = media_plan(self.cfg, self.model_config, train=False)
         self.task.attach(self.model, self.model_config, self.eval_processor)
