@@ -262,8 +262,8 @@ def resolve_paths(cfg: Any, base_dir: Path) -> Any:
             update["tokenizer"] = cfg.tokenizer.model_copy(update={"path": (base_dir / cfg.tokenizer.path).resolve()})
         if cfg.model is not None:
             update["model"] = _anchor_tower_paths(cfg.model, base_dir)
-        if cfg.init_from is not None and not cfg.init_from.is_absolute() and (base_dir / cfg.init_from).exists():
-            update["init_from"] = (base_dir / cfg.init_from).resolve()  # a run beside the config; else as written (the cwd's)
+        if cfg.init_from is not None:
+            update["init_from"] = _init_run_path(cfg.init_from, base_dir)
         return cfg.model_copy(update=update)
     return cfg
 
@@ -320,8 +320,38 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(tree).__name__}")
     apply_overrides(tree, overrides or [], source=str(path))
+    _complete_model_from_init_run(tree, path.parent.resolve())
     cfg = validate(RunConfig, tree, str(path))
     return resolve_paths(cfg, path.parent.resolve())
+
+
+def _init_run_path(value: Any, base_dir: Path) -> Path:
+    """``init_from`` as written: a run beside the config when one is there, else as written (the cwd's)."""
+    path = Path(str(value))
+    return (base_dir / path).resolve() if not path.is_absolute() and (base_dir / path).exists() else path
+
+
+def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _complete_model_from_init_run(tree: dict[str, Any], base_dir: Path) -> None:
+    """With ``init_from``, a ``model`` mapping holds changes to the run's own model (``model: {vision:
+    {freeze: true}}`` locks its image tower), so it is merged onto that model before validation."""
+    changes = tree.get("model")
+    if tree.get("init_from") is None or not isinstance(changes, dict):
+        return
+    from polymodal.train.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        saved = load_checkpoint(_init_run_path(tree["init_from"], base_dir)).model_config
+    except CheckpointError as e:
+        raise ConfigError(f"init_from {str(tree['init_from'])!r}: {e}") from None
+    if changes.get("type", saved.get("type")) == saved.get("type"):  # another type is refused, naming both, by the trainer
+        tree["model"] = _deep_merge(saved, changes)
 
 
 _SOURCE_ADAPTER: TypeAdapter[Any] = TypeAdapter(DataSource)

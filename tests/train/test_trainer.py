@@ -365,3 +365,20 @@ def test_init_from_mistakes_are_named(tmp_path: Path, world: Path, change: dict,
     path.write_text(yaml.safe_dump(yaml.safe_load(path.read_text()) | change))
     with pytest.raises(ConfigError, match=message):
         Trainer(load_config(path), progress=False).fit()
+
+
+def test_a_model_section_with_init_from_changes_the_runs_own_model(tmp_path: Path, world: Path) -> None:
+    """`model: {vision: {freeze: true}}` (or `--set model.text.freeze=true`) locks one tower of the run
+    it starts from; the rest of the model is that run's."""
+    first = _train(tmp_path, world, "first", batch_size=8, max_steps=1)
+    path = _init_config(tmp_path / "second", world, tmp_path / "first/run")
+    path.write_text(yaml.safe_dump(yaml.safe_load(path.read_text()) | {"model": {"vision": {"freeze": True}}}))
+    cfg = load_config(path, ["model.text.freeze=true", "model.text.freeze=false"])
+    assert cfg.model.vision.options()["freeze"] is True and cfg.model.text.options()["freeze"] is False
+    assert cfg.model.embed_dim == 32 and cfg.model.vision.options()["width"] == 32  # the first run's, not the defaults
+    Trainer(cfg, progress=False).fit()
+    tuned = _final_weights(tmp_path / "second/run")
+    vision = [n for n in first if n.startswith("image_encoder.")]
+    text = [n for n in first if n.startswith("text_encoder.")]
+    assert vision and all(torch.equal(tuned[n], first[n]) for n in vision)
+    assert any(not torch.equal(tuned[n], first[n]) for n in text)

@@ -1,8 +1,9 @@
 """Starting a run from another run's weights (``init_from``): fine-tuning a trained or converted model.
 
 A run's weights only mean something with the model, the tokenizer and the image preprocessing they
-were trained with, so those come from the run too: the new config may leave ``model`` out, and may
-not set what would silently change the inputs the weights expect (the tokenizer, the image size and
+were trained with, so those come from the run too: the new config may leave ``model`` out or give only
+changes to it (``model: {vision: {freeze: true}}``, merged by ``config.load_config``), and may not set
+what would silently change the inputs the weights expect (the tokenizer, the image size and
 normalisation). Training-only choices (augmentation, the optimizer, the data, the task's schedule)
 are the new config's. A CLIP checkpoint rewritten by ``polymodal convert clip`` is such a run.
 """
@@ -73,7 +74,7 @@ def open_init_run(cfg: RunConfig) -> tuple[RunConfig, InitRun]:
     if model.type != saved_model.type:
         raise ConfigError(
             f"init_from {str(path)!r} holds a {saved_model.type!r} model, but model.type is {model.type!r}; "
-            "leave the model section out to use the run's own"
+            "leave model.type out: a model section with init_from holds changes to the run's own model"
         )
     tokenizer_keys = sorted(cfg.tokenizer.model_fields_set - {"max_length"})
     if tokenizer_keys:
