@@ -75,6 +75,10 @@ def measure(model_name: str, batch: int, mode: str, splits: int, steps: int, war
         }
 
     batches = [make_batch() for _ in range(warmup + steps)]
+    for p in model.parameters():  # AdamW makes its state at the first step: make it now, so "before" holds it
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     before = _rss_kib()
     times, losses = [], []
     for i, b in enumerate(batches):

@@ -112,11 +112,12 @@ class TrainSettings(StrictModel):
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    contrastive_accumulation: Literal["full_batch", "micro_batch"] = Field(
-        "full_batch",
+    contrastive_accumulation: Literal["full_batch", "micro_batch"] | None = Field(
+        None,
         description=(
-            "retrieval with accumulation > 1: 'full_batch' scores every pair of the accumulated batch, as one step on it would "
-            "(gradient caching: one extra no-grad forward per micro-batch); 'micro_batch' sums micro-batch losses (fewer negatives)"
+            "accumulation > 1 on a contrastive model: 'full_batch' scores every pair of the accumulated batch, as one step on it "
+            "would (gradient caching: one extra no-grad forward per micro-batch); 'micro_batch' sums micro-batch losses (fewer "
+            "negatives); unset: full_batch where the model allows it (retrieval with a dual encoder, CLIP or SigLIP)"
         ),
     )
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

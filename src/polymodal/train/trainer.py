@@ -500,9 +500,9 @@ class Trainer:
             return False
         if self.task.keeps_negatives_across(self.model):
             log.info("accumulation: %d micro-batches of %d are scored as one contrastive batch of %d (gradient caching)",
-                     s.accumulation, s.batch_size, s.accumulation * s.batch_size)
+                     s.accumulation, s.batch_size, s.accumulation * s.batch_size * self.world)
             return True
-        if "contrastive_accumulation" in s.model_fields_set:
+        if s.contrastive_accumulation == "full_batch":
             raise ConfigError(
                 f"train.contrastive_accumulation: 'full_batch' needs a contrastive dual encoder (task retrieval with a dual_encoder, "
                 f"CLIP or SigLIP model); task '{self.task.name}' with model type '{self.cfg.model.type}' sums micro-batch losses. "
