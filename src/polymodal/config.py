@@ -350,6 +350,8 @@ def _complete_model_from_init_run(tree: dict[str, Any], base_dir: Path) -> None:
     try:
         saved = load_checkpoint(_init_run_path(tree["init_from"], base_dir)).model_config
     except CheckpointError as e:
+        if "type" in changes:  # a whole model section (a run's own config.yaml, resumed after the first run moved)
+            return
         raise ConfigError(f"init_from {str(tree['init_from'])!r}: {e}") from None
     if changes.get("type", saved.get("type")) == saved.get("type"):  # another type is refused, naming both, by the trainer
         tree["model"] = _deep_merge(saved, changes)

@@ -163,3 +163,31 @@ def test_video_qa_on_another_runs_frozen_image_tower_with_motion_tokens(tmp_path
     # weight gets no gradient and stays zero, while its bias (added to every token) is trained
     motion = {k.rsplit(".", 1)[1]: v for k, v in weights.items() if "motion_proj." in k}
     assert motion["weight"].abs().sum() == 0 and motion["bias"].abs().sum() > 0
+
+
+def test_init_from_keeps_the_audio_and_video_decoding_the_weights_were_trained_on(tmp_path: Path, clips: Path) -> None:
+    """A run started from an audio-video classifier decodes as that run did (8 kHz, 16 mel bands, 32 px
+    frames), though its config gives none of it; changing what the weights read is refused."""
+    from polymodal.errors import ConfigError
+
+    (tmp_path / "first").mkdir()
+    first = yaml.safe_load(_config(tmp_path / "first", clips, "skip").read_text())
+    first["train"]["max_steps"] = 1
+    (tmp_path / "first/run.yaml").write_text(yaml.safe_dump(first))
+    Trainer(load_config(tmp_path / "first/run.yaml"), progress=False).fit()
+
+    second = {k: v for k, v in first.items() if k not in ("model", "tokenizer", "image", "audio", "video")}
+    second |= {"output_dir": str(tmp_path / "second"), "init_from": str(tmp_path / "first/run"), "audio": {"freq_masks": 1}}
+    path = tmp_path / "second.yaml"
+    path.write_text(yaml.safe_dump(second))
+    trainer = Trainer(load_config(path), progress=False)
+    trainer.fit()
+    audio, frames = trainer.train_media.audio.config, trainer.train_media.video.config
+    assert (audio.sample_rate, audio.n_mels, audio.hop_length, audio.freq_masks) == (RATE, 16, 80, 1)  # SpecAugment: this config's
+    assert frames.num_frames == 4 and frames.image.size == 32
+    written = yaml.safe_load((tmp_path / "second/config.yaml").read_text())
+    assert written["audio"]["n_mels"] == 16 and written["image"]["size"] == 32  # the run records what it decoded with
+
+    path.write_text(yaml.safe_dump(second | {"audio": {"n_mels": 32}}))
+    with pytest.raises(ConfigError, match=r"audio: n_mels cannot be changed with init_from.*n_mels=16"):
+        Trainer(load_config(path), progress=False).fit()

@@ -16,7 +16,7 @@ import yaml
 
 from polymodal.config import load_config
 from polymodal.data.world import WorldConfig, generate_world
-from polymodal.errors import ConfigError
+from polymodal.errors import ConfigError, DataError
 from polymodal.train.trainer import Trainer, TrainingDiverged
 
 VIT = {"name": "vit", "image_size": 32, "patch_size": 8, "width": 32, "depth": 1, "heads": 2}
@@ -318,7 +318,7 @@ def test_contrastive_accumulation_under_two_processes_matches_one_batch(tmp_path
 def _init_config(tmp: Path, world: Path, start: Path, drop: tuple[str, ...] = ("model", "tokenizer", "image"), **train: object) -> Path:
     """A retrieval config that starts from the run ``start`` and leaves out what that run decides."""
     tmp.mkdir(exist_ok=True)
-    path = write_config(tmp, world, "retrieval", max_steps=2, **train)
+    path = write_config(tmp, world, "retrieval", **{"max_steps": 2} | train)
     tree = yaml.safe_load(path.read_text())
     for key in drop:
         tree.pop(key)
@@ -356,7 +356,7 @@ def test_a_run_starts_from_another_runs_weights_tokenizer_and_preprocessing(tmp_
         ({"init_from": "/no/such/run"}, r"init_from '/no/such/run': .*does not exist"),
         ({"model": MODELS["vqa"][1]}, r"holds a 'dual_encoder' model, but model.type is 'vqa'"),
         ({"tokenizer": {"vocab_size": 300}}, r"tokenizer: vocab_size cannot be set with init_from"),
-        ({"image": {"size": 48, "flip_prob": 0.5}}, r"image: size cannot be set with init_from"),
+        ({"image": {"size": 48, "flip_prob": 0.5}}, r"image: size cannot be changed with init_from: .*size=32"),
     ],
 )
 def test_init_from_mistakes_are_named(tmp_path: Path, world: Path, change: dict, message: str) -> None:
@@ -382,3 +382,48 @@ def test_a_model_section_with_init_from_changes_the_runs_own_model(tmp_path: Pat
     text = [n for n in first if n.startswith("text_encoder.")]
     assert vision and all(torch.equal(tuned[n], first[n]) for n in vision)
     assert any(not torch.equal(tuned[n], first[n]) for n in text)
+
+
+def test_a_runs_own_config_resumes_with_accumulation_on_a_non_contrastive_task(tmp_path: Path, world: Path) -> None:
+    """config.yaml spells out every setting; contrastive_accumulation left unset must not turn into a
+    'full_batch' request that a captioner cannot honour when the run is resumed from it."""
+    cfg = load_config(write_config(tmp_path, world, "captioning", batch_size=8, accumulation=2, max_steps=2, checkpoint_every=1))
+    cfg.data.val = []
+    Trainer(cfg, progress=False).fit()
+    saved = load_config(tmp_path / "run/config.yaml", ["train.max_steps=3"])
+    assert Trainer(saved, resume=True, progress=False).fit()["steps"] == 3
+
+
+def test_an_init_from_run_resumes_from_its_own_checkpoint_after_the_first_run_moved(tmp_path: Path, world: Path) -> None:
+    import shutil
+
+    _train(tmp_path, world, "first", batch_size=8, max_steps=1)
+    path = _init_config(tmp_path / "second", world, tmp_path / "first/run", max_steps=2, checkpoint_every=1)
+    Trainer(load_config(path), progress=False).fit()
+    written = yaml.safe_load((tmp_path / "second/run/config.yaml").read_text())
+    assert written["image"]["size"] == 32 and written["model"]["type"] == "dual_encoder"  # what it ran with, not defaults
+    shutil.move(tmp_path / "first", tmp_path / "moved")
+    for config in (path, tmp_path / "second/run/config.yaml"):  # the config it was started with, and the one it wrote
+        summary = Trainer(load_config(config, ["train.max_steps=3"]), resume=True, progress=False).fit()
+        assert summary["steps"] == 3
+        shutil.rmtree(tmp_path / "second/run/checkpoints/step_00000003")
+        (tmp_path / "second/run/checkpoints/latest").write_text("step_00000002\n")
+
+
+def test_inherited_classes_that_cover_no_training_label_are_named(tmp_path: Path, world: Path) -> None:
+    """A classifier started from a run whose classes are '0'/'1' cannot learn labels 'no'/'yes': a
+    DataError says so, instead of a NaN loss blamed on the learning rate."""
+    import shutil
+
+    (tmp_path / "first").mkdir()
+    Trainer(load_config(write_config(tmp_path / "first", world, "classification", max_steps=1)), progress=False).fit()
+    relabelled = tmp_path / "w"
+    shutil.copytree(world, relabelled)
+    for split in ("train", "val", "test"):
+        rows = [json.loads(line) for line in (relabelled / f"classification/{split}.jsonl").read_text().splitlines()]
+        (relabelled / f"classification/{split}.jsonl").write_text("".join(json.dumps(r | {"label": ["no", "yes"][int(r["label"])]}) + "\n" for r in rows))
+    path = write_config(tmp_path, relabelled, "classification", max_steps=1)
+    tree = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k not in ("model", "tokenizer", "image")}
+    path.write_text(yaml.safe_dump(tree | {"init_from": str(tmp_path / "first/run")}))
+    with pytest.raises(DataError, match=r"the \d+ training targets are not among the answers/classes of init_from .*'no', 'yes'"):
+        Trainer(load_config(path), progress=False).fit()

@@ -31,6 +31,12 @@ class ClassificationTask(Task):
     def model_overrides(self) -> dict[str, Any]:
         return {"num_outputs": len(self.classes)}
 
+    def target_coverage(self, samples: Sequence[Sample]) -> tuple[int, int, list[str]]:
+        known = set(self.classes)
+        labels = [str(s.label) for s in samples if self.select(s)]
+        unknown = sorted({label for label in labels if label not in known})
+        return sum(label in known for label in labels), len(labels), unknown
+
     def state(self) -> dict[str, Any]:
         return {"classes": self.classes}
 

@@ -312,8 +312,13 @@ class MultiTaskTask(Task):
     def prepare(self, train: Sequence[Sample]) -> None:
         self.vqa.prepare([s for s in train if kind_of(s) == "question"])
         self.classification.prepare([s for s in train if kind_of(s) == "statement"])
-        objects = [o for s in train if kind_of(s) == "scene" for o in s.meta["objects"]]
-        self.objects = ObjectVocab.build(objects) if objects else None
+        if self.objects is None:  # kept when loaded (resume, init_from): the object heads were built on it
+            objects = [o for s in train if kind_of(s) == "scene" for o in s.meta["objects"]]
+            self.objects = ObjectVocab.build(objects) if objects else None
+
+    def target_coverage(self, samples: Sequence[Sample]) -> tuple[int, int, list[str]]:
+        parts = [self.vqa.target_coverage(samples), self.classification.target_coverage(samples)]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts), [u for p in parts for u in p[2]]
 
     def context(self, tokenizer: TextTokenizer) -> BuildContext:
         return BuildContext(tokenizer=tokenizer, answer_vocab=self.vqa.vocab, object_vocab=self.objects)

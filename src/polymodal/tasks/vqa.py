@@ -16,6 +16,7 @@ from polymodal.data.sample import Sample
 from polymodal.errors import DataError
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.metrics import answer_accuracy
+from polymodal.metrics.vqa import normalize_answer
 from polymodal.models.factory import BuildContext
 from polymodal.models.vqa import AnswerVocab
 from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task
@@ -38,6 +39,15 @@ class VQATask(Task):
 
     def context(self, tokenizer: TextTokenizer) -> BuildContext:
         return BuildContext(tokenizer=tokenizer, answer_vocab=self.vocab)
+
+    def target_coverage(self, samples: Sequence[Sample]) -> tuple[int, int, list[str]]:
+        """Questions with at least one (normalised) answer in the vocabulary: only those teach its heads."""
+        if self.vocab is None:
+            return 0, 0, []
+        known = set(self.vocab.answers)
+        questions = [s.answers for s in samples if self.select(s)]
+        missed = [answers for answers in questions if not any(normalize_answer(a) in known for a in answers)]
+        return len(questions) - len(missed), len(questions), sorted({normalize_answer(a[0]) for a in missed})[:5]
 
     def state(self) -> dict[str, Any]:
         return {"answer_vocab": self.vocab.to_dict()} if self.vocab else {}

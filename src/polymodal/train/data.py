@@ -146,8 +146,9 @@ def image_processor(settings: ImageSettings, train: bool, seed: int = 0, base: M
     return ImageProcessor(cfg, train=train, seed=seed, decoded=decoded)
 
 
-def media_plan(cfg: RunConfig, model_config: object, train: bool) -> MediaPlan | None:
-    """How to decode the audio / video / feature inputs that ``model_config`` reads (None: it reads none)."""
+def media_plan(cfg: RunConfig, model_config: object, train: bool, image_base: Mapping[str, Any] | None = None) -> MediaPlan | None:
+    """How to decode the audio / video / feature inputs that ``model_config`` reads (None: it reads none);
+    ``image_base`` as for :func:`image_processor` (video frames are processed as images)."""
     from polymodal.models.inputs import model_inputs
 
     inputs = model_inputs(model_config)
@@ -162,7 +163,7 @@ def media_plan(cfg: RunConfig, model_config: object, train: bool) -> MediaPlan |
     if inputs.video_key:
         from polymodal.data.video import VideoProcessor, VideoProcessorConfig
 
-        frames = image_processor(cfg.image, train).config
+        frames = image_processor(cfg.image, train, base=image_base).config
         video = VideoProcessor(VideoProcessorConfig(**cfg.video.model_dump(), image=frames), train=train)
     return MediaPlan(
         audio=audio, video=video, features=inputs.features, video_key=inputs.video_key or "video", audio_key=inputs.audio_key,

@@ -19,8 +19,13 @@ from polymodal.data.tokenizers import TextTokenizer
 from polymodal.errors import ConfigError
 from polymodal.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
-# image settings that decide what the weights see, and so belong to the run the weights come from
-_IMAGE_GEOMETRY = ("size", "mean", "std")
+# settings that decide what the weights see (so they come from the run the weights come from), per
+# section; the others (augmentation, caching, draft decoding) stay the new config's
+_INPUT_SETTINGS = {
+    "image": ("size", "mean", "std"),
+    "audio": ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "max_seconds", "pad_to_max"),
+    "video": ("num_frames", "sampling", "stride"),
+}
 # model types whose runs start from other runs in their own way
 _OWN_WAY = {
     "pretrained": "fine-tune the Hugging Face folder itself with model: {type: pretrained, path: ...}, or convert it first (polymodal convert clip)",
@@ -49,23 +54,62 @@ class InitRun:
         return self.task_state if task == self.task else {}
 
 
-def open_init_run(cfg: RunConfig) -> tuple[RunConfig, InitRun]:
-    """Read the run ``cfg.init_from`` names; return ``cfg`` completed with its model and text length.
+def _plain(value: Any) -> Any:
+    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _saved_inputs(processors: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The run's input settings per config section, as the processors it saved record them."""
+    media = processors.get("media") or {}
+    saved = {"image": processors.get("image"), "audio": media.get("audio"), "video": media.get("video")}
+    return {section: {k: _plain(values[k]) for k in _INPUT_SETTINGS[section] if k in values} for section, values in saved.items() if values}
+
+
+def _adopt_inputs(cfg: RunConfig, saved: dict[str, dict[str, Any]], where: str) -> dict[str, Any]:
+    """Config sections updated with the run's input settings; a setting the config gives another value is refused."""
+    update: dict[str, Any] = {}
+    for section, values in saved.items():
+        settings = getattr(cfg, section)
+        changed = [k for k, v in values.items() if k in settings.model_fields_set and _plain(getattr(settings, k)) != v]
+        if changed:
+            raise ConfigError(
+                f"{section}: {', '.join(changed)} cannot be changed with init_from: the weights of {where} were trained on "
+                f"{', '.join(f'{k}={values[k]!r}' for k in changed)}, which the run keeps (augmentation settings such as "
+                "random_resized_crop, flip_prob and SpecAugment's masks are the config's)"
+            )
+        update[section] = settings.model_copy(update=values)
+    return update
+
+
+def _check_tokenizer(cfg: RunConfig, where: str) -> None:
+    defaults = type(cfg.tokenizer)()
+    other = [k for k in ("path", "kind", "vocab_size") if getattr(cfg.tokenizer, k) != getattr(defaults, k)]
+    if other:
+        raise ConfigError(
+            f"tokenizer: {', '.join(other)} cannot be set with init_from: the weights of {where} were trained with its own "
+            "tokenizer, which the run uses (only tokenizer.max_length may change)"
+        )
+
+
+def open_init_run(cfg: RunConfig, source: Path | None = None) -> tuple[RunConfig, InitRun]:
+    """Read the run ``cfg.init_from`` names (or ``source``: a resumed run's own checkpoint, which holds
+    the same and outlives the first run); return ``cfg`` completed with its model and input settings.
 
     Raises ConfigError naming ``init_from`` for a folder that is no run, a model type that starts
-    another way, a ``model`` section of another type, and tokenizer or image settings that would
-    feed the weights inputs they were not trained on.
+    another way, a ``model`` section of another type, and tokenizer, image, audio or video settings
+    that would feed the weights inputs they were not trained on.
     """
-    path = Path(str(cfg.init_from))
+    path = Path(str(source if source is not None else cfg.init_from))
+    where = repr(str(cfg.init_from))
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError as e:
-        raise ConfigError(f"init_from {str(path)!r}: {e}") from None
+        raise ConfigError(f"init_from {where}: {e}") from None
     kind = ckpt.model_config.get("type")
     if kind in _OWN_WAY:
-        raise ConfigError(f"init_from {str(path)!r} is a {kind!r} run, which cannot start another run this way: {_OWN_WAY[kind]}")
+        raise ConfigError(f"init_from {where} is a {kind!r} run, which cannot start another run this way: {_OWN_WAY[kind]}")
     if ckpt.tokenizer is None:
-        raise ConfigError(f"init_from {str(path)!r}: {ckpt.path} holds no tokenizer.json; copy the whole checkpoint folder")
+        raise ConfigError(f"init_from {where}: {ckpt.path} holds no tokenizer.json; copy the whole checkpoint folder")
 
     from polymodal.models.configs import parse_model_config
 
@@ -73,25 +117,13 @@ def open_init_run(cfg: RunConfig) -> tuple[RunConfig, InitRun]:
     model = cfg.model if cfg.model is not None else saved_model
     if model.type != saved_model.type:
         raise ConfigError(
-            f"init_from {str(path)!r} holds a {saved_model.type!r} model, but model.type is {model.type!r}; "
+            f"init_from {where} holds a {saved_model.type!r} model, but model.type is {model.type!r}; "
             "leave model.type out: a model section with init_from holds changes to the run's own model"
         )
-    tokenizer_keys = sorted(cfg.tokenizer.model_fields_set - {"max_length"})
-    if tokenizer_keys:
-        raise ConfigError(
-            f"tokenizer: {', '.join(tokenizer_keys)} cannot be set with init_from: the weights of {str(path)!r} were trained "
-            "with its own tokenizer, which the run uses (only tokenizer.max_length may change)"
-        )
-    image = ckpt.processors.get("image")
-    geometry = sorted(set(_IMAGE_GEOMETRY) & cfg.image.model_fields_set)
-    if image is not None and geometry:
-        raise ConfigError(
-            f"image: {', '.join(geometry)} cannot be set with init_from: the weights of {str(path)!r} were trained on its "
-            "preprocessing, which the run keeps (augmentation settings such as random_resized_crop and flip_prob apply)"
-        )
+    _check_tokenizer(cfg, where)
+    update: dict[str, Any] = {"model": model} | _adopt_inputs(cfg, _saved_inputs(ckpt.processors), where)
     max_length = cfg.tokenizer.max_length if "max_length" in cfg.tokenizer.model_fields_set else ckpt.processors.get("text_max_length")
-    update: dict[str, Any] = {"model": model}
     if isinstance(max_length, int):
         update["tokenizer"] = cfg.tokenizer.model_copy(update={"max_length": max_length})
-    init = InitRun(ckpt, ckpt.tokenizer, image, ckpt.processors.get("task"), dict(ckpt.processors.get("task_state") or {}))
+    init = InitRun(ckpt, ckpt.tokenizer, ckpt.processors.get("image"), ckpt.processors.get("task"), dict(ckpt.processors.get("task_state") or {}))
     return cfg.model_copy(update=update), init

@@ -33,7 +33,6 @@ from polymodal.data.sample import Sample
 from polymodal.data.tokenizers import TextTokenizer, load_tokenizer, train_tokenizer
 from polymodal.errors import ConfigError, DataError, PolymodalError
 from polymodal.hub.towers import image_settings_of, tower_paths
-from polymodal.metrics.vqa import normalize_answer
 from polymodal.models.factory import build_model
 from polymodal.tasks import Task, build_task
 from polymodal.tasks.base import to_device
@@ -171,15 +170,26 @@ class Trainer:
         if self.task.name != "vqa" or vocab is None:
             return
         self.task.vocab = vocab
-        known = set(vocab.answers)
-        covered = sum(any(normalize_answer(a) in known for a in s.answers) for s in self.train_samples)
+        covered, total, _ = self.task.target_coverage(self.train_samples)
         if not covered:
             raise DataError(
-                f"none of the {len(self.train_samples)} training questions has an answer among the {len(known)} answer labels "
-                f"of {self.cfg.model.path!r} (e.g. {', '.join(list(known)[:5])}); fine-tune on data it can answer"
+                f"none of the {total} training questions has an answer among the {len(vocab)} answer labels "
+                f"of {self.cfg.model.path!r} (e.g. {', '.join(vocab.answers[:5])}); fine-tune on data it can answer"
             )
         log.info("%d of %d training questions have an answer among the checkpoint's %d labels; the rest teach nothing",
-                 covered, len(self.train_samples), len(known))
+                 covered, total, len(vocab))
+
+    def _check_inherited_targets(self, train: Sequence[Sample]) -> None:
+        """Heads inherited with init_from know only the answers or classes of the run they come from:
+        training targets outside them teach nothing, and if none is inside, the run cannot learn."""
+        covered, total, unknown = self.task.target_coverage(train)
+        if not total or covered == total:
+            return
+        where = f"the {total} training targets" if covered == 0 else f"{total - covered} of {total} training targets"
+        message = f"{where} are not among the answers/classes of init_from {str(self.cfg.init_from)!r} (e.g. {', '.join(map(repr, unknown[:5]))})"
+        if covered == 0:
+            raise DataError(f"{message}; its heads cannot learn them: start the model afresh, or fine-tune on data with its labels")
+        log.warning("%s; they teach nothing", message)
 
     @property
     def max_length(self) -> int:
@@ -236,10 +246,13 @@ class Trainer:
         seed_everything(self.cfg.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.init = None
-        if self.cfg.init_from is not None:  # its model, tokenizer and image preprocessing come with its weights
+        if self.cfg.init_from is not None:  # its model, tokenizer and input settings come with its weights
+            from polymodal.train.checkpoint import latest_checkpoint
             from polymodal.train.init_run import open_init_run
 
-            self.cfg, self.init = open_init_run(self.cfg)
+            # a resumed run reads them from its own checkpoint, which holds the same and outlives the first run
+            own = latest_checkpoint(self.run_dir) if self.resume else None
+            self.cfg, self.init = open_init_run(self.cfg, own)
         else:
             self._adopt_tower_preprocessing()
         placeholder = build_task(s.task, None, self.cfg.tokenizer.max_length)
@@ -263,6 +276,8 @@ class Trainer:
             self.checkpoint = load_checkpoint(path)
             self.task.load_state(self.checkpoint.processors.get("task_state", {}))
         self.task.prepare(train)
+        if self.init is not None:
+            self._check_inherited_targets(train)
         self.train_samples = train
         self.train_items = self.task.train_items(train)
         self.val_samples = load_split(self.cfg.data, "val", self.task)
@@ -311,14 +326,14 @@ class Trainer:
         self.forward_model = torch.compile(wrapped) if s.compile else wrapped
         self.full_batch_accumulation = self._full_batch_accumulation()
         self._no_sync = self._sharded_no_sync if self.fsdp else getattr(wrapped, "no_sync", None)
+        base = self.init.image if self.init is not None else None  # the image processor the weights were trained with
         if self.pretrained:
             self.train_processor = self.eval_processor = self.hf_processors.image
         else:
-            base = self.init.image if self.init is not None else None
             self.train_processor = image_processor(self.cfg.image, train=True, seed=self.cfg.seed + self.rank, base=base)
             self.eval_processor = image_processor(self.cfg.image, train=False, base=base)
-        self.train_media = media_plan(self.cfg, self.model_config, train=True)
-        self.eval_media = media_plan(self.cfg, self.model_config, train=False)
+        self.train_media = media_plan(self.cfg, self.model_config, train=True, image_base=base)
+        self.eval_media = media_plan(self.cfg, self.model_config, train=False, image_base=base)
         self.task.attach(self.model, self.model_config, self.eval_processor)
         self.extra_files = self.hf_files if self.pretrained else self._lm_files() if self.assistant else None
 
