@@ -427,3 +427,17 @@ def test_inherited_classes_that_cover_no_training_label_are_named(tmp_path: Path
     path.write_text(yaml.safe_dump(tree | {"init_from": str(tmp_path / "first/run")}))
     with pytest.raises(DataError, match=r"the \d+ training targets are not among the answers/classes of init_from .*'no', 'yes'"):
         Trainer(load_config(path), progress=False).fit()
+
+
+def test_the_epochs_short_last_accumulation_step_is_a_mean_like_every_other(tmp_path: Path, world: Path) -> None:
+    """96 statements in micro-batches of 11 with accumulation 2 end in a step of one micro-batch (8 rows):
+    its loss must not be halved. Batches of 22 take the same rows in the same steps."""
+    weights = []
+    for name, train in (("whole", {"batch_size": 22}), ("accumulated", {"batch_size": 11, "accumulation": 2})):
+        (tmp_path / name).mkdir()
+        cfg = load_config(write_config(tmp_path / name, world, "classification", epochs=1, **train))
+        cfg.data.val = []
+        assert Trainer(cfg, progress=False).fit()["steps"] == 5
+        weights.append(_final_weights(tmp_path / name / "run"))
+    for name in weights[0]:
+        assert torch.allclose(weights[0][name], weights[1][name], atol=1e-6), name

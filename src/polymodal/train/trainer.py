@@ -446,7 +446,9 @@ class Trainer:
                     with self._autocast():
                         out = self.task.loss(self.forward_model, batch)
                     self._check_finite(out.loss)
-                    (self.scaler.scale(out.loss / s.accumulation) if self.scaler else out.loss / s.accumulation).backward()
+                    # the mean over the step's micro-batches; the epoch's last step may have fewer than accumulation
+                    group = min(s.accumulation, micro_total - (st.step_in_epoch - 1) // s.accumulation * s.accumulation)
+                    (self.scaler.scale(out.loss / group) if self.scaler else out.loss / group).backward()
                     window.append(out.loss.item())  # .item() waits for the device, so the step time below is real on GPUs too
                     backed += 1
             at_step = not st.step_in_epoch % s.accumulation or st.step_in_epoch >= micro_total
