@@ -6,23 +6,13 @@ and the negatives per row are checked for real.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_accumulation.py"
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_accumulation", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BENCHMARK = "bench_accumulation"
 
 
 def test_quick_run_writes_every_row(bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

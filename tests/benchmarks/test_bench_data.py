@@ -7,26 +7,14 @@ read back from the trainer's own log.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_data.py"
+BENCHMARK = "bench_data"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_data", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tiny_run_writes_rows(tmp_path: Path) -> None:
-    bench = _load()
+def test_tiny_run_writes_rows(bench: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "data.json"
     args = ["--images", "4", "--repeats", "1", "--scenes", "20", "--steps", "2", "--batch", "4", "--workers", "0", "2",
             "--runs", "world", "jpeg", "--profile-images", "4", "--tmp", str(tmp_path / "work"), "--out", str(out)]

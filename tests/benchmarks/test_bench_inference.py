@@ -7,31 +7,20 @@ comparison are the same size, which is what makes the ratios meaningful.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 pytest.importorskip("transformers")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_inference.py"
+BENCHMARK = "bench_inference"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_inference", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quick_run_writes_rows_with_matching_sizes(
+def test_quick_run_writes_rows_with_matching_sizes(bench: ModuleType, 
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bench = _load_script()
     out = tmp_path / "inference.json"
     argv = [
         "--quick",
@@ -70,13 +59,12 @@ def test_quick_run_writes_rows_with_matching_sizes(
     assert "| image embedding |" in capsys.readouterr().out
 
 
-def test_the_timed_models_must_compute_the_same_embeddings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_timed_models_must_compute_the_same_embeddings(bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     """polymodal is timed with the peer's own weights; a mapping that changed the function is refused."""
     import torch
 
     from polymodal.hub import native_clip
 
-    bench = _load_script()
     s = bench.PRESETS["tiny"]
     torch.manual_seed(0)
     ours, peer = bench.build_polymodal_dual_encoder(s).eval(), bench.build_hf_clip(s).eval()

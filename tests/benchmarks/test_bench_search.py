@@ -6,7 +6,6 @@ seconds. Timings are only checked for being positive: this is a test of the scri
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -16,16 +15,7 @@ import pytest
 
 pytest.importorskip("faiss")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_search.py"
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_search", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BENCHMARK = "bench_search"
 
 
 def test_main_writes_every_row(bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,9 +7,7 @@ stays the same size as polymodal's model (so the ratio compares like with like).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -17,20 +15,10 @@ import pytest
 
 pytest.importorskip("transformers")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train_cpu.py"
+BENCHMARK = "bench_train_cpu"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_train_cpu", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tiny_run_writes_rows(tmp_path: Path) -> None:
-    bench = _load()
+def test_tiny_run_writes_rows(bench: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "train_cpu.json"
     record = bench.main(["--quick", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "1", "--threads", "1", "--result", str(out)])
     saved = json.loads(out.read_text(encoding="utf-8"))
@@ -47,9 +35,8 @@ def test_tiny_run_writes_rows(tmp_path: Path) -> None:
     assert saved["machine"]["cores"] and saved["machine"]["torch"] and saved["machine"]["transformers"]
 
 
-def test_peer_uses_transformers_stacks() -> None:
+def test_peer_uses_transformers_stacks(bench: ModuleType) -> None:
     """The peer's text tower, fusion and decoder are `transformers` modules; the image tower is shared code."""
-    bench = _load()
     cfg = bench.quickstart_config()
     poly = bench.build_polymodal(cfg["model"], 1000, 0)
     peer = bench.to_peer(poly, cfg["model"], 1000, "sdpa")
