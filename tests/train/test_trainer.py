@@ -441,3 +441,24 @@ def test_the_epochs_short_last_accumulation_step_is_a_mean_like_every_other(tmp_
         weights.append(_final_weights(tmp_path / name / "run"))
     for name in weights[0]:
         assert torch.allclose(weights[0][name], weights[1][name], atol=1e-6), name
+
+
+def test_a_batch_empty_on_one_rank_is_skipped_on_every_rank(tmp_path: Path, world: Path) -> None:
+    """With single-sample batches and a third of the images unreadable, one rank's batch is empty while
+    the other's is not: DDP must skip that step on both ranks instead of waiting forever."""
+    import shutil
+
+    copy = tmp_path / "w"
+    shutil.copytree(world, copy)
+    for p in sorted((copy / "images/train").iterdir())[::3]:
+        p.write_bytes(b"not a png")
+    cfg = write_config(tmp_path, copy, "classification", batch_size=1, max_steps=12)
+    tree = yaml.safe_load(cfg.read_text())
+    tree["data"].pop("val")
+    cfg.write_text(yaml.safe_dump(tree))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29539", "-m", "polymodal.cli", "train", str(cfg)]
+    out = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "dropped with another rank's empty batch" in out.stderr
+    assert json.loads((tmp_path / "run/metrics.json").read_text())["steps"] == 12

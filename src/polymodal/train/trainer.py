@@ -437,7 +437,12 @@ class Trainer:
             skipped += batch["num_skipped"]
             filled.update(batch.get("num_missing") or {})
             st.step_in_epoch += 1
-            if batch["samples"]:  # empty when every sample of this batch was unreadable
+            # empty when every sample of this batch was unreadable; under DDP/FSDP a batch empty on one rank is
+            # skipped on all, or the others would wait in the forward's collectives for a rank that never joins
+            if not self._every_rank(bool(batch["samples"])) and batch["samples"]:
+                skipped += len(batch["samples"])
+                batch["samples"] = []
+            if batch["samples"]:
                 batch = to_device(batch, self.device)
                 seen += len(batch["samples"])
                 if self.full_batch_accumulation:
@@ -484,7 +489,7 @@ class Trainer:
             if st.global_step >= self.total_steps:
                 break
         if skipped:
-            log.warning("epoch %d: %d samples skipped (unreadable or missing inputs); see the warnings above", st.epoch + 1, skipped)
+            log.warning("epoch %d: %d samples skipped (unreadable or missing inputs, or dropped with another rank's empty batch); see the warnings above", st.epoch + 1, skipped)
         if filled:
             policy = self.cfg.missing_modality
             log.warning("epoch %d: inputs missing and filled (missing_modality: %s): %s", st.epoch + 1, policy, dict(filled))
@@ -532,12 +537,17 @@ class Trainer:
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Every rank must agree, or one rank stops while the others wait for it forever."""
-        ok = torch.isfinite(loss.detach()).float()
-        if self.world > 1:
-            import torch.distributed as dist
+        return self._every_rank(torch.isfinite(loss.detach()))
 
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        return bool(ok.item())
+    def _every_rank(self, flag: bool | torch.Tensor) -> bool:
+        """True when ``flag`` holds on every rank (a collective: every rank must call it at the same point)."""
+        if self.world == 1:
+            return bool(flag)
+        import torch.distributed as dist
+
+        agreed = torch.as_tensor(flag, dtype=torch.float32, device=self.device).reshape(1)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        return bool(agreed.item())
 
     def _optimizer_step(self) -> None:
         clip = self.cfg.optim.grad_clip
