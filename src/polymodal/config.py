@@ -143,8 +143,9 @@ class RunConfig(StrictModel):
     init_from: Path | None = Field(
         None,
         description=(
-            "a polymodal run (or one of its checkpoints) whose weights start this run, with its model, tokenizer and image "
-            "preprocessing: fine-tuning a trained run or one written by 'polymodal convert clip' (model may then be left out)"
+            "a polymodal run (or one of its checkpoints) whose weights start this run, with its model, tokenizer, image, audio and "
+            "video input settings and its heads' answers or classes: fine-tuning a trained run or one written by 'polymodal "
+            "convert clip' (model may then be left out, or give only changes to the run's model)"
         ),
     )
     tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
@@ -327,9 +328,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 
 def _init_run_path(value: Any, base_dir: Path) -> Path:
-    """``init_from`` as written: a run beside the config when one is there, else as written (the cwd's)."""
+    """``init_from`` as a full path: a run beside the config when one is there, else the cwd's."""
     path = Path(str(value))
-    return (base_dir / path).resolve() if not path.is_absolute() and (base_dir / path).exists() else path
+    return (base_dir / path).resolve() if not path.is_absolute() and (base_dir / path).exists() else path.resolve()
 
 
 def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -345,14 +346,16 @@ def _complete_model_from_init_run(tree: dict[str, Any], base_dir: Path) -> None:
     changes = tree.get("model")
     if tree.get("init_from") is None or not isinstance(changes, dict):
         return
-    from polymodal.train.checkpoint import CheckpointError, load_checkpoint
+    from polymodal.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 
     try:
         saved = load_checkpoint(_init_run_path(tree["init_from"], base_dir)).model_config
     except CheckpointError as e:
-        if "type" in changes:  # a whole model section (a run's own config.yaml, resumed after the first run moved)
-            return
-        raise ConfigError(f"init_from {str(tree['init_from'])!r}: {e}") from None
+        # the first run moved: a run that already started from it holds the same model in its own checkpoints
+        own = latest_checkpoint(Path(str(tree.get("output_dir", RunConfig.model_fields["output_dir"].default))))
+        if own is None:
+            raise ConfigError(f"init_from {str(tree['init_from'])!r}: {e}") from None
+        saved = load_checkpoint(own).model_config
     if changes.get("type", saved.get("type")) == saved.get("type"):  # another type is refused, naming both, by the trainer
         tree["model"] = _deep_merge(saved, changes)
 

@@ -402,31 +402,46 @@ def test_an_init_from_run_resumes_from_its_own_checkpoint_after_the_first_run_mo
     Trainer(load_config(path), progress=False).fit()
     written = yaml.safe_load((tmp_path / "second/run/config.yaml").read_text())
     assert written["image"]["size"] == 32 and written["model"]["type"] == "dual_encoder"  # what it ran with, not defaults
+    from polymodal.train.checkpoint import load_checkpoint
+
+    assert written["tokenizer"]["vocab_size"] == load_checkpoint(tmp_path / "first/run").tokenizer.vocab_size  # the one it used
     shutil.move(tmp_path / "first", tmp_path / "moved")
-    for config in (path, tmp_path / "second/run/config.yaml"):  # the config it was started with, and the one it wrote
+    partial = tmp_path / "partial.yaml"  # a LiT-style change to the first run's model, which is gone now
+    partial.write_text(yaml.safe_dump(yaml.safe_load(path.read_text()) | {"model": {"vision": {"freeze": False}}}))
+    for config in (path, tmp_path / "second/run/config.yaml", partial):  # as started, as written, with model changes
         summary = Trainer(load_config(config, ["train.max_steps=3"]), resume=True, progress=False).fit()
         assert summary["steps"] == 3
         shutil.rmtree(tmp_path / "second/run/checkpoints/step_00000003")
         (tmp_path / "second/run/checkpoints/latest").write_text("step_00000002\n")
 
 
-def test_inherited_classes_that_cover_no_training_label_are_named(tmp_path: Path, world: Path) -> None:
-    """A classifier started from a run whose classes are '0'/'1' cannot learn labels 'no'/'yes': a
-    DataError says so, instead of a NaN loss blamed on the learning rate."""
+@pytest.mark.parametrize("relabel", ["all", "some"])
+def test_training_labels_outside_the_inherited_classes(tmp_path: Path, world: Path, relabel: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A classifier started from a run whose classes are '0'/'1': labels 'no'/'yes' are named in a
+    DataError (not a NaN loss blamed on the learning rate); where only '1' became 'yes', those rows are
+    left out and counted, and the rest trains."""
     import shutil
 
     (tmp_path / "first").mkdir()
     Trainer(load_config(write_config(tmp_path / "first", world, "classification", max_steps=1)), progress=False).fit()
     relabelled = tmp_path / "w"
     shutil.copytree(world, relabelled)
+    names = ["no", "yes"] if relabel == "all" else ["0", "yes"]
     for split in ("train", "val", "test"):
         rows = [json.loads(line) for line in (relabelled / f"classification/{split}.jsonl").read_text().splitlines()]
-        (relabelled / f"classification/{split}.jsonl").write_text("".join(json.dumps(r | {"label": ["no", "yes"][int(r["label"])]}) + "\n" for r in rows))
-    path = write_config(tmp_path, relabelled, "classification", max_steps=1)
+        (relabelled / f"classification/{split}.jsonl").write_text("".join(json.dumps(r | {"label": names[int(r["label"])]}) + "\n" for r in rows))
+    path = write_config(tmp_path, relabelled, "classification", max_steps=4, batch_size=2)
     tree = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k not in ("model", "tokenizer", "image")}
     path.write_text(yaml.safe_dump(tree | {"init_from": str(tmp_path / "first/run")}))
-    with pytest.raises(DataError, match=r"the \d+ training targets are not among the answers/classes of init_from .*'no', 'yes'"):
-        Trainer(load_config(path), progress=False).fit()
+    if relabel == "all":
+        with pytest.raises(DataError, match=r"none of the 96 training targets is among the classes of init_from .*'no', 'yes'"):
+            Trainer(load_config(path), progress=False).fit()
+        return
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(load_config(path), progress=False)
+        assert trainer.fit()["steps"] == 4
+    assert any("training samples have targets outside the classes" in r.message and "'yes'" in r.message for r in caplog.records)
+    assert {str(s.label) for s in trainer.train_samples} == {"0"}
 
 
 def test_the_epochs_short_last_accumulation_step_is_a_mean_like_every_other(tmp_path: Path, world: Path) -> None:
@@ -462,3 +477,18 @@ def test_a_batch_empty_on_one_rank_is_skipped_on_every_rank(tmp_path: Path, worl
     assert out.returncode == 0, out.stderr[-3000:]
     assert "dropped with another rank's empty batch" in out.stderr
     assert json.loads((tmp_path / "run/metrics.json").read_text())["steps"] == 12
+
+
+def test_init_from_records_and_keeps_the_runs_draft_decoding_unless_the_config_changes_it(tmp_path: Path, world: Path) -> None:
+    (tmp_path / "first").mkdir()
+    first = write_config(tmp_path / "first", world, "retrieval", batch_size=8, max_steps=1)
+    first.write_text(yaml.safe_dump(yaml.safe_load(first.read_text()) | {"image": {"size": 32, "jpeg_draft": True}}))
+    Trainer(load_config(first), progress=False).fit()
+    path = _init_config(tmp_path / "second", world, tmp_path / "first/run", max_steps=1)
+    trainer = Trainer(load_config(path), progress=False)
+    trainer.setup()
+    assert trainer.eval_processor.config.jpeg_draft and trainer.cfg.image.jpeg_draft  # used, and what config.yaml records
+    path.write_text(yaml.safe_dump(yaml.safe_load(path.read_text()) | {"image": {"jpeg_draft": False}}))
+    trainer = Trainer(load_config(path), progress=False)
+    trainer.setup()
+    assert not trainer.eval_processor.config.jpeg_draft  # a decoding speed choice, the config's to make

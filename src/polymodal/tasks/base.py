@@ -110,10 +110,10 @@ class Task:
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         raise NotImplementedError
 
-    def target_coverage(self, samples: Sequence[Sample]) -> tuple[int, int, list[str]]:
-        """(targets the task's answers/classes cover, targets, some uncovered ones) over ``samples``:
-        what heads inherited from another run can learn. (0, 0, []) where targets need no vocabulary."""
-        return 0, 0, []
+    def targets_known(self, samples: Sequence[Sample]) -> list[tuple[str, bool, str] | None]:
+        """Per sample, whether the task's answers/classes cover its target, as (what they are, covered,
+        the target): what heads inherited from another run can learn. None where a target needs no vocabulary."""
+        return [None] * len(samples)
 
     def keeps_negatives_across(self, model: nn.Module) -> bool:
         """Can :meth:`accumulated_loss` score a whole accumulated batch at once on this (unwrapped)

@@ -31,11 +31,9 @@ class ClassificationTask(Task):
     def model_overrides(self) -> dict[str, Any]:
         return {"num_outputs": len(self.classes)}
 
-    def target_coverage(self, samples: Sequence[Sample]) -> tuple[int, int, list[str]]:
+    def targets_known(self, samples: Sequence[Sample]) -> list[tuple[str, bool, str] | None]:
         known = set(self.classes)
-        labels = [str(s.label) for s in samples if self.select(s)]
-        unknown = sorted({label for label in labels if label not in known})
-        return sum(label in known for label in labels), len(labels), unknown
+        return [("classes", str(s.label) in known, str(s.label)) if self.select(s) else None for s in samples]
 
     def state(self) -> dict[str, Any]:
         return {"classes": self.classes}

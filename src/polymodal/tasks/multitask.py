@@ -316,9 +316,9 @@ class MultiTaskTask(Task):
             objects = [o for s in train if kind_of(s) == "scene" for o in s.meta["objects"]]
             self.objects = ObjectVocab.build(objects) if objects else None
 
-    def target_coverage(self, samples: Sequence[Sample]) -> tuple[int, int, list[str]]:
-        parts = [self.vqa.target_coverage(samples), self.classification.target_coverage(samples)]
-        return sum(p[0] for p in parts), sum(p[1] for p in parts), [u for p in parts for u in p[2]]
+    def targets_known(self, samples: Sequence[Sample]) -> list[tuple[str, bool, str] | None]:
+        by_kind = {"question": self.vqa.targets_known(samples), "statement": self.classification.targets_known(samples)}
+        return [by_kind[kind][i] if (kind := kind_of(s)) in by_kind else None for i, s in enumerate(samples)]
 
     def context(self, tokenizer: TextTokenizer) -> BuildContext:
         return BuildContext(tokenizer=tokenizer, answer_vocab=self.vqa.vocab, object_vocab=self.objects)

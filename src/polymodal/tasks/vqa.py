@@ -40,14 +40,16 @@ class VQATask(Task):
     def context(self, tokenizer: TextTokenizer) -> BuildContext:
         return BuildContext(tokenizer=tokenizer, answer_vocab=self.vocab)
 
-    def target_coverage(self, samples: Sequence[Sample]) -> tuple[int, int, list[str]]:
-        """Questions with at least one (normalised) answer in the vocabulary: only those teach its heads."""
+    def targets_known(self, samples: Sequence[Sample]) -> list[tuple[str, bool, str] | None]:
+        """A question is covered when one of its (normalised) answers is in the vocabulary."""
         if self.vocab is None:
-            return 0, 0, []
+            return [None] * len(samples)
         known = set(self.vocab.answers)
-        questions = [s.answers for s in samples if self.select(s)]
-        missed = [answers for answers in questions if not any(normalize_answer(a) in known for a in answers)]
-        return len(questions) - len(missed), len(questions), sorted({normalize_answer(a[0]) for a in missed})[:5]
+        verdicts: list[tuple[str, bool, str] | None] = []
+        for s in samples:
+            answers = [normalize_answer(a) for a in s.answers] if self.select(s) else []
+            verdicts.append(("answers", any(a in known for a in answers), answers[0]) if answers else None)
+        return verdicts
 
     def state(self) -> dict[str, Any]:
         return {"answer_vocab": self.vocab.to_dict()} if self.vocab else {}

@@ -23,7 +23,7 @@ from polymodal.train.checkpoint import Checkpoint, CheckpointError, load_checkpo
 # section; the others (augmentation, caching, draft decoding) stay the new config's
 _INPUT_SETTINGS = {
     "image": ("size", "mean", "std"),
-    "audio": ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "max_seconds", "pad_to_max"),
+    "audio": ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "max_seconds"),
     "video": ("num_frames", "sampling", "stride"),
 }
 # model types whose runs start from other runs in their own way
@@ -81,9 +81,12 @@ def _adopt_inputs(cfg: RunConfig, saved: dict[str, dict[str, Any]], where: str) 
     return update
 
 
-def _check_tokenizer(cfg: RunConfig, where: str) -> None:
+def _check_tokenizer(cfg: RunConfig, where: str, vocab_size: int) -> None:
+    """Tokenizer settings are refused where they ask for another tokenizer than the run's (a config
+    that restates the run's vocabulary size, as its written config.yaml does, asks for none)."""
     defaults = type(cfg.tokenizer)()
-    other = [k for k in ("path", "kind", "vocab_size") if getattr(cfg.tokenizer, k) != getattr(defaults, k)]
+    other = [k for k in ("path", "kind") if getattr(cfg.tokenizer, k) != getattr(defaults, k)]
+    other += ["vocab_size"] if cfg.tokenizer.vocab_size not in (defaults.vocab_size, vocab_size) else []
     if other:
         raise ConfigError(
             f"tokenizer: {', '.join(other)} cannot be set with init_from: the weights of {where} were trained with its own "
@@ -120,10 +123,14 @@ def open_init_run(cfg: RunConfig, source: Path | None = None) -> tuple[RunConfig
             f"init_from {where} holds a {saved_model.type!r} model, but model.type is {model.type!r}; "
             "leave model.type out: a model section with init_from holds changes to the run's own model"
         )
-    _check_tokenizer(cfg, where)
+    _check_tokenizer(cfg, where, ckpt.tokenizer.vocab_size)
     update: dict[str, Any] = {"model": model} | _adopt_inputs(cfg, _saved_inputs(ckpt.processors), where)
+    image = ckpt.processors.get("image") or {}
+    if "image" in update and "jpeg_draft" in image and "jpeg_draft" not in cfg.image.model_fields_set:
+        update["image"] = update["image"].model_copy(update={"jpeg_draft": bool(image["jpeg_draft"])})  # the run's, recorded
+    update["tokenizer"] = cfg.tokenizer.model_copy(update={"vocab_size": ckpt.tokenizer.vocab_size})  # recorded, as used
     max_length = cfg.tokenizer.max_length if "max_length" in cfg.tokenizer.model_fields_set else ckpt.processors.get("text_max_length")
     if isinstance(max_length, int):
-        update["tokenizer"] = cfg.tokenizer.model_copy(update={"max_length": max_length})
+        update["tokenizer"] = update["tokenizer"].model_copy(update={"max_length": max_length})
     init = InitRun(ckpt, ckpt.tokenizer, ckpt.processors.get("image"), ckpt.processors.get("task"), dict(ckpt.processors.get("task_state") or {}))
     return cfg.model_copy(update=update), init

@@ -170,7 +170,8 @@ class Trainer:
         if self.task.name != "vqa" or vocab is None:
             return
         self.task.vocab = vocab
-        covered, total, _ = self.task.target_coverage(self.train_samples)
+        verdicts = [v for v in self.task.targets_known(self.train_samples) if v is not None]
+        covered, total = sum(v[1] for v in verdicts), len(verdicts)
         if not covered:
             raise DataError(
                 f"none of the {total} training questions has an answer among the {len(vocab)} answer labels "
@@ -179,17 +180,30 @@ class Trainer:
         log.info("%d of %d training questions have an answer among the checkpoint's %d labels; the rest teach nothing",
                  covered, total, len(vocab))
 
-    def _check_inherited_targets(self, train: Sequence[Sample]) -> None:
-        """Heads inherited with init_from know only the answers or classes of the run they come from:
-        training targets outside them teach nothing, and if none is inside, the run cannot learn."""
-        covered, total, unknown = self.task.target_coverage(train)
-        if not total or covered == total:
-            return
-        where = f"the {total} training targets" if covered == 0 else f"{total - covered} of {total} training targets"
-        message = f"{where} are not among the answers/classes of init_from {str(self.cfg.init_from)!r} (e.g. {', '.join(map(repr, unknown[:5]))})"
-        if covered == 0:
-            raise DataError(f"{message}; its heads cannot learn them: start the model afresh, or fine-tune on data with its labels")
-        log.warning("%s; they teach nothing", message)
+    def _inherited_targets_only(self, train: Sequence[Sample]) -> list[Sample]:
+        """Heads inherited with init_from know only the answers or classes of the run they come from.
+        Training samples with targets outside them are left out and counted (a batch of only such
+        labels would give a NaN loss); answers or classes that cover no training target are an error."""
+        verdicts = self.task.targets_known(train)
+        unknown: dict[str, list[str]] = {}
+        for verdict in verdicts:
+            if verdict is not None:
+                unknown.setdefault(verdict[0], [])
+                if not verdict[1]:
+                    unknown[verdict[0]].append(verdict[2])
+        where = f"init_from {str(self.cfg.init_from)!r}"
+        for kind, missed in unknown.items():
+            total = sum(v is not None and v[0] == kind for v in verdicts)
+            examples = ", ".join(map(repr, sorted(set(missed))[:5]))
+            if len(missed) == total:
+                raise DataError(
+                    f"none of the {total} training targets is among the {kind} of {where} (e.g. {examples}); its heads cannot "
+                    "learn them: start the model afresh, or fine-tune on data with its labels"
+                )
+            if missed:
+                log.warning("%d of %d training samples have targets outside the %s of %s (e.g. %s); they are left out",
+                            len(missed), total, kind, where, examples)
+        return [s for s, v in zip(train, verdicts) if v is None or v[1]]
 
     @property
     def max_length(self) -> int:
@@ -252,6 +266,8 @@ class Trainer:
 
             # a resumed run reads them from its own checkpoint, which holds the same and outlives the first run
             own = latest_checkpoint(self.run_dir) if self.resume else None
+            if self.resume and own is None:
+                raise PolymodalError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}; start without --resume")
             self.cfg, self.init = open_init_run(self.cfg, own)
         else:
             self._adopt_tower_preprocessing()
@@ -277,7 +293,7 @@ class Trainer:
             self.task.load_state(self.checkpoint.processors.get("task_state", {}))
         self.task.prepare(train)
         if self.init is not None:
-            self._check_inherited_targets(train)
+            train = self._inherited_targets_only(train)
         self.train_samples = train
         self.train_items = self.task.train_items(train)
         self.val_samples = load_split(self.cfg.data, "val", self.task)
