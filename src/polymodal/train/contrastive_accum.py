@@ -21,10 +21,10 @@ their gradient once - splicing adds it K times, i.e. a K-times too large tempera
 
 Determinism: step 3 must reproduce step 1's features exactly. Dropout and other random ops are
 handled by saving the RNG state (CPU and initialised CUDA devices) before each micro-batch's first
-encoding and restoring it before its re-encoding (``preserve_rng=True``). BatchNorm in train mode would update its running statistics in both passes; given the ``module``,
-the statistics the first pass wrote are put back, so each micro-batch counts once. (Its batch
-statistics are a micro-batch's, as with any accumulation.) Non-deterministic kernels may differ by
-rounding.
+encoding and restoring it before its re-encoding (``preserve_rng=True``). BatchNorm in train mode
+would update its running statistics in both passes; given the ``module``, the statistics the first
+pass wrote are put back, so each micro-batch counts once. (Its batch statistics are a micro-batch's,
+as with any accumulation.) Non-deterministic kernels may differ by rounding.
 """
 
 from __future__ import annotations
@@ -82,13 +82,17 @@ class _RngState:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
-@contextlib.contextmanager
-def _running_stats_kept(module: torch.nn.Module | None) -> Iterator[None]:
-    """Put back the running statistics that BatchNorm layers of ``module`` update inside the block."""
+def _running_stat_buffers(module: torch.nn.Module | None) -> list[torch.Tensor]:
+    """The running statistics that BatchNorm layers of ``module`` update in a training forward."""
     norms = [] if module is None else [
         m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
     ]
-    buffers = [b for m in norms for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    return [b for m in norms for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+
+
+@contextlib.contextmanager
+def _running_stats_kept(buffers: list[torch.Tensor]) -> Iterator[None]:
+    """Put back ``buffers`` as they were before the block."""
     saved = [b.clone() for b in buffers]
     try:
         yield
@@ -157,10 +161,11 @@ def contrastive_accum_step(
 
     rng_states: list[_RngState | None] = []
     cached: list[tuple[torch.Tensor, ...]] = []
+    running_stats = _running_stat_buffers(module)
     with torch.no_grad():
         for k, micro_batch in enumerate(micro_batches):
             rng_states.append(_RngState.capture() if preserve_rng else None)
-            with _running_stats_kept(module):
+            with _running_stats_kept(running_stats):
                 features = _as_features(encode(micro_batch), k)
             if cached and len(features) != len(cached[0]):
                 raise AccumulationError(

@@ -8,6 +8,7 @@ each index carries its epoch's seed to them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -132,16 +133,17 @@ class EpochSeededDataset(Dataset):
 def image_processor(settings: ImageSettings, train: bool, seed: int = 0, base: Mapping[str, Any] | None = None) -> ImageProcessor:
     """The run's image processor. ``base``: a saved processor's settings (a run started ``init_from``
     another keeps its resize, crop and normalisation); ``settings`` then add the augmentation."""
-    geometry: dict[str, Any] = {"size": settings.size, "mean": settings.mean, "std": settings.std, "jpeg_draft": settings.jpeg_draft}
     if base is not None:
-        geometry = {k: tuple(v) if isinstance(v, list) else v for k, v in base.items()}
-        if "jpeg_draft" in settings.model_fields_set:
-            geometry["jpeg_draft"] = settings.jpeg_draft
-    cfg = ImageProcessorConfig(**geometry | {
-        "random_resized_crop": settings.random_resized_crop if train else None,
-        "brightness": settings.brightness if train else 0.0,
-        "contrast": settings.contrast if train else 0.0,
-    })
+        geometry = ImageProcessor.from_dict(base).config
+    else:
+        geometry = ImageProcessorConfig(size=settings.size, mean=settings.mean, std=settings.std)
+    cfg = dataclasses.replace(
+        geometry,
+        jpeg_draft=settings.jpeg_draft,  # a decoding-speed choice: init_run records the run's in the settings unless they set one
+        random_resized_crop=settings.random_resized_crop if train else None,
+        brightness=settings.brightness if train else 0.0,
+        contrast=settings.contrast if train else 0.0,
+    )
     decoded = DecodedImageCache(settings.cache_mb * 2**20) if train and settings.cache_mb else None
     return ImageProcessor(cfg, train=train, seed=seed, decoded=decoded)
 

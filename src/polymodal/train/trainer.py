@@ -98,6 +98,22 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def _coverage(verdicts: Sequence[tuple[str, bool, str] | None]) -> dict[str, tuple[int, list[str]]]:
+    """``Task.targets_known``'s verdicts per kind of head vocabulary (answers, classes): (targets, the
+    targets it does not know)."""
+    totals: Counter[str] = Counter()
+    missed: dict[str, list[str]] = {}
+    for verdict in verdicts:
+        if verdict is None:
+            continue
+        kind, known, target = verdict
+        totals[kind] += 1
+        unknown = missed.setdefault(kind, [])
+        if not known:
+            unknown.append(target)
+    return {kind: (total, missed[kind]) for kind, total in totals.items()}
+
+
 def _barrier(world: int) -> None:
     if world > 1:
         import torch.distributed as dist
@@ -170,8 +186,8 @@ class Trainer:
         if self.task.name != "vqa" or vocab is None:
             return
         self.task.vocab = vocab
-        verdicts = [v for v in self.task.targets_known(self.train_samples) if v is not None]
-        covered, total = sum(v[1] for v in verdicts), len(verdicts)
+        total, missed = _coverage(self.task.targets_known(self.train_samples)).get("answers", (0, []))
+        covered = total - len(missed)
         if not covered:
             raise DataError(
                 f"none of the {total} training questions has an answer among the {len(vocab)} answer labels "
@@ -180,20 +196,21 @@ class Trainer:
         log.info("%d of %d training questions have an answer among the checkpoint's %d labels; the rest teach nothing",
                  covered, total, len(vocab))
 
+    def _resume_checkpoint(self) -> Path:
+        from polymodal.train.checkpoint import latest_checkpoint
+
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            raise PolymodalError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}; start without --resume")
+        return path
+
     def _inherited_targets_only(self, train: Sequence[Sample]) -> list[Sample]:
         """Heads inherited with init_from know only the answers or classes of the run they come from.
         Training samples with targets outside them are left out and counted (a batch of only such
         labels would give a NaN loss); answers or classes that cover no training target are an error."""
-        verdicts = self.task.targets_known(train)
-        unknown: dict[str, list[str]] = {}
-        for verdict in verdicts:
-            if verdict is not None:
-                unknown.setdefault(verdict[0], [])
-                if not verdict[1]:
-                    unknown[verdict[0]].append(verdict[2])
         where = f"init_from {str(self.cfg.init_from)!r}"
-        for kind, missed in unknown.items():
-            total = sum(v is not None and v[0] == kind for v in verdicts)
+        verdicts = self.task.targets_known(train)
+        for kind, (total, missed) in _coverage(verdicts).items():
             examples = ", ".join(map(repr, sorted(set(missed))[:5]))
             if len(missed) == total:
                 raise DataError(
@@ -259,16 +276,13 @@ class Trainer:
         s = self.settings
         seed_everything(self.cfg.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        resume_from = self._resume_checkpoint() if self.resume else None
         self.init = None
         if self.cfg.init_from is not None:  # its model, tokenizer and input settings come with its weights
-            from polymodal.train.checkpoint import latest_checkpoint
             from polymodal.train.init_run import open_init_run
 
             # a resumed run reads them from its own checkpoint, which holds the same and outlives the first run
-            own = latest_checkpoint(self.run_dir) if self.resume else None
-            if self.resume and own is None:
-                raise PolymodalError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}; start without --resume")
-            self.cfg, self.init = open_init_run(self.cfg, own)
+            self.cfg, self.init = open_init_run(self.cfg, resume_from)
         else:
             self._adopt_tower_preprocessing()
         placeholder = build_task(s.task, None, self.cfg.tokenizer.max_length)
@@ -283,13 +297,10 @@ class Trainer:
         if self.init is not None:
             self.task.load_state(self.init.task_state_for(s.task))  # the answers or classes its heads were trained on
         self.checkpoint = None
-        if self.resume:
-            from polymodal.train.checkpoint import latest_checkpoint, load_checkpoint
+        if resume_from is not None:
+            from polymodal.train.checkpoint import load_checkpoint
 
-            path = latest_checkpoint(self.run_dir)
-            if path is None:
-                raise PolymodalError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}; start without --resume")
-            self.checkpoint = load_checkpoint(path)
+            self.checkpoint = load_checkpoint(resume_from)
             self.task.load_state(self.checkpoint.processors.get("task_state", {}))
         self.task.prepare(train)
         if self.init is not None:
