@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from polymodal.errors import ConfigError
 from polymodal.losses import itc_loss, itm_loss, itm_pairs, sample_hard_negatives, vqa_bce_loss
 from polymodal.losses.contrastive import sigmoid_pair_loss
+from polymodal.models.dual_encoder import PairEncoder
 from polymodal.models.vqa import AnswerVocab
 
 
@@ -90,7 +91,7 @@ class HFDualEncoderOutput:
     itc: Any = None  # ITCOutput (CLIP) or PairStats (SigLIP)
 
 
-class HFDualEncoder(_Adapter):
+class HFDualEncoder(PairEncoder, _Adapter):
     """CLIP or SigLIP: ``family`` picks the loss (softmax InfoNCE or pairwise sigmoid)."""
 
     def __init__(self, hf_model: nn.Module, family: str) -> None:
@@ -137,18 +138,6 @@ class HFDualEncoder(_Adapter):
             return HFDualEncoderOutput(img, txt, loss, PairStats(hits.float().mean(), scale_rows[:1].detach().exp().reshape(())))
         itc = itc_loss(img, txt, scale_rows[:1], image_ids=image_ids, normalize=False)
         return HFDualEncoderOutput(img, txt, itc.loss, itc)
-
-    def forward(
-        self,
-        images: Tensor,
-        text_ids: Tensor,
-        text_mask: Tensor | None = None,
-        image_ids: Tensor | None = None,
-        *,
-        embeddings_only: bool = False,
-    ) -> HFDualEncoderOutput | tuple[Tensor, ...]:
-        rows = self.embed_pairs(images, text_ids, text_mask)
-        return rows if embeddings_only else self.pair_loss(*rows, image_ids=image_ids)
 
 
 @dataclass

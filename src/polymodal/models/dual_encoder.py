@@ -7,7 +7,7 @@ represented by what all its phrasings share.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,11 +33,36 @@ def prompt_ensemble(embed: Callable[[list[str]], Tensor], class_names: Sequence[
     return torch.stack(rows)
 
 
+class PairEncoder:
+    """A contrastive model whose loss reads only per-pair rows: ``embed_pairs`` makes them, ``pair_loss``
+    scores them. That split is what gradient-cached accumulation (``RetrievalTask.accumulated_loss``)
+    needs; ``forward`` joins them, or with ``embeddings_only`` returns the rows, through ``forward`` so
+    that DDP's gradient hooks are armed for them."""
+
+    def embed_pairs(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def pair_loss(self, *rows: Tensor, image_ids: Tensor | None = None) -> Any:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        images: Tensor,
+        text_ids: Tensor,
+        text_mask: Tensor | None = None,
+        image_ids: Tensor | None = None,
+        *,
+        embeddings_only: bool = False,
+    ) -> Any:
+        rows = self.embed_pairs(images, text_ids, text_mask)
+        return rows if embeddings_only else self.pair_loss(*rows, image_ids=image_ids)
+
+
 def _projection(in_dim: int, out_dim: int) -> nn.Module:
     return nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)
 
 
-class DualEncoder(nn.Module):
+class DualEncoder(PairEncoder, nn.Module):
     def __init__(
         self,
         image_encoder: Encoder,
@@ -81,20 +106,6 @@ class DualEncoder(nn.Module):
         """The contrastive loss of ``embed_pairs``' outputs (the scale is read from its first row)."""
         itc = self.itc(image_embeds, text_embeds, image_ids=image_ids, logit_scale=scale_rows[:1])
         return DualEncoderOutput(image_embeds=image_embeds, text_embeds=text_embeds, loss=itc.loss, itc=itc)
-
-    def forward(
-        self,
-        images: Tensor,
-        text_ids: Tensor,
-        text_mask: Tensor | None = None,
-        image_ids: Tensor | None = None,
-        *,
-        embeddings_only: bool = False,
-    ) -> DualEncoderOutput | tuple[Tensor, Tensor, Tensor]:
-        """The loss of a batch, or with ``embeddings_only`` what ``embed_pairs`` returns (through
-        ``forward``, so that DDP's gradient hooks are armed for it)."""
-        rows = self.embed_pairs(images, text_ids, text_mask)
-        return rows if embeddings_only else self.pair_loss(*rows, image_ids=image_ids)
 
     @property
     def logit_scale(self) -> float:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from polymodal.data.sample import Sample
 from polymodal.errors import DataError
 from polymodal.metrics import retrieval_metrics
+from polymodal.models.dual_encoder import PairEncoder
 from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, group_by_image, image_id_tensor, is_caption
 from polymodal.train.contrastive_accum import contrastive_accum_step
 
@@ -34,7 +35,7 @@ class RetrievalTask(Task):
         return _step_output(model(batch["image"], batch["text_ids"], batch["text_mask"], image_ids=ids))
 
     def keeps_negatives_across(self, model: nn.Module) -> bool:
-        return callable(getattr(model, "embed_pairs", None)) and callable(getattr(model, "pair_loss", None))
+        return isinstance(model, PairEncoder)
 
     def accumulated_loss(
         self,
