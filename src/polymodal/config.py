@@ -111,7 +111,10 @@ class TrainSettings(StrictModel):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
-    accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    accumulation: int = Field(
+        1, ge=1,
+        description="micro-batches per optimizer step; the step's loss is the mean over all their samples (tokens for captioning), as one batch",
+    )
     contrastive_accumulation: Literal["full_batch", "micro_batch"] | None = Field(
         None,
         description=(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -212,15 +213,22 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, world: Path, cap
     assert skipped == (len(broken) * 2 if task == "classification" else len(broken))
 
 
-@pytest.mark.parametrize("task, port", [("retrieval", 29533), ("captioning", 29536)])
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path, world: Path, task: str, port: int) -> None:
+@pytest.mark.parametrize(
+    "task, accumulation, strategy, port",
+    [("retrieval", 1, "ddp", 29533), ("captioning", 1, "ddp", 29536), ("captioning", 2, "ddp", 29540), ("captioning", 2, "fsdp", 29541)],
+)
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
+    tmp_path: Path, world: Path, task: str, accumulation: int, strategy: str, port: int
+) -> None:
     """torchrun with 2 CPU processes (gloo), batch 8 each, must reach the weights of one process with
     batch 16: retrieval gathers ITC negatives across ranks, captioning averages its loss over the
-    tokens of both ranks (captions differ in length, so per-rank means would weight tokens unequally)."""
+    tokens of both ranks (captions differ in length, so per-rank means would weight tokens unequally),
+    and with 2 micro-batches of 4 a rank, over the tokens of both ranks and both micro-batches (the
+    step's gradient is rescaled once its token count is known: on FSDP's sharded gradients too)."""
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     single = write_config(tmp_path / "one", world, task, batch_size=16, max_steps=4)
-    ddp = write_config(tmp_path / "two", world, task, batch_size=8, max_steps=4)
+    ddp = write_config(tmp_path / "two", world, task, batch_size=8 // accumulation, accumulation=accumulation, max_steps=4, distributed=strategy)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "polymodal.cli", "train", str(single)], check=True, env=env, capture_output=True)
     out = subprocess.run(
@@ -444,15 +452,31 @@ def test_training_labels_outside_the_inherited_classes(tmp_path: Path, world: Pa
     assert {str(s.label) for s in trainer.train_samples} == {"0"}
 
 
-def test_the_epochs_short_last_accumulation_step_is_a_mean_like_every_other(tmp_path: Path, world: Path) -> None:
-    """96 statements in micro-batches of 11 with accumulation 2 end in a step of one micro-batch (8 rows):
-    its loss must not be halved. Batches of 22 take the same rows in the same steps."""
+@pytest.mark.parametrize("accumulation", [2, 3])
+def test_the_epochs_short_last_accumulation_step_is_a_mean_like_every_other(tmp_path: Path, world: Path, accumulation: int) -> None:
+    """96 statements in micro-batches of 11: with accumulation 2 the epoch ends in a step of one
+    micro-batch of 8 rows, whose loss must not be halved; with 3, in a step of 11 + 11 + 8 rows, where
+    the 8 must weigh 8/30 of the step, not a third. Batches of 22 / 33 take the same rows in the same steps."""
     weights = []
-    for name, train in (("whole", {"batch_size": 22}), ("accumulated", {"batch_size": 11, "accumulation": 2})):
+    for name, train in (("whole", {"batch_size": 11 * accumulation}), ("accumulated", {"batch_size": 11, "accumulation": accumulation})):
         (tmp_path / name).mkdir()
         cfg = load_config(write_config(tmp_path / name, world, "classification", epochs=1, **train))
         cfg.data.val = []
-        assert Trainer(cfg, progress=False).fit()["steps"] == 5
+        assert Trainer(cfg, progress=False).fit()["steps"] == math.ceil(96 / (11 * accumulation))
+        weights.append(_final_weights(tmp_path / name / "run"))
+    for name in weights[0]:
+        assert torch.allclose(weights[0][name], weights[1][name], atol=1e-6), name
+
+
+def test_accumulated_caption_batches_weigh_every_token_alike(tmp_path: Path, world: Path) -> None:
+    """A caption loss is a mean over tokens, and captions differ in length: two micro-batches of 4 must
+    reach the weights of one batch of 8 (the mean of the two micro-batch means would not)."""
+    weights = []
+    for name, train in (("whole", {"batch_size": 8}), ("accumulated", {"batch_size": 4, "accumulation": 2})):
+        (tmp_path / name).mkdir()
+        cfg = load_config(write_config(tmp_path / name, world, "captioning", max_steps=3, **train))
+        cfg.data.val = []
+        Trainer(cfg, progress=False).fit()
         weights.append(_final_weights(tmp_path / name / "run"))
     for name in weights[0]:
         assert torch.allclose(weights[0][name], weights[1][name], atol=1e-6), name

@@ -25,6 +25,10 @@ LoaderFactory = Callable[[Sequence[Sample], bool], DataLoader]  # (samples, with
 class StepOutput:
     loss: Tensor
     logs: dict[str, float] = field(default_factory=dict)
+    # how many items ``loss`` is the mean of on this rank (None: the batch's samples). A token-level loss
+    # gives its scored tokens: accumulated micro-batches are weighted by it, so that K of them make the
+    # step one batch of K times the size would make, whatever their caption lengths
+    weight: float | None = None
 
 
 @dataclass

@@ -31,7 +31,8 @@ class CaptioningTask(Task):
         return is_caption(sample)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
-        return StepOutput(model(batch["image"], batch["text_ids"], batch["text_mask"]).loss)
+        scored = int(batch["text_mask"][:, 1:].sum())  # the tokens the loss averages over: every one after BOS
+        return StepOutput(model(batch["image"], batch["text_ids"], batch["text_mask"]).loss, weight=scored)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:

@@ -174,7 +174,8 @@ class MLLMTask(Task):
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         out = model(batch["input_ids"], batch["attention_mask"], batch.get("images"), batch["labels"])
         self.dropped_rounds += int(batch.get("dropped_rounds", 0))
-        return StepOutput(out.loss, {"assistant_tokens": float(out.tokens), "dropped_rounds_total": float(self.dropped_rounds)})
+        logs = {"assistant_tokens": float(out.tokens), "dropped_rounds_total": float(self.dropped_rounds)}
+        return StepOutput(out.loss, logs, weight=float(out.tokens))  # a mean over the assistant's tokens
 
     # ------------------------------------------------------------------ evaluation
     def _prompts(self, asked: Sequence[tuple[Sample, list[tuple[str, str]]]]) -> list[tuple[Sample, list[int], Tensor | None]]:

@@ -36,6 +36,7 @@ from polymodal.hub.towers import image_settings_of, tower_paths
 from polymodal.models.factory import build_model
 from polymodal.tasks import Task, build_task
 from polymodal.tasks.base import to_device
+from polymodal.train.accumulation import MicroBatchWeights
 from polymodal.train.data import ResumableSampler, image_processor, load_split, make_loader, make_train_loader, media_plan, require
 from polymodal.train.run_log import RunLog
 from polymodal.train.schedule import build_adamw, load_keeping_kernel, warmup_cosine
@@ -453,6 +454,7 @@ class Trainer:
         waited, computed, timed = 0.0, 0.0, 0
         pending: list[dict[str, Any]] = []  # micro-batches of the current step, with full-batch accumulation
         backed = 0  # backward passes since the last optimizer step
+        weighing = MicroBatchWeights(s.accumulation)
         batches = iter(loader)
         while True:
             t_wait = time.perf_counter()
@@ -477,10 +479,9 @@ class Trainer:
                 else:
                     with self._autocast():
                         out = self.task.loss(self.forward_model, batch)
-                    self._check_finite(out.loss)
-                    # the mean over the step's micro-batches; the epoch's last step may have fewer than accumulation
-                    group = min(s.accumulation, micro_total - (st.step_in_epoch - 1) // s.accumulation * s.accumulation)
-                    (self.scaler.scale(out.loss / group) if self.scaler else out.loss / group).backward()
+                    items = self._check_finite(out.loss, len(batch["samples"]) if out.weight is None else out.weight)
+                    scaled = out.loss * weighing.share(items)
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                     window.append(out.loss.item())  # .item() waits for the device, so the step time below is real on GPUs too
                     backed += 1
             at_step = not st.step_in_epoch % s.accumulation or st.step_in_epoch >= micro_total
@@ -496,7 +497,7 @@ class Trainer:
             if not at_step or not backed:
                 computed += time.perf_counter() - t_got
                 continue
-            self._optimizer_step()
+            self._optimizer_step(weighing.correction())
             backed = 0
             computed += time.perf_counter() - t_got
             timed += 1
@@ -522,9 +523,14 @@ class Trainer:
             log.warning("epoch %d: inputs missing and filled (missing_modality: %s): %s", st.epoch + 1, policy, dict(filled))
         return st.global_step < self.total_steps
 
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        if self._all_finite(loss):
-            return
+    def _check_finite(self, loss: torch.Tensor, items: float = 0.0) -> float:
+        """Stops the run if the loss is not finite on some rank; returns ``items`` summed over the ranks.
+
+        One collective does both: the item count weighs the micro-batch within its optimizer step.
+        """
+        finite, items = self._all_finite(loss, items)
+        if finite:
+            return items
         st = self.state
         last = self.run_dir / "checkpoints" / "latest"
         where = last.read_text().strip() if last.is_file() else "none written yet"
@@ -562,9 +568,17 @@ class Trainer:
                         self.task.name, s.batch_size, s.accumulation * s.batch_size)
         return False
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Every rank must agree, or one rank stops while the others wait for it forever."""
-        return self._every_rank(torch.isfinite(loss.detach()))
+    def _all_finite(self, loss: torch.Tensor, items: float = 0.0) -> tuple[bool, float]:
+        """Whether the loss is finite on every rank (they must agree, or one rank stops while the others
+        wait for it forever), and ``items`` summed over the ranks."""
+        if self.world == 1:
+            return bool(torch.isfinite(loss.detach())), float(items)
+        import torch.distributed as dist
+
+        totals = torch.stack([(~torch.isfinite(loss.detach())).float().reshape(()), torch.tensor(float(items), device=loss.device)])
+        dist.all_reduce(totals)
+        bad, items = totals.tolist()
+        return bad == 0, items
 
     def _every_rank(self, flag: bool | torch.Tensor) -> bool:
         """True when ``flag`` holds on every rank (a collective: every rank must call it at the same point)."""
@@ -576,10 +590,13 @@ class Trainer:
         dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
         return bool(agreed.item())
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self, grad_factor: float = 1.0) -> None:
         clip = self.cfg.optim.grad_clip
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
+        if grad_factor != 1.0:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            torch._foreach_mul_(grads, grad_factor)
         if clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         if self.scaler:
