@@ -191,3 +191,14 @@ def test_init_from_keeps_the_audio_and_video_decoding_the_weights_were_trained_o
     path.write_text(yaml.safe_dump(second | {"audio": {"n_mels": 32}}))
     with pytest.raises(ConfigError, match=r"audio: n_mels cannot be changed with init_from.*n_mels=16"):
         Trainer(load_config(path), progress=False).fit()
+    # the same inputs spelled out: f_max at Nyquist is the unset default, a stride is unused by uniform sampling
+    path.write_text(yaml.safe_dump(second | {"audio": {"f_max": RATE / 2}, "video": {"stride": 2, "sampling": "uniform"}}))
+    trainer = Trainer(load_config(path), progress=False)
+    trainer.setup()
+    assert trainer.cfg.audio.f_max is None and trainer.cfg.video.stride == 4  # the run's own spelling
+    path.write_text(yaml.safe_dump(second | {"audio": {"f_max": RATE / 4}}))
+    with pytest.raises(ConfigError, match=r"audio: f_max cannot be changed with init_from.*f_max=4000.0"):
+        Trainer(load_config(path), progress=False).setup()
+    path.write_text(yaml.safe_dump(second | {"video": {"sampling": "stride"}}))
+    with pytest.raises(ConfigError, match=r"video: sampling cannot be changed with init_from.*sampling='uniform'"):
+        Trainer(load_config(path), progress=False).setup()

@@ -65,16 +65,29 @@ def _saved_inputs(processors: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {section: {k: _plain(values[k]) for k in _INPUT_SETTINGS[section] if k in values} for section, values in saved.items() if values}
 
 
+def _as_decoded(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Settings as the decoders read them, so that two spellings of one input compare equal: an unset
+    ``f_max`` is half the sample rate, and ``stride`` means nothing unless frames are sampled by stride."""
+    out = dict(values)
+    if section == "audio" and out.get("f_max") is None and out.get("sample_rate"):
+        out["f_max"] = out["sample_rate"] / 2
+    if section == "video" and out.get("sampling") == "uniform":
+        out.pop("stride", None)
+    return out
+
+
 def _adopt_inputs(cfg: RunConfig, saved: dict[str, dict[str, Any]], where: str) -> dict[str, Any]:
     """Config sections updated with the run's input settings; a setting the config gives another value is refused."""
     update: dict[str, Any] = {}
     for section, values in saved.items():
         settings = getattr(cfg, section)
-        changed = [k for k, v in values.items() if k in settings.model_fields_set and _plain(getattr(settings, k)) != v]
+        asked = {k: _plain(getattr(settings, k)) for k in values if k in settings.model_fields_set}
+        run, merged = _as_decoded(section, values), _as_decoded(section, values | asked)
+        changed = [k for k in asked if run.get(k) != merged.get(k)]
         if changed:
             raise ConfigError(
                 f"{section}: {', '.join(changed)} cannot be changed with init_from: the weights of {where} were trained on "
-                f"{', '.join(f'{k}={values[k]!r}' for k in changed)}, which the run keeps (augmentation settings such as "
+                f"{', '.join(f'{k}={run.get(k, values[k])!r}' for k in changed)}, which the run keeps (augmentation settings such as "
                 "random_resized_crop, flip_prob and SpecAugment's masks are the config's)"
             )
         update[section] = settings.model_copy(update=values)
