@@ -322,8 +322,10 @@ class Transformer(nn.Module):
                     f"transformer: context_rows must index the context's {None if context is None else context.shape[0]} entries "
                     f"once per row of x ({b}), got shape {list(context_rows.shape)}"
                 )
-        shared_context_mask = context_mask
-        if context_rows is not None and context_mask is not None:
+        packing = self._packing(mask, cache)
+        # packed rows that share a context read it per group (its own mask, once); others need a mask per row
+        groups = None if packing is None or context is None or context_rows is None else ContextGroups.build(packing, context_rows, context.shape[0])
+        if groups is None and context_rows is not None and context_mask is not None:
             context_mask = context_mask.index_select(0, context_rows)
         past = 0
         key_mask = mask
@@ -351,12 +353,10 @@ class Transformer(nn.Module):
         )
         ctx_mask = cross_attention_mask(context_mask)
         use_checkpoint = self.grad_checkpointing and cache is None and torch.is_grad_enabled()
-        packing = self._packing(mask, cache)
         if packing is not None:
             kwargs = {"attn_mask": attn_mask, "is_causal": is_causal, "context": context, "context_mask": ctx_mask, "context_rows": context_rows}
-            groups = None if context is None or context_rows is None else ContextGroups.build(packing, context_rows, context.shape[0])
             if groups is not None:
-                kwargs |= {"context_groups": groups, "context_mask": cross_attention_mask(shared_context_mask), "context_rows": None}
+                kwargs |= {"context_groups": groups, "context_rows": None}
             x = packing.pack(x)
             for block in self.blocks:
                 if use_checkpoint:
