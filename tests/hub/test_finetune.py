@@ -263,3 +263,43 @@ def test_full_batch_accumulation_is_refused_where_the_loss_needs_more_than_embed
     cfg = load_config(run_config(tmp_path, world, spec, accumulation=2, contrastive_accumulation="full_batch"))
     with pytest.raises(ConfigError, match="train.contrastive_accumulation: 'full_batch' needs a contrastive dual encoder"):
         Trainer(cfg, progress=False).fit()
+
+
+@pytest.mark.parametrize("family, task_name", [("blip_caption", "captioning"), ("blip_vqa", "vqa")])
+def test_blip_token_losses_are_weighed_by_the_tokens_they_average(hf_folders: dict[str, Path], family: str, task_name: str) -> None:
+    """BLIP's losses are means over this process's labelled tokens: two micro-batches weighed by the
+    tokens the task reports (as the trainer weighs them) give the whole batch's gradient, for captions
+    and answers of different lengths."""
+    from polymodal.data.sample import Sample
+    from polymodal.tasks import build_task
+    from polymodal.train.accumulation import MicroBatchWeights
+    from polymodal.train.contrastive_accum import split_micro_batches
+
+    model, proc = load_model(hf_folders[family])
+    model.eval()  # no dropout: the two ways must see the same network
+    texts = ["a red cube", "two blue spheres on the left of the green cone", "what is it", "how many red cubes are behind the sphere"]
+    answers = [["yes"], ["the large green rubber cone"], ["2"], ["red metal cube"]]
+    ids, mask = proc.texts(texts)
+    batch = {"image": torch.randn(4, 3, 30, 30, generator=torch.Generator().manual_seed(0)), "text_ids": ids, "text_mask": mask,
+             "answers": answers, "samples": [Sample(sample_id=str(i), image_id=str(i)) for i in range(4)]}
+    task = build_task(task_name, proc.tokenizer, proc.max_length)
+
+    def grads() -> dict[str, torch.Tensor]:
+        out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out
+
+    task.loss(model, batch).loss.backward()
+    full = grads()
+    weights, micro = MicroBatchWeights(2), split_micro_batches(batch, 2)
+    counts = []
+    for part in micro:
+        out = task.loss(model, part)
+        counts.append(out.weight)
+        (out.loss * weights.share(out.weight, out.weight)).backward()
+    factor = weights.correction()
+    accumulated = {n: g * factor for n, g in grads().items()}
+    assert counts[0] != counts[1]  # the micro-batches hold different numbers of tokens, so the weighing matters
+    assert full.keys() == accumulated.keys()
+    for name in full:
+        assert (accumulated[name] - full[name]).abs().max() <= 1e-5 * full[name].abs().max() + 1e-7, name

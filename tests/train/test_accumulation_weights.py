@@ -8,39 +8,71 @@ from polymodal.train.accumulation import MicroBatchWeights
 
 
 def _step(weights: MicroBatchWeights, items: list[float]) -> list[float]:
-    """Each micro-batch's effective weight: its provisional share times the step's correction."""
-    shares = [weights.share(n) for n in items]
+    """Each micro-batch's effective weight on one process: its provisional share times the step's correction."""
+    shares = [weights.share(n, n) for n in items]
     factor = weights.correction()
     return [share * factor for share in shares]
 
 
 def test_equal_micro_batches_need_no_correction() -> None:
     weights = MicroBatchWeights(4)
-    assert [weights.share(n) for n in (64, 64, 64, 64)] == [0.25] * 4
-    assert weights.correction() == 1.0  # exactly: the optimizer step skips rescaling
+    for _ in range(2):
+        assert [weights.share(64, 64) for _ in range(4)] == [0.25] * 4
+        assert weights.correction() == 1.0  # exactly: the optimizer step skips rescaling
 
 
 @pytest.mark.parametrize("items", [[11, 11, 8], [8], [300, 120, 45], [0, 5, 7], [5, 0]])
 def test_each_micro_batch_weighs_its_share_of_the_steps_items(items: list[float]) -> None:
     """The mean over every item of the step: a short last micro-batch, captions of other lengths, a
     micro-batch whose samples were all unreadable (0 items) counted as nothing."""
-    got = _step(MicroBatchWeights(3), items)
-    assert got == pytest.approx([n / sum(items) for n in items])
+    weights = MicroBatchWeights(3)
+    for _ in range(2):  # the second step's provisional unit comes from the first
+        assert _step(weights, items) == pytest.approx([n / sum(items) for n in items])
 
 
 def test_steps_do_not_leak_into_each_other() -> None:
     weights = MicroBatchWeights(2)
     _step(weights, [10, 30])
-    assert _step(weights, [20, 20]) == [0.5, 0.5]
+    assert _step(weights, [20, 20]) == pytest.approx([0.5, 0.5])
+
+
+def test_provisional_shares_stay_near_one_over_k_after_the_first_step() -> None:
+    """fp16 loss scaling overflows on a share far above 1: a step whose first micro-batch is tiny must
+    not make the next one's share hundreds, once a step has shown what a micro-batch holds."""
+    weights = MicroBatchWeights(2)
+    _step(weights, [6, 1800])  # the first step has only its first micro-batch as the unit
+    shares = [weights.share(n, n) for n in (6, 1800)]
+    assert max(shares) <= 1.0
+    assert [s * weights.correction() for s in shares] == pytest.approx([6 / 1806, 1800 / 1806])
+
+
+@pytest.mark.parametrize("mean_over_ranks", [False, True])
+def test_under_ddp_every_item_of_every_rank_weighs_alike(mean_over_ranks: bool) -> None:
+    """2 ranks x 2 micro-batches, rank 1 lost two samples of its first: after DDP averages the ranks'
+    gradients, each item weighs 1/N. A loss that is a mean over its rank's items (most) and one that
+    divides by the items of every rank (polymodal's token losses) need different shares for that."""
+    counts = [[4, 2], [4, 4]]  # [micro-batch][rank]
+    world, total = 2, sum(map(sum, counts))
+    ranks = [MicroBatchWeights(2, world) for _ in range(world)]
+    shares = [[ranks[r].share(mb[r], sum(mb), mean_over_ranks=mean_over_ranks) for r in range(world)] for mb in counts]
+    factors = [w.correction() for w in ranks]
+    assert factors[0] == factors[1]  # every rank rescales alike: the counts were summed over ranks
+    for mb, row in zip(counts, shares):
+        for r in range(world):
+            # what one item of rank r weighs in the averaged gradient: share x factor / W, times
+            # d(loss)/d(item): 1/n_rank for a per-rank mean, W/n_all for a mean over ranks
+            per_item = (row[r] * factors[r] / world) * (world / sum(mb) if mean_over_ranks else 1 / mb[r])
+            assert per_item == pytest.approx(1 / total)
 
 
 def test_an_all_empty_step_and_no_accumulation_leave_the_gradient_alone() -> None:
     weights = MicroBatchWeights(2)
     assert _step(weights, [0, 0]) == [0.0, 0.0]
+    assert _step(weights, [3, 5]) == pytest.approx([3 / 8, 5 / 8])  # and the next step starts cleanly
     single = MicroBatchWeights(1)
-    assert single.share(17) == 1.0 and single.correction() == 1.0  # the loss as it is
+    assert single.share(17, 17) == 1.0 and single.correction() == 1.0  # the loss as it is
 
 
 def test_a_negative_weight_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="weight must be >= 0"):
-        MicroBatchWeights(2).share(-1)
+        MicroBatchWeights(2).share(-1, -1)

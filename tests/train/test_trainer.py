@@ -215,7 +215,8 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, world: Path, cap
 
 @pytest.mark.parametrize(
     "task, accumulation, strategy, port",
-    [("retrieval", 1, "ddp", 29533), ("captioning", 1, "ddp", 29536), ("captioning", 2, "ddp", 29540), ("captioning", 2, "fsdp", 29541)],
+    [("retrieval", 1, "ddp", 29533), ("captioning", 1, "ddp", 29536), ("captioning", 2, "ddp", 29540), ("captioning", 2, "fsdp", 29541),
+     ("classification", 2, "ddp", 29542)],
 )
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
     tmp_path: Path, world: Path, task: str, accumulation: int, strategy: str, port: int
@@ -224,11 +225,24 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
     batch 16: retrieval gathers ITC negatives across ranks, captioning averages its loss over the
     tokens of both ranks (captions differ in length, so per-rank means would weight tokens unequally),
     and with 2 micro-batches of 4 a rank, over the tokens of both ranks and both micro-batches (the
-    step's gradient is rescaled once its token count is known: on FSDP's sharded gradients too)."""
+    step's gradient is rescaled once its token count is known: on FSDP's sharded gradients too).
+    Classification, a mean over each rank's own samples, runs with a fifth of the images unreadable,
+    so that ranks and micro-batches hold different numbers of samples: each sample still weighs 1/N."""
+    if task == "classification":
+        import shutil
+
+        shutil.copytree(world, tmp_path / "w")
+        world = tmp_path / "w"
+        for p in sorted((world / "images/train").iterdir())[::5]:
+            p.write_bytes(b"not a png")
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     single = write_config(tmp_path / "one", world, task, batch_size=16, max_steps=4)
     ddp = write_config(tmp_path / "two", world, task, batch_size=8 // accumulation, accumulation=accumulation, max_steps=4, distributed=strategy)
+    for path in (single, ddp) if task == "classification" else ():  # ranks draw their own dropout masks: none, to compare
+        tree = yaml.safe_load(path.read_text())
+        tree["model"]["dropout"] = 0.0
+        path.write_text(yaml.safe_dump(tree))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "polymodal.cli", "train", str(single)], check=True, env=env, capture_output=True)
     out = subprocess.run(

@@ -148,6 +148,13 @@ class HFGeneration:
 @dataclass
 class HFLossOutput:
     loss: Tensor
+    # the tokens ``loss`` is the mean of: Hugging Face's language-model losses average over this process's
+    # labelled tokens, shifted by one (the first token is never predicted)
+    rank_tokens: int | None = None
+
+
+def _scored_tokens(labels: Tensor) -> int:
+    return int((labels[:, 1:] != -100).sum())
 
 
 class HFCaptioner(_Adapter):
@@ -165,7 +172,7 @@ class HFCaptioner(_Adapter):
     def forward(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> HFLossOutput:
         labels = text_ids.masked_fill(text_mask == 0, -100) if text_mask is not None else text_ids
         out = self.hf(pixel_values=images, input_ids=text_ids, attention_mask=text_mask, labels=labels)
-        return HFLossOutput(out.loss)
+        return HFLossOutput(out.loss, _scored_tokens(labels))
 
 
 @dataclass
@@ -220,7 +227,7 @@ class HFGenerativeVQA(_Adapter):
         labels = decoder_ids.masked_fill(enc["attention_mask"] == 0, -100)
         out = self.hf(input_ids=text_ids, attention_mask=text_mask, pixel_values=images, decoder_input_ids=decoder_ids,
                       decoder_attention_mask=enc["attention_mask"], labels=labels)
-        return HFLossOutput(out.loss)
+        return HFLossOutput(out.loss, _scored_tokens(labels))
 
     @torch.no_grad()
     def answer(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, max_length: int = 10) -> list[str]:

@@ -75,6 +75,7 @@ class ClassifierConfig(_ModelConfig):
     early_options: dict[str, Any] = Field(default_factory=dict)
     early_fusion: str = "cross_attention"  # token-level fusion for stage early/hybrid (e.g. "mult")
     missing: Literal["zero", "learned"] = "zero"  # absent modality: encode zeros, or a learned embedding
+    dropout: float = Field(0.1, ge=0, lt=1, description="before the classification head")
 
 
 class MultiTaskConfig(_ModelConfig):

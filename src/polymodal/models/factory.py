@@ -156,7 +156,7 @@ def _classifier(cfg: ClassifierConfig, ctx: BuildContext) -> nn.Module:
     encoders = {m: (_text_encoder(s, ctx) if m == "text" else _vision_encoder(s)) for m, s in cfg.encoders.items()}
     return MultimodalClassifier(
         encoders, cfg.num_outputs, cfg.task, cfg.stage, cfg.fusion, cfg.fusion_dim, cfg.fusion_options, cfg.early_options,
-        early_fusion=cfg.early_fusion, missing=cfg.missing,
+        dropout=cfg.dropout, early_fusion=cfg.early_fusion, missing=cfg.missing,
     )
 
 

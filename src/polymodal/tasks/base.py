@@ -27,8 +27,10 @@ class StepOutput:
     logs: dict[str, float] = field(default_factory=dict)
     # how many items ``loss`` is the mean of on this rank (None: the batch's samples). A token-level loss
     # gives its scored tokens: accumulated micro-batches are weighted by it, so that K of them make the
-    # step one batch of K times the size would make, whatever their caption lengths
+    # step one batch of K times the size would make, whatever their caption lengths (train/accumulation.py)
     weight: float | None = None
+    # True when ``loss`` divides by the items of every rank (polymodal's token losses), not this rank's
+    mean_over_ranks: bool = False
 
 
 @dataclass

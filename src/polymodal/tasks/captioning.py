@@ -31,8 +31,12 @@ class CaptioningTask(Task):
         return is_caption(sample)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
-        scored = int(batch["text_mask"][:, 1:].sum())  # the tokens the loss averages over: every one after BOS
-        return StepOutput(model(batch["image"], batch["text_ids"], batch["text_mask"]).loss, weight=scored)
+        out = model(batch["image"], batch["text_ids"], batch["text_mask"])
+        hf_tokens = getattr(out, "rank_tokens", None)
+        if hf_tokens is not None:  # a Hugging Face captioner: the mean over this rank's labelled tokens
+            return StepOutput(out.loss, weight=hf_tokens)
+        # polymodal's captioner: the mean over every token after BOS, of every rank
+        return StepOutput(out.loss, weight=int(batch["text_mask"][:, 1:].sum()), mean_over_ranks=True)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:

@@ -60,7 +60,8 @@ class VQATask(Task):
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         out = model(batch["image"], batch["text_ids"], batch["text_mask"], answers=batch["answers"])
-        return StepOutput(out.loss)
+        # a generative answerer (BLIP) averages over this rank's answer tokens; a classifier over questions
+        return StepOutput(out.loss, weight=getattr(out, "rank_tokens", None))
 
     @torch.no_grad()
     def predict(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> list[str]:

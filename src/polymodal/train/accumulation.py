@@ -1,14 +1,23 @@
 """How the micro-batches of one optimizer step are weighed, so that K of them make the step one batch
-of all their items would make.
+of all their items would make, on one process or many.
 
 A micro-batch's loss is a mean over its items: samples, or scored tokens for a captioning or language
-model loss. The step's gradient must be the mean over every item of the step, ``sum_i n_i grad(loss_i) / N``,
-not the mean of the K micro-batch means, which over-weighs the items of a short micro-batch (the epoch's
-last, one thinned by unreadable samples) and, for token losses, the tokens of short captions. ``N`` is
-known only after the last micro-batch, and its gradient must already be in ``.grad`` by then, so each
-backward pass takes a provisional share ``n_i / (n_1 K)`` (exact whenever every micro-batch holds as
-many items as the first) and the summed gradient is rescaled once, before clipping, by the ratio of
-that guess to the true total. Steps of equal micro-batches need no rescaling at all.
+model loss. The step's gradient must be the mean over every item of the step on every rank,
+``sum n grad(loss) / N``, not the mean of the K micro-batch means, which over-weighs the items of a short
+micro-batch (the epoch's last, one thinned by unreadable samples) and, for token losses, the tokens of
+short captions.
+
+Two kinds of mean meet here. Most losses are means over this rank's items, and DDP then averages the
+ranks' gradients; such a loss needs the share ``W n_rank / N`` (``W`` ranks). polymodal's token losses
+divide by the tokens of every rank instead (``losses/_token_mean.py``), so that one micro-batch is already
+exact across ranks; they need ``n_world / N``.
+
+``N`` is known only after the last micro-batch, and that micro-batch's gradient must already be in
+``.grad`` by then, so each backward pass takes a provisional share against a unit (the mean items per
+micro-batch of the previous step; of the first micro-batch in the first step), and the summed gradient
+is rescaled once, before clipping, by the ratio of the guess to the true total. A unit from the previous
+step keeps every share near ``1/K``: with fp16 loss scaling, a share far above 1 (a tiny first
+micro-batch as the unit) would overflow the scaled gradients and skip the step.
 """
 
 from __future__ import annotations
@@ -17,26 +26,34 @@ from __future__ import annotations
 class MicroBatchWeights:
     """Shares for one optimizer step's micro-batches; :meth:`correction` closes the step."""
 
-    def __init__(self, accumulation: int) -> None:
+    def __init__(self, accumulation: int, world: int = 1) -> None:
         self.accumulation = accumulation
-        self._first = 0.0  # items in the step's first non-empty micro-batch: the unit of the provisional shares
-        self._total = 0.0  # items in the step so far
+        self.world = world
+        self._unit = 0.0  # items of a typical micro-batch, summed over ranks: the provisional shares' unit
+        self._total = 0.0  # items of the step so far, summed over ranks
+        self._counted = 0  # micro-batches of the step that had items
 
-    def share(self, items: float) -> float:
-        """The factor for this micro-batch's loss, which is a mean over ``items`` (summed over ranks)."""
+    def share(self, items: float, items_all_ranks: float, *, mean_over_ranks: bool = False) -> float:
+        """The factor for a micro-batch loss that is a mean over ``items`` on this rank (``items_all_ranks``
+        summed over every rank; ``mean_over_ranks``: the loss already divides by that sum)."""
         if self.accumulation == 1:
             return 1.0  # the loss as it is: one micro-batch is the whole step
         if items < 0:
             raise ValueError(f"a micro-batch's loss weight must be >= 0 (the items its loss averages over), got {items}")
-        self._total += items
-        if not self._first:
-            self._first = items
-        return items / (self._first * self.accumulation) if self._first else 0.0
+        self._total += items_all_ranks
+        self._counted += bool(items_all_ranks)
+        if not self._unit:
+            self._unit = items_all_ranks
+        if not self._unit:
+            return 0.0
+        mine = items_all_ranks if mean_over_ranks else items * self.world
+        return mine / (self._unit * self.accumulation)
 
     def correction(self) -> float:
-        """The factor for the step's summed gradient, ``n_1 K / N``; resets for the next step."""
-        guessed, total = self._first * self.accumulation, self._total
-        self._first = self._total = 0.0
+        """The factor for the step's summed gradient, ``unit K / N``; resets for the next step."""
+        guessed, total, counted = self._unit * self.accumulation, self._total, self._counted
+        self._total, self._counted = 0.0, 0
         if self.accumulation == 1 or not total:
             return 1.0
+        self._unit = total / counted  # the next step's unit
         return guessed / total

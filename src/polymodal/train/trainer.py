@@ -445,7 +445,7 @@ class Trainer:
         bar = self.bar
         bar.set_description(f"epoch {st.epoch + 1}/{self.total_epochs}")
         self.model.train()
-        window: list[float] = []
+        window: list[tuple[float, float]] = []  # (loss, items) per backward pass since the last log line
         skipped = 0
         filled: Counter[str] = Counter()  # samples zero-filled for a missing modality, per input
         t0, seen = time.perf_counter(), 0
@@ -454,7 +454,7 @@ class Trainer:
         waited, computed, timed = 0.0, 0.0, 0
         pending: list[dict[str, Any]] = []  # micro-batches of the current step, with full-batch accumulation
         backed = 0  # backward passes since the last optimizer step
-        weighing = MicroBatchWeights(s.accumulation)
+        weighing = MicroBatchWeights(s.accumulation, self.world)
         batches = iter(loader)
         while True:
             t_wait = time.perf_counter()
@@ -479,10 +479,11 @@ class Trainer:
                 else:
                     with self._autocast():
                         out = self.task.loss(self.forward_model, batch)
-                    items = self._check_finite(out.loss, len(batch["samples"]) if out.weight is None else out.weight)
-                    scaled = out.loss * weighing.share(items)
+                    items = float(len(batch["samples"]) if out.weight is None else out.weight)
+                    items_all = self._check_finite(out.loss, items)
+                    scaled = out.loss * weighing.share(items, items_all, mean_over_ranks=out.mean_over_ranks)
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                    window.append(out.loss.item())  # .item() waits for the device, so the step time below is real on GPUs too
+                    window.append((out.loss.item(), items))  # .item() waits for the device, so the step time below is real on GPUs too
                     backed += 1
             at_step = not st.step_in_epoch % s.accumulation or st.step_in_epoch >= micro_total
             if pending and at_step:
@@ -492,7 +493,7 @@ class Trainer:
                     )
                 pending = []
                 self._check_finite(out.loss)  # gradients are in .grad, but the step is not applied
-                window.append(out.loss.item())
+                window.append((out.loss.item(), 1.0))
                 backed += 1
             if not at_step or not backed:
                 computed += time.perf_counter() - t_got
@@ -505,7 +506,10 @@ class Trainer:
             bar.update()
             if st.global_step % s.log_every == 0 and self.is_main:
                 rate = seen / max(1e-9, time.perf_counter() - t0)
-                values = {"loss": sum(window) / len(window), "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate} | out.logs
+                # the loss over the window's items (samples or tokens), as the steps weighed them
+                weight = sum(n for _, n in window)
+                loss = sum(v * n for v, n in window) / weight if weight else sum(v for v, _ in window) / len(window)
+                values = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate} | out.logs
                 # mean seconds per optimizer step over the window: waiting for data, and computing
                 values |= {"data_seconds": waited / timed, "step_seconds": computed / timed}
                 run_log.write(st.global_step, st.epoch, "train", values)
