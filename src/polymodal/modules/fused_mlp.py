@@ -86,11 +86,13 @@ def fused_dtype(x: Tensor, activation: str, weight: Tensor, dropout_active: bool
     the modules would, faster: a QuickGELU MLP on CPU over at least :data:`FUSE_MIN_ROWS` rows, no
     autograd of any kind, no active dropout, not being traced, exported or compiled (an exported graph
     keeps the portable ops)."""
-    if activation != "quick_gelu" or dropout_active or not _plain_tensor(x):
+    # the checks torch.compile can trace come first: under compilation (and on GPUs, and in training)
+    # this returns before _plain_tensor's functorch query, which would break the compiled graph at every MLP
+    if activation != "quick_gelu" or dropout_active or torch.compiler.is_compiling() or isinstance(x, torch.fx.Proxy):
         return None
     if x.device.type != "cpu" or torch.is_grad_enabled() or x.numel() < FUSE_MIN_ROWS * x.shape[-1]:
         return None
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or not _plain_tensor(x):
         return None
     dtype = _compute_dtype(x, weight)
     return dtype if dtype is not None and fused_mlp_available() else None
