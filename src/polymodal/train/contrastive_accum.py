@@ -30,6 +30,8 @@ as with any accumulation.) Non-deterministic kernels may differ by rounding.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -52,8 +54,13 @@ class AccumStepOutput:
 
     Attributes:
         loss: the full-batch loss value, detached (what a single full-batch step would log).
-        loss_output: whatever ``loss_fn`` returned (e.g. an ``ITCOutput`` with logits and accuracies),
-            computed on detached features, so keeping it does not keep the encoder graph alive.
+        loss_output: whatever ``loss_fn`` returned (e.g. an ``ITCOutput`` with accuracies and the logit
+            scale), computed on detached features, so keeping it does not keep the encoder graph alive.
+            Its tensors are detached, and its matrices other than the features (the ``[rows, columns]``
+            logits) are replaced by ``None`` once the feature gradients are known: they are no longer
+            needed, and at a large batch they are gigabytes that would otherwise stay allocated while
+            every micro-batch is re-encoded. Found inside tuples, lists, dicts and dataclasses; any other
+            object is returned as it is.
         features: the cached full-batch features, detached, one tensor per encoder output.
     """
 
@@ -122,6 +129,32 @@ def _loss_value(result: Any) -> torch.Tensor:
     return loss
 
 
+def _released(value: Any, keep: tuple[torch.Tensor, ...]) -> Any:
+    """``value`` with every tensor detached and every matrix not in ``keep`` (by identity) dropped.
+
+    Scalars and vectors (loss, accuracies, labels, logit scale) stay, detached; tensors of two or more
+    dimensions - the B x B logits, the big ones - become ``None`` unless they are the features
+    themselves. Walks tuples (named ones too), lists, dicts and dataclass instances, copying them.
+    """
+    if isinstance(value, torch.Tensor):
+        if any(value is k for k in keep):
+            return value.detach()
+        return None if value.dim() >= 2 else value.detach()
+    if dataclasses.is_dataclass(value) and not isinstance(value, (type, Mapping)):
+        released = copy.copy(value)
+        for field in dataclasses.fields(value):
+            object.__setattr__(released, field.name, _released(getattr(value, field.name), keep))
+        return released
+    if isinstance(value, tuple):
+        items = [_released(v, keep) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    if isinstance(value, list):
+        return [_released(v, keep) for v in value]
+    if type(value) is dict:
+        return {k: _released(v, keep) for k, v in value.items()}
+    return value
+
+
 def contrastive_accum_step(
     encode: Callable[[Any], Any],
     micro_batches: Sequence[Any],
@@ -180,6 +213,9 @@ def contrastive_accum_step(
     loss = _loss_value(result)
     (scale_loss(loss) if scale_loss is not None else loss).backward()
     feature_grads = [f.grad for f in full]
+    # From here on only the feature gradients are needed: release the logits before re-encoding.
+    loss = loss.detach()
+    result = _released(result, keep=full)
 
     offsets = [0]
     for size in sizes:
@@ -213,7 +249,7 @@ def contrastive_accum_step(
             if outputs:
                 torch.autograd.backward(outputs, grad_tensors=grads)
 
-    return AccumStepOutput(loss=loss.detach(), loss_output=result, features=tuple(f.detach() for f in full))
+    return AccumStepOutput(loss=loss, loss_output=result, features=tuple(f.detach() for f in full))
 
 
 def _piece_sizes(total: int, num: int, what: str) -> list[int]:
