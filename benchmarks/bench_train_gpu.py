@@ -6,6 +6,16 @@ QuickGELU) and a causal text tower (width 512, 12 layers, 8 heads, 77 tokens, vo
 projected to 512-d, with CLIP's contrastive loss and a learnable logit scale. The script checks that
 the two parameter counts agree (within 1%) before timing anything.
 
+On the rented GPU machine (one command of at most 10 minutes; polymodal is not installed there, so
+the script puts this checkout's ``src/`` on ``sys.path``; only files under ``$OUT`` come back), run
+exactly::
+
+    set -o pipefail; PYTHONUNBUFFERED=1 python3 benchmarks/bench_train_gpu.py --device cuda --time-budget-s 420 --out "$OUT/train_gpu.json" 2>&1 | tee "$OUT/train_gpu.log"
+
+adding ``--commit <hash>`` (resolved where ``.git`` exists: the copy on the machine has none, and the
+JSON would say ``"unknown"``). ``--device`` defaults to ``cuda`` for a full run, which exits with code 2
+and a message when CUDA is missing rather than timing the full shapes on a CPU.
+
 What one training step is, identically for every row: forward both towers and the loss under bf16
 autocast (fp32 master weights), ``loss.backward()``, ``AdamW.step()`` (fused on CUDA) and
 ``zero_grad(set_to_none=True)``. The batch is one synthetic batch on the device (fp32 pixels, 77
@@ -15,22 +25,38 @@ not measured. TF32 and cuDNN autotuning are on for both sides.
 Sections:
 
 a. **matmul peak**: the card's measured bf16 matmul rate (``--matmul-size``\\ :sup:`3` matmuls, best
-   of ``--matmul-repeats``, CUDA events). MFU is relative to this, not to the datasheet.
+   of ``--matmul-repeats``, CUDA events, after ~1 s of warm-up so clocks and cuBLAS have settled).
+   MFU is relative to this, not to the datasheet.
 b. **throughput** at ``--batch`` (256): polymodal eager / ``torch.compile`` and ``CLIPModel``
    (``attn_implementation='sdpa'``) eager / compiled. Timed repeats are interleaved (each repeat runs
    every side for ``--steps`` steps, the order rotating), so drift on a shared machine hits all sides
-   alike; samples/s is from the median repeat (the best is in the JSON).
+   alike; samples/s is from the median repeat (the best is in the JSON). The speedup target compares
+   the faster polymodal row with the faster transformers row. Each compiled row records its graph
+   breaks and recompiles (``torch._dynamo`` counters), and on CUDA every row records the attention
+   kernels one profiled step launched, so a side that fell back to a slower SDPA kernel shows.
 c. **max batch**: the largest batch one GPU trains (one eager step per try: doubling, then a binary
-   search to 1/16 of the bracket, ``torch.cuda.OutOfMemoryError`` caught and memory freed between
-   tries; raw uint8 pixels on the device, normalised inside the step) for plain training and with
-   gradient checkpointing on each side; then polymodal's ``contrastive_accum_step`` (gradient-cached
+   search to 1/16 of the bracket, out-of-memory errors caught and memory freed between tries; raw
+   uint8 pixels on the device, normalised inside the step) for plain training and with gradient
+   checkpointing on each side; then polymodal's ``contrastive_accum_step`` (gradient-cached
    accumulation, train/contrastive_accum.py): K micro-batches (3/4 of polymodal's plain maximum each,
    normalised one at a time) whose features are scored together, so the effective contrastive batch
-   is K x micro with *all* negatives kept. The peer has no such accumulation (summing per-micro-batch losses keeps
-   only B/K negatives), so its max effective contrastive batch is its largest single batch. The
-   polymodal model there is built with ``local_loss=True, gather=True`` (on one GPU both are no-ops;
-   under DDP they keep the logits at ``[local, global]``). All searches share ``--time-budget-s``;
-   a search that runs out of time reports its proven lower bound and says so.
+   is K x micro with *all* negatives kept. The peer has no such accumulation (summing per-micro-batch
+   losses keeps only B/K negatives), so its max effective contrastive batch is its largest single
+   batch. The polymodal model there is built with ``local_loss=True, gather=True`` (on one GPU both
+   are no-ops; under DDP they keep the logits at ``[local, global]``). samples/s and MFU at the
+   maximum come from 2 timed steps after 1 untimed one at that batch when the search's share of the
+   budget allows, else from the search's single cold step, which ``timing_at_max`` then says.
+
+Time: ``--time-budget-s`` counts from the start. Compiled rows are only started in its first 45%
+(later ones are recorded as skipped), a max-batch search only with ``--min-search-s`` left (else it
+is recorded as skipped), and the searches share what is left; a search that runs out of time reports
+its proven lower bound and says so.
+
+Nothing is lost when the run dies: the JSON (``--out``) is rewritten atomically after every section
+and every max-batch search, with ``status`` saying how far it got; a search that raises is recorded
+(``error``) and the next one runs, except after an unrecoverable CUDA error (illegal memory access,
+device-side assert, launch failure), where the script writes what it has and stops; an uncaught
+exception or SIGTERM writes ``status: crashed ...`` / ``terminated ...`` before the process ends.
 
 Model FLOPs per step (the same formula for both sides; see :func:`model_flops`)::
 
@@ -44,26 +70,33 @@ biases are left out. Attention counts the full ``T^2`` for the causal text tower
 PaLM-appendix convention), and gradient checkpointing's recompute is not counted (model FLOPs, not
 hardware FLOPs). ``MFU = FLOPs / step time / measured matmul peak``.
 
-Outputs Markdown tables and ``benchmarks/results/train_gpu.json``. ``--quick`` shrinks everything
-(64-wide, 2-layer towers at 64 px / 16 tokens, batch 8, 2 steps, no compile unless ``--compile``,
-max batch capped at 32) so the whole script runs on a CPU in under a minute; it also checks
-that one accumulated step (K=2, fp32) updates the parameters exactly as one full-batch step does.
+Outputs Markdown tables and ``--out`` (default ``benchmarks/results/train_gpu.json``). ``--quick``
+shrinks everything (64-wide, 2-layer towers at 64 px / 16 tokens, batch 8, 2 steps, no compile unless
+``--compile``, max batch capped at 32) so the whole script runs on a CPU in under a minute
+(``--quick --device cpu``); it also checks that one accumulated step (K=2, fp32) updates the
+parameters exactly as one full-batch step does.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import datetime as _dt
 import gc
+import json
 import math
 import os
 import platform
+import re
+import signal
 import statistics
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +104,30 @@ from typing import Any
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import torch
-from provenance import git_commit, write_result
+from provenance import git_commit
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "train_gpu.json"
+COMPILE_BUDGET_FRACTION = 0.45  # compiled rows start only within this part of --time-budget-s
+WARM_TIMING_SHARE = 0.2  # part of each search's time kept for the warm re-timing at its maximum
+
+
+def _ensure_polymodal_importable(root: Path = ROOT) -> None:
+    """Put ``<repo>/src`` on ``sys.path`` when polymodal is not installed.
+
+    The rented GPU machine gets a bare copy of the checkout and its own torch + transformers
+    environment; polymodal itself needs nothing more, so its source tree is enough.
+    """
+    try:
+        import polymodal  # noqa: F401
+    except ImportError:
+        src = str(root / "src")
+        if src not in sys.path:
+            sys.path.insert(0, src)
+
+
+_ensure_polymodal_importable()
 
 
 # --------------------------------------------------------------------------------------------- shapes
@@ -277,23 +329,48 @@ def polymodal_accum_step(
     model: nn.Module, opt: torch.optim.Optimizer, device: torch.device, amp: torch.dtype | None,
     micro_batch: int,
 ) -> StepFn:
-    """One step with ``contrastive_accum_step``: the loss sees the whole batch, encoders a micro-batch."""
+    """One step with ``contrastive_accum_step``: the loss sees the whole batch, encoders a micro-batch.
+
+    The first step that completes checks that every trainable parameter got a gradient before the
+    optimiser runs (see :func:`check_every_grad`).
+    """
     from polymodal.train.contrastive_accum import contrastive_accum_step, split_micro_batches
 
     def encode(mb: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         return model.encode_image(pixels(mb[0])), model.encode_text(mb[1])
 
+    checked = False
+
     def step(images: Tensor, ids: Tensor) -> Tensor:
+        nonlocal checked
         k = max(1, math.ceil(images.shape[0] / micro_batch))
         with _autocast(device, amp):
             out = contrastive_accum_step(
                 encode, split_micro_batches((images, ids), k), lambda img, txt: model.itc(img, txt)
             )
+        if not checked:
+            check_every_grad(model)
+            checked = True
         opt.step()
         opt.zero_grad(set_to_none=True)
         return out.loss
 
     return step
+
+
+def check_every_grad(model: nn.Module) -> None:
+    """Raise if a trainable parameter has no ``.grad`` after an accumulated backward.
+
+    The no-grad-encode-then-re-encode pattern once lost weight gradients to a bf16 autocast
+    cast-cache bug (weights cast under ``no_grad`` were reused, detached, by the pass with grad);
+    AdamW would then silently train only the rest, and the timings would be of a cheaper step.
+    """
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    if missing:
+        raise RuntimeError(
+            f"contrastive accumulation left {len(missing)} trainable parameter(s) without a gradient "
+            f"(e.g. {', '.join(missing[:5])}); the accumulated rows would time a step that trains less"
+        )
 
 
 def hf_step(
@@ -330,16 +407,106 @@ def time_ms(fn: Callable[[], Any], n: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3 / n
 
 
-def matmul_peak(device: torch.device, size: int, repeats: int, dtype: torch.dtype) -> dict[str, Any]:
+def _warm_up(fn: Callable[[], Any], device: torch.device, seconds: float) -> int:
+    """Call ``fn`` at least 3 times, and on CUDA until ``seconds`` of device work have passed.
+
+    A few calls are not enough on a GPU: clocks ramp up and cuBLAS settles on its kernel over the
+    first second or so, and a peak measured before that understates the card (overstating MFU).
+    Synchronising every 10 calls keeps the wall clock in step with the device.
+    """
+    end = time.perf_counter() + (seconds if device.type == "cuda" else 0.0)
+    calls = 0
+    while calls < 3 or time.perf_counter() < end:
+        fn()
+        calls += 1
+        if calls % 10 == 0:
+            _sync(device)
+    _sync(device)
+    return calls
+
+
+def matmul_peak(
+    device: torch.device, size: int, repeats: int, dtype: torch.dtype, warmup_s: float = 1.0
+) -> dict[str, Any]:
     """The card's measured dense matmul rate: best of ``repeats`` timings of 10 ``size``^3 matmuls."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     c = torch.empty(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        torch.matmul(a, b, out=c)
+    t0 = time.perf_counter()
+    calls = _warm_up(lambda: torch.matmul(a, b, out=c), device, warmup_s)
+    warmed_s = time.perf_counter() - t0
     best = min(time_ms(lambda: torch.matmul(a, b, out=c), 10, device) for _ in range(repeats))
     return {"size": size, "dtype": str(dtype).removeprefix("torch."), "ms": best,
-            "tflops": 2 * size**3 / (best * 1e-3) / 1e12}
+            "tflops": 2 * size**3 / (best * 1e-3) / 1e12, "warmup_calls": calls, "warmup_s": warmed_s}
+
+
+# ------------------------------------------------------------------------ what the compiled sides ran
+
+
+def dynamo_counts() -> dict[str, Any]:
+    """Process-wide ``torch._dynamo`` counters so far (best effort: private API, may change).
+
+    Callers diff two snapshots (:func:`dynamo_delta`) around one side's warm-up, where it compiles.
+    """
+    try:
+        from torch._dynamo import utils as dynamo_utils
+
+        counters = dynamo_utils.counters
+        guard_failures = getattr(dynamo_utils, "guard_failures", {})
+        return {
+            "graph_breaks": sum(counters["graph_break"].values()),
+            "graph_break_reasons": dict(counters["graph_break"]),
+            "recompiles": sum(len(v) for v in guard_failures.values()),
+            "unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
+            "frames_compiled": int(counters["frames"].get("ok", 0)),
+        }
+    except Exception as exc:  # noqa: BLE001 - a counter we cannot read must not cost the run
+        return {"error": repr(exc)[:200]}
+
+
+def dynamo_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What happened between two :func:`dynamo_counts` snapshots (the 10 most frequent break reasons)."""
+    if "error" in before or "error" in after:
+        return {"error": before.get("error") or after.get("error")}
+    reasons = collections.Counter(after["graph_break_reasons"])
+    reasons.subtract(before["graph_break_reasons"])
+    delta: dict[str, Any] = {k: after[k] - before[k] for k in after if k != "graph_break_reasons"}
+    delta["graph_break_reasons"] = {r[:200]: n for r, n in reasons.most_common(10) if n > 0}
+    return delta
+
+
+_ATTENTION_NAME = re.compile(r"scaled_dot_product|flash|fmha|attention|attn|mem_eff|efficient|softmax", re.IGNORECASE)
+
+
+def attention_names(events: Any) -> dict[str, dict[str, int]]:
+    """Attention-looking entries of a profiler's ``key_averages()``: device kernels and ATen ops.
+
+    The ATen op (``aten::_scaled_dot_product_flash_attention`` vs ``..._efficient_attention`` vs a
+    bare ``softmax``, the math path) says which SDPA backend each side got; the kernel names confirm it.
+    """
+    found: dict[str, dict[str, int]] = {"kernels": {}, "ops": {}}
+    for evt in events:
+        name = str(evt.key)
+        if name.startswith("autograd::engine::evaluate_function") or not _ATTENTION_NAME.search(name):
+            continue
+        kind = "kernels" if str(getattr(evt, "device_type", "")).endswith("CUDA") else "ops"
+        key = name[:160]
+        found[kind][key] = found[kind].get(key, 0) + int(evt.count)
+    return {kind: dict(sorted(names.items(), key=lambda kv: -kv[1])[:30]) for kind, names in found.items()}
+
+
+def attention_kernels(step: StepFn, batch: tuple[Tensor, Tensor], device: torch.device) -> dict[str, Any]:
+    """Profile one step of a side and list the attention kernels/ops it ran (best effort)."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            step(*batch)
+            _sync(device)
+        return attention_names(prof.key_averages())
+    except Exception as exc:  # noqa: BLE001 - the profile is a diagnostic, never a reason to stop
+        return {"error": repr(exc)[:300]}
 
 
 def _state_bytes(model: nn.Module, opt: torch.optim.Optimizer) -> int:
@@ -358,15 +525,24 @@ def _state_bytes(model: nn.Module, opt: torch.optim.Optimizer) -> int:
 
 @dataclass
 class Side:
-    """One competitor in the throughput table."""
+    """One competitor in the throughput table (``skipped`` / ``error``: it has no or partial timings)."""
 
     name: str
     model: nn.Module
     opt: torch.optim.Optimizer
     step: StepFn
-    times_ms: list[float]
+    compiled: bool = False
+    times_ms: list[float] = field(default_factory=list)
     peak_bytes: int = 0
     warmup_s: float = 0.0
+    skipped: str | None = None
+    error: str | None = None
+    dynamo: dict[str, Any] | None = None
+    attention: dict[str, Any] | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.skipped is None and self.error is None
 
 
 def _free(device: torch.device) -> None:
@@ -375,61 +551,222 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+_FATAL_MARKERS = (
+    "illegal memory access", "device-side assert", "unspecified launch failure", "misaligned address",
+    "illegal instruction",
+)
+
+
+def _fatal_cuda(exc: BaseException) -> bool:
+    """An error after which the CUDA context is unusable: every later kernel fails too."""
+    msg = str(exc).lower()
+    return any(marker in msg for marker in _FATAL_MARKERS)
+
+
+def _side_failed(side: Side, what: str, exc: Exception) -> None:
+    """Record a side's error and carry on with the others (an unrecoverable CUDA error re-raises)."""
+    if _fatal_cuda(exc):
+        raise exc
+    side.error = f"{what}: {exc!r}"[:500]
+    print(f"  {side.name}: {what} failed, left out: {exc!r}"[:600], flush=True)
+    traceback.print_exc()
+
+
+def warm_up_sides(
+    sides: list[Side], batch: tuple[Tensor, Tensor], warmup: int, device: torch.device, compile_deadline: float,
+) -> None:
+    """Warm every side up (this is where compilation happens, so compiled sides start only in time).
+
+    A compiled side whose warm-up would begin after ``compile_deadline`` is skipped: compiling can
+    take minutes and must not eat the max-batch section's time. One that fails is left out.
+    """
+    for side in sides:
+        if side.compiled and time.perf_counter() > compile_deadline:
+            side.skipped = (f"budget: compiled rows only start within the first "
+                            f"{COMPILE_BUDGET_FRACTION:.0%} of --time-budget-s")
+            print(f"  skipped {side.name}: past {COMPILE_BUDGET_FRACTION:.0%} of the time budget", flush=True)
+            continue
+        before = dynamo_counts() if side.compiled else None
+        t0 = time.perf_counter()
+        try:
+            for _ in range(warmup):
+                side.step(*batch)
+            _sync(device)
+        except Exception as exc:  # noqa: BLE001 - e.g. a compile error on one side only
+            _side_failed(side, "warm-up", exc)
+        side.warmup_s = time.perf_counter() - t0
+        if before is not None:
+            side.dynamo = dynamo_delta(before, dynamo_counts())
+        if side.live:
+            print(f"  warmed up {side.name} in {side.warmup_s:.1f} s"
+                  + (f"; dynamo {side.dynamo}" if side.dynamo else ""), flush=True)
+
+
 def run_throughput(
     sides: list[Side], batch: tuple[Tensor, Tensor], steps: int, repeats: int, warmup: int,
-    device: torch.device,
-) -> None:
-    """Warm every side up (this is where compilation happens), then interleave the timed repeats."""
-    for side in sides:
-        t0 = time.perf_counter()
-        for _ in range(warmup):
-            side.step(*batch)
-        _sync(device)
-        side.warmup_s = time.perf_counter() - t0
-        print(f"  warmed up {side.name} in {side.warmup_s:.1f} s", flush=True)
+    device: torch.device, compile_deadline: float = math.inf,
+) -> dict[str, Any]:
+    """Warm every side up, then interleave the timed repeats of the sides that warmed up.
+
+    Returns what ``torch._dynamo`` did during the timed repeats (recompiles there would be timed).
+    """
+    warm_up_sides(sides, batch, warmup, device, compile_deadline)
+    before = dynamo_counts()
     for r in range(repeats):
-        order = sides[r % len(sides):] + sides[: r % len(sides)]
+        live = [s for s in sides if s.live]
+        if not live:
+            break
+        order = live[r % len(live):] + live[: r % len(live)]
         for side in order:
-            if device.type == "cuda":
-                others = torch.cuda.memory_allocated(device) - _state_bytes(side.model, side.opt)
-                torch.cuda.reset_peak_memory_stats(device)
-            side.times_ms.append(time_ms(lambda s=side: s.step(*batch), steps, device))
-            if device.type == "cuda":
-                side.peak_bytes = max(side.peak_bytes, torch.cuda.max_memory_allocated(device) - others)
+            try:
+                _time_side(side, batch, steps, device)
+            except Exception as exc:  # noqa: BLE001
+                _side_failed(side, "timed steps", exc)
+    return dynamo_delta(before, dynamo_counts())
+
+
+def _time_side(side: Side, batch: tuple[Tensor, Tensor], steps: int, device: torch.device) -> None:
+    """One timed repeat of ``side``, and its peak memory over what it keeps between steps."""
+    if device.type == "cuda":
+        others = torch.cuda.memory_allocated(device) - _state_bytes(side.model, side.opt)
+        torch.cuda.reset_peak_memory_stats(device)
+    side.times_ms.append(time_ms(lambda: side.step(*batch), steps, device))
+    if device.type == "cuda":
+        side.peak_bytes = max(side.peak_bytes, torch.cuda.max_memory_allocated(device) - others)
+
+
+def throughput_rows(sides: list[Side], batch: int, flops: float, peak_tflops: float) -> list[dict[str, Any]]:
+    """One JSON row per side; a skipped or failed side keeps its name and says why."""
+    rows = []
+    for side in sides:
+        row: dict[str, Any] = {"name": side.name, "batch": batch, "compiled": side.compiled}
+        if side.times_ms:
+            med, best = statistics.median(side.times_ms), min(side.times_ms)
+            row.update({
+                "ms_per_step": med, "ms_per_step_best": best, "ms_per_step_all": side.times_ms,
+                "samples_per_s": batch / med * 1e3, "tflops": flops / (med * 1e-3) / 1e12,
+                "mfu": flops / (med * 1e-3) / 1e12 / peak_tflops,
+                "peak_memory_gib": side.peak_bytes / 2**30 if side.peak_bytes else None,
+                "warmup_s": side.warmup_s,
+            })
+        for key, value in (("skipped", side.skipped), ("error", side.error), ("dynamo", side.dynamo),
+                           ("attention_kernels", side.attention)):
+            if value is not None:
+                row[key] = value
+        rows.append(row)
+    return rows
+
+
+def fastest(rows: list[dict[str, Any]], library: str) -> dict[str, Any] | None:
+    """The faster timed row of ``library`` (eager or compiled, whichever won), None if none was timed."""
+    timed = [r for r in rows if r["name"].startswith(library) and r.get("samples_per_s")]
+    return max(timed, key=lambda r: r["samples_per_s"], default=None)
+
+
+def speedup_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Target 1 of issue #9: the faster polymodal row >= 1.5x the *faster* transformers row, MFU >= 40%.
+
+    Best against best: comparing our faster mode with the peer's compiled mode alone would flatter us
+    whenever the peer's eager mode is the quicker one.
+    """
+    ours, peer = fastest(rows, "polymodal"), fastest(rows, "transformers")
+    if ours is None or peer is None:
+        why = "no timed polymodal row" if ours is None else "no timed transformers row"
+        return {"speedup_vs_peer": {"value": None, "target": 1.5, "met": None, "why": why},
+                "mfu": {"value": ours["mfu"] if ours else None, "target": 0.40,
+                        "met": ours["mfu"] >= 0.40 if ours else None}}
+    ratio = ours["samples_per_s"] / peer["samples_per_s"]
+    return {
+        "speedup_vs_peer": {"ours": ours["name"], "peer": peer["name"], "value": ratio, "target": 1.5,
+                            "met": ratio >= 1.5},
+        "mfu": {"ours": ours["name"], "value": ours["mfu"], "target": 0.40, "met": ours["mfu"] >= 0.40},
+    }
+
+
+def make_sides(
+    pm: nn.Module, hf: nn.Module, shapes: Shapes, device: torch.device, amp: torch.dtype | None,
+    compile_mode: str | None,
+) -> list[Side]:
+    """The four competitors; compiled ones are separate copies starting from the same weights."""
+    sides = [_side("polymodal eager", pm, device, amp, polymodal_step)]
+    if compile_mode is not None:
+        sides.append(_side("polymodal compiled", _copy_of(pm, build_polymodal(shapes), device), device, amp,
+                           polymodal_step, compile_mode))
+    sides.append(_side("transformers eager", hf, device, amp, hf_step))
+    if compile_mode is not None:
+        sides.append(_side("transformers compiled", _copy_of(hf, build_hf(shapes), device), device, amp,
+                           hf_step, compile_mode))
+    return sides
+
+
+def _copy_of(model: nn.Module, fresh: nn.Module, device: torch.device) -> nn.Module:
+    fresh = fresh.to(device)
+    fresh.load_state_dict(model.state_dict())
+    return fresh
+
+
+def _side(
+    name: str, model: nn.Module, device: torch.device, amp: torch.dtype | None,
+    make_step: Callable[..., StepFn], compile_mode: str | None = None,
+) -> Side:
+    opt = make_optimizer(model, device)
+    forward = torch.compile(model, mode=compile_mode) if compile_mode is not None else None
+    return Side(name, model, opt, make_step(model, opt, device, amp, forward), compiled=forward is not None)
 
 
 # ------------------------------------------------------------------------------------------ max batch
 
+_OOM_MARKERS = (
+    "out of memory",  # torch.cuda.OutOfMemoryError, and "CUDA error: out of memory" from a raw CUDA call
+    "unable to find an engine",  # cuDNN, when no engine's workspace can be allocated
+    "alloc_failed",  # CUDNN_STATUS_ALLOC_FAILED / CUBLAS_STATUS_ALLOC_FAILED
+)
+
 
 def _is_oom(exc: BaseException) -> bool:
+    """Did a try fail for want of memory (so a smaller batch may fit), rather than for a bug?"""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+    if not isinstance(exc, Exception) or _fatal_cuda(exc):
+        return False
+    msg = str(exc).lower()
+    return any(marker in msg for marker in _OOM_MARKERS)
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]
 
 
 def try_batch(
     step: StepFn, model: nn.Module, opt: torch.optim.Optimizer, s: Shapes, batch: int, device: torch.device
 ) -> float | None:
-    """ms of one step at ``batch``, or None if it ran out of memory (memory freed either way)."""
+    """ms of one step at ``batch``, or None if it ran out of memory (memory freed either way).
+
+    Any other error propagates (the caller records it); the message of every failed try is logged.
+    """
     data: tuple[Tensor, Tensor] | None = None
-    ok = True
-    ms = 0.0
+    ms: float | None = None
     try:
         data = make_batch(s, batch, device, seed=batch, uint8=True)
         ms = time_ms(lambda: step(*data), 1, device)
-    except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+    except Exception as exc:
         if not _is_oom(exc):
             raise
-        ok = False
+        print(f"    batch {batch:,}: out of memory ({type(exc).__name__}: {_first_line(exc)})", flush=True)
     data = None
     opt.zero_grad(set_to_none=True)
     _free(device)
-    return ms if ok else None
+    return ms
 
 
 @dataclass
 class Search:
-    """Result of one max-batch search: ``fits`` trained, ``fails`` ran out of memory (None: never seen)."""
+    """Result of one max-batch search: ``fits`` trained, ``fails`` ran out of memory (None: never seen).
+
+    ``ms_at_fits`` is the search's one (cold) step at ``fits``; ``ms_warm_at_fits`` the mean of 2 steps
+    after an untimed one at that batch, when there was time for them (``timing`` says which to use).
+    """
 
     fits: int
     fails: int | None
@@ -438,6 +775,8 @@ class Search:
     ms_at_fits: float | None
     tries: list[tuple[int, bool]]
     seconds: float
+    ms_warm_at_fits: float | None = None
+    timing: str = "first (cold) step at this batch"
 
 
 def find_max(
@@ -447,8 +786,11 @@ def find_max(
     """Largest ``n * unit <= limit`` with ``attempt(n * unit)`` succeeding: doubling, then bisection.
 
     Bisection stops once the bracket is within ``resolution`` of the lower bound (each try is a full
-    step at a huge batch; 6% is enough to compare libraries). A try predicted to overrun ``deadline``
-    is not started; the result then says ``out_of_time`` and ``fits`` is a proven lower bound.
+    step at a huge batch; 6% is enough to compare libraries). No try starts past ``deadline``, and
+    once one has fitted, a try predicted (from the largest fitting one) to overrun it is not started
+    either; the result then says ``out_of_time`` and ``fits`` is a proven lower bound. (A small
+    warm-up step is no basis for a prediction: it is launch-bound, and would forecast a 256-sample
+    step at 10x its time.)
     """
     t0 = time.perf_counter()
     tries: list[tuple[int, bool]] = []
@@ -456,13 +798,16 @@ def find_max(
     out_of_time = False
     n_max = max(1, limit // unit)
 
+    def predicted_s(n: int) -> float:
+        if not lo or lo_ms is None:
+            return 0.0
+        return lo_ms * 1e-3 * n / lo * 1.5  # per-try time grows about linearly with the batch
+
     def attempt_n(n: int) -> bool:
         nonlocal lo, hi, lo_ms, out_of_time
-        if lo and lo_ms is not None:
-            predicted = lo_ms * 1e-3 * n / lo * 1.5  # per-try time grows about linearly with the batch
-            if time.perf_counter() + predicted > deadline:
-                out_of_time = True
-                return False
+        if time.perf_counter() + predicted_s(n) > deadline:
+            out_of_time = True
+            return False
         ms = attempt(n * unit)
         tries.append((n * unit, ms is not None))
         if ms is None:
@@ -487,6 +832,235 @@ def find_max(
         fits=lo * unit, fails=None if hi is None else hi * unit, capped=hi is None and lo >= n_max,
         out_of_time=out_of_time, ms_at_fits=lo_ms, tries=tries, seconds=time.perf_counter() - t0,
     )
+
+
+def warm_timing(
+    step: StepFn, opt: torch.optim.Optimizer, s: Shapes, batch: int, device: torch.device, cold_ms: float,
+    deadline: float,
+) -> tuple[float | None, str]:
+    """ms per step at ``batch`` from 2 timed steps after 1 untimed one, nothing freed in between.
+
+    The search's own try is a cold step (the allocator grows to a new size, caches are empty), so
+    samples/s and MFU at the maximum would understate a real run. Skipped - the cold step is then
+    what the row reports, and says so - when 3 steps would overrun ``deadline`` or no longer fit.
+    """
+    if time.perf_counter() + 3 * cold_ms * 1e-3 * 1.2 > deadline:
+        return None, "first (cold) step at this batch: no time left for warm steps"
+    data: tuple[Tensor, Tensor] | None = make_batch(s, batch, device, seed=batch, uint8=True)
+    ms: float | None = None
+    try:
+        step(*data)
+        ms = time_ms(lambda: step(*data), 2, device)
+    except Exception as exc:
+        if not _is_oom(exc):
+            raise
+        print(f"    warm re-timing at {batch:,} ran out of memory ({_first_line(exc)})", flush=True)
+    data = None
+    opt.zero_grad(set_to_none=True)
+    _free(device)
+    if ms is None:
+        return None, "first (cold) step at this batch: the warm re-run ran out of memory"
+    return ms, "mean of 2 steps after 1 untimed step at this batch"
+
+
+def _search_model(
+    lib: str, ckpt: bool, micro: int | None, shapes: Shapes, device: torch.device, amp: torch.dtype | None,
+) -> tuple[nn.Module, torch.optim.Optimizer, StepFn]:
+    if lib == "polymodal":
+        model = build_polymodal(shapes, grad_checkpointing=ckpt, local_loss=micro is not None).to(device)
+    else:
+        model = build_hf(shapes, grad_checkpointing=ckpt).to(device)
+    opt = make_optimizer(model, device)
+    if micro is not None:
+        return model, opt, polymodal_accum_step(model, opt, device, amp, micro)
+    make_step = polymodal_step if lib == "polymodal" else hf_step
+    return model, opt, make_step(model, opt, device, amp)
+
+
+def search_one(
+    lib: str, ckpt: bool, micro: int | None, shapes: Shapes, device: torch.device, amp: torch.dtype | None,
+    start: int, limit: int, deadline: float, timing_deadline: float | None = None,
+) -> Search:
+    """One max-batch search on a freshly built model (``micro``: use contrastive accumulation).
+
+    Tries stop at ``deadline``; the warm re-timing at the result may run until ``timing_deadline``.
+    Only this model and its optimiser are alive during the search; they go when it returns.
+    """
+    model, opt, step = _search_model(lib, ckpt, micro, shapes, device, amp)
+    try_batch(step, model, opt, shapes, min(8, start), device)  # allocates the optimiser state
+    unit = micro or 1
+    search = find_max(
+        lambda b: try_batch(step, model, opt, shapes, b, device),
+        start=max(start, 2 * unit) if micro else start, limit=limit, deadline=deadline, unit=unit,
+    )
+    if search.fits and search.ms_at_fits:
+        ms, search.timing = warm_timing(step, opt, shapes, search.fits, device, search.ms_at_fits,
+                                        deadline if timing_deadline is None else timing_deadline)
+        search.ms_warm_at_fits = ms
+    return search
+
+
+PLANS: list[tuple[str, str, bool, bool]] = [  # name, library, checkpointing, accumulation
+    ("polymodal plain", "polymodal", False, False),
+    ("transformers plain", "transformers", False, False),
+    ("polymodal grad-checkpointing", "polymodal", True, False),
+    ("transformers gradient_checkpointing_enable()", "transformers", True, False),
+    ("polymodal contrastive_accum (local_loss + gather)", "polymodal", False, True),
+]
+
+
+def _accum_micro(rows: list[dict[str, Any]], given: int | None) -> int | None:
+    """``--accum-micro``, else 3/4 of polymodal's plain maximum (None when that search found none)."""
+    if given is not None:
+        return given
+    plain = next((r.get("max_batch") for r in rows if r["name"] == "polymodal plain"), None)
+    if not plain:
+        return None
+    return max(1, (plain * 3 // 4) // 8 * 8) if plain >= 16 else max(1, plain // 2)
+
+
+def search_row(
+    search: Search, name: str, lib: str, ckpt: bool, micro: int | None, shapes: Shapes, peak_tflops: float,
+) -> dict[str, Any]:
+    """The JSON row of one finished search; samples/s and MFU from the warm timing when there is one."""
+    ms = search.ms_warm_at_fits or search.ms_at_fits
+    row: dict[str, Any] = {
+        "name": name, "library": lib, "grad_checkpointing": ckpt, "accumulation": micro is not None,
+        "micro_batch": micro, "max_batch": search.fits, "first_failing": search.fails,
+        "capped_at_limit": search.capped, "out_of_time": search.out_of_time,
+        "ms_per_step_at_max": ms, "ms_first_step_at_max": search.ms_at_fits, "timing_at_max": search.timing,
+        "samples_per_s_at_max": search.fits / ms * 1e3 if ms and search.fits else None,
+        "mfu_at_max": None, "seconds": search.seconds, "tries": search.tries,
+    }
+    if ms and search.fits:
+        row["mfu_at_max"] = model_flops(shapes, search.fits)["total"] / (ms * 1e-3) / 1e12 / peak_tflops
+    return row
+
+
+def run_max_batch(
+    args: argparse.Namespace, shapes: Shapes, device: torch.device, amp: torch.dtype | None, deadline: float,
+    peak_tflops: float, result: dict[str, Any], save: Callable[[], None],
+) -> bool:
+    """The five searches of section (c), one model alive at a time, sharing what is left of the budget.
+
+    Rows go into ``result["max_batch"]`` and the JSON is saved after each search. A search that raises
+    is recorded with its error and the next one runs; False (and stop) after an unrecoverable CUDA
+    error, since every later kernel would fail too.
+    """
+    limit = args.max_batch_limit
+    start = min(args.batch, limit)
+    rows: list[dict[str, Any]] = []
+    result["max_batch"] = rows
+    print(f"max batch: one eager step per try, limit {limit:,}, "
+          f"{max(0.0, deadline - time.perf_counter()):.0f} s left for {len(PLANS)} searches", flush=True)
+    for i, (name, lib, ckpt, accum) in enumerate(PLANS):
+        micro = _accum_micro(rows, args.accum_micro) if accum else None
+        left = deadline - time.perf_counter()
+        if accum and micro is None:
+            row = _empty_row(name, lib, ckpt, accum, "no polymodal plain maximum to size the micro-batches")
+        elif left < args.min_search_s:
+            row = _empty_row(name, lib, ckpt, accum, f"budget: {max(0.0, left):.0f} s left "
+                                                       f"(< --min-search-s {args.min_search_s:g})")
+        else:
+            share = left / (len(PLANS) - i)
+            row = _guarded_search(name, lib, ckpt, micro, shapes, device, amp, start, limit,
+                                  time.perf_counter() + share, WARM_TIMING_SHARE * share, peak_tflops)
+        rows.append(row)
+        _print_search(row)
+        if row.get("unrecoverable"):
+            result["status"] = f"stopped: unrecoverable CUDA error in the search '{name}'"
+            save()
+            print(f"\nstopped: unrecoverable CUDA error in '{name}'; the JSON has everything before it",
+                  file=sys.stderr, flush=True)
+            return False
+        result["status"] = f"running: {len(rows)} of {len(PLANS)} max-batch searches done"
+        save()
+    result["max_effective_contrastive_batch"] = _effective(rows)
+    _print_max_batch(rows, result["max_effective_contrastive_batch"])
+    return True
+
+
+def _guarded_search(
+    name: str, lib: str, ckpt: bool, micro: int | None, shapes: Shapes, device: torch.device,
+    amp: torch.dtype | None, start: int, limit: int, share_end: float, timing_reserve_s: float,
+    peak_tflops: float,
+) -> dict[str, Any]:
+    """One search as a JSON row, whatever happens: an exception becomes the row's ``error``.
+
+    Tries stop ``timing_reserve_s`` before ``share_end``, leaving that for the warm re-timing. An
+    unrecoverable CUDA error is flagged (``unrecoverable``) and nothing more is run on the device.
+    """
+    try:
+        search = search_one(lib, ckpt, micro, shapes, device, amp, start, limit,
+                            share_end - timing_reserve_s, share_end)
+    except Exception as exc:  # noqa: BLE001 - one failed search must not cost the others
+        traceback.print_exc()
+        row = _empty_row(name, lib, ckpt, micro is not None, None, error=repr(exc)[:500], micro=micro)
+        if _fatal_cuda(exc):
+            row["unrecoverable"] = True
+            return row
+    else:
+        row = search_row(search, name, lib, ckpt, micro, shapes, peak_tflops)
+    _free(device)
+    return row
+
+
+def _empty_row(
+    name: str, lib: str, ckpt: bool, accum: bool, skipped: str | None, error: str | None = None,
+    micro: int | None = None,
+) -> dict[str, Any]:
+    """The row of a search that produced no result, saying why (``skipped``) or what broke (``error``)."""
+    row: dict[str, Any] = {"name": name, "library": lib, "grad_checkpointing": ckpt, "accumulation": accum,
+                           "micro_batch": micro, "max_batch": None}
+    if skipped is not None:
+        row["skipped"] = skipped
+    if error is not None:
+        row["error"] = error
+    return row
+
+
+def _effective(rows: list[dict[str, Any]]) -> dict[str, int | None]:
+    """Largest batch per library over its searches (all negatives kept); None if none finished."""
+    def best(lib: str) -> int | None:
+        found = [r["max_batch"] for r in rows if r["library"] == lib and r.get("max_batch")]
+        return max(found, default=None)
+
+    return {"polymodal": best("polymodal"), "transformers": best("transformers")}
+
+
+def _print_search(row: dict[str, Any]) -> None:
+    if row.get("error"):
+        print(f"  {row['name']}: FAILED {row['error']}", flush=True)
+    elif row.get("skipped"):
+        print(f"  {row['name']}: skipped ({row['skipped']})", flush=True)
+    else:
+        note = " (limit)" if row["capped_at_limit"] else " (out of time: lower bound)" if row["out_of_time"] else ""
+        print(f"  {row['name']}: {row['max_batch']:,}{note} in {row['seconds']:.0f} s, {len(row['tries'])} tries; "
+              f"timing: {row['timing_at_max']}", flush=True)
+
+
+def _print_max_batch(rows: list[dict[str, Any]], effective: dict[str, int | None]) -> None:
+    def cell(r: dict[str, Any]) -> str:
+        if r.get("max_batch") is None:
+            return "error" if r.get("error") else "skipped"
+        return f"{r['max_batch']:,}" + (" (limit)" if r["capped_at_limit"] else " (time)" if r["out_of_time"] else "")
+
+    def warm(r: dict[str, Any], text: str) -> str:  # * marks a cold first-step timing
+        return text + ("" if "mean of 2" in r.get("timing_at_max", "") else " *")
+
+    print("\n" + _table(["max batch per GPU", "micro-batch", "max (effective contrastive) batch", "first OOM",
+                         "samples/s there", "MFU there", "search s"], [
+        [r["name"], str(r["micro_batch"] or "-"), cell(r),
+         f"{r['first_failing']:,}" if r.get("first_failing") else "-",
+         warm(r, f"{r['samples_per_s_at_max']:,.0f}") if r.get("samples_per_s_at_max") else "-",
+         warm(r, f"{r['mfu_at_max']:.1%}") if r.get("mfu_at_max") else "-",
+         f"{r['seconds']:.0f}" if r.get("seconds") is not None else "-"] for r in rows
+    ]))
+    print("(* = from the search's single cold step at that batch, not from warm steps)")
+    pm, hf = effective["polymodal"], effective["transformers"]
+    ratio = f" ({pm / hf:.1f}x)" if pm and hf else ""
+    print(f"\nmax effective contrastive batch per GPU (all negatives kept): polymodal {pm or '-'}"
+          f" vs transformers {hf or '-'}{ratio}", flush=True)
 
 
 # ------------------------------------------------------------------------------ accumulation sanity
@@ -540,12 +1114,29 @@ def _gb(b: float | None) -> str:
     return "-" if not b else f"{b / 2**30:.2f}"
 
 
+def save_result(path: Path, record: dict[str, Any]) -> None:
+    """Write the results JSON atomically (temporary file + rename), and never raise.
+
+    It is rewritten after every section: a kill mid-write must leave the previous complete file, and
+    a full disk or an odd value must not end the run (``default=str`` stringifies the unexpected).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except (OSError, TypeError, ValueError) as exc:
+        print(f"warning: could not write {path}: {exc!r}", file=sys.stderr, flush=True)
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=None,
+                    help="default cuda (a full run exits with code 2 without CUDA); with --quick, cpu if "
+                         "CUDA is missing")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, CPU-friendly (tests, smoke runs)")
     ap.add_argument("--batch", type=int, default=None, help="throughput batch (default 256; quick 8)")
     ap.add_argument("--steps", type=int, default=None, help="steps per timed repeat (default 10; quick 2)")
@@ -560,49 +1151,110 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--matmul-repeats", type=int, default=10)
     ap.add_argument("--skip-max-batch", action="store_true")
     ap.add_argument("--max-batch-limit", type=int, default=None,
-                    help="largest batch any search tries (default 131072; quick 64)")
+                    help="largest batch any search tries (default 131072; quick 32)")
     ap.add_argument("--accum-micro", type=int, default=None,
                     help="micro-batch of the accumulated search (default: 3/4 of polymodal's plain max)")
     ap.add_argument("--time-budget-s", type=float, default=None,
-                    help="wall-clock budget of the whole run; the max-batch searches share what is left "
-                         "(default 540; quick 60)")
+                    help="wall-clock budget of the whole run, from the start: compiled rows start only in its "
+                         f"first {COMPILE_BUDGET_FRACTION:.0%}%, the max-batch searches share what is left "
+                         "(default 540; quick 45)")
+    ap.add_argument("--min-search-s", type=float, default=None,
+                    help="a max-batch search with less time left than this is skipped (default 20; quick 2)")
     ap.add_argument("--skip-accum-check", action="store_true", help="skip the CPU accumulation check")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT})")
+    ap.add_argument("--commit", default=None,
+                    help="commit recorded in the JSON (default: asked from git, 'unknown' without .git)")
     args = ap.parse_args(argv)
     defaults = {"batch": (8, 256), "steps": (2, 10), "repeats": (2, 5), "warmup": (1, 3),
-                "matmul_size": (256, 8192), "max_batch_limit": (32, 131072), "time_budget_s": (45.0, 540.0)}
+                "matmul_size": (256, 8192), "max_batch_limit": (32, 131072), "time_budget_s": (45.0, 540.0),
+                "min_search_s": (2.0, 20.0)}
     for key, (quick, full) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
+    if args.device is None:
+        args.device = "cpu" if args.quick and not torch.cuda.is_available() else "cuda"
     if args.amp is None:
         args.amp = "bf16" if str(args.device).startswith("cuda") else "fp32"
     return args
 
 
+def _import_problem() -> str | None:
+    """Import everything the run needs now, so a missing piece fails in the first second, not later."""
+    try:
+        import transformers  # noqa: F401
+        from transformers import CLIPModel  # noqa: F401
+
+        from polymodal.models.dual_encoder import DualEncoder  # noqa: F401
+        from polymodal.modules.encoders.text import TextTransformer  # noqa: F401
+        from polymodal.modules.encoders.vision import VisionTransformer  # noqa: F401
+        from polymodal.train.contrastive_accum import contrastive_accum_step  # noqa: F401
+    except ImportError as exc:
+        return f"{exc!r} (sys.path starts {sys.path[:3]})"
+    return None
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (e.g. the machine's wall-clock limit): unwind so the JSON says how far it got."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` for the duration (main thread only, handler restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     t_start = time.perf_counter()
-    deadline = t_start + args.time_budget_s
+    args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("--device cuda but CUDA is not available; use --device cpu (with --quick)", file=sys.stderr)
+        print(f"--device {args.device}, but CUDA is not available here (torch {torch.__version__}); this "
+              "benchmark times a GPU. For a CPU smoke run use --quick --device cpu.", file=sys.stderr)
         return 2
+    problem = _import_problem()
+    if problem is not None:
+        print(f"cannot import what the benchmark needs: {problem}", file=sys.stderr)
+        return 2
+    result = _header(args, device)
+
+    def save() -> None:
+        save_result(args.out, result)
+
+    with _sigterm_unwinds():
+        try:
+            code = run_sections(args, device, result, save, t_start)
+        except BaseException as exc:
+            what = "terminated" if isinstance(exc, (Terminated, KeyboardInterrupt)) else "crashed"
+            result["status"] = f"{what}: {exc!r}"[:600]
+            result["seconds"] = time.perf_counter() - t_start
+            save()
+            print(f"\n{what}; partial results in {args.out}", file=sys.stderr, flush=True)
+            raise
+    return code
+
+
+def _header(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Provenance of the run: what ran where, with which settings."""
     import transformers
 
     shapes = QUICK if args.quick else CLIP_B32
-    amp = torch.bfloat16 if args.amp == "bf16" else None
-    compile_rows = not args.skip_compile and (args.compile or not args.quick)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    torch.manual_seed(0)
-
-    result: dict[str, Any] = {
+    return {
         "benchmark": "CLIP ViT-B/32 contrastive training step, polymodal vs transformers CLIPModel",
         "issue": "#9 target 1",
+        "status": "started",
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": args.commit or git_commit(),
         "device": _device_name(device),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version(), "cuda": torch.version.cuda},
@@ -610,32 +1262,90 @@ def main(argv: list[str] | None = None) -> int:
         "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "shapes": asdict(shapes),
     }
+
+
+def run_sections(
+    args: argparse.Namespace, device: torch.device, result: dict[str, Any], save: Callable[[], None],
+    t_start: float,
+) -> int:
+    """The sections in order, saving the JSON after each; the exit code (0 all fine)."""
+    import transformers
+
+    deadline = t_start + args.time_budget_s
+    shapes = QUICK if args.quick else CLIP_B32
+    amp = torch.bfloat16 if args.amp == "bf16" else None
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
     print(f"# {result['benchmark']}\n\ndevice: {result['device']}; torch {torch.__version__}, "
           f"transformers {transformers.__version__}; commit {result['commit']}; {'quick' if args.quick else 'full'}"
-          f" shapes; batch {args.batch}; autocast {args.amp}\n", flush=True)
+          f" shapes; batch {args.batch}; autocast {args.amp}; budget {args.time_budget_s:.0f} s; "
+          f"results to {args.out}\n", flush=True)
+    save()
 
-    # ---- accumulation sanity (CPU, fp32, tiny)
     if not args.skip_accum_check:
-        check = check_accum_equivalence()
-        result["accum_equivalence"] = check
-        print(f"accumulation check (CPU fp32, batch {check['batch']}, K={check['micro_batches']}): loss "
-              f"{check['loss_full']:.6f} vs {check['loss_accum']:.6f}, max parameter difference after "
-              f"AdamW {check['max_param_diff']:.2e} (update size {check['max_param_update']:.1e}): "
-              f"{'OK' if check['ok'] else 'MISMATCH'}\n", flush=True)
+        result["accum_equivalence"] = accum_check_section()
+    result["matmul_peak"] = peak_section(args, device)
+    _saved(result, save, "matmul peak")
 
-    # ---- (a) matmul peak
+    compile_mode = args.compile_mode if not args.skip_compile and (args.compile or not args.quick) else None
+    compile_deadline = t_start + COMPILE_BUDGET_FRACTION * args.time_budget_s
+    if not compare_section(args, shapes, device, amp, compile_mode, compile_deadline, result, save):
+        result["status"] = "stopped: the two sides are not the same network"
+        save()
+        return 1
+    if compile_mode is not None:
+        torch._dynamo.reset()  # compiled graphs may still reference the models' weights
+    _free(device)
+    if device.type == "cuda":
+        allocated = torch.cuda.memory_allocated(device)
+        result["memory_allocated_before_max_batch_bytes"] = allocated
+        print(f"memory still allocated after the throughput section: {allocated / 2**20:,.1f} MiB", flush=True)
+
+    if not args.skip_max_batch:
+        if device.type == "cuda":  # no autotuning per new batch shape: steadier one-step timings
+            torch.backends.cudnn.benchmark = False
+        if not run_max_batch(args, shapes, device, amp, deadline, result["matmul_peak"]["tflops"], result, save):
+            result["seconds"] = time.perf_counter() - t_start
+            save()
+            return 1
+
+    result["seconds"] = time.perf_counter() - t_start
+    result["status"] = "complete"
+    save()
+    print(f"\ntotal {result['seconds']:.0f} s; wrote {args.out}", flush=True)
+    return 0 if result.get("accum_equivalence", {"ok": True})["ok"] else 1
+
+
+def _saved(result: dict[str, Any], save: Callable[[], None], section: str) -> None:
+    result["status"] = f"running: done up to the {section}"
+    save()
+
+
+def accum_check_section() -> dict[str, Any]:
+    check = check_accum_equivalence()
+    print(f"accumulation check (CPU fp32, batch {check['batch']}, K={check['micro_batches']}): loss "
+          f"{check['loss_full']:.6f} vs {check['loss_accum']:.6f}, max parameter difference after "
+          f"AdamW {check['max_param_diff']:.2e} (update size {check['max_param_update']:.1e}): "
+          f"{'OK' if check['ok'] else 'MISMATCH'}\n", flush=True)
+    return check
+
+
+def peak_section(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     peak = matmul_peak(device, args.matmul_size, args.matmul_repeats,
                        torch.bfloat16 if args.amp == "bf16" else torch.float32)
-    result["matmul_peak"] = peak
     print(_table(["measured matmul peak", "size", "dtype", "ms", "TFLOP/s"],
                  [[f"best of {args.matmul_repeats}", str(peak["size"]), peak["dtype"], f"{peak['ms']:.3f}",
-                   f"{peak['tflops']:.1f}"]]) + "\n", flush=True)
+                   f"{peak['tflops']:.1f}"]]) + f"\n(after {peak['warmup_calls']} warm-up matmuls)\n", flush=True)
+    return peak
 
-    # ---- models, parameter check
-    pm = build_polymodal(shapes).to(device)
-    hf = build_hf(shapes).to(device)
+
+def param_check(shapes: Shapes, pm: nn.Module, hf: nn.Module) -> dict[str, Any]:
+    """Both sides must be the same network, and the FLOP formula must count exactly their matmuls."""
     formula = matmul_params(shapes)
-    params = {
+    params: dict[str, Any] = {
         "polymodal": count_params(pm), "transformers": count_params(hf),
         "matmul_formula": sum(formula.values()),
         "matmul_counted_polymodal": counted_matmul_params(pm), "matmul_counted_transformers": counted_matmul_params(hf),
@@ -644,175 +1354,74 @@ def main(argv: list[str] | None = None) -> int:
     params["ok"] = params["relative_difference"] <= 0.01 and (
         params["matmul_formula"] == params["matmul_counted_polymodal"] == params["matmul_counted_transformers"]
     )
-    result["params"] = params
     print(_table(["parameters", "polymodal", "transformers"], [
         ["all", f"{params['polymodal']:,}", f"{params['transformers']:,}"],
         ["in matmuls (counted)", f"{params['matmul_counted_polymodal']:,}", f"{params['matmul_counted_transformers']:,}"],
         ["in matmuls (formula)", f"{params['matmul_formula']:,}", f"{params['matmul_formula']:,}"],
     ]) + f"\n\nparameter counts differ by {100 * params['relative_difference']:.3f}%"
         + ("" if params["ok"] else "  ** MISMATCH: the two sides are not the same network **") + "\n", flush=True)
-    if not params["ok"]:
-        write_result(args.out, result)
-        return 1
+    return params
 
-    # ---- (b) throughput
+
+def compare_section(
+    args: argparse.Namespace, shapes: Shapes, device: torch.device, amp: torch.dtype | None,
+    compile_mode: str | None, compile_deadline: float, result: dict[str, Any], save: Callable[[], None],
+) -> bool:
+    """Parameter check and section (b); False if the sides differ.
+
+    Every model, optimiser and compiled wrapper of this section lives in this function's frame only,
+    so all of them are gone - not just all but the last side - once it returns.
+    """
+    pm = build_polymodal(shapes).to(device)
+    hf = build_hf(shapes).to(device)
+    result["params"] = param_check(shapes, pm, hf)
+    if not result["params"]["ok"]:
+        return False
     flops = model_flops(shapes, args.batch)
     result["flops_per_step"] = flops
     batch = make_batch(shapes, args.batch, device)
-    sides = [Side("polymodal eager", pm, (o := make_optimizer(pm, device)), polymodal_step(pm, o, device, amp), [])]
-    if compile_rows:
-        pm_c = build_polymodal(shapes).to(device)
-        pm_c.load_state_dict(pm.state_dict())
-        o = make_optimizer(pm_c, device)
-        sides.append(Side("polymodal compiled", pm_c, o, polymodal_step(
-            pm_c, o, device, amp, torch.compile(pm_c, mode=args.compile_mode)), []))
-    sides.append(Side("transformers eager", hf, (o := make_optimizer(hf, device)), hf_step(hf, o, device, amp), []))
-    if compile_rows:
-        hf_c = build_hf(shapes).to(device)
-        hf_c.load_state_dict(hf.state_dict())
-        o = make_optimizer(hf_c, device)
-        sides.append(Side("transformers compiled", hf_c, o, hf_step(
-            hf_c, o, device, amp, torch.compile(hf_c, mode=args.compile_mode)), []))
+    sides = make_sides(pm, hf, shapes, device, amp, compile_mode)
+    del pm, hf
     print(f"throughput: batch {args.batch}, {args.warmup} warm-up steps, {args.repeats} interleaved repeats "
           f"x {args.steps} steps; model FLOPs/step {flops['total'] / 1e12:.3f} TFLOP "
           f"(matmul {flops['matmul'] / flops['total']:.1%}, attention {flops['attention'] / flops['total']:.1%}, "
           f"logits {flops['logits'] / flops['total']:.2%})", flush=True)
-    run_throughput(sides, batch, args.steps, args.repeats, args.warmup, device)
-
-    rows = []
-    for side in sides:
-        med, best = statistics.median(side.times_ms), min(side.times_ms)
-        rows.append({
-            "name": side.name, "batch": args.batch, "ms_per_step": med, "ms_per_step_best": best,
-            "ms_per_step_all": side.times_ms, "samples_per_s": args.batch / med * 1e3,
-            "tflops": flops["total"] / (med * 1e-3) / 1e12,
-            "mfu": flops["total"] / (med * 1e-3) / 1e12 / peak["tflops"],
-            "peak_memory_gib": side.peak_bytes / 2**30 if side.peak_bytes else None,
-            "warmup_s": side.warmup_s,
-        })
+    during_timing = run_throughput(sides, batch, args.steps, args.repeats, args.warmup, device, compile_deadline)
+    if compile_mode is not None:
+        result["dynamo_during_timing"] = during_timing
+    if device.type == "cuda":  # after timing, so the profiler cannot disturb it
+        for side in (s for s in sides if s.live):
+            side.attention = attention_kernels(side.step, batch, device)
+    rows = throughput_rows(sides, args.batch, flops["total"], result["matmul_peak"]["tflops"])
     result["throughput"] = rows
-    print("\n" + _table(["side", "samples/s", "ms/step", "TFLOP/s", "MFU", "peak mem GiB", "warm-up s"], [
-        [r["name"], f"{r['samples_per_s']:,.1f}", f"{r['ms_per_step']:.2f}", f"{r['tflops']:.1f}",
-         f"{r['mfu']:.1%}", _gb(side.peak_bytes), f"{r['warmup_s']:.1f}"] for r, side in zip(rows, sides)
-    ]), flush=True)
-    by = {r["name"]: r for r in rows}
-    targets: dict[str, Any] = {}
-    ours = max((r for r in rows if r["name"].startswith("polymodal")), key=lambda r: r["samples_per_s"])
-    peer_name = "transformers compiled" if "transformers compiled" in by else "transformers eager"
-    ratio = ours["samples_per_s"] / by[peer_name]["samples_per_s"]
-    targets["speedup_vs_peer"] = {"ours": ours["name"], "peer": peer_name, "value": ratio, "target": 1.5,
-                                  "met": ratio >= 1.5}
-    targets["mfu"] = {"ours": ours["name"], "value": ours["mfu"], "target": 0.40, "met": ours["mfu"] >= 0.40}
-    result["targets"] = targets
-    print(f"\n{ours['name']} vs {peer_name}: {ratio:.2f}x (target >= 1.5x: "
-          f"{'met' if ratio >= 1.5 else 'missed'}); MFU {ours['mfu']:.1%} (target >= 40%: "
-          f"{'met' if ours['mfu'] >= 0.40 else 'missed'})"
+    result["targets"] = speedup_targets(rows)
+    _saved(result, save, "throughput section")
+    _print_throughput(rows, result["targets"], device)
+    return True
+
+
+def _print_throughput(rows: list[dict[str, Any]], targets: dict[str, Any], device: torch.device) -> None:
+    def line(r: dict[str, Any]) -> list[str]:
+        if not r.get("samples_per_s"):
+            why = r.get("skipped") or r.get("error") or "no timing"
+            return [r["name"], "-", "-", "-", "-", "-", why[:60]]
+        return [r["name"], f"{r['samples_per_s']:,.1f}", f"{r['ms_per_step']:.2f}", f"{r['tflops']:.1f}",
+                f"{r['mfu']:.1%}", _gb((r["peak_memory_gib"] or 0) * 2**30), f"{r['warmup_s']:.1f}"]
+
+    print("\n" + _table(["side", "samples/s", "ms/step", "TFLOP/s", "MFU", "peak mem GiB", "warm-up s"],
+                        [line(r) for r in rows]), flush=True)
+    speed, mfu = targets["speedup_vs_peer"], targets["mfu"]
+    if speed["value"] is None:
+        print(f"\nspeedup target not measurable: {speed['why']}\n", flush=True)
+        return
+    print(f"\n{speed['ours']} vs {speed['peer']} (the faster transformers row): {speed['value']:.2f}x "
+          f"(target >= 1.5x: {'met' if speed['met'] else 'missed'}); MFU {mfu['value']:.1%} (target >= 40%: "
+          f"{'met' if mfu['met'] else 'missed'})"
           + ("" if device.type == "cuda" else "  [CPU run: the targets are for a GPU]") + "\n", flush=True)
-    del sides, batch, o, pm, hf
-    if compile_rows:
-        del pm_c, hf_c
-        torch._dynamo.reset()  # compiled graphs may still reference the models' weights
-    _free(device)
-
-    # ---- (c) max batch
-    if not args.skip_max_batch:
-        if device.type == "cuda":  # no autotuning per new batch shape: steadier one-step timings
-            torch.backends.cudnn.benchmark = False
-        rows_mb, effective = run_max_batch(args, shapes, device, amp, deadline, peak["tflops"])
-        result["max_batch"] = rows_mb
-        result["max_effective_contrastive_batch"] = effective
-
-    result["seconds"] = time.perf_counter() - t_start
-    write_result(args.out, result)
-    print(f"\ntotal {result['seconds']:.0f} s; wrote {args.out}")
-    ok = result.get("accum_equivalence", {"ok": True})["ok"]
-    return 0 if ok else 1
-
-
-def search_one(
-    lib: str, ckpt: bool, micro: int | None, shapes: Shapes, device: torch.device, amp: torch.dtype | None,
-    start: int, limit: int, deadline: float,
-) -> Search:
-    """One max-batch search on a freshly built model (``micro``: use contrastive accumulation).
-
-    Only this model and its optimiser are alive during the search; the caller frees them after it.
-    """
-    if lib == "polymodal":
-        model = build_polymodal(shapes, grad_checkpointing=ckpt, local_loss=micro is not None).to(device)
-    else:
-        model = build_hf(shapes, grad_checkpointing=ckpt).to(device)
-    opt = make_optimizer(model, device)
-    if micro is not None:
-        step = polymodal_accum_step(model, opt, device, amp, micro)
-    elif lib == "polymodal":
-        step = polymodal_step(model, opt, device, amp)
-    else:
-        step = hf_step(model, opt, device, amp)
-    try_batch(step, model, opt, shapes, min(8, start), device)  # allocates the optimiser state
-    unit = micro or 1
-    search = find_max(
-        lambda b: try_batch(step, model, opt, shapes, b, device),
-        start=max(start, 2 * unit) if micro else start, limit=limit, deadline=deadline, unit=unit,
-    )
-    return search
-
-
-def run_max_batch(
-    args: argparse.Namespace, shapes: Shapes, device: torch.device, amp: torch.dtype | None, deadline: float,
-    peak_tflops: float,
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The five searches of section (c), one model alive at a time, sharing what is left of the budget."""
-    limit = args.max_batch_limit
-    start = min(args.batch, limit)
-    plans: list[tuple[str, str, bool, bool]] = [  # name, library, checkpointing, accumulation
-        ("polymodal plain", "polymodal", False, False),
-        ("transformers plain", "transformers", False, False),
-        ("polymodal grad-checkpointing", "polymodal", True, False),
-        ("transformers gradient_checkpointing_enable()", "transformers", True, False),
-        ("polymodal contrastive_accum (local_loss + gather)", "polymodal", False, True),
-    ]
-    print(f"max batch: one eager step per try, limit {limit:,}, "
-          f"{max(0.0, deadline - time.perf_counter()):.0f} s left for {len(plans)} searches", flush=True)
-    out: list[dict[str, Any]] = []
-    micro: int | None = args.accum_micro
-    for i, (name, lib, ckpt, accum) in enumerate(plans):
-        if accum and micro is None:
-            plain = out[0]["max_batch"]
-            micro = max(1, (plain * 3 // 4) // 8 * 8) if plain >= 16 else max(1, plain // 2)
-        share = (deadline - time.perf_counter()) / (len(plans) - i)
-        search = search_one(lib, ckpt, micro if accum else None, shapes, device, amp, start, limit,
-                            time.perf_counter() + max(0.0, share))
-        _free(device)
-        row = {
-            "name": name, "library": lib, "grad_checkpointing": ckpt, "accumulation": accum,
-            "micro_batch": micro if accum else None, "max_batch": search.fits,
-            "first_failing": search.fails, "capped_at_limit": search.capped, "out_of_time": search.out_of_time,
-            "samples_per_s_at_max": search.fits / search.ms_at_fits * 1e3 if search.ms_at_fits else None,
-            "mfu_at_max": None, "seconds": search.seconds, "tries": search.tries,
-        }
-        if search.ms_at_fits and search.fits:
-            fl = model_flops(shapes, search.fits)["total"]
-            row["mfu_at_max"] = fl / (search.ms_at_fits * 1e-3) / 1e12 / peak_tflops
-        out.append(row)
-        note = " (limit)" if search.capped else " (out of time: lower bound)" if search.out_of_time else ""
-        print(f"  {name}: {search.fits:,}{note} in {search.seconds:.0f} s, {len(search.tries)} tries", flush=True)
-
-    effective = {
-        "polymodal": max(r["max_batch"] for r in out if r["library"] == "polymodal"),
-        "transformers": max(r["max_batch"] for r in out if r["library"] == "transformers"),
-    }
-    print("\n" + _table(["max batch per GPU", "micro-batch", "max (effective contrastive) batch", "first OOM",
-                         "samples/s there", "MFU there", "search s"], [
-        [r["name"], str(r["micro_batch"] or "-"),
-         f"{r['max_batch']:,}" + (" (limit)" if r["capped_at_limit"] else " (time)" if r["out_of_time"] else ""),
-         f"{r['first_failing']:,}" if r["first_failing"] else "-",
-         f"{r['samples_per_s_at_max']:,.0f}" if r["samples_per_s_at_max"] else "-",
-         f"{r['mfu_at_max']:.1%}" if r["mfu_at_max"] else "-", f"{r['seconds']:.0f}"] for r in out
-    ]))
-    print(f"\nmax effective contrastive batch per GPU (all negatives kept): polymodal {effective['polymodal']:,}"
-          f" vs transformers {effective['transformers']:,} "
-          f"({effective['polymodal'] / max(1, effective['transformers']):.1f}x)")
-    return out, effective
+    for r in rows:
+        kernels = r.get("attention_kernels")
+        if kernels:
+            print(f"  {r['name']} attention: {kernels}", flush=True)
 
 
 if __name__ == "__main__":
