@@ -738,6 +738,28 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
     return (text[0] if text else type(exc).__name__)[:limit]
 
 
+def _timed_unless_oom(
+    s: Shapes, batch: int, step: StepFn, opt: torch.optim.Optimizer, device: torch.device, *, warm_steps: int, what: str
+) -> float | None:
+    """Milliseconds per step at ``batch`` (``warm_steps`` untimed first, then 1 timed step when cold,
+    2 when warm), or None when it ran out of memory; memory is freed either way. Other errors propagate."""
+    data: tuple[Tensor, Tensor] | None = None
+    ms: float | None = None
+    try:
+        data = make_batch(s, batch, device, seed=batch, uint8=True)
+        for _ in range(warm_steps):
+            step(*data)
+        ms = time_ms(lambda: step(*data), 2 if warm_steps else 1, device)
+    except Exception as exc:
+        if not _is_oom(exc):
+            raise
+        print(f"    {what}: out of memory ({type(exc).__name__}: {_first_line(exc)})", flush=True)
+    data = None
+    opt.zero_grad(set_to_none=True)
+    _free(device)
+    return ms
+
+
 def try_batch(
     step: StepFn, model: nn.Module, opt: torch.optim.Optimizer, s: Shapes, batch: int, device: torch.device
 ) -> float | None:
@@ -745,19 +767,7 @@ def try_batch(
 
     Any other error propagates (the caller records it); the message of every failed try is logged.
     """
-    data: tuple[Tensor, Tensor] | None = None
-    ms: float | None = None
-    try:
-        data = make_batch(s, batch, device, seed=batch, uint8=True)
-        ms = time_ms(lambda: step(*data), 1, device)
-    except Exception as exc:
-        if not _is_oom(exc):
-            raise
-        print(f"    batch {batch:,}: out of memory ({type(exc).__name__}: {_first_line(exc)})", flush=True)
-    data = None
-    opt.zero_grad(set_to_none=True)
-    _free(device)
-    return ms
+    return _timed_unless_oom(s, batch, step, opt, device, warm_steps=0, what=f"batch {batch:,}")
 
 
 @dataclass
@@ -846,18 +856,7 @@ def warm_timing(
     """
     if time.perf_counter() + 3 * cold_ms * 1e-3 * 1.2 > deadline:
         return None, "first (cold) step at this batch: no time left for warm steps"
-    data: tuple[Tensor, Tensor] | None = make_batch(s, batch, device, seed=batch, uint8=True)
-    ms: float | None = None
-    try:
-        step(*data)
-        ms = time_ms(lambda: step(*data), 2, device)
-    except Exception as exc:
-        if not _is_oom(exc):
-            raise
-        print(f"    warm re-timing at {batch:,} ran out of memory ({_first_line(exc)})", flush=True)
-    data = None
-    opt.zero_grad(set_to_none=True)
-    _free(device)
+    ms = _timed_unless_oom(s, batch, step, opt, device, warm_steps=1, what=f"warm re-timing at {batch:,}")
     if ms is None:
         return None, "first (cold) step at this batch: the warm re-run ran out of memory"
     return ms, "mean of 2 steps after 1 untimed step at this batch"

@@ -63,6 +63,13 @@ def image_features(clip: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
+def take_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's gradients, cleared from it (so the next backward starts from zero)."""
+    out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
 def test_clip_fine_tunes_on_coco_captions_and_the_run_reloads_as_plain_transformers_weights(tmp_path: Path, world: Path, hf_folders: dict[str, Path]) -> None:
     trainer = Trainer(load_config(run_config(tmp_path, world, {"type": "pretrained", "path": str(hf_folders["clip"])})), progress=False)
     summary = trainer.fit()
@@ -243,15 +250,10 @@ def test_accumulated_clip_and_siglip_steps_give_the_full_batch_gradients(hf_fold
     task = RetrievalTask(proc.tokenizer, proc.max_length)
     assert task.keeps_negatives_across(model)
 
-    def grads() -> dict[str, torch.Tensor]:
-        out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad(set_to_none=True)
-        return out
-
     task.loss(model, batch).loss.backward()
-    full = grads()
+    full = take_grads(model)
     task.accumulated_loss(model, model, split_micro_batches(batch, 2))
-    cached = grads()
+    cached = take_grads(model)
     assert full.keys() == cached.keys() and "hf.logit_scale" in full and (family == "clip" or "hf.logit_bias" in full)
     for name in full:
         assert (cached[name] - full[name]).abs().max() <= 1e-6 * full[name].abs().max() + 1e-7, name
@@ -284,13 +286,8 @@ def test_blip_token_losses_are_weighed_by_the_tokens_they_average(hf_folders: di
              "answers": answers, "samples": [Sample(sample_id=str(i), image_id=str(i)) for i in range(4)]}
     task = build_task(task_name, proc.tokenizer, proc.max_length)
 
-    def grads() -> dict[str, torch.Tensor]:
-        out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad(set_to_none=True)
-        return out
-
     task.loss(model, batch).loss.backward()
-    full = grads()
+    full = take_grads(model)
     weights, micro = MicroBatchWeights(2), split_micro_batches(batch, 2)
     counts = []
     for part in micro:
@@ -298,7 +295,7 @@ def test_blip_token_losses_are_weighed_by_the_tokens_they_average(hf_folders: di
         counts.append(out.weight)
         (out.loss * weights.share(out.weight, out.weight)).backward()
     factor = weights.correction()
-    accumulated = {n: g * factor for n, g in grads().items()}
+    accumulated = {n: g * factor for n, g in take_grads(model).items()}
     assert counts[0] != counts[1]  # the micro-batches hold different numbers of tokens, so the weighing matters
     assert full.keys() == accumulated.keys()
     for name in full:
