@@ -76,3 +76,20 @@ def test_an_all_empty_step_and_no_accumulation_leave_the_gradient_alone() -> Non
 def test_a_negative_weight_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="weight must be >= 0"):
         MicroBatchWeights(2).share(-1, -1)
+
+
+def test_the_logged_loss_is_a_mean_over_items() -> None:
+    import math
+
+    import torch
+
+    from polymodal.train.accumulation import LossWindow
+
+    window = LossWindow()
+    window.add(2.0, 30)  # a micro-batch of 30 tokens at loss 2
+    window.add(4.0, 10)
+    assert window.mean(torch.device("cpu")) == pytest.approx(2.5)
+    window.add(1.0, 0)  # nothing scored anywhere: the plain mean, not a division by zero
+    window.add(3.0, 0)
+    assert window.mean(torch.device("cpu")) == 2.0
+    assert math.isnan(window.mean(torch.device("cpu")))  # each mean starts a fresh window

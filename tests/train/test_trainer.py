@@ -253,9 +253,15 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
     a, b = _final_weights(tmp_path / "one/run"), _final_weights(tmp_path / "two/run")
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5), name
+    # the logged loss is over the items of every rank and micro-batch, as the one process logs it
+    assert _logged_losses(tmp_path / "two/run") == pytest.approx(_logged_losses(tmp_path / "one/run"), rel=1e-5)
     # only rank 0 wrote checkpoints and logs
     assert len(list((tmp_path / "two/run/checkpoints").glob("step_*"))) >= 1
     assert not any(p.name.startswith("step_") and ".tmp" in p.name for p in (tmp_path / "two/run/checkpoints").iterdir())
+
+
+def _logged_losses(run: Path) -> list[float]:
+    return [float(line.split(",")[-1]) for line in (run / "log.csv").read_text().splitlines() if ",train,loss," in line]
 
 
 def test_multitask_runs_under_two_process_ddp(tmp_path: Path, world: Path) -> None:

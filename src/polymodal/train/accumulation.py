@@ -22,6 +22,8 @@ micro-batch as the unit) would overflow the scaled gradients and skip the step.
 
 from __future__ import annotations
 
+import torch
+
 
 class MicroBatchWeights:
     """Shares for one optimizer step's micro-batches; :meth:`correction` closes the step."""
@@ -57,3 +59,32 @@ class MicroBatchWeights:
             return 1.0
         self._unit = total / counted  # the next step's unit
         return guessed / total
+
+
+class LossWindow:
+    """The training losses since the last log line, averaged as the steps weigh them: over every item
+    (sample or token) of every rank, so the logged loss is the one a single process would log."""
+
+    def __init__(self, world: int = 1) -> None:
+        self.world = world
+        self._sums = [0.0, 0.0, 0.0, 0.0]  # loss x items, items, plain loss sum, losses
+
+    def add(self, loss: float, items: float) -> None:
+        """``items``: what this rank's loss stands for: its own items for a mean over this rank, the
+        items of every rank divided by the ranks for a mean over every rank, 1 for a whole-step loss."""
+        for i, value in enumerate((loss * items, items, loss, 1.0)):
+            self._sums[i] += value
+
+    def mean(self, device: torch.device) -> float:
+        """The window's mean loss, and a fresh window. With several ranks this is a collective."""
+        sums, self._sums = self._sums, [0.0, 0.0, 0.0, 0.0]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            totals = torch.tensor(sums, dtype=torch.float64, device=device)
+            dist.all_reduce(totals)
+            sums = totals.tolist()
+        weighted, items, plain, count = sums
+        if items:
+            return weighted / items
+        return plain / count if count else float("nan")

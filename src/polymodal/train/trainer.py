@@ -36,7 +36,7 @@ from polymodal.hub.towers import image_settings_of, tower_paths
 from polymodal.models.factory import build_model
 from polymodal.tasks import Task, build_task
 from polymodal.tasks.base import to_device
-from polymodal.train.accumulation import MicroBatchWeights
+from polymodal.train.accumulation import LossWindow, MicroBatchWeights
 from polymodal.train.data import ResumableSampler, image_processor, load_split, make_loader, make_train_loader, media_plan, require
 from polymodal.train.run_log import RunLog
 from polymodal.train.schedule import build_adamw, load_keeping_kernel, warmup_cosine
@@ -445,7 +445,7 @@ class Trainer:
         bar = self.bar
         bar.set_description(f"epoch {st.epoch + 1}/{self.total_epochs}")
         self.model.train()
-        window: list[tuple[float, float]] = []  # (loss, items) per backward pass since the last log line
+        window = LossWindow(self.world)  # the losses since the last log line, with the items they average
         skipped = 0
         filled: Counter[str] = Counter()  # samples zero-filled for a missing modality, per input
         t0, seen = time.perf_counter(), 0
@@ -483,7 +483,8 @@ class Trainer:
                     items_all = self._check_finite(out.loss, items)
                     scaled = out.loss * weighing.share(items, items_all, mean_over_ranks=out.mean_over_ranks)
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                    window.append((out.loss.item(), items))  # .item() waits for the device, so the step time below is real on GPUs too
+                    # .item() waits for the device, so the step time below is real on GPUs too
+                    window.add(out.loss.item(), items_all / self.world if out.mean_over_ranks else items)
                     backed += 1
             at_step = not st.step_in_epoch % s.accumulation or st.step_in_epoch >= micro_total
             if pending and at_step:
@@ -493,7 +494,7 @@ class Trainer:
                     )
                 pending = []
                 self._check_finite(out.loss)  # gradients are in .grad, but the step is not applied
-                window.append((out.loss.item(), 1.0))
+                window.add(out.loss.item(), 1.0)
                 backed += 1
             if not at_step or not backed:
                 computed += time.perf_counter() - t_got
@@ -504,17 +505,15 @@ class Trainer:
             timed += 1
             st.global_step += 1
             bar.update()
-            if st.global_step % s.log_every == 0 and self.is_main:
-                rate = seen / max(1e-9, time.perf_counter() - t0)
-                # the loss over the window's items (samples or tokens), as the steps weighed them
-                weight = sum(n for _, n in window)
-                loss = sum(v * n for v, n in window) / weight if weight else sum(v for v, _ in window) / len(window)
-                values = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate} | out.logs
-                # mean seconds per optimizer step over the window: waiting for data, and computing
-                values |= {"data_seconds": waited / timed, "step_seconds": computed / timed}
-                run_log.write(st.global_step, st.epoch, "train", values)
-                bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
-                window.clear()
+            if st.global_step % s.log_every == 0:
+                loss = window.mean(self.device)  # a collective: every rank takes part
+                if self.is_main:
+                    rate = seen / max(1e-9, time.perf_counter() - t0)
+                    values = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate} | out.logs
+                    # mean seconds per optimizer step over the window: waiting for data, and computing
+                    values |= {"data_seconds": waited / timed, "step_seconds": computed / timed}
+                    run_log.write(st.global_step, st.epoch, "train", values)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
                 waited, computed, timed = 0.0, 0.0, 0
             if st.global_step % s.checkpoint_every == 0:
                 self.save()
