@@ -202,3 +202,20 @@ def test_init_from_keeps_the_audio_and_video_decoding_the_weights_were_trained_o
     path.write_text(yaml.safe_dump(second | {"video": {"sampling": "stride"}}))
     with pytest.raises(ConfigError, match=r"video: sampling cannot be changed with init_from.*sampling='uniform'"):
         Trainer(load_config(path), progress=False).setup()
+
+
+def test_init_from_an_audio_text_classifier_leaves_the_image_settings_to_the_config(tmp_path: Path, clips: Path) -> None:
+    """A model that reads no pixels recorded image settings it never used: a config that gives others
+    asks for no other input, and is not refused."""
+    (tmp_path / "first").mkdir()
+    first = yaml.safe_load(_config(tmp_path / "first", clips, "skip").read_text())
+    first["model"]["encoders"].pop("video")
+    first["train"]["max_steps"] = 1
+    (tmp_path / "first/run.yaml").write_text(yaml.safe_dump(first))
+    Trainer(load_config(tmp_path / "first/run.yaml"), progress=False).fit()
+    second = {k: v for k, v in first.items() if k not in ("model", "tokenizer", "audio", "video")}
+    second |= {"output_dir": str(tmp_path / "second"), "init_from": str(tmp_path / "first/run"), "image": {"size": 48}}
+    (tmp_path / "second.yaml").write_text(yaml.safe_dump(second))
+    trainer = Trainer(load_config(tmp_path / "second.yaml"), progress=False)
+    trainer.setup()
+    assert trainer.cfg.audio.n_mels == 16  # what its weights read still comes with them

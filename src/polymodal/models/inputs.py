@@ -22,6 +22,7 @@ class ModelInputs:
     video_key: str | None = None  # "video" (its own modality) or "image" (the visual tower's input)
     audio_key: str = "audio"  # or "image": the sound is the non-text tower's input
     features: tuple[str, ...] = ()
+    pixels: bool = True  # reads images or video frames, so the image settings shape its input
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -35,16 +36,17 @@ class ModelInputs:
 
 
 def model_inputs(config: Any) -> ModelInputs:
-    """The non-image inputs of a parsed model config (any type)."""
+    """The inputs besides text of a parsed model config (any type)."""
     encoders = getattr(config, "encoders", None)
     if encoders is not None:  # a classifier: one encoder per named modality
         audio = any(m == "audio" and s.name in AUDIO_ENCODERS for m, s in encoders.items())
         video = any(s.name in VIDEO_ENCODERS for s in encoders.values())
         features = tuple(sorted(m for m, s in encoders.items() if s.name in FEATURE_ENCODERS))
-        return ModelInputs(audio=audio, video_key="video" if video else None, features=features)
+        pixels = any(m != "text" and s.name not in AUDIO_ENCODERS + FEATURE_ENCODERS for m, s in encoders.items())
+        return ModelInputs(audio=audio, video_key="video" if video else None, features=features, pixels=pixels)
     vision = getattr(config, "vision", None)
     if vision is not None and vision.name in VIDEO_ENCODERS:
         return ModelInputs(video_key="image")
     if vision is not None and vision.name in AUDIO_ENCODERS:
-        return ModelInputs(audio=True, audio_key="image")
+        return ModelInputs(audio=True, audio_key="image", pixels=False)
     return ModelInputs()

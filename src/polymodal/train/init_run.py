@@ -17,6 +17,7 @@ from typing import Any
 from polymodal.config import RunConfig
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.errors import ConfigError
+from polymodal.models.inputs import model_inputs
 from polymodal.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 # settings that decide what the weights see (so they come from the run the weights come from), per
@@ -137,7 +138,10 @@ def open_init_run(cfg: RunConfig, source: Path | None = None) -> tuple[RunConfig
             "leave model.type out: a model section with init_from holds changes to the run's own model"
         )
     _check_tokenizer(cfg, where, ckpt.tokenizer.vocab_size)
-    update: dict[str, Any] = {"model": model} | _adopt_inputs(cfg, _saved_inputs(ckpt.processors), where)
+    saved_inputs = _saved_inputs(ckpt.processors)
+    if not model_inputs(saved_model).pixels:  # its image settings were recorded, but shape none of its inputs
+        saved_inputs.pop("image", None)
+    update: dict[str, Any] = {"model": model} | _adopt_inputs(cfg, saved_inputs, where)
     image = ckpt.processors.get("image") or {}
     if "image" in update and "jpeg_draft" in image and "jpeg_draft" not in cfg.image.model_fields_set:
         update["image"] = update["image"].model_copy(update={"jpeg_draft": bool(image["jpeg_draft"])})  # the run's, recorded
