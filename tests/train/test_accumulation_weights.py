@@ -65,6 +65,15 @@ def test_under_ddp_every_item_of_every_rank_weighs_alike(mean_over_ranks: bool) 
             assert per_item == pytest.approx(1 / total)
 
 
+def test_without_accumulation_ranks_with_fewer_items_weigh_less() -> None:
+    """K = 1 under DDP: a per-rank mean over 10 of the step's 30 items weighs 2 x 10 / 30 (DDP halves
+    it again); a loss already divided by every rank's items, or equal ranks, is left as it is."""
+    weights = MicroBatchWeights(1, world=2)
+    assert weights.share(10, 30) == pytest.approx(2 / 3) and weights.correction() == 1.0
+    assert weights.share(15, 30) == 1.0
+    assert weights.share(10, 30, mean_over_ranks=True) == 1.0
+
+
 def test_an_all_empty_step_and_no_accumulation_leave_the_gradient_alone() -> None:
     weights = MicroBatchWeights(2)
     assert _step(weights, [0, 0]) == [0.0, 0.0]

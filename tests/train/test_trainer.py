@@ -216,7 +216,7 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, world: Path, cap
 @pytest.mark.parametrize(
     "task, accumulation, strategy, port",
     [("retrieval", 1, "ddp", 29533), ("captioning", 1, "ddp", 29536), ("captioning", 2, "ddp", 29540), ("captioning", 2, "fsdp", 29541),
-     ("classification", 2, "ddp", 29542)],
+     ("classification", 1, "ddp", 29543), ("classification", 2, "ddp", 29542)],
 )
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
     tmp_path: Path, world: Path, task: str, accumulation: int, strategy: str, port: int

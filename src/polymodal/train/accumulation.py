@@ -14,7 +14,7 @@ exact across ranks; they need ``n_world / N``.
 
 ``N`` is known only after the last micro-batch, and that micro-batch's gradient must already be in
 ``.grad`` by then, so each backward pass takes a provisional share against a unit (the mean items per
-micro-batch of the previous step; of the first micro-batch in the first step), and the summed gradient
+micro-batch of the previous step; of the first micro-batch in a run's, or a resumed run's, first step), and the summed gradient
 is rescaled once, before clipping, by the ratio of the guess to the true total. A unit from the previous
 step keeps every share near ``1/K``: with fp16 loss scaling, a share far above 1 (a tiny first
 micro-batch as the unit) would overflow the scaled gradients and skip the step.
@@ -38,10 +38,12 @@ class MicroBatchWeights:
     def share(self, items: float, items_all_ranks: float, *, mean_over_ranks: bool = False) -> float:
         """The factor for a micro-batch loss that is a mean over ``items`` on this rank (``items_all_ranks``
         summed over every rank; ``mean_over_ranks``: the loss already divides by that sum)."""
-        if self.accumulation == 1:
-            return 1.0  # the loss as it is: one micro-batch is the whole step
         if items < 0:
             raise ValueError(f"a micro-batch's loss weight must be >= 0 (the items its loss averages over), got {items}")
+        if self.accumulation == 1:  # one micro-batch is the whole step: its total is known, no guess needed
+            if mean_over_ranks or self.world == 1 or not items_all_ranks:
+                return 1.0  # the loss as it is
+            return items * self.world / items_all_ranks  # exactly 1.0 when every rank holds as many items
         self._total += items_all_ranks
         self._counted += bool(items_all_ranks)
         if not self._unit:

@@ -134,7 +134,9 @@ def _released(value: Any, keep: tuple[torch.Tensor, ...]) -> Any:
 
     Scalars and vectors (loss, accuracies, labels, logit scale) stay, detached; tensors of two or more
     dimensions - the B x B logits, the big ones - become ``None`` unless they are the features
-    themselves. Walks tuples (named ones too), lists, dicts and dataclass instances, copying them.
+    themselves. Walks tuples (named ones too), lists, dicts and dataclass instances, copying them. A
+    Hugging Face ``ModelOutput`` (a mapping and a dataclass at once, whose fields and items must agree)
+    is returned as it is: the losses here return polymodal's own outputs.
     """
     if isinstance(value, torch.Tensor):
         if any(value is k for k in keep):

@@ -336,6 +336,8 @@ class Trainer:
         self.optimizer = build_adamw(self.model, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps, sharded=self.fsdp)
         self.sampler = ResumableSampler(len(self.train_items), self.cfg.seed, rank=self.rank, world_size=self.world)
         self.train_loader: DataLoader | None = None
+        # kept across epochs: its provisional unit (the last step's mean micro-batch) carries over
+        self.micro_batch_weights = MicroBatchWeights(s.accumulation, self.world)
         self.micro_per_epoch = micro_per_epoch = math.ceil(self.sampler.shard_size / s.batch_size)
         self.steps_per_epoch = math.ceil(micro_per_epoch / s.accumulation)
         self.total_steps = min(s.max_steps or math.inf, self.steps_per_epoch * s.epochs)
@@ -454,7 +456,7 @@ class Trainer:
         waited, computed, timed = 0.0, 0.0, 0
         pending: list[dict[str, Any]] = []  # micro-batches of the current step, with full-batch accumulation
         backed = 0  # backward passes since the last optimizer step
-        weighing = MicroBatchWeights(s.accumulation, self.world)
+        weighing = self.micro_batch_weights
         batches = iter(loader)
         while True:
             t_wait = time.perf_counter()
