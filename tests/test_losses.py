@@ -132,12 +132,11 @@ def _dist_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return images, texts, ids
 
 
-def _itc_worker(rank: int, init_file: str, out_dir: str) -> None:
+def _itc_worker(rank: int, init_file: str, out_dir: str, split: tuple[int, ...]) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         images, texts, ids = _dist_data()
-        local = images.shape[0] // WORLD
-        rows = slice(rank * local, (rank + 1) * local)
+        rows = slice(sum(split[:rank]), sum(split[: rank + 1]))
         results = {}
         for local_loss, use_ids in CONFIGS:
             img = images[rows].clone().requires_grad_(True)
@@ -160,11 +159,22 @@ def _itc_worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_itc_gather_with_grad_and_local_loss_match_full_batch(tmp_path: Path) -> None:
-    mp.spawn(_itc_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+@pytest.mark.parametrize("split", [(3, 3), (2, 4)])
+def test_itc_gather_with_grad_and_local_loss_match_full_batch(tmp_path: Path, split: tuple[int, int]) -> None:
+    """Ranks of equal batches, and of unequal ones (images unreadable on one rank only): the gathered
+    loss is the full batch's, and local rows are labelled at their rank's offset."""
+    mp.spawn(_itc_worker, args=(str(tmp_path / "init"), str(tmp_path), split), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     images, texts, ids = _dist_data()
-    local = images.shape[0] // WORLD
+    if split[0] != split[1]:
+        for local_loss, use_ids in CONFIGS:
+            full = itc_loss(images, texts, math.log(5.0), image_ids=ids if use_ids else None).loss
+            per_rank = [r[(local_loss, use_ids)]["loss"] for r in ranks]
+            # a local loss is its rank's mean: weighed by the rank's rows (as the trainer does) it is the full loss
+            got = sum(n * v for n, v in zip(split, per_rank)) / sum(split) if local_loss else per_rank[0]
+            torch.testing.assert_close(got, full, rtol=1e-10, atol=1e-12)
+        return
+    local = split[0]
     for local_loss, use_ids in CONFIGS:
         img = images.clone().requires_grad_(True)
         txt = texts.clone().requires_grad_(True)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_gather_no_grad", "all_gather_with_grad", "average_gradients", "is_dist", "rank", "world_size"]
+__all__ = ["all_gather_no_grad", "all_gather_with_grad", "average_gradients", "gather_sizes", "is_dist", "rank", "world_size"]
 
 
 def is_dist() -> bool:
@@ -30,11 +30,28 @@ def world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
 
 
-def _gather(tensor: torch.Tensor) -> torch.Tensor:
+def gather_sizes(local: int, device: torch.device) -> list[int]:
+    """Every rank's size along dim 0 (a collective): ranks may hold different numbers of rows, e.g. when
+    some of a batch's images could not be read on one rank only."""
+    if not is_dist() or world_size() == 1:
+        return [local]
+    size = torch.tensor([local], dtype=torch.int64, device=device)
+    sizes = [torch.empty_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    return [int(s) for s in torch.cat(sizes).tolist()]
+
+
+def _gather(tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """``all_gather`` needs equal buffers: shorter ranks pad to the longest, and the padding is cut off."""
     tensor = tensor.contiguous()
-    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    longest = max(sizes)
+    if tensor.shape[0] < longest:
+        tensor = torch.cat([tensor, tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))])
+    parts = [torch.empty_like(tensor) for _ in sizes]
     dist.all_gather(parts, tensor)
-    return torch.cat(parts, dim=0)
+    if all(n == longest for n in sizes):
+        return torch.cat(parts, dim=0)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
@@ -47,37 +64,37 @@ class _AllGatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.local_batch = tensor.shape[0]
-        ctx.rank = rank()
-        return _gather(tensor)
+    def forward(ctx, tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:  # type: ignore[override]
+        r = rank()
+        ctx.start, ctx.stop = sum(sizes[:r]), sum(sizes[: r + 1])
+        return _gather(tensor, sizes)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = ctx.rank * ctx.local_batch
-        return grad[start : start + ctx.local_batch]
+        return grad[ctx.start : ctx.stop], None
 
 
-def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+def all_gather_with_grad(tensor: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
     """Concatenate ``tensor`` from every rank along dim 0, keeping the autograd graph.
 
-    Every rank must pass the same shape (use ``drop_last=True`` or pad), because ``all_gather`` needs
-    equal-sized buffers and the backward slices by ``rank * local_batch``. Returns ``tensor`` itself
-    when not distributed.
+    Ranks may pass different numbers of rows; ``sizes`` (from :func:`gather_sizes`) saves asking for
+    them again when several tensors of one batch are gathered. Returns ``tensor`` itself when not
+    distributed.
     """
     if not is_dist() or world_size() == 1:
         return tensor
-    return _AllGatherWithGrad.apply(tensor)
+    return _AllGatherWithGrad.apply(tensor, sizes if sizes is not None else gather_sizes(tensor.shape[0], tensor.device))
 
 
-def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` from every rank along dim 0 without gradient (ids, labels, metrics)."""
+def all_gather_no_grad(tensor: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate ``tensor`` from every rank along dim 0 without gradient (ids, labels, metrics);
+    ``sizes`` as in :func:`all_gather_with_grad`."""
     if not is_dist() or world_size() == 1:
         return tensor
     with torch.no_grad():
-        return _gather(tensor.detach())
+        return _gather(tensor.detach(), sizes if sizes is not None else gather_sizes(tensor.shape[0], tensor.device))
 
 
 def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:

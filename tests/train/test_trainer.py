@@ -214,21 +214,23 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, world: Path, cap
 
 
 @pytest.mark.parametrize(
-    "task, accumulation, strategy, port",
-    [("retrieval", 1, "ddp", 29533), ("captioning", 1, "ddp", 29536), ("captioning", 2, "ddp", 29540), ("captioning", 2, "fsdp", 29541),
-     ("classification", 1, "ddp", 29543), ("classification", 2, "ddp", 29542)],
+    "task, accumulation, strategy, broken, port",
+    [("retrieval", 1, "ddp", False, 29533), ("captioning", 1, "ddp", False, 29536), ("captioning", 2, "ddp", False, 29540),
+     ("captioning", 2, "fsdp", False, 29541), ("classification", 1, "ddp", True, 29543), ("classification", 2, "ddp", True, 29542),
+     ("retrieval", 1, "ddp", True, 29544), ("retrieval", 2, "ddp", True, 29545)],
 )
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
-    tmp_path: Path, world: Path, task: str, accumulation: int, strategy: str, port: int
+    tmp_path: Path, world: Path, task: str, accumulation: int, strategy: str, broken: bool, port: int
 ) -> None:
     """torchrun with 2 CPU processes (gloo), batch 8 each, must reach the weights of one process with
     batch 16: retrieval gathers ITC negatives across ranks, captioning averages its loss over the
     tokens of both ranks (captions differ in length, so per-rank means would weight tokens unequally),
     and with 2 micro-batches of 4 a rank, over the tokens of both ranks and both micro-batches (the
     step's gradient is rescaled once its token count is known: on FSDP's sharded gradients too).
-    Classification, a mean over each rank's own samples, runs with a fifth of the images unreadable,
-    so that ranks and micro-batches hold different numbers of samples: each sample still weighs 1/N."""
-    if task == "classification":
+    With a fifth of the images unreadable, ranks and micro-batches hold different numbers of samples:
+    each classification sample (a mean over its rank's samples) still weighs 1/N, and retrieval gathers
+    the ranks' unequal batches (as micro-batches, and scored as one accumulated batch)."""
+    if broken:
         import shutil
 
         shutil.copytree(world, tmp_path / "w")

@@ -119,17 +119,18 @@ def itc_loss(
     scale = log_scale.clamp(max=math.log(max_logit_scale)).exp()
 
     distributed = gather and pdist.world_size() > 1
+    sizes = pdist.gather_sizes(batch, image_features.device) if distributed else [batch]
     if distributed:
-        all_images = pdist.all_gather_with_grad(image_features)
-        all_texts = pdist.all_gather_with_grad(text_features)
-        all_ids = pdist.all_gather_no_grad(image_ids) if image_ids is not None else None
+        all_images = pdist.all_gather_with_grad(image_features, sizes)
+        all_texts = pdist.all_gather_with_grad(text_features, sizes)
+        all_ids = pdist.all_gather_no_grad(image_ids, sizes) if image_ids is not None else None
     else:
         all_images, all_texts, all_ids = image_features, text_features, image_ids
 
     if local_loss and distributed:
         logits_per_image = scale * image_features @ all_texts.T
         logits_per_text = scale * text_features @ all_images.T
-        offset = pdist.rank() * batch
+        offset = sum(sizes[: pdist.rank()])  # ranks may hold different numbers of rows
         row_ids = image_ids
     else:  # one B x B product serves both directions: the logits are the largest term at big batches
         logits_per_image = scale * all_images @ all_texts.T
