@@ -149,6 +149,7 @@ def _itc_worker(rank: int, init_file: str, out_dir: str, split: tuple[int, ...])
             results[(local_loss, use_ids)] = {
                 "loss": out.loss.detach(),
                 "logits_shape": tuple(out.logits_per_image.shape),
+                "local_logits": [t.detach() for t in out.local_logits()],
                 "img_grad": img.grad,
                 "txt_grad": txt.grad,
                 "scale_grad": scale_grad,
@@ -184,6 +185,10 @@ def test_itc_gather_with_grad_and_local_loss_match_full_batch(tmp_path: Path, sp
         per_rank = [r[(local_loss, use_ids)] for r in ranks]
         rows = local if local_loss else images.shape[0]
         assert per_rank[0]["logits_shape"] == (rows, images.shape[0])
+        for rank, r in enumerate(per_rank):  # this rank's own pairs, as ITM hard negatives need them
+            own = slice(rank * local, (rank + 1) * local)
+            torch.testing.assert_close(r["local_logits"][0], full.logits_per_image.detach()[own, own])
+            torch.testing.assert_close(r["local_logits"][1], full.logits_per_text.detach()[own, own])
         mean_loss = sum(r["loss"] for r in per_rank) / WORLD
         torch.testing.assert_close(mean_loss, full.loss.detach(), rtol=1e-10, atol=1e-12)
         if not local_loss:

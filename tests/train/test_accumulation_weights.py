@@ -30,6 +30,15 @@ def test_each_micro_batch_weighs_its_share_of_the_steps_items(items: list[float]
         assert _step(weights, items) == pytest.approx([n / sum(items) for n in items])
 
 
+def test_an_epochs_short_last_step_does_not_shrink_the_next_unit() -> None:
+    """The last step of an epoch may hold one micro-batch of 1 row: the next epoch's shares must stay
+    near 1/K, not 16 times that (fp16 loss scaling would overflow)."""
+    weights = MicroBatchWeights(4)
+    _step(weights, [16] * 4)
+    _step(weights, [1])
+    assert [weights.share(16, 16) for _ in range(4)] == [0.25] * 4
+
+
 def test_steps_do_not_leak_into_each_other() -> None:
     weights = MicroBatchWeights(2)
     _step(weights, [10, 30])

@@ -217,7 +217,7 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, world: Path, cap
     "task, accumulation, strategy, broken, port",
     [("retrieval", 1, "ddp", False, 29533), ("captioning", 1, "ddp", False, 29536), ("captioning", 2, "ddp", False, 29540),
      ("captioning", 2, "fsdp", False, 29541), ("classification", 1, "ddp", True, 29543), ("classification", 2, "ddp", True, 29542),
-     ("retrieval", 1, "ddp", True, 29544), ("retrieval", 2, "ddp", True, 29545)],
+     ("retrieval", 1, "ddp", True, 29544), ("retrieval", 2, "ddp", True, 29545), ("retrieval-local", 2, "ddp", True, 29546)],
 )
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
     tmp_path: Path, world: Path, task: str, accumulation: int, strategy: str, broken: bool, port: int
@@ -239,11 +239,15 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
             p.write_bytes(b"not a png")
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
+    variant, task = task, task.removesuffix("-local")
     single = write_config(tmp_path / "one", world, task, batch_size=16, max_steps=4)
     ddp = write_config(tmp_path / "two", world, task, batch_size=8 // accumulation, accumulation=accumulation, max_steps=4, distributed=strategy)
-    for path in (single, ddp) if task == "classification" else ():  # ranks draw their own dropout masks: none, to compare
+    for path in (single, ddp):
         tree = yaml.safe_load(path.read_text())
-        tree["model"]["dropout"] = 0.0
+        if task == "classification":  # ranks draw their own dropout masks: none, to compare
+            tree["model"]["dropout"] = 0.0
+        if variant == "retrieval-local":  # each rank scores its own rows against every column
+            tree["model"]["local_loss"] = True
         path.write_text(yaml.safe_dump(tree))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "polymodal.cli", "train", str(single)], check=True, env=env, capture_output=True)
@@ -268,8 +272,12 @@ def _logged_losses(run: Path) -> list[float]:
 
 def test_multitask_runs_under_two_process_ddp(tmp_path: Path, world: Path) -> None:
     """Every parameter of the multi-task model gets a gradient (DDP refuses unused ones), questions per
-    image work per rank, and rank 0 alone writes the run."""
+    image work per rank, ITM draws its hard negatives among the rank's own pairs (the ITC logits span
+    both ranks), and rank 0 alone writes the run."""
     cfg = write_config(tmp_path, world, "multitask", batch_size=4, max_steps=2, questions_per_image=2)
+    tree = yaml.safe_load(cfg.read_text())
+    tree["model"]["weights"] = {"itc": 1.0, "itm": 1.0, "lm": 1.0, "vqa": 1.0, "cls": 1.0}
+    cfg.write_text(yaml.safe_dump(tree))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534", "-m", "polymodal.cli", "train", str(cfg)],

@@ -281,7 +281,7 @@ class HFMatcher(_Adapter):
         image_embeds = self._image_embeds(images)
         img, txt = self._image_feature(image_embeds), self.encode_text(text_ids, text_mask)
         itc = itc_loss(img, txt, math.log(self.logit_scale), image_ids=image_ids, normalize=False)
-        pairs = itm_pairs(sample_hard_negatives(itc.logits_per_image, itc.logits_per_text, image_ids=image_ids))
+        pairs = itm_pairs(sample_hard_negatives(*itc.local_logits(), image_ids=image_ids))  # among this rank's pairs
         mask = text_mask[pairs.text_index] if text_mask is not None else None
         itm = itm_loss(self._itm_logits(image_embeds[pairs.image_index], text_ids[pairs.text_index], mask), pairs.labels)
         return HFMatcherOutput(itc.loss + itm.loss, itc, itm.accuracy)

@@ -7,8 +7,9 @@ Why the options exist:
   rank's encoder learns from the whole global similarity matrix.
 * ``local_loss``: each rank only scores its *local* rows against all gathered columns, so the logits
   are ``[local_batch, global_batch]`` instead of ``[global_batch, global_batch]`` - memory linear in the
-  local batch. The mean of the per-rank losses equals the full-batch loss, and (with DDP's gradient
-  averaging) the gradients equal the full-batch gradients.
+  local batch. With equal rank batches the mean of the per-rank losses equals the full-batch loss, and
+  (with DDP's gradient averaging) the gradients equal the full-batch gradients; ranks may hold unequal
+  batches, and then each rank's loss weighs its share of the rows (the trainer does this).
 * ``image_ids``: several captions of one image may share a batch. Their pairs are *masked*: for the
   pair (image i, text i), every other column j with ``image_ids[j] == image_ids[i]`` is removed from
   the softmax (logit set to -inf), so it is neither a negative nor an extra positive. We chose masking
@@ -51,6 +52,7 @@ class ITCOutput:
         labels: ``[rows]`` column index of each row's positive.
         acc_i2t, acc_t2i: detached top-1 accuracies over the rows, for logging.
         logit_scale: detached scale actually used (``exp`` of the parameter, clamped).
+        local_columns: ``(start, stop)``: the columns of this rank's own pairs (all of them in one process).
     """
 
     loss: torch.Tensor
@@ -60,6 +62,14 @@ class ITCOutput:
     acc_i2t: torch.Tensor
     acc_t2i: torch.Tensor
     logit_scale: torch.Tensor
+    local_columns: tuple[int, int] | None = None
+
+    def local_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image->text and text->image logits among this rank's own pairs: the in-batch similarities that
+        ITM hard negatives are drawn from, whose rows and columns line up with the local ``image_ids``."""
+        start, stop = self.local_columns if self.local_columns is not None else (0, self.logits_per_image.shape[1])
+        rows = slice(None) if self.logits_per_image.shape[0] == stop - start else slice(start, stop)
+        return self.logits_per_image[rows, start:stop], self.logits_per_text[rows, start:stop]
 
 
 def _check_features(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
@@ -156,6 +166,7 @@ def itc_loss(
         acc_i2t=acc_i2t,
         acc_t2i=acc_t2i,
         logit_scale=scale.detach(),
+        local_columns=(sum(sizes[: pdist.rank()]), sum(sizes[: pdist.rank() + 1])) if distributed else (0, batch),
     )
 
 

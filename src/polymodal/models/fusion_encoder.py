@@ -97,9 +97,9 @@ class FusionEncoder(nn.Module):
             if "itc" in weights:
                 losses["itc"] = itc.loss
         if "itm" in weights and text_ids.shape[0] > 1:
-            with torch.no_grad():
-                logits = itc.logits_per_image.detach().float()  # type: ignore[union-attr]
-                negs = sample_hard_negatives(logits, logits.t(), image_ids=image_ids, generator=generator)
+            with torch.no_grad():  # negatives among this rank's pairs: under DDP the ITC logits span every rank's
+                i2t, t2i = itc.local_logits()  # type: ignore[union-attr]
+                negs = sample_hard_negatives(i2t.detach().float(), t2i.detach().float(), image_ids=image_ids, generator=generator)
             pairs = itm_pairs(negs)
             fused = self.backbone.fuse(text.take(pairs.text_index), image, pairs.image_index)
             out = itm_loss(self.itm_head(fused.pooled), pairs.labels)  # type: ignore[misc]

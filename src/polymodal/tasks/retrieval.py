@@ -6,6 +6,7 @@ gallery of 5k images and 25k captions never materialises a float64 N x M matrix.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import torch
@@ -52,7 +53,7 @@ class RetrievalTask(Task):
         out = contrastive_accum_step(
             lambda b: model(b["image"], b["text_ids"], b["text_mask"], embeddings_only=True),
             micro_batches,
-            lambda *rows: core.pair_loss(*rows, image_ids=ids),
+            lambda *rows: _weighed_by_rank(core.pair_loss(*rows, image_ids=ids)),
             scale_loss=scale_loss,
             no_sync=no_sync,
             module=core,
@@ -95,6 +96,20 @@ class RetrievalTask(Task):
                 }
             )
         return EvalResult(metrics, {"gallery_images": len(images), "captions": len(samples), "examples": examples})
+
+
+def _weighed_by_rank(out: Any) -> Any:
+    """A ``local_loss`` ITC under DDP is the mean over this rank's rows, of ``columns`` in all: scored as one
+    accumulated batch it gets no micro-batch share from the trainer, so it is weighed here by its rank's
+    part of the rows (W n_rank / N; 1 when ranks are equal) to make the ranks' average the full batch's
+    loss. A gathered loss over every row is the same on every rank and needs nothing."""
+    itc = getattr(out, "itc", None)
+    logits = getattr(itc, "logits_per_image", None)
+    if logits is None or logits.shape[0] >= logits.shape[1]:
+        return out
+    from polymodal.distributed import world_size
+
+    return dataclasses.replace(out, loss=out.loss * (world_size() * logits.shape[0] / logits.shape[1]))
 
 
 def _step_output(out: Any, loss: Tensor | None = None) -> StepOutput:

@@ -59,7 +59,8 @@ class MicroBatchWeights:
         self._total, self._counted = 0.0, 0
         if self.accumulation == 1 or not total:
             return 1.0
-        self._unit = total / counted  # the next step's unit
+        if counted == self.accumulation:  # a full step: an epoch's short last one would make the unit too small
+            self._unit = total / counted  # the next step's unit
         return guessed / total
 
 
