@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_gather_no_grad", "all_gather_with_grad", "average_gradients", "gather_sizes", "is_dist", "rank", "world_size"]
+__all__ = ["all_gather_no_grad", "all_gather_with_grad", "average_gradients", "gather_sizes", "is_dist", "rank", "rank_rows", "world_size"]
 
 
 def is_dist() -> bool:
@@ -41,6 +41,12 @@ def gather_sizes(local: int, device: torch.device) -> list[int]:
     return [int(s) for s in torch.cat(sizes).tolist()]
 
 
+def rank_rows(sizes: list[int]) -> tuple[int, int]:
+    """``(start, stop)``: this rank's rows in the concatenation of every rank's ``sizes``."""
+    r = rank()
+    return sum(sizes[:r]), sum(sizes[: r + 1])
+
+
 def _gather(tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """``all_gather`` needs equal buffers: shorter ranks pad to the longest, and the padding is cut off."""
     tensor = tensor.contiguous()
@@ -65,8 +71,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:  # type: ignore[override]
-        r = rank()
-        ctx.start, ctx.stop = sum(sizes[:r]), sum(sizes[: r + 1])
+        ctx.start, ctx.stop = rank_rows(sizes)
         return _gather(tensor, sizes)
 
     @staticmethod

@@ -62,12 +62,12 @@ class ITCOutput:
     acc_i2t: torch.Tensor
     acc_t2i: torch.Tensor
     logit_scale: torch.Tensor
-    local_columns: tuple[int, int] | None = None
+    local_columns: tuple[int, int]
 
     def local_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Image->text and text->image logits among this rank's own pairs: the in-batch similarities that
         ITM hard negatives are drawn from, whose rows and columns line up with the local ``image_ids``."""
-        start, stop = self.local_columns if self.local_columns is not None else (0, self.logits_per_image.shape[1])
+        start, stop = self.local_columns
         rows = slice(None) if self.logits_per_image.shape[0] == stop - start else slice(start, stop)
         return self.logits_per_image[rows, start:stop], self.logits_per_text[rows, start:stop]
 
@@ -130,6 +130,7 @@ def itc_loss(
 
     distributed = gather and pdist.world_size() > 1
     sizes = pdist.gather_sizes(batch, image_features.device) if distributed else [batch]
+    own = pdist.rank_rows(sizes) if distributed else (0, batch)  # this rank's pairs among all (ranks may differ in size)
     if distributed:
         all_images = pdist.all_gather_with_grad(image_features, sizes)
         all_texts = pdist.all_gather_with_grad(text_features, sizes)
@@ -140,7 +141,7 @@ def itc_loss(
     if local_loss and distributed:
         logits_per_image = scale * image_features @ all_texts.T
         logits_per_text = scale * text_features @ all_images.T
-        offset = sum(sizes[: pdist.rank()])  # ranks may hold different numbers of rows
+        offset = own[0]
         row_ids = image_ids
     else:  # one B x B product serves both directions: the logits are the largest term at big batches
         logits_per_image = scale * all_images @ all_texts.T
@@ -166,7 +167,7 @@ def itc_loss(
         acc_i2t=acc_i2t,
         acc_t2i=acc_t2i,
         logit_scale=scale.detach(),
-        local_columns=(sum(sizes[: pdist.rank()]), sum(sizes[: pdist.rank() + 1])) if distributed else (0, batch),
+        local_columns=own,
     )
 
 
