@@ -59,10 +59,12 @@ def _plain(value: Any) -> Any:
     return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _saved_inputs(processors: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The run's input settings per config section, as the processors it saved record them."""
+def _saved_inputs(processors: dict[str, Any], model: Any) -> dict[str, dict[str, Any]]:
+    """The run's input settings per config section, as the processors it saved record them: those that
+    shape what ``model`` reads (every run records an image processor, even one whose model reads no pixels)."""
     media = processors.get("media") or {}
-    saved = {"image": processors.get("image"), "audio": media.get("audio"), "video": media.get("video")}
+    image = processors.get("image") if model_inputs(model).pixels else None
+    saved = {"image": image, "audio": media.get("audio"), "video": media.get("video")}
     return {section: {k: _plain(values[k]) for k in _INPUT_SETTINGS[section] if k in values} for section, values in saved.items() if values}
 
 
@@ -138,10 +140,7 @@ def open_init_run(cfg: RunConfig, source: Path | None = None) -> tuple[RunConfig
             "leave model.type out: a model section with init_from holds changes to the run's own model"
         )
     _check_tokenizer(cfg, where, ckpt.tokenizer.vocab_size)
-    saved_inputs = _saved_inputs(ckpt.processors)
-    if not model_inputs(saved_model).pixels:  # its image settings were recorded, but shape none of its inputs
-        saved_inputs.pop("image", None)
-    update: dict[str, Any] = {"model": model} | _adopt_inputs(cfg, saved_inputs, where)
+    update: dict[str, Any] = {"model": model} | _adopt_inputs(cfg, _saved_inputs(ckpt.processors, saved_model), where)
     image = ckpt.processors.get("image") or {}
     if "image" in update and "jpeg_draft" in image and "jpeg_draft" not in cfg.image.model_fields_set:
         update["image"] = update["image"].model_copy(update={"jpeg_draft": bool(image["jpeg_draft"])})  # the run's, recorded
