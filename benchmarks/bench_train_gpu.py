@@ -84,7 +84,6 @@ import collections
 import contextlib
 import datetime as _dt
 import gc
-import json
 import math
 import os
 import platform
@@ -104,7 +103,7 @@ from typing import Any
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import torch
-from provenance import git_commit
+from provenance import git_commit, write_result
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1120,10 +1119,7 @@ def save_result(path: Path, record: dict[str, Any]) -> None:
     a full disk or an odd value must not end the run (``default=str`` stringifies the unexpected).
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_result(path, record, default=str)
     except (OSError, TypeError, ValueError) as exc:
         print(f"warning: could not write {path}: {exc!r}", file=sys.stderr, flush=True)
 

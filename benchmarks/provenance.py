@@ -9,6 +9,7 @@ from __future__ import annotations
 import platform
 import subprocess
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,9 +38,16 @@ def git_commit() -> str:
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def write_result(path: Path, record: object) -> None:
-    """Write a results JSON, creating its folder (results land in ``benchmarks/results/`` by default)."""
+def write_result(path: Path, record: object, default: Callable[[Any], Any] | None = None) -> None:
+    """Write a results JSON, creating its folder (results land in ``benchmarks/results/`` by default).
+
+    Atomically (a temporary file, then a rename): a benchmark that rewrites its JSON as it goes and is
+    killed mid-write keeps the previous complete file. ``default`` as in ``json.dumps``.
+    """
     import json
+    import os
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=default) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
