@@ -440,6 +440,10 @@ def test_multitask_weighted_sum_and_parts() -> None:
     out.total.backward()
     assert a.grad.item() == pytest.approx(1.0) and b.grad.item() == pytest.approx(0.5)
 
+    assert out.over_ranks is None  # no objective was declared a mean over every rank
+    shared = MultiTaskLoss({"itc": 1.0, "mlm": 2.0}, over_ranks=("mlm",))({"itc": a, "mlm": b})
+    assert shared.over_ranks is not None and shared.over_ranks.item() == pytest.approx(6.0) and shared.total.item() == pytest.approx(8.0)
+
     with pytest.raises(
         LossInputError,
         match=r"unknown loss name\(s\) \['itcc'\]; expected names among \['itc', 'itm', 'mlm'\]",

@@ -95,6 +95,17 @@ def test_forward_computes_every_objective_from_one_batch(parts) -> None:
     assert model.captioner.decoder.token_embed.weight.grad.abs().sum() > 0
 
 
+def test_the_token_means_are_reported_apart_from_the_per_rank_means(parts) -> None:
+    """LM and MLM divide by every rank's tokens under DDP, the other heads by this rank's rows: the
+    trainer needs their weighted sum on its own to weigh each kind right (train/accumulation.py)."""
+    weights = {"itc": 1.0, "itm": 0.5, "mlm": 0.25, "lm": 2.0, "vqa": 1.0, "cls": 1.0}
+    out = run(build(parts, weights=weights), make_batch(parts))
+    assert out.loss_over_ranks is not None and out.loss_over_ranks.requires_grad
+    expected = 2.0 * out.parts["lm"] + 0.25 * out.parts["mlm"]
+    assert out.loss_over_ranks.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert out.loss_over_ranks.item() < out.loss.item()
+
+
 def test_towers_are_shared_not_copied(parts) -> None:
     model = build(parts)
     assert model.captioner.image_encoder is model.backbone.image_encoder

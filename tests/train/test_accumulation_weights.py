@@ -74,6 +74,40 @@ def test_under_ddp_every_item_of_every_rank_weighs_alike(mean_over_ranks: bool) 
             assert per_item == pytest.approx(1 / total)
 
 
+def test_a_loss_of_both_kinds_weighs_each_item_alike_without_accumulation() -> None:
+    """A multi-task loss adds a token mean over every rank (LM) to a mean over this rank's samples (VQA).
+    Ranks hold 3 and 1 samples with 5 and 2 tokens: after DDP averages the gradients, every sample
+    weighs 1/N and every token 1/T, as in one process. One share for the whole loss cannot do both."""
+    import torch
+
+    samples, tokens, world = [3, 1], [5, 2], 2
+    n_all, t_all = sum(samples), sum(tokens)
+    averaged_sample_grads, averaged_token_grads = [], []
+    for n, t in zip(samples, tokens):
+        per_sample = torch.ones(n, requires_grad=True)  # this rank's per-sample losses
+        per_token = torch.ones(t, requires_grad=True)
+        token_mean = per_token.sum() * world / t_all  # as losses/_token_mean.py divides under DDP
+        loss = per_sample.mean() + token_mean
+        MicroBatchWeights(1, world).weigh(loss, n, n_all, token_mean).backward()
+        averaged_sample_grads += (per_sample.grad / world).tolist()  # DDP averages the ranks' gradients
+        averaged_token_grads += (per_token.grad / world).tolist()
+    assert averaged_sample_grads == pytest.approx([1 / n_all] * n_all)
+    assert averaged_token_grads == pytest.approx([1 / t_all] * t_all)
+
+
+def test_a_loss_of_both_kinds_logs_the_sum_of_its_two_means() -> None:
+    """The logged loss of a micro-batch pair: the per-rank part averaged over samples, the shared part
+    over what every rank holds, then added, as the one-process loss adds its heads."""
+    import torch
+
+    from polymodal.train.accumulation import LossWindow
+
+    window = LossWindow()
+    window.add(1.0 + 2.0, 10, over_ranks=2.0, items_all_ranks=10)
+    window.add(3.0 + 4.0, 30, over_ranks=4.0, items_all_ranks=30)
+    assert window.mean(torch.device("cpu")) == pytest.approx(2.5 + 3.5)
+
+
 def test_without_accumulation_ranks_with_fewer_items_weigh_less() -> None:
     """K = 1 under DDP: a per-rank mean over 10 of the step's 30 items weighs 2 x 10 / 30 (DDP halves
     it again); a loss already divided by every rank's items, or equal ranks, is left as it is."""

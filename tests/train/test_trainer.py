@@ -217,7 +217,8 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, world: Path, cap
     "task, accumulation, strategy, broken, port",
     [("retrieval", 1, "ddp", False, 29533), ("captioning", 1, "ddp", False, 29536), ("captioning", 2, "ddp", False, 29540),
      ("captioning", 2, "fsdp", False, 29541), ("classification", 1, "ddp", True, 29543), ("classification", 2, "ddp", True, 29542),
-     ("retrieval", 1, "ddp", True, 29544), ("retrieval", 2, "ddp", True, 29545), ("retrieval-local", 2, "ddp", True, 29546)],
+     ("retrieval", 1, "ddp", True, 29544), ("retrieval", 2, "ddp", True, 29545), ("retrieval-local", 2, "ddp", True, 29546),
+     ("multitask", 1, "ddp", True, 29547)],
 )
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
     tmp_path: Path, world: Path, task: str, accumulation: int, strategy: str, broken: bool, port: int
@@ -229,7 +230,9 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
     step's gradient is rescaled once its token count is known: on FSDP's sharded gradients too).
     With a fifth of the images unreadable, ranks and micro-batches hold different numbers of samples:
     each classification sample (a mean over its rank's samples) still weighs 1/N, and retrieval gathers
-    the ranks' unequal batches (as micro-batches, and scored as one accumulated batch)."""
+    the ranks' unequal batches (as micro-batches, and scored as one accumulated batch), and the multi-task
+    loss weighs its caption LM (a mean over every rank's tokens) apart from its per-rank VQA and
+    classification means."""
     if broken:
         import shutil
 

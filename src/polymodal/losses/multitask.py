@@ -7,7 +7,7 @@ unweighted parts detached for logging, so the trainer never has to know which ob
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -20,10 +20,13 @@ __all__ = ["MultiTaskLoss", "MultiTaskOutput"]
 
 @dataclass
 class MultiTaskOutput:
-    """``total`` carries the graph; ``parts`` are the unweighted objectives, detached, for logging."""
+    """``total`` carries the graph; ``parts`` are the unweighted objectives, detached, for logging.
+    ``over_ranks``: the weighted sum, with graph, of the objectives named ``over_ranks`` at construction
+    that are in ``total`` (None when none is)."""
 
     total: torch.Tensor
     parts: dict[str, torch.Tensor]
+    over_ranks: torch.Tensor | None = None
 
 
 class MultiTaskLoss(nn.Module):
@@ -33,9 +36,13 @@ class MultiTaskLoss(nn.Module):
         weights: name -> non-negative finite weight.
         strict: when True every weighted name must be present in each call; when False (default)
             absent names are skipped, so tasks may alternate between batches.
+        over_ranks: the objectives that are means over the items of *every* rank under DDP (token
+            losses, ``losses/_token_mean.py``) while the others are means over this rank's. The trainer
+            weighs the two kinds differently when ranks or micro-batches hold different numbers of items
+            (``train/accumulation.py``), so their weighted sum is also returned on its own.
     """
 
-    def __init__(self, weights: Mapping[str, float], *, strict: bool = False) -> None:
+    def __init__(self, weights: Mapping[str, float], *, strict: bool = False, over_ranks: Collection[str] = ()) -> None:
         super().__init__()
         if not weights:
             raise LossInputError("multitask: weights is empty; give at least one name -> weight")
@@ -46,6 +53,7 @@ class MultiTaskLoss(nn.Module):
                 )
         self.weights: dict[str, float] = {name: float(w) for name, w in weights.items()}
         self.strict = strict
+        self.over_ranks = frozenset(over_ranks)
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> MultiTaskOutput:
         known = sorted(self.weights)
@@ -59,6 +67,7 @@ class MultiTaskLoss(nn.Module):
         if not losses:
             raise LossInputError(f"multitask: no losses given; expected names among {known}")
         total: torch.Tensor | None = None
+        over_ranks: torch.Tensor | None = None
         parts: dict[str, torch.Tensor] = {}
         for name in sorted(losses):  # fixed order: the float sum does not depend on dict order
             value = losses[name]
@@ -67,6 +76,8 @@ class MultiTaskLoss(nn.Module):
                 raise LossInputError(f"multitask: loss '{name}' must be a scalar tensor, got {shape}")
             term = self.weights[name] * value
             total = term if total is None else total + term
+            if name in self.over_ranks:
+                over_ranks = term if over_ranks is None else over_ranks + term
             parts[name] = value.detach()
         assert total is not None
-        return MultiTaskOutput(total=total, parts=parts)
+        return MultiTaskOutput(total=total, parts=parts, over_ranks=over_ranks)

@@ -59,7 +59,7 @@ class FusionEncoder(nn.Module):
             if "mlm" in weights
             else None
         )
-        self.objectives = MultiTaskLoss(weights)
+        self.objectives = MultiTaskLoss(weights, over_ranks=("mlm",))  # a token mean over every rank
         self.vocab_size = vocab_size
         self.mask_token_id = mask_token_id
         self.pad_token_id = pad_token_id
@@ -119,7 +119,7 @@ class FusionEncoder(nn.Module):
             # largest matmul of the step)
             losses["mlm"] = scored_rows_cross_entropy(fused.tokens, masked.labels, self.mlm_head)  # type: ignore[arg-type]
         total = self.objectives(losses)
-        return FusionEncoderOutput(loss=total.total, parts=total.parts, itm_accuracy=itm_acc, itc=itc)
+        return FusionEncoderOutput(loss=total.total, parts=total.parts, itm_accuracy=itm_acc, itc=itc, loss_over_ranks=total.over_ranks)
 
     @torch.no_grad()
     def itm_score(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> Tensor:

@@ -44,6 +44,9 @@ class MultiTaskOutput:
     loss: Tensor
     parts: dict[str, Tensor]  # unweighted, detached, per objective (probes included)
     accuracy: dict[str, Tensor]  # training-batch accuracies of the classification heads
+    # the part of ``loss`` that is a mean over every rank's tokens (LM, MLM); the other heads are means over
+    # this rank's images, questions or statements: the trainer weighs the two kinds apart (train/accumulation.py)
+    loss_over_ranks: Tensor | None = None
 
 
 def _head(width: int, outputs: int, dropout: float = 0.1) -> nn.Module:
@@ -117,7 +120,10 @@ class MultiTaskModel(nn.Module):
             "text_only": _head(pretrain.backbone.text_encoder.output_dim, num_classes, dropout),
         })
         self.objects = ObjectHead(pretrain.backbone.image_encoder.width, objects) if objects is not None and weights.get("obj", 0.0) > 0 else None
-        self.objectives = MultiTaskLoss({k: v for k, v in self.weights.items() if k not in PRETRAIN_OBJECTIVES} | {f"probe_{p}": 1.0 for p in PROBES})
+        self.objectives = MultiTaskLoss(
+            {k: v for k, v in self.weights.items() if k not in PRETRAIN_OBJECTIVES} | {f"probe_{p}": 1.0 for p in PROBES},
+            over_ranks=("lm",),  # the captioner's token mean over every rank
+        )
 
     @property
     def backbone(self) -> ImageTextBackbone:
@@ -203,7 +209,10 @@ class MultiTaskModel(nn.Module):
             losses["ground"] = grounded.loss
             accuracy["ground"] = grounded.exact
         rest = self.objectives(losses)
-        return MultiTaskOutput(loss=pre.loss + rest.total, parts=pre.parts | rest.parts, accuracy=accuracy)
+        over_ranks = rest.over_ranks  # the LM term: lm is a required objective
+        if pre.loss_over_ranks is not None:  # MLM
+            over_ranks = pre.loss_over_ranks if over_ranks is None else over_ranks + pre.loss_over_ranks
+        return MultiTaskOutput(pre.loss + rest.total, pre.parts | rest.parts, accuracy, over_ranks)
 
     def fuse_questions_and_statements(
         self,

@@ -23,6 +23,9 @@ class FusionEncoderOutput:
     parts: dict[str, Tensor]  # unweighted, detached losses per objective (for logging)
     itm_accuracy: Tensor | None = None
     itc: ITCOutput | None = None
+    # the part of ``loss`` that is a mean over every rank's tokens (the weighted MLM term); the rest are
+    # means over this rank's pairs: the trainer weighs the two kinds apart (train/accumulation.py)
+    loss_over_ranks: Tensor | None = None
 
 
 @dataclass

@@ -31,6 +31,13 @@ class StepOutput:
     weight: float | None = None
     # True when ``loss`` divides by the items of every rank (polymodal's token losses), not this rank's
     mean_over_ranks: bool = False
+    # when only part of ``loss`` divides by every rank's items (a multi-task loss adding LM or MLM token
+    # means to per-rank means of VQA, classification, ITM): that part, already included in ``loss``
+    loss_over_ranks: Tensor | None = None
+
+    def over_ranks_part(self) -> Tensor | None:
+        """The part of ``loss`` that is a mean over every rank's items: all of it, some, or none (None)."""
+        return self.loss if self.mean_over_ranks else self.loss_over_ranks
 
 
 @dataclass

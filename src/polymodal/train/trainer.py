@@ -483,10 +483,13 @@ class Trainer:
                         out = self.task.loss(self.forward_model, batch)
                     items = float(len(batch["samples"]) if out.weight is None else out.weight)
                     items_all = self._check_finite(out.loss, items)
-                    scaled = out.loss * weighing.share(items, items_all, mean_over_ranks=out.mean_over_ranks)
+                    over_ranks = out.over_ranks_part()  # token means divide by every rank's tokens already
+                    scaled = weighing.weigh(out.loss, items, items_all, over_ranks)
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                    # .item() waits for the device, so the step time below is real on GPUs too
-                    window.add(out.loss.item(), items_all / self.world if out.mean_over_ranks else items)
+                    with torch.no_grad():  # .tolist() waits for the device, so the step time below is real on GPUs too
+                        shared = torch.zeros_like(out.loss) if over_ranks is None else over_ranks
+                        loss_value, shared_value = torch.stack((out.loss.float(), shared.float())).tolist()
+                    window.add(loss_value, items, over_ranks=shared_value, items_all_ranks=items_all)
                     backed += 1
             at_step = not st.step_in_epoch % s.accumulation or st.step_in_epoch >= micro_total
             if pending and at_step:
