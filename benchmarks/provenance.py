@@ -45,9 +45,8 @@ def write_result(path: Path, record: object, default: Callable[[Any], Any] | Non
     killed mid-write keeps the previous complete file. ``default`` as in ``json.dumps``.
     """
     import json
-    import os
+
+    from polymodal.atomic import write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(record, indent=1, default=default) + "\n")

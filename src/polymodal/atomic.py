@@ -1,13 +1,15 @@
-"""Atomic folder writes: build everything in a temp folder, then rename it into place durably.
+"""Atomic writes: build a file or a folder under a temporary name, then rename it into place.
 
-A crash at any instant leaves either the old folder or the new one, never a half-written mix; the
-rename itself is fsynced, or a crash could bring back the old name. Checkpoints and exports use this.
+A crash at any instant leaves either the old file (folder) or the new one, never a half-written mix;
+for folders the rename itself is fsynced, or a crash could bring back the old name. Checkpoints,
+exports, run summaries, reports, annotation files and index manifests use this.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 
@@ -43,3 +45,24 @@ def replace_dir(tmp: Path, final: Path) -> None:
         raise
     fsync_path(root)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text(path: Path, text: str, *, durable: bool = False) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file beside it and a rename: a reader, or a
+    run killed mid-write, finds the old content or the new, never part of it. ``durable`` also fsyncs
+    the file and its folder, so the new content survives a power cut too (a manifest naming other
+    files). The temporary name is unique to the writer and removed if the write fails."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_path(path.parent)

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from polymodal.atomic import write_text
 from polymodal.data.sample import Sample
 from polymodal.data.world.overlap import TrainingWorld
 from polymodal.errors import ConfigError, DataError
@@ -142,9 +143,7 @@ def format_metrics(metrics: Mapping[str, Mapping[str, float]], counts: Mapping[s
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
 
 
 def evaluate_checkpoint(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from torch import nn
 
 import polymodal
 from polymodal.api import Processors
-from polymodal.atomic import fsync_path
+from polymodal.atomic import write_text
 from polymodal.index.errors import ModelMismatch, SearchIndexError
 
 __all__ = ["FORMAT", "MANIFEST_FILE", "VERSION", "Manifest", "ModelInfo", "describe_model", "weights_fingerprint"]
@@ -143,14 +142,7 @@ class Manifest:
                 "created": self.created, "polymodal_version": self.polymodal_version}
 
     def write(self, folder: Path) -> None:
-        path = folder / MANIFEST_FILE
-        tmp = folder / f"{MANIFEST_FILE}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=1, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_path(folder)
+        write_text(folder / MANIFEST_FILE, json.dumps(self.to_dict(), indent=1, ensure_ascii=False), durable=True)
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:

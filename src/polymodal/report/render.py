@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
+from polymodal.atomic import write_text
 from polymodal.report import plots
 from polymodal.report.assets import Asset, AssetStore, Missing
 from polymodal.report.data import ImagePath, ReportData, format_value, union_in_order
@@ -137,12 +138,6 @@ def _html_robustness(prep: _Prepared, embed: bool) -> str:
     return "".join(parts)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(data: ReportData, out_dir: str | os.PathLike[str], *, thumb_size: int = 96,
                  embed: bool = True) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.md`` (and ``report_files/*.png``) into ``out_dir``.
@@ -155,8 +150,8 @@ def write_report(data: ReportData, out_dir: str | os.PathLike[str], *, thumb_siz
     out.mkdir(parents=True, exist_ok=True)
     prep = _prepare(data, out, thumb_size)
     html_path, md_path = out / HTML_NAME, out / MD_NAME
-    _write_text(html_path, render_html(prep, embed=embed))
-    _write_text(md_path, render_markdown(prep))
+    write_text(html_path, render_html(prep, embed=embed))
+    write_text(md_path, render_markdown(prep))
     return html_path, md_path
 
 

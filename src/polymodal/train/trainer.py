@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 import yaml
 from tqdm import tqdm
 
+from polymodal.atomic import write_text
 from polymodal.config import RunConfig
 from polymodal.data.media import plan_to_dict
 from polymodal.data.sample import Sample
@@ -699,7 +700,5 @@ class Trainer:
             result = self.evaluate(self.test_samples)
             summary["test"] = result.metrics
             summary["test_details"] = {k: v for k, v in result.details.items() if k != "examples"}
-        tmp = self.run_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1, default=float))
-        os.replace(tmp, self.run_dir / "metrics.json")
+        write_text(self.run_dir / "metrics.json", json.dumps(summary, indent=1, default=float))
         return summary

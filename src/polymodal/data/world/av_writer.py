@@ -56,6 +56,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from polymodal.atomic import write_text
 from polymodal.data.world.lexicon import TRAIN_LEXICON, noun_phrase, number_word, with_article
 from polymodal.data.world.motion import Clip, render_clip, sample_clip
 from polymodal.data.world.sound import SAMPLE_RATE, Voice, dub, sound_phrase, synthesize, voices
@@ -356,12 +357,6 @@ def data_spec() -> dict[str, Any]:
     return {"data": {s: [{"format": "jsonl", "path": f"{s}.jsonl", **fields}] for s in SPLITS}}
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_av_world(
     out: str | Path,
     clips: int,
@@ -436,7 +431,7 @@ def write_av_world(
                 counts["statements_true"] += row["label"]
     _write_jsonl(root / "clips.jsonl", [r["log"] for r in results])
     spec_text = "# written by polymodal data av-world\n" + yaml.safe_dump(data_spec(), sort_keys=False)
-    _atomic_text(root / "data.yaml", spec_text)
+    write_text(root / "data.yaml", spec_text)
     summary = AVWorldSummary(
         root=root, clips=clips, seed=seed, frames=frames, size=size, counts=dict(counts),
         reused=sum(r["reused"] for r in results), seconds=time.perf_counter() - t0,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from polymodal.atomic import write_text
 from polymodal.data.world.captions import generate_captions, generate_paraphrase_caption
 from polymodal.data.world.conversations import conversations_for_scene, count_turns
 from polymodal.data.world.lexicon import UNSEEN_LEXICON
@@ -151,18 +152,13 @@ def _build(job: tuple[str, int]) -> dict[str, Any]:
 
 # --- writing --------------------------------------------------------------------------------------
 def _write_json(path: Path, obj: Any) -> None:
-    """Write then rename: a killed run never leaves a half-written annotation file behind."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    """Written atomically: a killed run never leaves a half-written annotation file behind."""
     # json.dumps uses the C encoder; json.dump streams through the pure-Python one (5x slower here)
-    tmp.write_text(json.dumps(obj, separators=(",", ":")), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, separators=(",", ":")))
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, separators=(",", ":")) + "\n" for row in rows)
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows))
 
 
 def _info(cfg: WorldConfig, split: str) -> dict[str, Any]:
