@@ -104,6 +104,13 @@ def test_frozen_text_tower_stays_bit_identical_while_the_image_tower_learns(tmp_
     assert any(not torch.equal(tuned[k], base[k]) for k in vision)
 
 
+def test_a_pretrained_fine_tune_loads_its_data_in_worker_processes(tmp_path: Path, world: Path, hf_folders: dict[str, Path]) -> None:
+    """train.num_workers defaults to 2: the loader must take a transformers image processor (it crashed
+    asking that processor for polymodal's decoded-image cache)."""
+    summary = Trainer(load_config(run_config(tmp_path, world, {"type": "pretrained", "path": str(hf_folders["clip"])}, num_workers=2)), progress=False).fit()
+    assert summary["steps"] == 3
+
+
 def test_siglip_fine_tunes_with_its_sigmoid_loss(tmp_path: Path, world: Path, hf_folders: dict[str, Path]) -> None:
     summary = Trainer(load_config(run_config(tmp_path, world, {"type": "pretrained", "path": str(hf_folders["siglip"])})), progress=False).fit()
     assert summary["steps"] == 3 and 0.0 <= summary["test"]["t2i_R@1"] <= 1.0

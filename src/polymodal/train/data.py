@@ -215,11 +215,11 @@ def make_train_loader(
     once per epoch after moving ``sampler`` to that epoch's position. Its workers start once instead
     of once per epoch (a process start and a copy of the dataset each, which on spawn platforms costs
     seconds per epoch)."""
-    if num_workers > 0 and processor is not None and processor.decoded is not None:
+    if num_workers > 0 and getattr(processor, "decoded", None) is not None:  # a pretrained model's processor has no cache
         # Each worker would keep a cache of its own: a shuffled image lands on any of them, so hits
         # come slowly and memory grows towards workers x budget. Workers decode in parallel anyway.
         log.warning("image.cache_mb is used only when the main process loads the data (train.num_workers: 0); ignored with %d workers", num_workers)
-        processor.decoded = None
+        processor.decoded = None  # type: ignore[union-attr]
     custom = task.train_dataset(samples, processor, flip_prob, seed) if task is not None else None
     if custom is not None:
         dataset, collate = custom
