@@ -23,6 +23,21 @@ def test_group_by_image_keeps_first_seen_order() -> None:
     assert list(groups) == ["2", "1", "d"] and [x.sample_id for x in groups["2"]] == ["a", "c"]
 
 
+def test_retrieval_hands_a_fusion_encoders_token_part_to_the_trainer() -> None:
+    """A fusion encoder's MLM is a mean over every rank's tokens inside a loss of per-rank means: the
+    trainer weighs that part apart (train/accumulation.py), so the task must pass it on."""
+    from types import SimpleNamespace
+
+    itc = SimpleNamespace(acc_i2t=torch.tensor(0.5), logit_scale=torch.tensor(10.0))
+    out = SimpleNamespace(loss=torch.tensor(3.0), loss_over_ranks=torch.tensor(1.25), itc=itc)
+    batch = {"image": torch.zeros(2, 3, 4, 4), "text_ids": torch.ones(2, 3, dtype=torch.long), "text_mask": torch.ones(2, 3),
+             "samples": [Sample("a", image_id="1"), Sample("b", image_id="2")]}
+    step = RetrievalTask(tokenizer=None, max_length=8).loss(lambda *args, **kwargs: out, batch)
+    assert step.loss is out.loss and step.over_ranks_part() is out.loss_over_ranks
+    dual = SimpleNamespace(loss=torch.tensor(3.0), itc=itc)  # a dual encoder's output has no such part
+    assert RetrievalTask(tokenizer=None, max_length=8).loss(lambda *args, **kwargs: dual, batch).over_ranks_part() is None
+
+
 def test_retrieval_evaluation_refuses_a_gallery_with_unreadable_images(tmp_path: Path) -> None:
     paths = []
     for i in range(3):

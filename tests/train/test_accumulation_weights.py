@@ -95,17 +95,23 @@ def test_a_loss_of_both_kinds_weighs_each_item_alike_without_accumulation() -> N
     assert averaged_token_grads == pytest.approx([1 / t_all] * t_all)
 
 
-def test_a_loss_of_both_kinds_logs_the_sum_of_its_two_means() -> None:
-    """The logged loss of a micro-batch pair: the per-rank part averaged over samples, the shared part
-    over what every rank holds, then added, as the one-process loss adds its heads."""
+def test_a_loss_of_both_kinds_logs_what_one_process_would() -> None:
+    """2 ranks with 1 and 3 samples, 2 and 6 tokens, per-sample losses 1 (rank 0) and 3 (rank 1), token
+    losses summing to 4 and 12. One process would log the sample mean 2.5 plus the token mean 2.0. Each
+    rank's shared part is its token sum x W / T (as losses/_token_mean.py gives it), so it must be
+    averaged over ranks alike, not by the rank's samples, which would log 2.5 + 2.5."""
     import torch
 
     from polymodal.train.accumulation import LossWindow
 
-    window = LossWindow()
-    window.add(1.0 + 2.0, 10, over_ranks=2.0, items_all_ranks=10)
-    window.add(3.0 + 4.0, 30, over_ranks=4.0, items_all_ranks=30)
-    assert window.mean(torch.device("cpu")) == pytest.approx(2.5 + 3.5)
+    world, samples, token_sums, tokens_all = 2, [1, 3], [4.0, 12.0], 8
+    ranks = [LossWindow(world) for _ in range(world)]
+    for window, n, sample_loss, token_sum in zip(ranks, samples, [1.0, 3.0], token_sums):
+        shared = token_sum * world / tokens_all
+        window.add(sample_loss + shared, n, over_ranks=shared, items_all_ranks=tokens_all)
+    merged = LossWindow(1)  # what the all-reduce does: the ranks' sums added
+    merged._sums = [sum(parts) for parts in zip(*(w._sums for w in ranks))]
+    assert merged.mean(torch.device("cpu")) == pytest.approx(2.5 + 2.0)
 
 
 def test_without_accumulation_ranks_with_fewer_items_weigh_less() -> None:

@@ -12,7 +12,8 @@ ranks' gradients; such a loss needs the share ``W n_rank / N`` (``W`` ranks). po
 divide by the tokens of every rank instead (``losses/_token_mean.py``), so that one micro-batch is already
 exact across ranks; they need ``n_world / N``. A multi-task loss holds both kinds (LM and MLM token means
 beside per-rank means of VQA, classification, ITM): each part takes its own share, which with one
-micro-batch a step makes every part exact on any number of ranks. Across accumulated micro-batches both
+micro-batch a step makes both parts exact on any number of ranks (a per-rank mean over something other
+than the loss's count, such as the multitask ``obj`` head's objects, stays weighed by that count). Across accumulated micro-batches both
 parts are weighed by the loss's one count (a multi-task model's images), so the token means there are
 weighed by images, not by tokens: exact for micro-batches of like caption lengths, close otherwise.
 

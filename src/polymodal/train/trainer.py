@@ -489,7 +489,7 @@ class Trainer:
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                     with torch.no_grad():  # .tolist() waits for the device, so the step time below is real on GPUs too
                         shared = torch.zeros_like(out.loss) if over_ranks is None else over_ranks
-                        loss_value, shared_value = torch.stack((out.loss.float(), shared.float())).tolist()
+                        loss_value, shared_value = torch.stack((out.loss.float().reshape(()), shared.float().reshape(()))).tolist()
                     window.add(loss_value, items, over_ranks=shared_value, items_all_ranks=items_all)
                     backed += 1
             at_step = not st.step_in_epoch % s.accumulation or st.step_in_epoch >= micro_total
