@@ -255,12 +255,18 @@ def answer(
     return out
 
 
+def has_itm_head(model: nn.Module) -> bool:
+    """Whether :func:`match` can score pairs: a fusion encoder or multi-task model trained without the
+    'itm' objective has the type but not the head."""
+    return hasattr(model, "match") or getattr(getattr(model, "pretrain", model), "itm_head", None) is not None
+
+
 def _itm_scorer(model: nn.Module, processors: Processors) -> Any:
     """BLIP ITM's ``match``, or the ITM head of a fusion encoder (alone or inside a multi-task model)."""
     if hasattr(model, "match"):
         return model.match
     fusion = getattr(model, "pretrain", model)
-    if getattr(fusion, "itm_head", None) is None:
+    if not has_itm_head(model):
         raise WrongModelType(
             f"'predict match' needs an image-text matching head, but {processors.source or 'this model'} was trained "
             "without the 'itm' objective (add itm to the model's weights, or use a BLIP ITM checkpoint)"

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from polymodal import predict
@@ -52,8 +53,9 @@ def test_health_models_and_openapi(mt: TestClient, ret: TestClient) -> None:
     assert ret.get("/v1/health").json()["index"] is True
     m = mt.get("/v1/models").json()
     assert m["models"][0]["model_type"] == "multitask" and m["index"] is None
-    assert {"caption", "answer", "classify", "match"} <= set(m["models"][0]["operations"])
+    assert {"caption", "answer", "classify", "explain"} <= set(m["models"][0]["operations"])
     assert "search" not in m["models"][0]["operations"]  # no index
+    assert "match" not in m["models"][0]["operations"]  # trained without the itm objective: no head to match with
     r = ret.get("/v1/models").json()
     assert r["index"]["images"] > 0 and r["index"]["texts"] == 3
     assert "/" not in r["models"][0]["name"]  # no absolute path leaks
@@ -80,16 +82,28 @@ def test_caption_answer_classify_agree_with_predict(served: Served, mt: TestClie
     assert r.json()["score"] == pytest.approx(want.score, abs=1e-5)
 
 
-def test_match_agrees_with_predict_or_says_why_not(served: Served, mt: TestClient) -> None:
-    model, proc = served.multitask
+def test_match_says_why_a_model_without_an_itm_head_cannot(served: Served, mt: TestClient) -> None:
+    assert not predict.has_itm_head(served.multitask[0])  # the fixture's weights: itc, lm, vqa, cls
+    r = mt.post("/v1/match", files={"image": _png(served.images[1])}, data={"text": "a red cube"})
+    message = _error(r, 400, "unsupported_for_model")
+    assert "without the 'itm' objective" in message and "/v1/caption" in message and "predict" not in message
+
+
+def test_match_agrees_with_predict_on_a_fusion_encoder(served: Served) -> None:
+    from polymodal.models.factory import BuildContext, build_model
+
+    _, proc = served.retrieval
+    vit = {"name": "vit", "image_size": 32, "patch_size": 8, "width": 32, "depth": 1, "heads": 2}
+    text = {"name": "text_transformer", "max_length": 32, "width": 32, "depth": 1, "heads": 2, "causal": False}
+    torch.manual_seed(0)
+    model = build_model({"type": "fusion_encoder", "vision": vit, "text": text, "fusion_depth": 1, "weights": {"itc": 1.0, "itm": 1.0}},
+                        BuildContext(tokenizer=proc.tokenizer)).eval()
+    client = TestClient(create_app(model, proc))
+    assert "match" in client.get("/v1/models").json()["models"][0]["operations"]
     img = served.images[1]
-    r = mt.post("/v1/match", files={"image": _png(img)}, data={"text": "a red cube"})
-    try:
-        want = predict.match(model, proc, [img], ["a red cube"])[0]
-    except predict.WrongModelType as e:  # trained without the itm objective: the same message, as a 400
-        assert _error(r, 400, "unsupported_for_model") == str(e)
-    else:
-        assert r.status_code == 200 and r.json()["score"] == pytest.approx(want, abs=1e-5)
+    r = client.post("/v1/match", files={"image": _png(img)}, data={"text": "a red cube"})
+    want = predict.match(model, proc, [img], ["a red cube"])[0]
+    assert r.status_code == 200 and r.json()["score"] == pytest.approx(want, abs=1e-5)
 
 
 def test_embed_and_zero_shot_agree_with_predict(served: Served, ret: TestClient) -> None:

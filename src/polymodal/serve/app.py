@@ -182,8 +182,14 @@ def create_app(model: nn.Module, processors: Processors, index: Any | None = Non
         if not _can(model_type, command or ENDPOINTS[endpoint]):
             raise ApiError(400, "unsupported_for_model", f"/v1/{endpoint} needs {what}, but this server holds a {model_type!r} model; "
                            f"it serves {', '.join('/v1/' + e for e in operations) or 'no model endpoint'}")
+        if endpoint == "match" and not matches:
+            raise ApiError(400, "unsupported_for_model", f"/v1/match needs {what}, but this {model_type!r} model was trained without the "
+                           f"'itm' objective; it serves {', '.join('/v1/' + e for e in operations) or 'no model endpoint'}")
 
+    matches = predict.has_itm_head(model)  # a fusion encoder or multi-task model may lack the head its type allows
     operations = [e for e, c in ENDPOINTS.items() if e != "zero-shot" and (_can(model_type, c) or (e == "classify" and _can(model_type, "zero-shot")))]
+    if not matches and "match" in operations:
+        operations.remove("match")
     if index is None and "search" in operations:
         operations.remove("search")
     explainable = isinstance(getattr(model, "vqa", model), VQAClassifier)
