@@ -61,6 +61,7 @@ class VQAConfig(_ModelConfig):
     fusion_heads: int | None = None
     hidden: int | None = None
     max_answers: int = 3129
+    dropout: float = Field(0.1, ge=0, lt=1, description="in the answer head")
 
 
 class ClassifierConfig(_ModelConfig):

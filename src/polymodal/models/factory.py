@@ -149,7 +149,7 @@ def _captioner(cfg: CaptionerConfig, ctx: BuildContext) -> nn.Module:
 def _vqa(cfg: VQAConfig, ctx: BuildContext) -> nn.Module:
     if ctx.answer_vocab is None:
         raise ConfigError("building a VQA model needs the answer vocabulary (built from the training answers)")
-    return VQAClassifier(_backbone(cfg, ctx), ctx.answer_vocab, cfg.hidden)
+    return VQAClassifier(_backbone(cfg, ctx), ctx.answer_vocab, cfg.hidden, dropout=cfg.dropout)
 
 
 def _classifier(cfg: ClassifierConfig, ctx: BuildContext) -> nn.Module:
