@@ -32,7 +32,16 @@ def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(p)
     msg = str(err.value)
-    assert str(p) in msg and "unknown key 'data.train[0].imagez'" in msg
+    assert str(p) in msg and "unknown key 'data.train[0].imagez'; did you mean 'images'?" in msg
+
+
+def test_a_misspelt_key_gets_the_nearest_real_one_and_a_stray_one_none(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, "train: {task: vqa, epoch: 3}\nmodel: {type: vqa, vision: {name: vit}, text: {name: text_transformer}, fusion_dept: 1}\nzzz: 1\n"))
+    msg = str(err.value)
+    assert "unknown key 'train.epoch'; did you mean 'epochs'?" in msg
+    assert "unknown key 'model.fusion_dept'; did you mean 'fusion_depth'?" in msg
+    assert "unknown key 'zzz' (check the spelling" in msg
 
 
 def test_unknown_top_level_section(tmp_path: Path) -> None:
@@ -128,3 +137,4 @@ def test_the_shipped_audio_visual_run_configs_parse_and_read_their_media(name: s
     inputs = model_inputs(cfg.model)
     assert inputs.video_key == ("video" if name == "av_world_statements" else "image")
     assert inputs.audio == (name == "av_world_statements")
+

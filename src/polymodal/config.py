@@ -187,11 +187,12 @@ def _location(loc: tuple[Any, ...]) -> str:
     return "".join(parts) or "<root>"
 
 
-def format_validation_error(err: ValidationError, source: str, union_tags: frozenset[str] = frozenset()) -> str:
+def format_validation_error(err: ValidationError, source: str, union_tags: frozenset[str] = frozenset(), root: Any = None) -> str:
     """Turn pydantic's report into lines that name the key, the file and what was expected.
 
     ``union_tags`` are the discriminator values of tagged unions in the model (pydantic puts them in
     the error location, where a user would not expect them); data-source formats are always included.
+    ``root``: the validated type, whose sections' keys a misspelt key is matched against.
     """
     lines = [f"{source}: invalid configuration"]
     tags = union_tags | _discriminator_tags()
@@ -200,7 +201,9 @@ def format_validation_error(err: ValidationError, source: str, union_tags: froze
         key = _location(loc)
         kind = e["type"]
         if kind == "extra_forbidden":
-            lines.append(f"  unknown key '{key}' (check the spelling; see the documented fields of this section)")
+            hint = _close_key(root, loc) if loc and root is not None else None
+            spelled = f"; did you mean '{hint}'? (see" if hint else " (check the spelling; see"
+            lines.append(f"  unknown key '{key}'{spelled} the documented fields of this section)")
         elif kind == "missing":
             lines.append(f"  missing required key '{key}'")
         elif kind == "union_tag_invalid":
@@ -210,6 +213,34 @@ def format_validation_error(err: ValidationError, source: str, union_tags: froze
         else:
             lines.append(f"  key '{key}': {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
+
+
+def _close_key(root: Any, loc: tuple[Any, ...]) -> str | None:
+    """The key of the section at ``loc[:-1]`` nearest to the misspelt ``loc[-1]`` (``train.epoch`` ->
+    ``epochs``), found by following ``loc`` through ``root``'s field types (lists, dicts, unions)."""
+    import difflib
+    import typing
+
+    def concrete(t: Any) -> list[Any]:
+        if typing.get_origin(t) in (typing.Union, typing.Annotated) or type(t).__name__ == "UnionType":
+            return [c for a in typing.get_args(t) for c in concrete(a)]
+        return [t]
+
+    here = concrete(root)
+    for part in loc[:-1]:
+        step: list[Any] = []
+        for t in here:
+            args = typing.get_args(t)
+            if isinstance(t, type) and issubclass(t, BaseModel) and isinstance(part, str) and part in t.model_fields:
+                step += concrete(t.model_fields[part].annotation)
+            elif typing.get_origin(t) in (list, tuple) and isinstance(part, int) and args:
+                step += concrete(args[0])
+            elif typing.get_origin(t) is dict and len(args) == 2:
+                step += concrete(args[1])
+        here = step
+    keys = {f for t in here if isinstance(t, type) and issubclass(t, BaseModel) for f in t.model_fields}
+    close = difflib.get_close_matches(str(loc[-1]), sorted(keys - {loc[-1]}), n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 def _discriminator_tags() -> frozenset[str]:
@@ -315,7 +346,7 @@ def validate(model: type[M], tree: Any, source: str) -> M:
     try:
         return model.model_validate(tree if tree is not None else {})
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, root=model)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -371,5 +402,5 @@ def parse_source(tree: Any, source: str, base_dir: Path) -> DataSource:
     try:
         spec = _SOURCE_ADAPTER.validate_python(tree)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, root=DataSource)) from None
     return spec.resolved(base_dir)

@@ -190,6 +190,6 @@ def parse_model_config(tree: Any, source: str = "model config") -> Any:
     try:
         return _ADAPTER.validate_python(tree)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, root=ModelConfig)) from None
 
 
