@@ -138,3 +138,27 @@ def test_the_shipped_audio_visual_run_configs_parse_and_read_their_media(name: s
     assert inputs.video_key == ("video" if name == "av_world_statements" else "image")
     assert inputs.audio == (name == "av_world_statements")
 
+
+SHIPPED = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SHIPPED.glob("*.yaml")))
+def test_every_shipped_config_is_valid(name: str) -> None:
+    cfg = load_config(SHIPPED / name)
+    assert cfg.train.task
+
+
+def test_the_shipped_world_retrieval_config_trains_the_run_the_readme_serves(tmp_path: Path) -> None:
+    """README's index / search / serve / export examples load runs/world_retrieval: the shipped config
+    must make it from the world that `polymodal data world --out world` writes beside configs/."""
+    import shutil
+
+    from polymodal.data.world import WorldConfig, generate_world
+    from polymodal.train.trainer import Trainer
+
+    generate_world(tmp_path / "world", WorldConfig(num_scenes=40, seed=1), workers=1)
+    (tmp_path / "configs").mkdir()
+    shutil.copy(SHIPPED / "world_retrieval.yaml", tmp_path / "configs")
+    overrides = [f"output_dir={tmp_path / 'runs/world_retrieval'}", "train.max_steps=2", "train.batch_size=16", "train.num_workers=0"]
+    summary = Trainer(load_config(tmp_path / "configs/world_retrieval.yaml", overrides), progress=False).fit()
+    assert summary["steps"] == 2 and "t2i_R@1" in summary["test"]

@@ -89,7 +89,7 @@ def data_check(
 
     Exit code 1 when any problem is found, so it can guard a pipeline.
 
-    Example:  polymodal data check configs/data/world.yaml
+    Example:  polymodal data check world
     """
     from polymodal.data.check import check_spec
 
@@ -106,7 +106,7 @@ def data_stats(
 ) -> None:
     """Describe the sources: samples, images, text lengths, answer and label distributions.
 
-    Example:  polymodal data stats configs/data/world.yaml
+    Example:  polymodal data stats world
     """
     from polymodal.data.check import stats_spec
 
@@ -255,7 +255,7 @@ def quickstart(
 ) -> None:
     """The first thing to run: generate the built-in world, train one multi-task model, evaluate, report.
 
-    Takes about 5 minutes on a 2-core CPU with the defaults; --scenes 500 --steps 20 is a smoke test.
+    Takes about 5 minutes on a 2-core CPU with the defaults; --scenes 300 --steps 5 is a smoke test.
 
     Example:  polymodal quickstart --out quickstart_out
     """
@@ -356,7 +356,7 @@ def evaluate(
 
     Example:  polymodal eval --checkpoint runs/world_vqa --data world/ --split test --split test_heldout --out vqa_eval
 
-    Example:  polymodal eval --checkpoint runs/world_retrieval/checkpoints/step_00001000 --data configs/world_retrieval.yaml --max-samples 500
+    Example:  polymodal eval --checkpoint runs/world_retrieval/checkpoints/step_00000100 --data world/ --max-samples 500
 
     Example:  polymodal eval --checkpoint clip-vit-base-patch32 --data coco_val.yaml --out clip_eval
 
@@ -438,7 +438,7 @@ def predict(
 ) -> None:
     """Caption, answer, rank, classify or zero-shot classify with a trained or pretrained model.
 
-    Example:  polymodal predict caption --checkpoint runs/world_captioning img1.png img2.png
+    Example:  polymodal predict caption --checkpoint quickstart_out/run img1.png img2.png
 
     Example:  polymodal predict answer --checkpoint runs/world_vqa --image x.png --question "what color is the cube?"
 
@@ -448,7 +448,7 @@ def predict(
 
     Example:  polymodal predict rank-images --checkpoint runs/world_retrieval --text "a red cube" img*.png
 
-    Example:  polymodal predict classify --checkpoint runs/world_classification --image x.png --text "the cube is left of the sphere"
+    Example:  polymodal predict classify --checkpoint quickstart_out/run --image x.png --text "the cube is left of the sphere"
 
     Example:  polymodal predict zero-shot --checkpoint clip-vit-base-patch32 --labels cat --labels dog --template "a photo of a {}." img.png
 
@@ -768,6 +768,11 @@ def search(
     if (query is None) == (image is None):
         raise PolymodalError('search: give either a text query (polymodal search IDX "a red cube") or --image FILE, not both')
     with SearchIndex.open(index_path, model=model, device=device) as index:
+        kind = index.stats().vectors[target.value]["kind"]
+        for option, value, applies in (("--nprobe", nprobe, "ivf"), ("--ef-search", ef_search, "hnsw")):
+            if value is not None and kind != applies:  # said, not silently dropped: the user expects it to matter
+                typer.echo(f"note: {option} applies to {applies} indexes; this index's {target.value}s are searched "
+                           f"by a {kind} index, so it is ignored (polymodal index info {index_path})", err=True)
         effort = {"target": target.value, "nprobe": nprobe, "ef_search": ef_search}
         hits = index.search_text(query, k, **effort) if query is not None else index.search_image(image, k, **effort)  # type: ignore[arg-type]
         rows = []

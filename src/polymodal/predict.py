@@ -6,19 +6,15 @@ preprocessed exactly as in training, and works on batches (images as PIL images,
     from polymodal.api import load_model
     from polymodal import predict
 
-    model, proc = load_model("runs/world_captioning")
+    model, proc = load_model("quickstart_out/run")  # the quickstart's multi-task model serves every call below
     predict.caption(model, proc, ["a.png", "b.png"])                 # ["a red cube ...", "..."]
-
-    model, proc = load_model("runs/world_vqa")
     predict.answer(model, proc, ["a.png"], ["what color is the cube?"])  # ["red"]
-
-    model, proc = load_model("runs/world_retrieval")
     predict.rank_texts(model, proc, "a.png", ["a red cube", "two blue spheres"])  # [Ranked, ...] best first
     predict.rank_images(model, proc, "a red cube", ["a.png", "b.png"])
-
-    model, proc = load_model("runs/world_classification")
     predict.classify(model, proc, ["a.png"], ["the cube is left of the sphere"])  # [Classification]
 
+A single-task run serves its own calls: ``runs/world_vqa`` (``configs/world_vqa.yaml``) answers,
+``runs/world_retrieval`` (``configs/world_retrieval.yaml``) ranks and embeds.
 A model of the wrong type for a function raises :class:`WrongModelType`, a missing or corrupt image a
 :class:`~polymodal.errors.DataError` naming the file.
 """

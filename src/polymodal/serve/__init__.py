@@ -6,7 +6,8 @@
     model, proc = load_model("runs/world_retrieval")
     app = create_app(model, proc, index=None, settings=ServeSettings(api_key="s3cret"))
 
-Every endpoint lives under ``/v1``; images arrive as multipart uploads, everything else as form fields.
+Every endpoint lives under ``/v1``; images arrive as multipart uploads, everything else as form fields
+(``/v1/chat`` takes a JSON body with base64 images).
 Requests for the same operation are micro-batched (:mod:`polymodal.serve.batcher`), every input is
 checked before it reaches the model (:mod:`polymodal.serve.guards`), and every error is a JSON body
 ``{"error": {"code": ..., "message": ...}}`` (:mod:`polymodal.serve.errors`).
