@@ -119,3 +119,12 @@ def test_cli_models_and_zero_shot_on_a_hf_folder(hf_folders, tmp_path: Path, cap
     assert all(0 < v < 1 for v in json.loads(out)[0]["scores"].values())
     code, _, err = run_cli(capsys, "predict", "caption", "-c", str(hf_folders["clip"]), str(img))
     assert code == 2 and "needs an image captioner" in err and "zero-shot" in err
+
+
+def test_a_missing_run_path_that_looks_like_a_repo_id_says_it_is_no_folder_either(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'runs/A' from the wrong working folder: the message must not read as if only a download were missing."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointNotFound) as err:
+        resolve("runs/A", cache_dir=tmp_path / "cache")
+    assert f"is not a folder (looked for {tmp_path.resolve() / 'runs' / 'A'})" in str(err.value)
+    assert "Hugging Face repo 'runs/A'" in str(err.value)

@@ -43,6 +43,7 @@ def test_build_search_add_delete_info(tmp_path: Path, tiny: Tiny, capsys: pytest
     code, out, err = run_cli(capsys, "search", idx, "a large green sphere", "-k", "3", "--json", "--nprobe", "4", "--ef-search", "16")
     assert code == 0, err
     assert [h["id"] for h in json.loads(out)] == [h["id"] for h in hits]  # exact (flat) search: effort changes nothing
+    assert "--nprobe applies to ivf indexes" in err and "--ef-search applies to hnsw indexes" in err  # and says so
     code, out, err = run_cli(capsys, "search", idx, "a large green sphere", "--nprobe", "0")
     assert code != 0 and "nprobe must be a whole number >= 1" in err
 

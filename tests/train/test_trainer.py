@@ -329,6 +329,12 @@ def _train(tmp: Path, world: Path, name: str, **train: object) -> dict[str, torc
     return _final_weights(tmp / name / "run")
 
 
+def test_contrastive_accumulation_without_accumulation_is_said_to_do_nothing(tmp_path: Path, world: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        _train(tmp_path, world, "one", max_steps=1, contrastive_accumulation="micro_batch")
+    assert any("has no effect with train.accumulation: 1" in r.message for r in caplog.records)
+
+
 def test_contrastive_accumulation_scores_the_whole_accumulated_batch(tmp_path: Path, world: Path) -> None:
     """Two micro-batches of 8 reach the weights of one batch of 16: every pair of the 16 is a negative.
     Summing micro-batch losses (the 'micro_batch' mode) sees 8 negatives a row and ends elsewhere."""

