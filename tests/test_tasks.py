@@ -33,9 +33,9 @@ def test_retrieval_hands_a_fusion_encoders_token_part_to_the_trainer() -> None:
     batch = {"image": torch.zeros(2, 3, 4, 4), "text_ids": torch.ones(2, 3, dtype=torch.long), "text_mask": torch.ones(2, 3),
              "samples": [Sample("a", image_id="1"), Sample("b", image_id="2")]}
     step = RetrievalTask(tokenizer=None, max_length=8).loss(lambda *args, **kwargs: out, batch)
-    assert step.loss is out.loss and step.over_ranks_part() is out.loss_over_ranks
+    assert step.loss is out.loss and step.loss_over_ranks is out.loss_over_ranks
     dual = SimpleNamespace(loss=torch.tensor(3.0), itc=itc)  # a dual encoder's output has no such part
-    assert RetrievalTask(tokenizer=None, max_length=8).loss(lambda *args, **kwargs: dual, batch).over_ranks_part() is None
+    assert RetrievalTask(tokenizer=None, max_length=8).loss(lambda *args, **kwargs: dual, batch).loss_over_ranks is None
 
 
 def test_retrieval_evaluation_refuses_a_gallery_with_unreadable_images(tmp_path: Path) -> None:

@@ -29,15 +29,10 @@ class StepOutput:
     # gives its scored tokens: accumulated micro-batches are weighted by it, so that K of them make the
     # step one batch of K times the size would make, whatever their caption lengths (train/accumulation.py)
     weight: float | None = None
-    # True when ``loss`` divides by the items of every rank (polymodal's token losses), not this rank's
-    mean_over_ranks: bool = False
-    # when only part of ``loss`` divides by every rank's items (a multi-task loss adding LM or MLM token
-    # means to per-rank means of VQA, classification, ITM): that part, already included in ``loss``
+    # the part of ``loss`` that divides by the items of every rank, not this rank's: ``loss`` itself for
+    # polymodal's token losses, the LM/MLM terms of a multi-task loss whose other heads are per-rank means
+    # of VQA, classification, ITM, None when all of it is a mean over this rank's items
     loss_over_ranks: Tensor | None = None
-
-    def over_ranks_part(self) -> Tensor | None:
-        """The part of ``loss`` that is a mean over every rank's items: all of it, some, or none (None)."""
-        return self.loss if self.mean_over_ranks else self.loss_over_ranks
 
 
 @dataclass

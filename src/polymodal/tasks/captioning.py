@@ -36,7 +36,7 @@ class CaptioningTask(Task):
         if hf_tokens is not None:  # a Hugging Face captioner: the mean over this rank's labelled tokens
             return StepOutput(out.loss, weight=hf_tokens)
         # polymodal's captioner: the mean over every token after BOS, of every rank
-        return StepOutput(out.loss, weight=int(batch["text_mask"][:, 1:].sum()), mean_over_ranks=True)
+        return StepOutput(out.loss, weight=int(batch["text_mask"][:, 1:].sum()), loss_over_ranks=out.loss)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:

@@ -175,7 +175,7 @@ class MLLMTask(Task):
         out = model(batch["input_ids"], batch["attention_mask"], batch.get("images"), batch["labels"])
         self.dropped_rounds += int(batch.get("dropped_rounds", 0))
         logs = {"assistant_tokens": float(out.tokens), "dropped_rounds_total": float(self.dropped_rounds)}
-        return StepOutput(out.loss, logs, weight=float(out.tokens), mean_over_ranks=True)  # over every rank's assistant tokens
+        return StepOutput(out.loss, logs, weight=float(out.tokens), loss_over_ranks=out.loss)  # over every rank's assistant tokens
 
     # ------------------------------------------------------------------ evaluation
     def _prompts(self, asked: Sequence[tuple[Sample, list[tuple[str, str]]]]) -> list[tuple[Sample, list[int], Tensor | None]]:

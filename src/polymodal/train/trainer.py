@@ -484,7 +484,7 @@ class Trainer:
                         out = self.task.loss(self.forward_model, batch)
                     items = float(len(batch["samples"]) if out.weight is None else out.weight)
                     items_all = self._check_finite(out.loss, items)
-                    over_ranks = out.over_ranks_part()  # token means divide by every rank's tokens already
+                    over_ranks = out.loss_over_ranks  # token means divide by every rank's tokens already
                     scaled = weighing.weigh(out.loss, items, items_all, over_ranks)
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                     with torch.no_grad():  # .tolist() waits for the device, so the step time below is real on GPUs too
