@@ -768,7 +768,7 @@ def search(
     if (query is None) == (image is None):
         raise PolymodalError('search: give either a text query (polymodal search IDX "a red cube") or --image FILE, not both')
     with SearchIndex.open(index_path, model=model, device=device) as index:
-        kind = index.stats().vectors[target.value]["kind"]
+        kind = index.stats().vectors[target.value]["kind"] if nprobe is not None or ef_search is not None else None
         for option, value, applies in (("--nprobe", nprobe, "ivf"), ("--ef-search", ef_search, "hnsw")):
             if value is not None and kind != applies:  # said, not silently dropped: the user expects it to matter
                 typer.echo(f"note: {option} applies to {applies} indexes; this index's {target.value}s are searched "
