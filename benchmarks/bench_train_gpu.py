@@ -494,16 +494,70 @@ def attention_names(events: Any) -> dict[str, dict[str, int]]:
     return {kind: dict(sorted(names.items(), key=lambda kv: -kv[1])[:30]) for kind, names in found.items()}
 
 
-def attention_kernels(step: StepFn, batch: tuple[Tensor, Tensor], device: torch.device) -> dict[str, Any]:
-    """Profile one step of a side and list the attention kernels/ops it ran (best effort)."""
+# Kernel (or, on a CPU, ATen op) names -> what the time went to; the first match wins.
+_TIME_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("attention", re.compile(r"sdpa|flash|fmha|attention|scaled_dot_product", re.IGNORECASE)),
+    ("optimizer", re.compile(r"adam|multi_tensor|foreach", re.IGNORECASE)),
+    ("matmul", re.compile(r"gemm|nvjet|xmma|cutlass|cublas|triton_tem|aten::(?:mm|addmm|bmm|linear|matmul)\b",
+                          re.IGNORECASE)),
+    ("conv", re.compile(r"conv|implicit_convolve|wgrad|dgrad", re.IGNORECASE)),
+    ("copy / cast / fill", re.compile(r"copy|memcpy|memset|fill|aten::to\b|aten::_to_copy|cat_", re.IGNORECASE)),
+)
+OTHER_KIND = "elementwise / norm / other"
+
+
+def time_kind(name: str) -> str:
+    """Which kind of work a kernel or op name is (see ``_TIME_KINDS``)."""
+    return next((kind for kind, pattern in _TIME_KINDS if pattern.search(name)), OTHER_KIND)
+
+
+def time_by_kind(events: Any, on_gpu: bool, steps: int, top: int = 12) -> dict[str, Any]:
+    """Milliseconds per step by kind of work, and the ``top`` kernels, from ``key_averages()``.
+
+    On a GPU these are the device kernels' own times; their sum against the step's wall time says how
+    much of the step the GPU sat idle (launch overhead, host work). On a CPU the ATen ops' self times.
+    """
+    kinds: dict[str, float] = collections.defaultdict(float)
+    kernels: list[tuple[str, float, int]] = []
+    for evt in events:
+        name = str(evt.key)
+        if on_gpu:
+            if not str(getattr(evt, "device_type", "")).endswith("CUDA"):
+                continue
+            us = float(getattr(evt, "self_device_time_total", getattr(evt, "self_cuda_time_total", 0.0)))
+        else:
+            if not name.startswith("aten::"):
+                continue
+            us = float(evt.self_cpu_time_total)
+        if us <= 0:
+            continue
+        ms = us / 1e3 / steps
+        kinds[time_kind(name)] += ms
+        kernels.append((name[:120], ms, int(evt.count) // steps))
+    kernels.sort(key=lambda k: -k[1])
+    return {
+        "ms_per_step": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
+        "total_ms": sum(kinds.values()),
+        "top": [{"name": n, "ms": ms, "calls": c, "kind": time_kind(n)} for n, ms, c in kernels[:top]],
+    }
+
+
+def profile_step(step: StepFn, batch: tuple[Tensor, Tensor], device: torch.device, steps: int = 2) -> dict[str, Any]:
+    """Profile ``steps`` steps of a side: its attention kernels/ops and where its time went (best effort)."""
     try:
         from torch.profiler import ProfilerActivity, profile
 
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        on_gpu = device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
         with profile(activities=activities) as prof:
-            step(*batch)
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(*batch)
             _sync(device)
-        return attention_names(prof.key_averages())
+            wall_ms = (time.perf_counter() - start) * 1e3 / steps
+        events = prof.key_averages()
+        return {"attention": attention_names(events),
+                "time": time_by_kind(events, on_gpu, steps) | {"wall_ms_profiled": wall_ms}}
     except Exception as exc:  # noqa: BLE001 - the profile is a diagnostic, never a reason to stop
         return {"error": repr(exc)[:300]}
 
@@ -537,7 +591,7 @@ class Side:
     skipped: str | None = None
     error: str | None = None
     dynamo: dict[str, Any] | None = None
-    attention: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None
 
     @property
     def live(self) -> bool:
@@ -649,7 +703,7 @@ def throughput_rows(sides: list[Side], batch: int, flops: float, peak_tflops: fl
                 "warmup_s": side.warmup_s,
             })
         for key, value in (("skipped", side.skipped), ("error", side.error), ("dynamo", side.dynamo),
-                           ("attention_kernels", side.attention)):
+                           ("profile", side.profile)):
             if value is not None:
                 row[key] = value
         rows.append(row)
@@ -1386,7 +1440,7 @@ def compare_section(
         result["dynamo_during_timing"] = during_timing
     if device.type == "cuda":  # after timing, so the profiler cannot disturb it
         for side in (s for s in sides if s.live):
-            side.attention = attention_kernels(side.step, batch, device)
+            side.profile = profile_step(side.step, batch, device)
     rows = throughput_rows(sides, args.batch, flops["total"], result["matmul_peak"]["tflops"])
     result["throughput"] = rows
     result["targets"] = speedup_targets(rows)
@@ -1413,11 +1467,26 @@ def _print_throughput(rows: list[dict[str, Any]], targets: dict[str, Any], devic
           f"(target >= 1.5x: {'met' if speed['met'] else 'missed'}); MFU {mfu['value']:.1%} (target >= 40%: "
           f"{'met' if mfu['met'] else 'missed'})"
           + ("" if device.type == "cuda" else "  [CPU run: the targets are for a GPU]") + "\n", flush=True)
-    for r in rows:
-        kernels = r.get("attention_kernels")
-        if kernels:
-            print(f"  {r['name']} attention: {kernels}", flush=True)
+    _print_profiles(rows)
 
+
+def _print_profiles(rows: list[dict[str, Any]]) -> None:
+    """Where each side's step went, by kind of kernel (profiled steps; see :func:`time_by_kind`)."""
+    profiled = [r for r in rows if "time" in r.get("profile", {})]
+    if not profiled:
+        return
+    kinds = sorted({k for r in profiled for k in r["profile"]["time"]["ms_per_step"]},
+                   key=lambda k: -max(r["profile"]["time"]["ms_per_step"].get(k, 0.0) for r in profiled))
+    print("\nwhere a step's time went (ms per step, one profiled run of 2 steps; 'kernels' is their sum, "
+          "'wall' the profiled step):\n", flush=True)
+    print(_table(["side", *kinds, "kernels", "wall"], [
+        [r["name"], *(f"{r['profile']['time']['ms_per_step'].get(k, 0.0):.2f}" for k in kinds),
+         f"{r['profile']['time']['total_ms']:.2f}", f"{r['profile']['time']['wall_ms_profiled']:.2f}"]
+        for r in profiled]), flush=True)
+    for r in profiled:
+        top = ", ".join(f"{k['name'][:70]} {k['ms']:.2f} ms x{k['calls']}" for k in r["profile"]["time"]["top"][:8])
+        print(f"  {r['name']} top kernels: {top}", flush=True)
+        print(f"  {r['name']} attention: {r['profile']['attention']}", flush=True)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -289,19 +289,40 @@ def test_accumulation_frees_the_logits_before_re_encoding() -> None:
     assert net.weight.grad is not None
 
 
-def test_attention_kernels_and_dynamo_counters_are_readable_on_cpu(bench: ModuleType) -> None:
+def test_profiles_and_dynamo_counters_are_readable_on_cpu(bench: ModuleType) -> None:
     """The GPU run records them per side; here the same code reads the CPU's ATen ops."""
     device = torch.device("cpu")
     batch = bench.make_batch(bench.QUICK, 4, device)
     hf = bench.build_hf(bench.QUICK)
-    found = bench.attention_kernels(bench.hf_step(hf, bench.make_optimizer(hf, device), device, None), batch, device)
-    assert any("scaled_dot_product" in name for name in found["ops"]), found
+    found = bench.profile_step(bench.hf_step(hf, bench.make_optimizer(hf, device), device, None), batch, device)
+    assert any("scaled_dot_product" in name for name in found["attention"]["ops"]), found
     # polymodal trains on a CPU with matmul-softmax-matmul on purpose (modules/attention.py): visible too
     pm = bench.build_polymodal(bench.QUICK)
-    found = bench.attention_kernels(bench.polymodal_step(pm, bench.make_optimizer(pm, device), device, None),
-                                    batch, device)
-    assert "aten::_softmax" in found["ops"] and not any("scaled_dot_product" in n for n in found["ops"]), found
+    found = bench.profile_step(bench.polymodal_step(pm, bench.make_optimizer(pm, device), device, None),
+                               batch, device)
+    ops = found["attention"]["ops"]
+    assert "aten::_softmax" in ops and not any("scaled_dot_product" in n for n in ops), found
+    time = found["time"]
+    assert time["ms_per_step"]["matmul"] > 0, time  # (a CPU AdamW runs plain ops: no "optimizer" kind)
+    assert time["total_ms"] == pytest.approx(sum(time["ms_per_step"].values()))
+    assert 0 < time["total_ms"] and 0 < time["wall_ms_profiled"]
+    assert time["top"] and all(k["kind"] == bench.time_kind(k["name"]) for k in time["top"])
     counts = bench.dynamo_counts()
     assert {"graph_breaks", "recompiles"} <= set(counts)
     delta = bench.dynamo_delta(counts, counts)
     assert delta["graph_breaks"] == 0 and delta["recompiles"] == 0
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopB_TNT", "matmul"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
+    ("triton_tem_fused_mm_0", "matmul"),
+    ("aten::addmm", "matmul"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7", "attention"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
+    ("void cudnn::cnn::wgrad_alg0_engine<float, 128, 6>", "conv"),
+    ("Memcpy DtoD (Device -> Device)", "copy / cast / fill"),
+    ("triton_per_fused_native_layer_norm_0", "elementwise / norm / other"),
+])
+def test_kernel_names_are_sorted_into_kinds(bench: ModuleType, name: str, kind: str) -> None:
+    assert bench.time_kind(name) == kind
