@@ -37,6 +37,22 @@ def test_vit_pooling_picks_cls_or_patch_mean():
     torch.testing.assert_close(vit(images).pooled, out.tokens[:, 1:].mean(1), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("in_channels, patch", [(3, 16), (1, 8)])
+def test_vit_patch_matmul_is_the_strided_conv(in_channels, patch):
+    """The patch embedding runs as a matmul (fast on GPUs); it must be the conv it replaces, both ways."""
+    torch.manual_seed(0)
+    vit = VisionTransformer(32, patch, 24, 1, 2, in_channels=in_channels)
+    images = torch.randn(3, in_channels, 32, 32, requires_grad=True)
+    ours = vit._embed_patches(images)
+    conv = vit.patch_embed(images).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(ours, conv, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(ours)
+    g_ours = torch.autograd.grad(ours, (images, vit.patch_embed.weight), grad)
+    g_conv = torch.autograd.grad(conv, (images, vit.patch_embed.weight), grad)
+    for a, b in zip(g_ours, g_conv):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_vit_tokens_depend_on_their_own_patch():
     vit = _vit().eval()
     images = torch.randn(1, 3, 32, 32)
@@ -141,3 +157,4 @@ def test_freeze_stops_gradients_and_keeps_eval_mode():
     assert head.weight.grad is not None
     vit.unfreeze().train()
     assert vit.training and all(p.requires_grad for p in vit.parameters())
+
