@@ -70,6 +70,13 @@ biases are left out. Attention counts the full ``T^2`` for the causal text tower
 PaLM-appendix convention), and gradient checkpointing's recompute is not counted (model FLOPs, not
 hardware FLOPs). ``MFU = FLOPs / step time / measured matmul peak``.
 
+Model FLOPs are the work the loss needs. It reads one token of each tower's last block (the class
+token, the end-of-text token), so that block counts its key/value projections and attention keys
+for every token but its query, output projection, MLP and attention for that token alone: 6.7% less
+than the formula above over every token, which the JSON keeps as ``total_every_token``. polymodal
+computes just that (``Transformer(positions=...)``); ``CLIPModel`` computes every token, so its MFU
+by this count is its useful work, not its hardware FLOPs.
+
 Outputs Markdown tables and ``--out`` (default ``benchmarks/results/train_gpu.json``). ``--quick``
 shrinks everything (64-wide, 2-layer towers at 64 px / 16 tokens, batch 8, 2 steps, no compile unless
 ``--compile``, max batch capped at 32) so the whole script runs on a CPU in under a minute
@@ -176,18 +183,29 @@ def model_flops(s: Shapes, batch: int) -> dict[str, float]:
     """Model FLOPs of one training step (forward + backward = 3x forward), by term.
 
     One formula for both libraries, so MFU compares like with like; it is the usual ``6 N T`` plus
-    attention, the numbers a reader can recompute by hand from the shapes.
+    attention, the numbers a reader can recompute by hand from the shapes, with each tower's last
+    block counted for the one token the loss reads (see the module doc; ``total_every_token``
+    counts every token there too).
     """
     n = matmul_params(s)
     tv, tt = s.vision_tokens, s.context_length
-    matmul = 6.0 * batch * (
-        n["vision_blocks"] * tv + n["patch_embed"] * (tv - 1) + n["text_blocks"] * tt + n["projections"]
-    )
-    attention = 12.0 * batch * (
-        s.vision_layers * tv**2 * s.vision_width + s.text_layers * tt**2 * s.text_width
-    )
-    logits = 6.0 * batch**2 * s.embed_dim
-    return {"matmul": matmul, "attention": attention, "logits": logits, "total": matmul + attention + logits}
+
+    def tower(layers: int, width: int, tokens: int, pooled_last: bool) -> tuple[float, float]:
+        block, kv = (4 + 2 * s.mlp_ratio) * width**2, 2 * width**2  # kv: what the last block needs of every token
+        if not pooled_last:
+            return layers * block * tokens, layers * tokens**2 * width
+        weights = (layers - 1) * block * tokens + kv * tokens + (block - kv)
+        return weights, (layers - 1) * tokens**2 * width + tokens * width
+
+    def total(pooled_last: bool) -> dict[str, float]:
+        (v_w, v_a), (t_w, t_a) = (tower(s.vision_layers, s.vision_width, tv, pooled_last),
+                                  tower(s.text_layers, s.text_width, tt, pooled_last))
+        matmul = 6.0 * batch * (v_w + n["patch_embed"] * (tv - 1) + t_w + n["projections"])
+        attention = 12.0 * batch * (v_a + t_a)
+        logits = 6.0 * batch**2 * s.embed_dim
+        return {"matmul": matmul, "attention": attention, "logits": logits, "total": matmul + attention + logits}
+
+    return total(True) | {"total_every_token": total(False)["total"]}
 
 
 def counted_matmul_params(model: nn.Module) -> int:

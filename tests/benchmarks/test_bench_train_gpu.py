@@ -69,7 +69,12 @@ def test_model_flops_formula(bench: ModuleType) -> None:
     n = bench.matmul_params(bench.CLIP_B32)
     assert n["vision_blocks"] == 12 * 12 * 768**2 and n["text_blocks"] == 12 * 12 * 512**2
     assert flops["total"] == flops["matmul"] + flops["attention"] + flops["logits"]
-    assert 11.0e12 < flops["total"] < 11.6e12
+    assert 11.0e12 < flops["total_every_token"] < 11.6e12
+    # the loss reads one token of each last block: its q, out-proj and MLP (10 d^2) and its attention
+    # rows run for that token only; keys and values still for every token
+    b, tv, tt, dv, dt = 256, 50, 77, 768, 512
+    saved = 6 * b * 10 * (dv**2 * (tv - 1) + dt**2 * (tt - 1)) + 12 * b * (dv * (tv**2 - tv) + dt * (tt**2 - tt))
+    assert flops["total_every_token"] - flops["total"] == pytest.approx(saved, rel=1e-12)
 
 
 def test_max_batch_search_brackets_the_limit(bench: ModuleType) -> None:

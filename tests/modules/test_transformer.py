@@ -452,3 +452,61 @@ def test_context_rows_equal_a_repeated_context(pack, rows, grouped, monkeypatch)
         stack(x, mask=mask, context=context, context_rows=torch.tensor([0, 1, 3, 0, 0]))
     with pytest.raises(ValueError, match="context_rows must index"):
         stack(x, mask=mask, context=context, context_rows=rows[:3])
+
+
+@pytest.mark.parametrize("causal, padded, cross, pack", [
+    (False, False, False, False),
+    (True, False, False, False),
+    (True, True, False, False),
+    (False, True, False, False),
+    (True, True, True, False),
+    (True, True, False, True),
+    (False, False, True, False),
+])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_positions_give_the_full_stacks_rows_and_gradients(causal, padded, cross, pack, checkpointing, monkeypatch):
+    """A stack asked for one token per row (what an encoder pools) must return exactly those rows of the
+    full forward, with the same gradients, though its last block computes nothing else."""
+    from polymodal.modules import transformer
+
+    if not pack:
+        monkeypatch.setattr(transformer, "PACK_MAX_REAL_FRACTION", -1.0)
+    torch.manual_seed(0)
+    stack = Transformer(W, 3, H, causal=causal, cross_attention=cross, context_dim=16,
+                        grad_checkpointing=checkpointing)
+    x = torch.randn(4, 9, W, requires_grad=True)
+    mask = None
+    positions = torch.tensor([8, 3, 0, 5])
+    if padded:
+        mask = torch.ones(4, 9, dtype=torch.bool)
+        mask[1, 4:] = False  # right padding: its last real token is 3
+        mask[3, :2] = False  # left padding
+    context = torch.randn(4, 5, 16) if cross else None
+    context_mask = torch.tensor([[1, 1, 1, 0, 0]] + [[1] * 5] * 3, dtype=torch.bool) if cross else None
+    rows = stack(x, mask=mask, context=context, context_mask=context_mask, positions=positions)
+    full = stack(x, mask=mask, context=context, context_mask=context_mask)
+    assert rows.shape == (4, 1, W)
+    expected = full[torch.arange(4), positions].unsqueeze(1)
+    torch.testing.assert_close(rows, expected, atol=1e-6, rtol=1e-5)
+    weights = torch.randn(4, 1, W)
+    grads = torch.autograd.grad((rows * weights).sum(), [x, *stack.parameters()], allow_unused=True)
+    grads_full = torch.autograd.grad((expected * weights).sum(), [x, *stack.parameters()], allow_unused=True)
+    for name, a, b in zip(["x", *(n for n, _ in stack.named_parameters())], grads, grads_full):
+        if b is None or (not b.abs().any() and a is None):
+            continue
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_positions_last_block_runs_one_token_per_row():
+    """The saving is real: the last block's MLP sees B tokens, the others B * T."""
+    torch.manual_seed(0)
+    stack = Transformer(W, 2, H)
+    seen = []
+    for block in stack.blocks:
+        block.mlp.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape)))
+    stack(torch.randn(3, 7, W), positions=torch.zeros(3, dtype=torch.long))
+    assert seen == [(3, 7, W), (3, 1, W)]
+    with pytest.raises(ValueError, match="one index per row"):
+        stack(torch.randn(3, 7, W), positions=torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="no cache"):
+        stack(torch.randn(3, 7, W), positions=torch.zeros(3, dtype=torch.long), cache=KVCache())

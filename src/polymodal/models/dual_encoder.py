@@ -58,6 +58,12 @@ class PairEncoder:
         return rows if embeddings_only else self.pair_loss(*rows, image_ids=image_ids)
 
 
+def _pooled(encoder: nn.Module, *inputs: Tensor | None) -> Tensor:
+    """An encoder's pooled output, through ``forward_pooled`` where it has one (it may skip work)."""
+    forward_pooled = getattr(encoder, "forward_pooled", None)
+    return forward_pooled(*inputs) if forward_pooled is not None else encoder(*inputs).pooled
+
+
 def _projection(in_dim: int, out_dim: int) -> nn.Module:
     return nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)
 
@@ -82,11 +88,11 @@ class DualEncoder(PairEncoder, nn.Module):
         self.itc = ITCLoss(init_temperature, learnable=learnable_temperature, gather=gather, local_loss=local_loss)
 
     def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
-        z = self.image_proj(self.image_encoder(images).pooled)
+        z = self.image_proj(_pooled(self.image_encoder, images))
         return F.normalize(z, dim=-1) if normalize else z
 
     def encode_text(self, text_ids: Tensor, text_mask: Tensor | None = None, normalize: bool = True) -> Tensor:
-        z = self.text_proj(self.text_encoder(text_ids, text_mask).pooled)
+        z = self.text_proj(_pooled(self.text_encoder, text_ids, text_mask))
         return F.normalize(z, dim=-1) if normalize else z
 
     def embed_pairs(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:

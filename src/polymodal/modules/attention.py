@@ -32,6 +32,7 @@ __all__ = [
     "Packing",
     "causal_mask",
     "cross_attention_mask",
+    "query_rows_mask",
     "self_attention_mask",
 ]
 
@@ -101,6 +102,26 @@ def self_attention_mask(
         )
         return (keys & allowed) | diagonal, False
     return keys | ~key_mask.any(dim=-1)[:, None, None, None], False
+
+
+def query_rows_mask(
+    attn_mask: Tensor | None, is_causal: bool, positions: Tensor, k_len: int
+) -> Tensor | None:
+    """The rows of a self-attention mask that one query per batch row needs: ``[B, 1, 1, k_len]`` or None.
+
+    ``attn_mask`` / ``is_causal`` are :func:`self_attention_mask`'s (no cache); ``positions`` ``[B]``
+    are the queries kept (see :meth:`MultiHeadAttention.forward_rows`).
+    """
+    b = positions.shape[0]
+    if attn_mask is None:
+        if not is_causal:
+            return None
+        keys = torch.arange(k_len, device=positions.device)
+        return (keys[None, :] <= positions[:, None]).view(b, 1, 1, k_len)
+    if attn_mask.shape[-2] == 1:  # the same mask for every query already
+        return attn_mask
+    full = attn_mask.expand(b, attn_mask.shape[1], attn_mask.shape[2], k_len)
+    return full[torch.arange(b, device=positions.device), :, positions].unsqueeze(2)
 
 
 def cross_attention_mask(key_mask: Tensor | None) -> Tensor | None:
@@ -210,6 +231,23 @@ class MultiHeadAttention(nn.Module):
                     v = torch.cat([cache.v, v], dim=2)
                 cache.k, cache.v = k, v
         return self.proj(self._merge_heads(self._attend(q, k, v, attn_mask, is_causal)))
+
+    def forward_rows(self, x: Tensor, positions: Tensor, *, attn_mask: Tensor | None = None) -> Tensor:
+        """Self-attention output at one position per row only: ``x`` ``[B, T, dim]``, ``positions`` ``[B]``
+        -> ``[B, 1, dim]``, what :meth:`forward` gives at those positions.
+
+        Keys and values come from every token, the query from the chosen one; the query and output
+        projections run on ``B`` tokens instead of ``B * T``. ``attn_mask`` is the chosen queries'
+        mask, broadcastable to ``[B, 1, 1, T]`` (see :func:`query_rows_mask`).
+        """
+        if self.cross:
+            raise ValueError("forward_rows is self-attention's; cross-attention reads every query anyway")
+        w_q, w_kv = self.qkv.weight.split([self.dim, 2 * self.dim])
+        b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([self.dim, 2 * self.dim])
+        chosen = x[torch.arange(x.shape[0], device=x.device), positions].unsqueeze(1)
+        (q,) = self._split_heads(F.linear(chosen, w_q, b_q), 1)
+        k, v = self._split_heads(F.linear(x, w_kv, b_kv), 2)
+        return self.proj(self._merge_heads(self._attend(q, k, v, attn_mask, False)))
 
     def forward_packed(
         self,

@@ -181,3 +181,16 @@ def test_input_errors():
         cross(_ids(), encoder_tokens=torch.randn(2, 3, W))
     with pytest.raises(ConfigError, match="pool"):
         _text(pool="max")
+
+
+@pytest.mark.parametrize("causal, pool", [(True, "eos"), (False, "cls"), (False, "eos"), (True, "mean")])
+@pytest.mark.parametrize("padded", [False, True])
+def test_forward_pooled_equals_forward_pooled_field(causal, pool, padded):
+    """The pooled-only path (last block on the pooled token alone) gives what ``forward().pooled`` does."""
+    torch.manual_seed(0)
+    enc = TextTransformer(50, 12, 32, 2, 4, causal=causal, pool=pool, pad_id=0 if padded else None, output_dim=16)
+    ids = torch.randint(1, 50, (4, 10))
+    if padded:
+        ids[1, 6:] = 0
+        ids[2, 3:] = 0
+    torch.testing.assert_close(enc.forward_pooled(ids), enc(ids).pooled, atol=1e-6, rtol=1e-5)

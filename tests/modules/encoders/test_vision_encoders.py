@@ -158,3 +158,13 @@ def test_freeze_stops_gradients_and_keeps_eval_mode():
     vit.unfreeze().train()
     assert vit.training and all(p.requires_grad for p in vit.parameters())
 
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_vit_forward_pooled_equals_forward_pooled_field(pool):
+    """A dual encoder reads only ``pooled``; the shortcut that skips the last block's other tokens agrees."""
+    torch.manual_seed(0)
+    vit = VisionTransformer(32, 8, 32, 2, 4, output_dim=16, pool=pool, ln_pre=True)
+    images = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(vit.forward_pooled(images), vit(images).pooled, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ShapeError, match="images"):
+        vit.forward_pooled(torch.randn(3, 3, 16, 16))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -116,6 +116,14 @@ class Encoder(nn.Module):
 
     def train(self, mode: bool = True) -> Encoder:
         return super().train(False if self.frozen else mode)
+
+    def forward_pooled(self, *args: Any, **kwargs: Any) -> Tensor:
+        """``forward(...).pooled``, for callers that read nothing else (a dual encoder's embeddings).
+
+        Encoders that can skip work nobody reads override it: a transformer pooling one token runs its
+        last block for that token alone (:meth:`polymodal.modules.transformer.Transformer.forward`).
+        """
+        return self(*args, **kwargs).pooled
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute transformer blocks in backward to save memory (no-op for encoders without any)."""

@@ -124,22 +124,42 @@ class TextTransformer(TransformerEncoder):
             self.drop(x), mask=mask, context=encoder_tokens, context_mask=encoder_mask, cache=cache
         )
         tokens = self.ln_final(x)
-        pooled = self._pool(tokens, mask)
-        if self.proj is not None:
-            pooled = self.proj(pooled)
-        return EncoderOutput(tokens=tokens, pooled=pooled, mask=mask)
-
-    def _pool(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
-        if self.pool == "cls":
-            return tokens[:, 0]
         if self.pool == "mean":
-            return masked_mean(tokens, mask)
-        # 'eos': the last real token, wherever the padding is (argmax picks the largest real index).
+            pooled = masked_mean(tokens, mask)
+        else:
+            pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), self._pooled_positions(input_ids, mask)]
+        return EncoderOutput(tokens=tokens, pooled=self._project(pooled), mask=mask)
+
+    def forward_pooled(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        encoder_tokens: Tensor | None = None,
+        encoder_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``forward(...).pooled``; pooling one token (``'cls'``, ``'eos'``), the last block runs for it alone."""
+        if self.pool == "mean":
+            return super().forward_pooled(input_ids, attention_mask, encoder_tokens, encoder_mask)
+        mask = self._check_inputs(input_ids, attention_mask, encoder_tokens, encoder_mask, 0)
+        x = self.drop(self.token_embed(input_ids) + self.pos_embed[: input_ids.shape[1]])
+        pooled = self.transformer(
+            x, mask=mask, context=encoder_tokens, context_mask=encoder_mask,
+            positions=self._pooled_positions(input_ids, mask),
+        )
+        return self._project(self.ln_final(pooled[:, 0]))
+
+    def _pooled_positions(self, input_ids: Tensor, mask: Tensor | None) -> Tensor:
+        """Per row, the token ``'cls'`` / ``'eos'`` pooling reads: the first, or the last real one
+        (wherever the padding is: argmax picks the largest real index)."""
+        b, t = input_ids.shape
+        if self.pool == "cls":
+            return torch.zeros(b, dtype=torch.long, device=input_ids.device)
         if mask is None:
-            return tokens[:, -1]
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        last = (mask.long() * positions).argmax(dim=1)
-        return tokens[torch.arange(tokens.shape[0], device=tokens.device), last]
+            return torch.full((b,), t - 1, dtype=torch.long, device=input_ids.device)
+        return (mask.long() * torch.arange(t, device=input_ids.device)).argmax(dim=1)
+
+    def _project(self, pooled: Tensor) -> Tensor:
+        return pooled if self.proj is None else self.proj(pooled)
 
     def _check_inputs(
         self,

@@ -93,16 +93,27 @@ class VisionTransformer(TransformerEncoder):
 
     def forward(self, images: Tensor) -> EncoderOutput:
         """``images`` ``[B, in_channels, image_size, image_size]`` float -> :class:`EncoderOutput`."""
+        tokens = self.ln_post(self.transformer(self._input_tokens(images)))
+        pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+        return EncoderOutput(tokens=tokens, pooled=self._project(pooled), mask=None)
+
+    def forward_pooled(self, images: Tensor) -> Tensor:
+        """``forward(images).pooled``; with ``pool='cls'`` the last block runs for the class token only."""
+        if self.pool != "cls":
+            return super().forward_pooled(images)
+        x = self._input_tokens(images)
+        cls = self.transformer(x, positions=torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+        return self._project(self.ln_post(cls[:, 0]))
+
+    def _input_tokens(self, images: Tensor) -> Tensor:
+        """Checked images -> the stack's input: class token + patch embeddings + positions, ``ln_pre``."""
         _check_images(self.where, images, self.in_channels, self.image_size)
         x = self._embed_patches(images)  # [B, N, width]
         cls = self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)
-        x = self.transformer(self.ln_pre(x))
-        tokens = self.ln_post(x)
-        pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
-        if self.proj is not None:
-            pooled = self.proj(pooled)
-        return EncoderOutput(tokens=tokens, pooled=pooled, mask=None)
+        return self.ln_pre(torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype))
+
+    def _project(self, pooled: Tensor) -> Tensor:
+        return pooled if self.proj is None else self.proj(pooled)
 
     def _embed_patches(self, images: Tensor) -> Tensor:
         """The patch embedding as a matmul of the flattened patches: the same map as ``patch_embed``'s conv.
