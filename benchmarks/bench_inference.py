@@ -47,9 +47,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from provenance import cpu_model, git_commit, write_result
+from provenance import cpu_model, ensure_polymodal_importable, git_commit, write_result
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+ensure_polymodal_importable()  # a GPU machine may have the checkout but no install
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "inference.json"

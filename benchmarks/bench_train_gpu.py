@@ -110,7 +110,7 @@ from typing import Any
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import torch
-from provenance import git_commit, write_result
+from provenance import ensure_polymodal_importable, git_commit, write_result
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,21 +119,7 @@ COMPILE_BUDGET_FRACTION = 0.45  # compiled rows start only within this part of -
 WARM_TIMING_SHARE = 0.2  # part of each search's time kept for the warm re-timing at its maximum
 
 
-def _ensure_polymodal_importable(root: Path = ROOT) -> None:
-    """Put ``<repo>/src`` on ``sys.path`` when polymodal is not installed.
-
-    The rented GPU machine gets a bare copy of the checkout and its own torch + transformers
-    environment; polymodal itself needs nothing more, so its source tree is enough.
-    """
-    try:
-        import polymodal  # noqa: F401
-    except ImportError:
-        src = str(root / "src")
-        if src not in sys.path:
-            sys.path.insert(0, src)
-
-
-_ensure_polymodal_importable()
+ensure_polymodal_importable()
 
 
 # --------------------------------------------------------------------------------------------- shapes
@@ -516,9 +502,11 @@ def attention_names(events: Any) -> dict[str, dict[str, int]]:
 _TIME_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("attention", re.compile(r"sdpa|flash|fmha|attention|scaled_dot_product", re.IGNORECASE)),
     ("optimizer", re.compile(r"adam|multi_tensor|foreach", re.IGNORECASE)),
+    ("conv", re.compile(r"convolve|convolution|cudnn::cnn|implicit_gemm|wgrad_alg|dgrad_alg", re.IGNORECASE)),
     ("matmul", re.compile(r"gemm|nvjet|xmma|cutlass|cublas|triton_tem|aten::(?:mm|addmm|bmm|linear|matmul)\b",
                           re.IGNORECASE)),
-    ("conv", re.compile(r"conv|implicit_convolve|wgrad|dgrad", re.IGNORECASE)),
+    # Inductor's own fused kernels (not its matmul templates): their names list every op fused, "_to_copy" too
+    ("fused by Inductor", re.compile(r"^triton_(?!tem)")),
     ("copy / cast / fill", re.compile(r"copy|memcpy|memset|fill|aten::to\b|aten::_to_copy|cat_", re.IGNORECASE)),
 )
 OTHER_KIND = "elementwise / norm / other"
@@ -540,7 +528,7 @@ def time_by_kind(events: Any, on_gpu: bool, steps: int, top: int = 12) -> dict[s
     for evt in events:
         name = str(evt.key)
         if on_gpu:
-            if not str(getattr(evt, "device_type", "")).endswith("CUDA"):
+            if not str(getattr(evt, "device_type", "")).endswith("CUDA") or _annotation(evt):
                 continue
             us = float(getattr(evt, "self_device_time_total", getattr(evt, "self_cuda_time_total", 0.0)))
         else:
@@ -558,6 +546,12 @@ def time_by_kind(events: Any, on_gpu: bool, steps: int, top: int = 12) -> dict[s
         "total_ms": sum(kinds.values()),
         "top": [{"name": n, "ms": ms, "calls": c, "kind": time_kind(n)} for n, ms, c in kernels[:top]],
     }
+
+
+def _annotation(evt: Any) -> bool:
+    """A ``record_function`` range drawn on the GPU's timeline (``Optimizer.step#AdamW.step``): it spans
+    kernels that are counted on their own, so counting it too would count them twice."""
+    return bool(getattr(evt, "is_user_annotation", False)) or str(evt.key).startswith("Optimizer.")
 
 
 def profile_step(step: StepFn, batch: tuple[Tensor, Tensor], device: torch.device, steps: int = 2) -> dict[str, Any]:

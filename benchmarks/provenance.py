@@ -8,10 +8,25 @@ from __future__ import annotations
 
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def ensure_polymodal_importable(root: Path = ROOT) -> None:
+    """Put ``<repo>/src`` on ``sys.path`` when polymodal is not installed.
+
+    The rented GPU machine gets a bare copy of the checkout and its own torch + transformers
+    environment; the GPU benchmarks need nothing of polymodal's beyond its source tree there.
+    """
+    try:
+        import polymodal  # noqa: F401
+    except ImportError:
+        src = str(root / "src")
+        if src not in sys.path:
+            sys.path.insert(0, src)
 
 
 def cpu_model() -> str:

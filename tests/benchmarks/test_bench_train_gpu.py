@@ -252,7 +252,9 @@ def test_src_goes_on_sys_path_when_polymodal_is_not_installed(
 ) -> None:
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setitem(sys.modules, "polymodal", None)  # import polymodal -> ImportError
-    bench._ensure_polymodal_importable(tmp_path)
+    import provenance
+
+    provenance.ensure_polymodal_importable(tmp_path)
     assert sys.path[0] == str(tmp_path / "src")
 
 
@@ -327,7 +329,29 @@ def test_profiles_and_dynamo_counters_are_readable_on_cpu(bench: ModuleType) -> 
     ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
     ("void cudnn::cnn::wgrad_alg0_engine<float, 128, 6>", "conv"),
     ("Memcpy DtoD (Device -> Device)", "copy / cast / fill"),
-    ("triton_per_fused_native_layer_norm_0", "elementwise / norm / other"),
+    ("triton_per_fused__to_copy_add_native_layer_norm_backward_view_64", "fused by Inductor"),
+    ("void at::native::vectorized_layer_norm_kernel<float, float, false>", "elementwise / norm / other"),
+    ("void precomputed_convolve_sgemm<__nv_bfloat16, 128, 6, 7, 3, 3, 5, 1, false>", "conv"),
 ])
 def test_kernel_names_are_sorted_into_kinds(bench: ModuleType, name: str, kind: str) -> None:
     assert bench.time_kind(name) == kind
+
+
+def test_gpu_time_counts_kernels_once(bench: ModuleType) -> None:
+    """A range annotated on the GPU's timeline spans kernels counted on their own: it is left out."""
+    from types import SimpleNamespace
+
+    def kernel(name: str, us: float, annotation: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(key=name, device_type="DeviceType.CUDA", self_device_time_total=us, count=2,
+                               is_user_annotation=annotation)
+
+    events = [
+        kernel("nvjet_sm90_tst_128x160_64x5_2x1_v_bz_coopA_bias_TNT", 4000.0),
+        kernel("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", 3000.0),
+        kernel("Optimizer.step#AdamW.step", 4000.0, annotation=True),
+        kernel("Optimizer.zero_grad#AdamW.zero_grad", 10.0),  # torch without is_user_annotation: by its name
+        SimpleNamespace(key="aten::addmm", device_type="DeviceType.CPU", self_cpu_time_total=9000.0, count=2),
+    ]
+    time = bench.time_by_kind(events, on_gpu=True, steps=2)
+    assert time["ms_per_step"] == {"matmul": 2.0, "optimizer": 1.5}
+    assert time["total_ms"] == 3.5 and [k["calls"] for k in time["top"]] == [1, 1]
