@@ -461,6 +461,8 @@ def test_context_rows_equal_a_repeated_context(pack, rows, grouped, monkeypatch)
     (False, True, False, False),
     (True, True, True, False),
     (True, True, False, True),
+    (False, True, False, True),
+    (True, True, True, True),
     (False, False, True, False),
 ])
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -481,6 +483,7 @@ def test_positions_give_the_full_stacks_rows_and_gradients(causal, padded, cross
         mask = torch.ones(4, 9, dtype=torch.bool)
         mask[1, 4:] = False  # right padding: its last real token is 3
         mask[3, :2] = False  # left padding
+        mask[2, :] = False  # an all-padding row (position 0 is padding; a packed stack gives zeros there)
     context = torch.randn(4, 5, 16) if cross else None
     context_mask = torch.tensor([[1, 1, 1, 0, 0]] + [[1] * 5] * 3, dtype=torch.bool) if cross else None
     rows = stack(x, mask=mask, context=context, context_mask=context_mask, positions=positions)
@@ -510,3 +513,27 @@ def test_positions_last_block_runs_one_token_per_row():
         stack(torch.randn(3, 7, W), positions=torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="no cache"):
         stack(torch.randn(3, 7, W), positions=torch.zeros(3, dtype=torch.long), cache=KVCache())
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_positions_with_shared_contexts_equal_the_full_stack(pack, monkeypatch):
+    """Rows that cross-attend to shared contexts (``context_rows``; packed: grouped by context) give the
+    full stack's rows too, the last block's context mask picked per row."""
+    from polymodal.modules import transformer
+
+    if not pack:
+        monkeypatch.setattr(transformer, "PACK_MAX_REAL_FRACTION", -1.0)
+    torch.manual_seed(0)
+    stack = Transformer(W, 2, H, causal=True, cross_attention=True, context_dim=16)
+    x = torch.randn(5, 8, W)
+    mask = torch.ones(5, 8, dtype=torch.bool)
+    mask[0, 5:] = False
+    mask[3, 2:] = False
+    context = torch.randn(2, 6, 16)
+    context_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    context_rows = torch.tensor([0, 1, 0, 1, 0])
+    positions = torch.tensor([4, 7, 7, 1, 0])
+    kwargs = {"mask": mask, "context": context, "context_mask": context_mask, "context_rows": context_rows}
+    rows = stack(x, positions=positions, **kwargs)
+    full = stack(x, **kwargs)
+    torch.testing.assert_close(rows, full[torch.arange(5), positions].unsqueeze(1), atol=1e-6, rtol=1e-5)

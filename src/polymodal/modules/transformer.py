@@ -387,44 +387,49 @@ class Transformer(nn.Module):
         )
         ctx_mask = cross_attention_mask(context_mask)
         use_checkpoint = self.grad_checkpointing and cache is None and torch.is_grad_enabled()
+        blocks = list(self.blocks)
+        last = blocks.pop() if positions is not None else None
         if packing is not None:
             kwargs = {"attn_mask": attn_mask, "is_causal": is_causal, "context": context, "context_mask": ctx_mask, "context_rows": context_rows}
             if groups is not None:
                 kwargs |= {"context_groups": groups, "context_rows": None}
             x = packing.pack(x)
-            for block in self.blocks:
+            for block in blocks:
                 if use_checkpoint:
                     x = checkpoint(block.forward_packed, x, packing, use_reentrant=False, **kwargs)
                 else:
                     x = block.forward_packed(x, packing, **kwargs)
-            x = packing.unpack(x)
-            return x if positions is None else x[torch.arange(b, device=x.device), positions].unsqueeze(1)
-        blocks = list(self.blocks)
-        if positions is not None:
-            last = blocks.pop()
-        for i, block in enumerate(blocks):
-            kwargs = {
-                "attn_mask": attn_mask,
-                "is_causal": is_causal,
-                "context": context,
-                "context_mask": ctx_mask,
-                "context_rows": context_rows,
-            }
-            if use_checkpoint:
-                x = checkpoint(block, x, use_reentrant=False, **kwargs)
-            else:
-                x = block(x, cache=cache.layers[i] if cache is not None else None, **kwargs)
-        if positions is not None:
-            kwargs = {
-                "attn_mask": query_rows_mask(attn_mask, is_causal, positions, t),
-                "context": context,
-                "context_mask": ctx_mask,
-                "context_rows": context_rows,
-            }
-            if use_checkpoint:
-                return checkpoint(last.forward_rows, x, positions, use_reentrant=False, **kwargs)
-            return last.forward_rows(x, positions, **kwargs)
-        return x
+            x = packing.unpack(x)  # the last block, if it reads one token per row, reads them padded
+            if groups is not None and ctx_mask is not None:  # grouped layouts kept one mask per context
+                ctx_mask = ctx_mask.index_select(0, context_rows)
+        else:
+            for i, block in enumerate(blocks):
+                kwargs = {
+                    "attn_mask": attn_mask,
+                    "is_causal": is_causal,
+                    "context": context,
+                    "context_mask": ctx_mask,
+                    "context_rows": context_rows,
+                }
+                if use_checkpoint:
+                    x = checkpoint(block, x, use_reentrant=False, **kwargs)
+                else:
+                    x = block(x, cache=cache.layers[i] if cache is not None else None, **kwargs)
+        if last is None:
+            return x
+        kwargs = {
+            "attn_mask": query_rows_mask(attn_mask, is_causal, positions, t),
+            "context": context,
+            "context_mask": ctx_mask,
+            "context_rows": context_rows,
+        }
+        rows = (checkpoint(last.forward_rows, x, positions, use_reentrant=False, **kwargs) if use_checkpoint
+                else last.forward_rows(x, positions, **kwargs))
+        if packing is None or mask is None:
+            return rows
+        # a packed stack gives padding positions back as zeros: so does a chosen position that is padding
+        chosen_real = mask[torch.arange(b, device=mask.device), positions]
+        return torch.where(chosen_real[:, None, None], rows, rows.new_zeros(()))
 
     @staticmethod
     def _packing(mask: Tensor | None, cache: KVCache | None) -> Packing | None:

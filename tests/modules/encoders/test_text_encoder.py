@@ -190,7 +190,8 @@ def test_forward_pooled_equals_forward_pooled_field(causal, pool, padded):
     torch.manual_seed(0)
     enc = TextTransformer(50, 12, 32, 2, 4, causal=causal, pool=pool, pad_id=0 if padded else None, output_dim=16)
     ids = torch.randint(1, 50, (4, 10))
-    if padded:
+    if padded:  # on a CPU a padded batch is packed
         ids[1, 6:] = 0
         ids[2, 3:] = 0
+        ids[3, :] = 0  # an empty text
     torch.testing.assert_close(enc.forward_pooled(ids), enc(ids).pooled, atol=1e-6, rtol=1e-5)
