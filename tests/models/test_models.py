@@ -307,3 +307,39 @@ def test_freeze_in_a_tower_spec_locks_that_tower_only() -> None:
     assert not model.text_encoder.training and model.image_encoder.training  # a locked tower stays in eval mode
     with pytest.raises(ConfigError, match="freeze must be true or false"):
         build_model({"type": "dual_encoder", "vision": vit | {"freeze": "yes"}, "text": text, "embed_dim": 8}, BuildContext(vocab_size=20))
+
+
+def test_dual_encoder_embeddings_take_the_pooled_shortcut_only_where_it_is_safe() -> None:
+    """encode_image / encode_text skip the last block's unread tokens, and give what the plain
+    ``encoder(x).pooled`` gives; hooks, compiled wrappers and encoders without the shortcut get the
+    plain call."""
+    from polymodal.modules.encoders.base import EncoderOutput, pooled_output
+
+    torch.manual_seed(0)
+    model = DualEncoder(vit(), text(40, causal=True), embed_dim=32).eval()
+    images, ids = torch.randn(3, 3, SIZE, SIZE), torch.randint(1, 40, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 5:] = 0
+    expected_image = F.normalize(model.image_proj(model.image_encoder(images).pooled), dim=-1)
+    expected_text = F.normalize(model.text_proj(model.text_encoder(ids, mask).pooled), dim=-1)
+    last_mlp_rows = []
+    model.image_encoder.transformer.blocks[-1].mlp.register_forward_hook(
+        lambda m, inp, out: last_mlp_rows.append(inp[0].shape[1]))
+    torch.testing.assert_close(model.encode_image(images), expected_image, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(model.encode_text(ids, mask), expected_text, atol=1e-6, rtol=1e-5)
+    assert last_mlp_rows == [1]  # the last block ran for the class token alone
+
+    seen = []  # a hook on the encoder must run: the plain call is taken
+    handle = model.image_encoder.register_forward_hook(lambda m, inp, out: seen.append(out.tokens.shape))
+    torch.testing.assert_close(model.encode_image(images), expected_image, atol=1e-6, rtol=1e-5)
+    assert seen == [(3, model.image_encoder.num_tokens, 64)]
+    handle.remove()
+
+    class Plain(torch.nn.Module):  # an encoder without forward_pooled
+        def forward(self, x: torch.Tensor) -> EncoderOutput:
+            return EncoderOutput(tokens=x[:, None], pooled=2 * x)
+
+    assert torch.equal(pooled_output(Plain(), torch.ones(2, 3)), torch.full((2, 3), 2.0))
+    wrapper = Plain()
+    wrapper._orig_mod = model.image_encoder  # what torch.compile's wrapper carries: called as it is
+    assert torch.equal(pooled_output(wrapper, torch.ones(2, 3)), torch.full((2, 3), 2.0))

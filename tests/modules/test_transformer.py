@@ -537,3 +537,20 @@ def test_positions_with_shared_contexts_equal_the_full_stack(pack, monkeypatch):
     rows = stack(x, positions=positions, **kwargs)
     full = stack(x, **kwargs)
     torch.testing.assert_close(rows, full[torch.arange(5), positions].unsqueeze(1), atol=1e-6, rtol=1e-5)
+
+
+def test_positions_keep_the_last_blocks_hooks_and_wrapped_projections():
+    """A hook on the last block sees its full output (the shortcut steps aside); a wrapped fused qkv
+    (adapters, quantisation) is called as a module, not read as a weight."""
+    torch.manual_seed(0)
+    stack = Transformer(W, 2, H, causal=True)
+    x, positions = torch.randn(3, 6, W), torch.tensor([5, 2, 0])
+    expected = stack(x)[torch.arange(3), positions].unsqueeze(1)
+    seen = []
+    handle = stack.blocks[-1].register_forward_hook(lambda m, inp, out: seen.append(tuple(out.shape)))
+    torch.testing.assert_close(stack(x, positions=positions), expected)
+    assert seen == [(3, 6, W)]
+    handle.remove()
+    attn = stack.blocks[-1].attn
+    attn.qkv = torch.nn.Sequential(attn.qkv)  # no longer an nn.Linear with a .weight
+    torch.testing.assert_close(stack(x, positions=positions), expected, atol=1e-6, rtol=1e-5)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.losses import ITCLoss
 from polymodal.models.outputs import DualEncoderOutput
-from polymodal.modules.encoders.base import Encoder
+from polymodal.modules.encoders.base import Encoder, pooled_output
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "an image showing a {}.")
 
@@ -58,12 +58,6 @@ class PairEncoder:
         return rows if embeddings_only else self.pair_loss(*rows, image_ids=image_ids)
 
 
-def _pooled(encoder: nn.Module, *inputs: Tensor | None) -> Tensor:
-    """An encoder's pooled output, through ``forward_pooled`` where it has one (it may skip work)."""
-    forward_pooled = getattr(encoder, "forward_pooled", None)
-    return forward_pooled(*inputs) if forward_pooled is not None else encoder(*inputs).pooled
-
-
 def _projection(in_dim: int, out_dim: int) -> nn.Module:
     return nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)
 
@@ -88,11 +82,11 @@ class DualEncoder(PairEncoder, nn.Module):
         self.itc = ITCLoss(init_temperature, learnable=learnable_temperature, gather=gather, local_loss=local_loss)
 
     def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
-        z = self.image_proj(_pooled(self.image_encoder, images))
+        z = self.image_proj(pooled_output(self.image_encoder, images))
         return F.normalize(z, dim=-1) if normalize else z
 
     def encode_text(self, text_ids: Tensor, text_mask: Tensor | None = None, normalize: bool = True) -> Tensor:
-        z = self.text_proj(_pooled(self.text_encoder, text_ids, text_mask))
+        z = self.text_proj(pooled_output(self.text_encoder, text_ids, text_mask))
         return F.normalize(z, dim=-1) if normalize else z
 
     def embed_pairs(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:

@@ -242,11 +242,15 @@ class MultiHeadAttention(nn.Module):
         """
         if self.cross:
             raise ValueError("forward_rows is self-attention's; cross-attention reads every query anyway")
-        w_q, w_kv = self.qkv.weight.split([self.dim, 2 * self.dim])
-        b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([self.dim, 2 * self.dim])
-        chosen = x[torch.arange(x.shape[0], device=x.device), positions].unsqueeze(1)
-        (q,) = self._split_heads(F.linear(chosen, w_q, b_q), 1)
-        k, v = self._split_heads(F.linear(x, w_kv, b_kv), 2)
+        rows = torch.arange(x.shape[0], device=x.device)
+        if type(self.qkv) is nn.Linear:  # the query's slice of the fused weight, for the chosen tokens alone
+            w_q, w_kv = self.qkv.weight.split([self.dim, 2 * self.dim])
+            b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([self.dim, 2 * self.dim])
+            (q,) = self._split_heads(F.linear(x[rows, positions].unsqueeze(1), w_q, b_q), 1)
+            k, v = self._split_heads(F.linear(x, w_kv, b_kv), 2)
+        else:  # a wrapped or replaced projection (quantised, adapters) is called as it is
+            q, k, v = self._split_heads(self.qkv(x), 3)
+            q = q[rows, :, positions].unsqueeze(2)
         return self.proj(self._merge_heads(self._attend(q, k, v, attn_mask, False)))
 
     def forward_packed(

@@ -33,6 +33,7 @@ from polymodal.modules.attention import (
     self_attention_mask,
 )
 from polymodal.modules.fused_mlp import fused_dtype, fused_quick_gelu_mlp
+from polymodal.modules.hooks import has_forward_hooks
 
 # Pack only when at most this fraction of a batch's token positions is real: gathering and scattering
 # the tokens around each attention costs about what 10% fewer tokens save in the other layers.
@@ -333,7 +334,7 @@ class Transformer(nn.Module):
         tokens in ``x`` continue the cached sequence (positions ``cache.length ...``) and the cache
         is updated in place.
 
-        ``positions`` (``[B]``, no cache) asks for one token per row, e.g. the one an encoder pools:
+        ``positions`` (``[B]``, each in ``0 .. T-1``, no cache) asks for one token per row, e.g. the one an encoder pools:
         the stack then returns ``[B, 1, width]``, those tokens' outputs, and its last block computes
         nothing else (:meth:`TransformerBlock.forward_rows`). The keys and values of every token are
         still needed there, so this saves most of one block's work, ~7% of a 12-block ViT-B/32.
@@ -388,7 +389,7 @@ class Transformer(nn.Module):
         ctx_mask = cross_attention_mask(context_mask)
         use_checkpoint = self.grad_checkpointing and cache is None and torch.is_grad_enabled()
         blocks = list(self.blocks)
-        last = blocks.pop() if positions is not None else None
+        last = blocks.pop() if positions is not None and not has_forward_hooks(self.blocks[-1]) else None
         if packing is not None:
             kwargs = {"attn_mask": attn_mask, "is_causal": is_causal, "context": context, "context_mask": ctx_mask, "context_rows": context_rows}
             if groups is not None:
@@ -415,8 +416,8 @@ class Transformer(nn.Module):
                     x = checkpoint(block, x, use_reentrant=False, **kwargs)
                 else:
                     x = block(x, cache=cache.layers[i] if cache is not None else None, **kwargs)
-        if last is None:
-            return x
+        if last is None:  # no positions, or the last block's hooks must see its full output
+            return x if positions is None else x[torch.arange(b, device=x.device), positions].unsqueeze(1)
         kwargs = {
             "attn_mask": query_rows_mask(attn_mask, is_causal, positions, t),
             "context": context,

@@ -195,3 +195,17 @@ def test_forward_pooled_equals_forward_pooled_field(causal, pool, padded):
         ids[2, 3:] = 0
         ids[3, :] = 0  # an empty text
     torch.testing.assert_close(enc.forward_pooled(ids), enc(ids).pooled, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["eos", "cls"])
+def test_forward_pooled_with_a_left_padded_mask_and_a_context(pool):
+    """An explicit attention_mask (left padding) and cross-attention to another modality's tokens."""
+    torch.manual_seed(0)
+    enc = TextTransformer(50, 12, 32, 2, 4, causal=pool == "eos", pool=pool, pad_id=None, cross_attention=True,
+                          context_dim=16)
+    ids = torch.randint(1, 50, (3, 8))
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[0, :3] = 0
+    context, context_mask = torch.randn(3, 5, 16), torch.tensor([[1, 1, 0, 0, 0]] + [[1] * 5] * 2)
+    torch.testing.assert_close(enc.forward_pooled(ids, mask, context, context_mask),
+                               enc(ids, mask, context, context_mask).pooled, atol=1e-6, rtol=1e-5)

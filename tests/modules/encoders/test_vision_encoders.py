@@ -168,3 +168,29 @@ def test_vit_forward_pooled_equals_forward_pooled_field(pool):
     torch.testing.assert_close(vit.forward_pooled(images), vit(images).pooled, atol=1e-6, rtol=1e-5)
     with pytest.raises(ShapeError, match="images"):
         vit.forward_pooled(torch.randn(3, 3, 16, 16))
+
+
+def test_vit_forward_pooled_gradients_hooks_and_subclasses():
+    """The shortcut's gradients match (with checkpointing too); a hook on the patch conv still runs; a
+    subclass that overrides forward is not bypassed."""
+    torch.manual_seed(0)
+    vit = VisionTransformer(32, 8, 32, 2, 4, output_dim=16, in_channels=1, grad_checkpointing=True)
+    images = torch.randn(2, 1, 32, 32)
+    params = list(vit.parameters())
+    g_short = torch.autograd.grad(vit.forward_pooled(images).square().sum(), params)
+    g_full = torch.autograd.grad(vit(images).pooled.square().sum(), params)
+    for a, b in zip(g_short, g_full):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+    calls = []
+    vit.patch_embed.register_forward_hook(lambda m, inp, out: calls.append(out.shape))
+    torch.testing.assert_close(vit.forward_pooled(images), vit(images).pooled, atol=1e-6, rtol=1e-5)
+    assert len(calls) == 2
+
+    class Doubled(VisionTransformer):
+        def forward(self, images):
+            out = super().forward(images)
+            return EncoderOutput(tokens=out.tokens, pooled=2 * out.pooled)
+
+    doubled = Doubled(32, 8, 32, 2, 4, in_channels=1)
+    torch.testing.assert_close(doubled.forward_pooled(images), doubled(images).pooled)

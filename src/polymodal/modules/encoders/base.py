@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.errors import PolymodalError
+from polymodal.modules.hooks import has_forward_hooks
 
 __all__ = ["Encoder", "EncoderOutput", "ShapeError", "TransformerEncoder", "format_shape", "masked_mean", "shape_error"]
 
@@ -40,6 +41,16 @@ class EncoderOutput:
     def take(self, index: Tensor) -> "EncoderOutput":
         """The outputs of rows ``index`` (repeats allowed), e.g. one image's encoding for each text about it."""
         return EncoderOutput(self.tokens[index], self.pooled[index], None if self.mask is None else self.mask[index])
+
+
+def pooled_output(encoder: nn.Module, *inputs: Tensor | None) -> Tensor:
+    """``encoder(*inputs).pooled``, through the encoder's ``forward_pooled`` (which may skip work) when
+    that is safe: not for a module without one, one with forward hooks, or a ``torch.compile`` wrapper
+    (whose attribute lookup would hand back the uncompiled method)."""
+    forward_pooled = getattr(encoder, "forward_pooled", None)
+    if forward_pooled is None or has_forward_hooks(encoder) or hasattr(encoder, "_orig_mod"):
+        return encoder(*inputs).pooled
+    return forward_pooled(*inputs)
 
 
 def format_shape(shape: Tensor | Sequence[int | str] | torch.Size) -> str:
@@ -122,6 +133,8 @@ class Encoder(nn.Module):
 
         Encoders that can skip work nobody reads override it: a transformer pooling one token runs its
         last block for that token alone (:meth:`polymodal.modules.transformer.Transformer.forward`).
+        Call it through :func:`pooled_output`, which keeps the plain ``__call__`` where forward hooks
+        or a compiled wrapper expect it.
         """
         return self(*args, **kwargs).pooled
 

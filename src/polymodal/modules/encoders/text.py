@@ -138,7 +138,7 @@ class TextTransformer(TransformerEncoder):
         encoder_mask: Tensor | None = None,
     ) -> Tensor:
         """``forward(...).pooled``; pooling one token (``'cls'``, ``'eos'``), the last block runs for it alone."""
-        if self.pool == "mean":
+        if self.pool == "mean" or type(self).forward is not TextTransformer.forward:  # a subclass's forward rules
             return super().forward_pooled(input_ids, attention_mask, encoder_tokens, encoder_mask)
         mask = self._check_inputs(input_ids, attention_mask, encoder_tokens, encoder_mask, 0)
         x = self.drop(self.token_embed(input_ids) + self.pos_embed[: input_ids.shape[1]])

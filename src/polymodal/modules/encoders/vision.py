@@ -23,6 +23,7 @@ from polymodal.modules.encoders.base import (
     TransformerEncoder,
     shape_error,
 )
+from polymodal.modules.hooks import has_forward_hooks
 
 __all__ = ["SmallCNN", "VisionTransformer"]
 
@@ -99,7 +100,7 @@ class VisionTransformer(TransformerEncoder):
 
     def forward_pooled(self, images: Tensor) -> Tensor:
         """``forward(images).pooled``; with ``pool='cls'`` the last block runs for the class token only."""
-        if self.pool != "cls":
+        if self.pool != "cls" or type(self).forward is not VisionTransformer.forward:  # a subclass's forward rules
             return super().forward_pooled(images)
         x = self._input_tokens(images)
         cls = self.transformer(x, positions=torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
@@ -123,6 +124,8 @@ class VisionTransformer(TransformerEncoder):
         alone 3.0 ms), for 0.5% of the FLOPs. Laid out as ``[B, patches, C * p * p]`` the same
         product is a small GEMM (benchmarks/RESULTS.md, GPU training).
         """
+        if has_forward_hooks(self.patch_embed):  # hooks expect the conv to be called
+            return self.patch_embed(images).flatten(2).transpose(1, 2)
         b, c, p, g = images.shape[0], self.in_channels, self.patch_size, self.grid
         patches = images.reshape(b, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * p * p)
         return F.linear(patches, self.patch_embed.weight.reshape(self.width, -1), self.patch_embed.bias)
