@@ -31,7 +31,7 @@ from polymodal.models.fusion_encoder import FusionEncoder
 from polymodal.models.grounded_readout import GroundedReadout, KnownObjects, PlanTargets, Readout
 from polymodal.models.object_head import ObjectHead, ObjectVocab
 from polymodal.models.vqa import AnswerVocab, VQAClassifier
-from polymodal.modules.encoders.base import EncoderOutput
+from polymodal.modules.encoders.base import EncoderOutput, pooled_output
 
 PRETRAIN_OBJECTIVES = ("itc", "itm", "mlm")
 OBJECTIVES = PRETRAIN_OBJECTIVES + ("lm", "vqa", "cls", "obj", "ground")
@@ -240,11 +240,11 @@ class MultiTaskModel(nn.Module):
 
     # ------------------------------------------------------------------ inference
     def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
-        z = self.pretrain.image_proj(self.backbone.encode_image(images).pooled)
+        z = self.pretrain.image_proj(pooled_output(self.backbone.image_encoder, images))
         return F.normalize(z, dim=-1) if normalize else z
 
     def encode_text(self, text_ids: Tensor, text_mask: Tensor | None = None, normalize: bool = True) -> Tensor:
-        z = self.pretrain.text_proj(self.backbone.encode_text(text_ids, text_mask).pooled)
+        z = self.pretrain.text_proj(pooled_output(self.backbone.text_encoder, text_ids, text_mask))
         return F.normalize(z, dim=-1) if normalize else z
 
     @property
