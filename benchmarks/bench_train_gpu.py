@@ -548,10 +548,14 @@ def time_by_kind(events: Any, on_gpu: bool, steps: int, top: int = 12) -> dict[s
     }
 
 
+# Ranges the profiler draws on the GPU's timeline, by name, for a torch whose events lack is_user_annotation
+_RANGE_NAME = re.compile(r"^(?:Optimizer\.|Torch-Compiled Region|## |CompiledFunction|ProfilerStep)")
+
+
 def _annotation(evt: Any) -> bool:
     """A ``record_function`` range drawn on the GPU's timeline (``Optimizer.step#AdamW.step``): it spans
     kernels that are counted on their own, so counting it too would count them twice."""
-    return bool(getattr(evt, "is_user_annotation", False)) or str(evt.key).startswith("Optimizer.")
+    return bool(getattr(evt, "is_user_annotation", False)) or bool(_RANGE_NAME.search(str(evt.key)))
 
 
 def profile_step(step: StepFn, batch: tuple[Tensor, Tensor], device: torch.device, steps: int = 2) -> dict[str, Any]:

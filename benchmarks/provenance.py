@@ -16,17 +16,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def ensure_polymodal_importable(root: Path = ROOT) -> None:
-    """Put ``<repo>/src`` on ``sys.path`` when polymodal is not installed.
+    """Put ``<repo>/src`` first on ``sys.path``: the benchmark measures this checkout's code.
 
     The rented GPU machine gets a bare copy of the checkout and its own torch + transformers
-    environment; the GPU benchmarks need nothing of polymodal's beyond its source tree there.
+    environment, and needs nothing of polymodal's beyond its source tree; where another polymodal is
+    installed, the results (stamped with this checkout's commit) must still measure this one.
     """
-    try:
-        import polymodal  # noqa: F401
-    except ImportError:
-        src = str(root / "src")
-        if src not in sys.path:
-            sys.path.insert(0, src)
+    src = str(root / "src")
+    if src in sys.path:
+        sys.path.remove(src)
+    sys.path.insert(0, src)
 
 
 def cpu_model() -> str:

@@ -247,11 +247,11 @@ def test_help_renders(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> 
     assert exit_info.value.code == 0 and "--commit" in capsys.readouterr().out
 
 
-def test_src_goes_on_sys_path_when_polymodal_is_not_installed(
+def test_the_checkouts_src_goes_first_on_sys_path(
     bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setitem(sys.modules, "polymodal", None)  # import polymodal -> ImportError
+    """Installed or not, the benchmarks import the checkout they are stamped with."""
+    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path / "src")])
     import provenance
 
     provenance.ensure_polymodal_importable(tmp_path)
@@ -350,6 +350,7 @@ def test_gpu_time_counts_kernels_once(bench: ModuleType) -> None:
         kernel("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", 3000.0),
         kernel("Optimizer.step#AdamW.step", 4000.0, annotation=True),
         kernel("Optimizer.zero_grad#AdamW.zero_grad", 10.0),  # torch without is_user_annotation: by its name
+        kernel("Torch-Compiled Region: 0/0", 9000.0),
         SimpleNamespace(key="aten::addmm", device_type="DeviceType.CPU", self_cpu_time_total=9000.0, count=2),
     ]
     time = bench.time_by_kind(events, on_gpu=True, steps=2)
