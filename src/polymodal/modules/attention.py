@@ -33,6 +33,7 @@ __all__ = [
     "causal_mask",
     "cross_attention_mask",
     "query_rows_mask",
+    "rows_at",
     "self_attention_mask",
 ]
 
@@ -102,6 +103,11 @@ def self_attention_mask(
         )
         return (keys & allowed) | diagonal, False
     return keys | ~key_mask.any(dim=-1)[:, None, None, None], False
+
+
+def rows_at(x: Tensor, positions: Tensor) -> Tensor:
+    """``x[i, positions[i]]`` for every row ``i``: ``[B, T, ...]`` -> ``[B, ...]``."""
+    return x[torch.arange(positions.shape[0], device=x.device), positions]
 
 
 def query_rows_mask(
@@ -242,15 +248,14 @@ class MultiHeadAttention(nn.Module):
         """
         if self.cross:
             raise ValueError("forward_rows is self-attention's; cross-attention reads every query anyway")
-        rows = torch.arange(x.shape[0], device=x.device)
         if type(self.qkv) is nn.Linear:  # the query's slice of the fused weight, for the chosen tokens alone
             w_q, w_kv = self.qkv.weight.split([self.dim, 2 * self.dim])
             b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([self.dim, 2 * self.dim])
-            (q,) = self._split_heads(F.linear(x[rows, positions].unsqueeze(1), w_q, b_q), 1)
+            (q,) = self._split_heads(F.linear(rows_at(x, positions).unsqueeze(1), w_q, b_q), 1)
             k, v = self._split_heads(F.linear(x, w_kv, b_kv), 2)
         else:  # a wrapped or replaced projection (quantised, adapters) is called as it is
             q, k, v = self._split_heads(self.qkv(x), 3)
-            q = q[rows, :, positions].unsqueeze(2)
+            q = rows_at(q.transpose(1, 2), positions).unsqueeze(2)  # [B, heads, 1, head_dim]
         return self.proj(self._merge_heads(self._attend(q, k, v, attn_mask, False)))
 
     def forward_packed(

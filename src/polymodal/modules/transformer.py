@@ -30,6 +30,7 @@ from polymodal.modules.attention import (
     Packing,
     cross_attention_mask,
     query_rows_mask,
+    rows_at,
     self_attention_mask,
 )
 from polymodal.modules.fused_mlp import fused_dtype, fused_quick_gelu_mlp
@@ -234,8 +235,7 @@ class TransformerBlock(nn.Module):
         every token still gives keys and values, but the query, output projection, cross-attention
         and MLP run on that token alone. ``attn_mask`` is :func:`query_rows_mask`'s.
         """
-        chosen = x[torch.arange(x.shape[0], device=x.device), positions].unsqueeze(1)
-        x = chosen + self.drop(self.attn.forward_rows(self.ln_1(x), positions, attn_mask=attn_mask))
+        x = rows_at(x, positions).unsqueeze(1) + self.drop(self.attn.forward_rows(self.ln_1(x), positions, attn_mask=attn_mask))
         if self.cross_attn is not None and self.ln_cross is not None and context is not None:
             x = x + self.drop(self.cross_attn(self.ln_cross(x), context, attn_mask=context_mask, context_rows=context_rows))
         return x + self.drop(self.mlp(self.ln_2(x)))
@@ -417,7 +417,7 @@ class Transformer(nn.Module):
                 else:
                     x = block(x, cache=cache.layers[i] if cache is not None else None, **kwargs)
         if last is None:  # no positions, or the last block's hooks must see its full output
-            return x if positions is None else x[torch.arange(b, device=x.device), positions].unsqueeze(1)
+            return x if positions is None else rows_at(x, positions).unsqueeze(1)
         kwargs = {
             "attn_mask": query_rows_mask(attn_mask, is_causal, positions, t),
             "context": context,
@@ -429,8 +429,7 @@ class Transformer(nn.Module):
         if packing is None or mask is None:
             return rows
         # a packed stack gives padding positions back as zeros: so does a chosen position that is padding
-        chosen_real = mask[torch.arange(b, device=mask.device), positions]
-        return torch.where(chosen_real[:, None, None], rows, rows.new_zeros(()))
+        return torch.where(rows_at(mask, positions)[:, None, None], rows, rows.new_zeros(()))
 
     @staticmethod
     def _packing(mask: Tensor | None, cache: KVCache | None) -> Packing | None:

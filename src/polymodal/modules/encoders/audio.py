@@ -97,10 +97,7 @@ class AudioEncoder(TransformerEncoder):
         x = x.transpose(1, 2)  # [B, T', width]
         x = x + sinusoidal_positions(x.shape[1], self.width, x.device).to(x.dtype)
         tokens = self.ln_post(self.transformer(x, mask=mask))
-        pooled = masked_mean(tokens, mask)
-        if self.proj is not None:
-            pooled = self.proj(pooled)
-        return EncoderOutput(tokens=tokens, pooled=pooled, mask=mask)
+        return EncoderOutput(tokens=tokens, pooled=self._project(masked_mean(tokens, mask)), mask=mask)
 
     def _check_inputs(self, mel: Tensor, mask: Tensor | None) -> Tensor | None:
         """Validate shapes against the config and return the bool frame mask (or None)."""

@@ -150,6 +150,11 @@ class TransformerEncoder(Encoder):
     ``self.transformer``: its gradient checkpointing is that stack's (ViT, text, audio)."""
 
     transformer: nn.Module
+    proj: nn.Module | None
+
+    def _project(self, pooled: Tensor) -> Tensor:
+        """The pooled vector in ``output_dim`` (the bias-free ``proj``), or as it is without one."""
+        return pooled if self.proj is None else self.proj(pooled)
 
     def _build_body(
         self, width: int, depth: int, heads: int, mlp_ratio: float, dropout: float, norm_eps: float,

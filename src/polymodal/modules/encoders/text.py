@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
+from polymodal.modules.attention import rows_at
 from polymodal.modules.encoders.base import (
     EncoderOutput,
     ShapeError,
@@ -118,16 +119,14 @@ class TextTransformer(TransformerEncoder):
         """
         past = cache.length if cache is not None else 0
         mask = self._check_inputs(input_ids, attention_mask, encoder_tokens, encoder_mask, past)
-        t = input_ids.shape[1]
-        x = self.token_embed(input_ids) + self.pos_embed[past : past + t]
         x = self.transformer(
-            self.drop(x), mask=mask, context=encoder_tokens, context_mask=encoder_mask, cache=cache
+            self._embed(input_ids, past), mask=mask, context=encoder_tokens, context_mask=encoder_mask, cache=cache
         )
         tokens = self.ln_final(x)
         if self.pool == "mean":
             pooled = masked_mean(tokens, mask)
         else:
-            pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), self._pooled_positions(input_ids, mask)]
+            pooled = rows_at(tokens, self._pooled_positions(input_ids, mask))
         return EncoderOutput(tokens=tokens, pooled=self._project(pooled), mask=mask)
 
     def forward_pooled(
@@ -141,12 +140,15 @@ class TextTransformer(TransformerEncoder):
         if self.pool == "mean" or type(self).forward is not TextTransformer.forward:  # a subclass's forward rules
             return super().forward_pooled(input_ids, attention_mask, encoder_tokens, encoder_mask)
         mask = self._check_inputs(input_ids, attention_mask, encoder_tokens, encoder_mask, 0)
-        x = self.drop(self.token_embed(input_ids) + self.pos_embed[: input_ids.shape[1]])
         pooled = self.transformer(
-            x, mask=mask, context=encoder_tokens, context_mask=encoder_mask,
+            self._embed(input_ids, 0), mask=mask, context=encoder_tokens, context_mask=encoder_mask,
             positions=self._pooled_positions(input_ids, mask),
         )
         return self._project(self.ln_final(pooled[:, 0]))
+
+    def _embed(self, input_ids: Tensor, past: int) -> Tensor:
+        """Token embeddings plus the positions ``past ..`` (after cached tokens), with embedding dropout."""
+        return self.drop(self.token_embed(input_ids) + self.pos_embed[past : past + input_ids.shape[1]])
 
     def _pooled_positions(self, input_ids: Tensor, mask: Tensor | None) -> Tensor:
         """Per row, the token ``'cls'`` / ``'eos'`` pooling reads: the first, or the last real one
@@ -157,9 +159,6 @@ class TextTransformer(TransformerEncoder):
         if mask is None:
             return torch.full((b,), t - 1, dtype=torch.long, device=input_ids.device)
         return (mask.long() * torch.arange(t, device=input_ids.device)).argmax(dim=1)
-
-    def _project(self, pooled: Tensor) -> Tensor:
-        return pooled if self.proj is None else self.proj(pooled)
 
     def _check_inputs(
         self,

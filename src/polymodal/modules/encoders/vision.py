@@ -113,9 +113,6 @@ class VisionTransformer(TransformerEncoder):
         cls = self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)
         return self.ln_pre(torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype))
 
-    def _project(self, pooled: Tensor) -> Tensor:
-        return pooled if self.proj is None else self.proj(pooled)
-
     def _embed_patches(self, images: Tensor) -> Tensor:
         """The patch embedding as a matmul of the flattened patches: the same map as ``patch_embed``'s conv.
 
