@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
 
 from polymodal.data.sources import DataSource
 from polymodal.models.configs import ModelConfig
@@ -124,6 +124,14 @@ class TrainSettings(StrictModel):
         ),
     )
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    bf16_residual: bool = Field(
+        False,
+        description=(
+            "with precision: bf16, keep the transformer stacks' residual stream in bf16 instead of autocast's fp32: LayerNorms, "
+            "residual adds and their gradients move half the bytes (meant for GPUs, where those passes are memory-bound); the "
+            "sums between blocks are rounded to bf16, as Megatron-LM does by default"
+        ),
+    )
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(2, ge=0)
@@ -136,6 +144,14 @@ class TrainSettings(StrictModel):
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="strategy under torchrun; batch_size is per process")
     questions_per_image: int = Field(1, ge=1, description="multitask: questions drawn per image per step (the image is encoded once)")
     blind: bool = Field(False, description="mllm: remove every image and <image> marker (the text-only baseline of an assistant)")
+
+    @field_validator("bf16_residual")
+    @classmethod
+    def _bf16_residual_needs_bf16(cls, value: bool, info: ValidationInfo) -> bool:
+        precision = info.data.get("precision")
+        if value and precision != "bf16":
+            raise ValueError(f"needs precision: bf16 (it acts only under bf16 autocast), got precision: {precision}")
+        return value
 
 
 class RunConfig(StrictModel):

@@ -94,6 +94,12 @@ def test_clip_fine_tunes_on_coco_captions_and_the_run_reloads_as_plain_transform
         assert torch.allclose(model.encode_text(ids, mask), trainer.eval_model.eval().encode_text(ids, mask), atol=1e-6)
 
 
+def test_bf16_residual_on_a_hugging_face_model_is_a_named_config_error(tmp_path: Path, world: Path, hf_folders: dict[str, Path]) -> None:
+    path = run_config(tmp_path, world, {"type": "pretrained", "path": str(hf_folders["clip"])}, precision="bf16", bf16_residual=True)
+    with pytest.raises(ConfigError, match="train.bf16_residual: this model has no polymodal transformer stack"):
+        Trainer(load_config(path), progress=False).setup()
+
+
 def test_frozen_text_tower_stays_bit_identical_while_the_image_tower_learns(tmp_path: Path, world: Path, hf_folders: dict[str, Path]) -> None:
     Trainer(load_config(run_config(tmp_path, world, {"type": "pretrained", "path": str(hf_folders["clip"]), "freeze": ["text"]})), progress=False).fit()
     tuned = hf_weights(tmp_path / "run")

@@ -25,6 +25,7 @@ from polymodal.modules.transformer import (
     TransformerBlock,
     make_activation,
     reorder_cache,
+    set_bf16_residual,
 )
 
 W, H = 32, 4
@@ -554,3 +555,80 @@ def test_positions_keep_the_last_blocks_hooks_and_wrapped_projections():
     attn = stack.blocks[-1].attn
     attn.qkv = torch.nn.Sequential(attn.qkv)  # no longer an nn.Linear with a .weight
     torch.testing.assert_close(stack(x, positions=positions), expected, atol=1e-6, rtol=1e-5)
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("padded, pack", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("pooled", [False, True])
+def test_bf16_residual_keeps_the_stream_in_bf16_and_close_to_autocasts(padded, pack, pooled, monkeypatch):
+    """Under bf16 autocast the sums between blocks stay bf16 (every block's LayerNorm reads bf16), and
+    outputs and gradients stay within bf16 rounding of autocast's fp32 stream."""
+    from polymodal.modules import transformer
+
+    if not pack:
+        monkeypatch.setattr(transformer, "PACK_MAX_REAL_FRACTION", -1.0)
+    torch.manual_seed(0)
+    stack = Transformer(W, 3, H, causal=True, activation="quick_gelu")
+    read: list[torch.dtype] = []
+    for block in stack.blocks:
+        block.ln_1.register_forward_hook(lambda m, inp, out: read.append(inp[0].dtype))
+    x = torch.randn(4, 9, W, requires_grad=True)
+    mask = None
+    if padded:
+        mask = torch.ones(4, 9, dtype=torch.bool)
+        mask[1, 4:] = False
+        mask[3, 6:] = False
+    positions = torch.tensor([8, 3, 0, 5]) if pooled else None
+    weights = torch.randn(4, 1 if pooled else 9, W)
+
+    def run(enabled: bool):
+        assert set_bf16_residual(stack, enabled) == 1
+        read.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = stack(x, mask=mask, positions=positions)
+        grads = torch.autograd.grad((out.float() * weights).sum(), [x, *stack.parameters()])
+        return out, list(read), grads
+
+    fp32_out, fp32_read, fp32_grads = run(False)
+    out, bf16_read, grads = run(True)
+    assert fp32_read == [torch.float32] * 3 and fp32_out.dtype == torch.float32
+    assert bf16_read == [torch.bfloat16] * 3 and out.dtype == torch.float32  # the stack returns what it was given
+    real = (slice(None),) if mask is None or pooled else (mask,)
+    assert _relative_error(out[real], fp32_out[real]) < 2e-2
+    names = ["x", *(n for n, _ in stack.named_parameters())]
+    for name, a, b in zip(names, grads, fp32_grads):
+        assert a.dtype == b.dtype, name
+        if b.abs().any():
+            assert _relative_error(a, b) < 5e-2, name
+
+
+def test_bf16_residual_changes_nothing_outside_bf16_autocast():
+    torch.manual_seed(0)
+    stack = Transformer(W, 2, H)
+    x = torch.randn(2, 5, W)
+    with torch.no_grad():
+        plain = stack(x)
+        set_bf16_residual(stack)
+        assert stack.bf16_residual
+        torch.testing.assert_close(stack(x), plain, atol=0, rtol=0)  # fp32: not autocast
+        with torch.autocast("cpu", dtype=torch.float16):  # fp16 sums could overflow: left alone
+            fp16 = stack(x)
+        set_bf16_residual(stack, False)
+        with torch.autocast("cpu", dtype=torch.float16):
+            torch.testing.assert_close(fp16, stack(x), atol=0, rtol=0)
+    assert fp16.dtype == torch.float32
+
+
+def test_set_bf16_residual_reaches_every_stack_of_a_model():
+    from polymodal.models.dual_encoder import DualEncoder
+    from polymodal.modules.encoders.text import TextTransformer
+    from polymodal.modules.encoders.vision import VisionTransformer
+
+    model = DualEncoder(VisionTransformer(32, 8, W, 1, H), TextTransformer(100, 16, W, 1, H, causal=True), 16)
+    assert set_bf16_residual(model) == 2
+    assert all(m.bf16_residual for m in model.modules() if isinstance(m, Transformer))
+    assert set_bf16_residual(torch.nn.Linear(2, 2)) == 0

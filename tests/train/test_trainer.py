@@ -191,6 +191,21 @@ def test_config_mistakes_are_named(tmp_path: Path, world: Path) -> None:
         Trainer(load_config(path, ["train.early_stopping={metric: bleu}", "train.max_steps=1"]), progress=False).fit()
 
 
+def test_bf16_residual_trains_under_bf16_autocast_and_needs_it(tmp_path: Path, world: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from polymodal.modules.transformer import Transformer
+
+    path = write_config(tmp_path, world, "retrieval", max_steps=2, precision="bf16", bf16_residual=True)
+    with caplog.at_level("INFO", logger="polymodal"):
+        trainer = Trainer(load_config(path), progress=False)
+        summary = trainer.fit()
+    assert summary["steps"] == 2 and math.isfinite(summary["test"]["t2i_R@1"])
+    assert [m.bf16_residual for m in trainer.model.modules() if isinstance(m, Transformer)] == [True, True]
+    assert "2 transformer stacks keep their residual stream in bf16" in caplog.text
+    for precision in ("fp32", "fp16"):
+        with pytest.raises(ConfigError, match=f"train.bf16_residual.*needs precision: bf16.*got precision: {precision}"):
+            load_config(path, [f"train.precision={precision}"])
+
+
 @pytest.mark.parametrize("task", ["classification", "multitask"])
 def test_corrupt_images_are_skipped_and_counted(tmp_path: Path, world: Path, caplog: pytest.LogCaptureFixture, task: str) -> None:
     import shutil

@@ -51,6 +51,7 @@ __all__ = [
     "TransformerBlock",
     "make_activation",
     "reorder_cache",
+    "set_bf16_residual",
 ]
 
 
@@ -270,7 +271,18 @@ class Transformer(nn.Module):
     ``causal=True`` makes every self-attention causal. ``grad_checkpointing=True`` recomputes each
     block during backward (``torch.utils.checkpoint``, non-reentrant) to trade compute for memory;
     it only applies when gradients are being recorded and no cache is used.
+
+    ``bf16_residual`` (off by default; :func:`set_bf16_residual` turns it on for a whole model): under
+    bf16 autocast, the residual stream, the ``x`` every block adds to, is kept in bf16. Autocast leaves
+    it fp32, because the embeddings are fp32 and an fp32 + bf16 sum is fp32. Every LayerNorm, residual
+    add and their gradients then move 2 bytes per value, not 4. The blocks' matmuls, attention and
+    LayerNorm statistics compute exactly as before (LayerNorm still computes in fp32). Only the sums
+    between blocks are rounded to bf16, as in Megatron-LM's default (``fp32_residual_connection``
+    off). The stack still returns the dtype it was given, so callers see no change of type. Outside
+    bf16 autocast it changes nothing.
     """
+
+    bf16_residual: bool = False  # a class default, so stacks pickled before the attribute existed read False
 
     def __init__(
         self,
@@ -340,6 +352,9 @@ class Transformer(nn.Module):
         still needed there, so this saves most of one block's work, ~7% of a 12-block ViT-B/32.
         """
         b, t, _ = x.shape
+        given = x.dtype  # what the stack returns, whatever its stream's dtype
+        if self.bf16_residual and x.dtype == torch.float32 and _bf16_autocast(x.device.type):
+            x = x.to(torch.bfloat16)
         if positions is not None and (cache is not None or positions.shape != (b,)):
             raise ValueError(
                 f"transformer: positions must be one index per row of x ({b}) and needs no cache, got "
@@ -417,7 +432,7 @@ class Transformer(nn.Module):
                 else:
                     x = block(x, cache=cache.layers[i] if cache is not None else None, **kwargs)
         if last is None:  # no positions, or the last block's hooks must see its full output
-            return x if positions is None else rows_at(x, positions).unsqueeze(1)
+            return (x if positions is None else rows_at(x, positions).unsqueeze(1)).to(given)
         kwargs = {
             "attn_mask": query_rows_mask(attn_mask, is_causal, positions, t),
             "context": context,
@@ -427,9 +442,9 @@ class Transformer(nn.Module):
         rows = (checkpoint(last.forward_rows, x, positions, use_reentrant=False, **kwargs) if use_checkpoint
                 else last.forward_rows(x, positions, **kwargs))
         if packing is None or mask is None:
-            return rows
+            return rows.to(given)
         # a packed stack gives padding positions back as zeros: so does a chosen position that is padding
-        return torch.where(rows_at(mask, positions)[:, None, None], rows, rows.new_zeros(()))
+        return torch.where(rows_at(mask, positions)[:, None, None], rows, rows.new_zeros(())).to(given)
 
     @staticmethod
     def _packing(mask: Tensor | None, cache: KVCache | None) -> Packing | None:
@@ -448,6 +463,23 @@ class Transformer(nn.Module):
         if real == 0 or real > PACK_MAX_REAL_FRACTION * mask.numel():
             return None
         return Packing(mask, bucket=PACK_BUCKET)
+
+
+def set_bf16_residual(model: nn.Module, enabled: bool = True) -> int:
+    """Turn :class:`Transformer`'s ``bf16_residual`` on (or off) in every stack of ``model``.
+
+    It is a training-speed setting, not part of the weights: checkpoints do not record it. It acts only under
+    bf16 autocast (``train.precision: bf16`` with ``train.bf16_residual: true``). Returns how many stacks
+    it set, so a caller can tell the user when a model has none, e.g. a Hugging Face tower.
+    """
+    stacks = [m for m in model.modules() if isinstance(m, Transformer)]
+    for stack in stacks:
+        stack.bf16_residual = enabled
+    return len(stacks)
+
+
+def _bf16_autocast(device_type: str) -> bool:
+    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16
 
 
 def _shape_error(what: str, expected: tuple, got: Tensor) -> Exception:

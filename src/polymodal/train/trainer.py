@@ -320,6 +320,8 @@ class Trainer:
         elif self.init is not None:
             self.init.load_weights(self.model)
             log.info("weights from %s", self.init.checkpoint.path)
+        if s.bf16_residual:
+            self._keep_bf16_residual()
         self.fsdp = self.world > 1 and s.distributed == "fsdp"
         self.eval_model = self.model
         if self.fsdp:
@@ -367,6 +369,17 @@ class Trainer:
         self.eval_media = media_plan(self.cfg, self.model_config, train=False, image_base=base)
         self.task.attach(self.model, self.model_config, self.eval_processor)
         self.extra_files = self.hf_files if self.pretrained else self._lm_files() if self.assistant else None
+
+    def _keep_bf16_residual(self) -> None:
+        from polymodal.modules.transformer import set_bf16_residual
+
+        stacks = set_bf16_residual(self.model)
+        if not stacks:
+            raise ConfigError(
+                "train.bf16_residual: this model has no polymodal transformer stack to keep in bf16 "
+                f"(model type {self.model_config.type!r}); remove the option"
+            )
+        log.info("train.bf16_residual: %d transformer stacks keep their residual stream in bf16", stacks)
 
     def eval_loader(self, samples: Sequence[Sample], with_images: bool = True):
         return make_loader(
