@@ -10,7 +10,7 @@ On the rented GPU machine (one command of at most 10 minutes; polymodal is not i
 the script puts this checkout's ``src/`` on ``sys.path``; only files under ``$OUT`` come back), run
 exactly::
 
-    set -o pipefail; PYTHONUNBUFFERED=1 python3 benchmarks/bench_train_gpu.py --device cuda --time-budget-s 420 --out "$OUT/train_gpu.json" 2>&1 | tee "$OUT/train_gpu.log"
+    set -o pipefail; PYTHONUNBUFFERED=1 python3 benchmarks/bench_train_gpu.py --device cuda --time-budget-s 540 --out "$OUT/train_gpu.json" 2>&1 | tee "$OUT/train_gpu.log"
 
 adding ``--commit <hash>`` (resolved where ``.git`` exists: the copy on the machine has none, and the
 JSON would say ``"unknown"``). ``--device`` defaults to ``cuda`` for a full run, which exits with code 2
@@ -34,6 +34,10 @@ b. **throughput** at ``--batch`` (256): polymodal eager / ``torch.compile`` and 
    the faster polymodal row with the faster transformers row. Each compiled row records its graph
    breaks and recompiles (``torch._dynamo`` counters), and on CUDA every row records the attention
    kernels one profiled step launched, so a side that fell back to a slower SDPA kernel shows.
+   ``--residual both`` (the default under bf16 autocast) runs each of the four rows twice: with
+   autocast's fp32 residual stream, and with ``train.bf16_residual``'s bf16 stream, which the peer gets
+   too, through hooks on its towers' inputs (:func:`build_hf`). The target takes the best row of each
+   library; the JSON also gives the ratio at each setting on both sides (``by_residual``).
 c. **max batch**: the largest batch one GPU trains (one eager step per try: doubling, then a binary
    search to 1/16 of the bracket, out-of-memory errors caught and memory freed between tries; raw
    uint8 pixels on the device, normalised inside the step) for plain training and with gradient
@@ -42,7 +46,8 @@ c. **max batch**: the largest batch one GPU trains (one eager step per try: doub
    normalised one at a time) whose features are scored together, so the effective contrastive batch
    is K x micro with *all* negatives kept. The peer has no such accumulation (summing per-micro-batch
    losses keeps only B/K negatives), so its max effective contrastive batch is its largest single
-   batch. The polymodal model there is built with ``local_loss=True, gather=True`` (on one GPU both
+   batch. Both sides run the bf16 residual stream there when ``--residual`` includes it. The
+   polymodal model there is built with ``local_loss=True, gather=True`` (on one GPU both
    are no-ops; under DDP they keep the logits at ``[local, global]``). samples/s and MFU at the
    maximum come from 2 timed steps after 1 untimed one at that batch when the search's share of the
    budget allows, else from the search's single cold step, which ``timing_at_max`` then says.
@@ -207,15 +212,17 @@ def count_params(model: nn.Module) -> int:
 
 
 def build_polymodal(
-    s: Shapes, *, grad_checkpointing: bool = False, local_loss: bool = False
+    s: Shapes, *, grad_checkpointing: bool = False, local_loss: bool = False, bf16_residual: bool = False,
 ) -> nn.Module:
     """polymodal's ``DualEncoder`` shaped like OpenAI's CLIP (ln_pre, QuickGELU, bias-free projections).
 
     The projections live in the towers (``output_dim``) so ``DualEncoder``'s own projections are
     identities, as in CLIP; ``pad_id=None`` means no padding mask (full 77-token texts, causal fast
-    path), the same input the peer gets.
+    path), the same input the peer gets. ``bf16_residual``: ``train.bf16_residual``'s setting
+    (:func:`polymodal.modules.transformer.set_bf16_residual`).
     """
     from polymodal.models.dual_encoder import DualEncoder
+    from polymodal.modules.transformer import set_bf16_residual
     from polymodal.modules.encoders.text import TextTransformer
     from polymodal.modules.encoders.vision import VisionTransformer
 
@@ -229,11 +236,19 @@ def build_polymodal(
         pad_id=None, pool="eos", output_dim=s.embed_dim, mlp_ratio=s.mlp_ratio,
         activation="quick_gelu", grad_checkpointing=grad_checkpointing,
     )
-    return DualEncoder(vision, text, s.embed_dim, init_temperature=0.07, gather=True, local_loss=local_loss)
+    model = DualEncoder(vision, text, s.embed_dim, init_temperature=0.07, gather=True, local_loss=local_loss)
+    set_bf16_residual(model, bf16_residual)
+    return model
 
 
-def build_hf(s: Shapes, *, grad_checkpointing: bool = False) -> nn.Module:
-    """The peer: ``transformers.CLIPModel`` with the same shapes and SDPA attention."""
+def build_hf(s: Shapes, *, grad_checkpointing: bool = False, bf16_residual: bool = False) -> nn.Module:
+    """The peer: ``transformers.CLIPModel`` with the same shapes and SDPA attention.
+
+    ``bf16_residual`` gives the peer polymodal's setting too, so the two can be compared at equal
+    numerics: hooks cast each tower's input to its encoder layers (the output of the vision tower's
+    ``pre_layrnorm`` and of the text embeddings) to bf16 under bf16 autocast. Each
+    ``residual + sublayer(...)`` sum in ``CLIPEncoderLayer`` is then a bf16 sum, as in polymodal's stacks.
+    """
     from transformers import CLIPConfig, CLIPModel
 
     text = {
@@ -256,7 +271,18 @@ def build_hf(s: Shapes, *, grad_checkpointing: bool = False) -> nn.Module:
             model.activation_checkpointing_enable({"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if bf16_residual:
+        model.vision_model.pre_layrnorm.register_forward_hook(_bf16_under_autocast)
+        model.text_model.embeddings.register_forward_hook(_bf16_under_autocast)
     return model
+
+
+def _bf16_under_autocast(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+    """A forward hook: the module's fp32 output as bf16, under bf16 autocast only (what polymodal's stacks do)."""
+    kind = output.device.type
+    if output.dtype == torch.float32 and torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16:
+        return output.to(torch.bfloat16)
+    return output
 
 
 def make_batch(
@@ -726,9 +752,11 @@ def throughput_rows(sides: list[Side], batch: int, flops: float, peak_tflops: fl
     return rows
 
 
-def fastest(rows: list[dict[str, Any]], library: str) -> dict[str, Any] | None:
-    """The faster timed row of ``library`` (eager or compiled, whichever won), None if none was timed."""
-    timed = [r for r in rows if r["name"].startswith(library) and r.get("samples_per_s")]
+def fastest(rows: list[dict[str, Any]], library: str, residual: str | None = None) -> dict[str, Any] | None:
+    """The faster timed row of ``library`` (eager or compiled, whichever won), None if none was timed;
+    ``residual`` ('fp32' / 'bf16'): among the rows of that residual setting only."""
+    timed = [r for r in rows if r["name"].startswith(library) and r.get("samples_per_s")
+             and (residual is None or r["name"].endswith(RESIDUAL_SUFFIX) == (residual == "bf16"))]
     return max(timed, key=lambda r: r["samples_per_s"], default=None)
 
 
@@ -745,26 +773,41 @@ def speedup_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "mfu": {"value": ours["mfu"] if ours else None, "target": 0.40,
                         "met": ours["mfu"] >= 0.40 if ours else None}}
     ratio = ours["samples_per_s"] / peer["samples_per_s"]
+    same_setting = {}  # each residual setting on its own, where both sides ran it
+    for residual in ("fp32", "bf16"):
+        a, b = fastest(rows, "polymodal", residual), fastest(rows, "transformers", residual)
+        if a is not None and b is not None:
+            same_setting[residual] = {"ours": a["name"], "peer": b["name"], "value": a["samples_per_s"] / b["samples_per_s"]}
     return {
         "speedup_vs_peer": {"ours": ours["name"], "peer": peer["name"], "value": ratio, "target": 1.5,
-                            "met": ratio >= 1.5},
+                            "met": ratio >= 1.5, "by_residual": same_setting},
         "mfu": {"ours": ours["name"], "value": ours["mfu"], "target": 0.40, "met": ours["mfu"] >= 0.40},
     }
 
 
+RESIDUAL_SUFFIX = ", bf16 residual"
+
+
 def make_sides(
     pm: nn.Module, hf: nn.Module, shapes: Shapes, device: torch.device, amp: torch.dtype | None,
-    compile_mode: str | None,
+    compile_mode: str | None, residuals: tuple[str, ...] = ("fp32",),
 ) -> list[Side]:
-    """The four competitors; compiled ones are separate copies starting from the same weights."""
-    sides = [_side("polymodal eager", pm, device, amp, polymodal_step)]
-    if compile_mode is not None:
-        sides.append(_side("polymodal compiled", _copy_of(pm, build_polymodal(shapes), device), device, amp,
-                           polymodal_step, compile_mode))
-    sides.append(_side("transformers eager", hf, device, amp, hf_step))
-    if compile_mode is not None:
-        sides.append(_side("transformers compiled", _copy_of(hf, build_hf(shapes), device), device, amp,
-                           hf_step, compile_mode))
+    """Each library eager and compiled, once per residual setting; all start from the same weights.
+
+    ``pm`` / ``hf`` are the first setting's eager models; every other side is a copy, built with its own
+    setting. A bf16-residual row's name ends in :data:`RESIDUAL_SUFFIX`. The sides come setting by
+    setting, so a budget that stops the last compiled rows leaves whole pairs.
+    """
+    sides = []
+    for i, residual in enumerate(residuals):
+        suffix, bf16 = ("", False) if residual == "fp32" else (RESIDUAL_SUFFIX, True)
+        for library, model, build, make_step in (("polymodal", pm, build_polymodal, polymodal_step),
+                                                 ("transformers", hf, build_hf, hf_step)):
+            eager = model if i == 0 else _copy_of(model, build(shapes, bf16_residual=bf16), device)
+            sides.append(_side(f"{library} eager{suffix}", eager, device, amp, make_step))
+            if compile_mode is not None:
+                compiled = _copy_of(model, build(shapes, bf16_residual=bf16), device)
+                sides.append(_side(f"{library} compiled{suffix}", compiled, device, amp, make_step, compile_mode))
     return sides
 
 
@@ -933,11 +976,13 @@ def warm_timing(
 
 def _search_model(
     lib: str, ckpt: bool, micro: int | None, shapes: Shapes, device: torch.device, amp: torch.dtype | None,
+    bf16_residual: bool = False,
 ) -> tuple[nn.Module, torch.optim.Optimizer, StepFn]:
     if lib == "polymodal":
-        model = build_polymodal(shapes, grad_checkpointing=ckpt, local_loss=micro is not None).to(device)
+        model = build_polymodal(shapes, grad_checkpointing=ckpt, local_loss=micro is not None,
+                                bf16_residual=bf16_residual).to(device)
     else:
-        model = build_hf(shapes, grad_checkpointing=ckpt).to(device)
+        model = build_hf(shapes, grad_checkpointing=ckpt, bf16_residual=bf16_residual).to(device)
     opt = make_optimizer(model, device)
     if micro is not None:
         return model, opt, polymodal_accum_step(model, opt, device, amp, micro)
@@ -947,14 +992,14 @@ def _search_model(
 
 def search_one(
     lib: str, ckpt: bool, micro: int | None, shapes: Shapes, device: torch.device, amp: torch.dtype | None,
-    start: int, limit: int, deadline: float, timing_deadline: float | None = None,
+    start: int, limit: int, deadline: float, timing_deadline: float | None = None, *, bf16_residual: bool = False,
 ) -> Search:
     """One max-batch search on a freshly built model (``micro``: use contrastive accumulation).
 
     Tries stop at ``deadline``; the warm re-timing at the result may run until ``timing_deadline``.
     Only this model and its optimiser are alive during the search; they go when it returns.
     """
-    model, opt, step = _search_model(lib, ckpt, micro, shapes, device, amp)
+    model, opt, step = _search_model(lib, ckpt, micro, shapes, device, amp, bf16_residual)
     try_batch(step, model, opt, shapes, min(8, start), device)  # allocates the optimiser state
     unit = micro or 1
     search = find_max(
@@ -1019,7 +1064,9 @@ def run_max_batch(
     start = min(args.batch, limit)
     rows: list[dict[str, Any]] = []
     result["max_batch"] = rows
-    print(f"max batch: one eager step per try, limit {limit:,}, "
+    residual = "bf16" if "bf16" in residual_settings(args) else "fp32"  # with both: bf16 (it keeps fewer bytes)
+    result["max_batch_residual"] = residual
+    print(f"max batch ({residual} residual on both sides): one eager step per try, limit {limit:,}, "
           f"{max(0.0, deadline - time.perf_counter()):.0f} s left for {len(PLANS)} searches", flush=True)
     for i, (name, lib, ckpt, accum) in enumerate(PLANS):
         micro = _accum_micro(rows, args.accum_micro) if accum else None
@@ -1032,7 +1079,8 @@ def run_max_batch(
         else:
             share = left / (len(PLANS) - i)
             row = _guarded_search(name, lib, ckpt, micro, shapes, device, amp, start, limit,
-                                  time.perf_counter() + share, WARM_TIMING_SHARE * share, peak_tflops)
+                                  time.perf_counter() + share, WARM_TIMING_SHARE * share, peak_tflops,
+                                  residual == "bf16")
         rows.append(row)
         _print_search(row)
         if row.get("unrecoverable"):
@@ -1051,7 +1099,7 @@ def run_max_batch(
 def _guarded_search(
     name: str, lib: str, ckpt: bool, micro: int | None, shapes: Shapes, device: torch.device,
     amp: torch.dtype | None, start: int, limit: int, share_end: float, timing_reserve_s: float,
-    peak_tflops: float,
+    peak_tflops: float, bf16_residual: bool = False,
 ) -> dict[str, Any]:
     """One search as a JSON row, whatever happens: an exception becomes the row's ``error``.
 
@@ -1060,7 +1108,7 @@ def _guarded_search(
     """
     try:
         search = search_one(lib, ckpt, micro, shapes, device, amp, start, limit,
-                            share_end - timing_reserve_s, share_end)
+                            share_end - timing_reserve_s, share_end, bf16_residual=bf16_residual)
     except Exception as exc:  # noqa: BLE001 - one failed search must not cost the others
         traceback.print_exc()
         row = _empty_row(name, lib, ckpt, micro is not None, None, error=repr(exc)[:500], micro=micro)
@@ -1212,6 +1260,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile-mode", default="default", help="torch.compile mode (both sides)")
     ap.add_argument("--amp", choices=["bf16", "fp32"], default=None,
                     help="autocast dtype, fp32 = none (default bf16 on CUDA; fp32 on CPU, where bf16 is slow)")
+    ap.add_argument("--residual", choices=["fp32", "bf16", "both"], default=None,
+                    help="residual stream of both sides' transformer layers under bf16 autocast: fp32 (autocast's), "
+                         "bf16 (train.bf16_residual) or both, as separate rows (default both with bf16 autocast, "
+                         "else fp32)")
     ap.add_argument("--matmul-size", type=int, default=None, help="peak matmul size (default 8192; quick 256)")
     ap.add_argument("--matmul-repeats", type=int, default=10)
     ap.add_argument("--skip-max-batch", action="store_true")
@@ -1240,7 +1292,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.device = "cpu" if args.quick and not torch.cuda.is_available() else "cuda"
     if args.amp is None:
         args.amp = "bf16" if str(args.device).startswith("cuda") else "fp32"
+    if args.residual is None:
+        args.residual = "both" if args.amp == "bf16" else "fp32"
+    elif args.residual != "fp32" and args.amp != "bf16":
+        ap.error(f"--residual {args.residual} needs --amp bf16 (a bf16 residual stream exists only under bf16 autocast)")
     return args
+
+
+def residual_settings(args: argparse.Namespace) -> tuple[str, ...]:
+    """The residual settings the throughput rows run, in their order: ``('fp32',)``, ``('bf16',)`` or both,
+    bf16 first (should the budget stop the compiled rows, the fp32 pair was measured before it existed)."""
+    return ("bf16", "fp32") if args.residual == "both" else (args.residual,)
 
 
 def _import_problem() -> str | None:
@@ -1437,15 +1499,16 @@ def compare_section(
     Every model, optimiser and compiled wrapper of this section lives in this function's frame only,
     so all of them are gone - not just all but the last side - once it returns.
     """
-    pm = build_polymodal(shapes).to(device)
-    hf = build_hf(shapes).to(device)
+    residuals = residual_settings(args)
+    pm = build_polymodal(shapes, bf16_residual=residuals[0] == "bf16").to(device)
+    hf = build_hf(shapes, bf16_residual=residuals[0] == "bf16").to(device)
     result["params"] = param_check(shapes, pm, hf)
     if not result["params"]["ok"]:
         return False
     flops = model_flops(shapes, args.batch)
     result["flops_per_step"] = flops
     batch = make_batch(shapes, args.batch, device)
-    sides = make_sides(pm, hf, shapes, device, amp, compile_mode)
+    sides = make_sides(pm, hf, shapes, device, amp, compile_mode, residuals)
     del pm, hf
     print(f"throughput: batch {args.batch}, {args.warmup} warm-up steps, {args.repeats} interleaved repeats "
           f"x {args.steps} steps; model FLOPs/step {flops['total'] / 1e12:.3f} TFLOP "
@@ -1483,6 +1546,8 @@ def _print_throughput(rows: list[dict[str, Any]], targets: dict[str, Any], devic
           f"(target >= 1.5x: {'met' if speed['met'] else 'missed'}); MFU {mfu['value']:.1%} (target >= 40%: "
           f"{'met' if mfu['met'] else 'missed'})"
           + ("" if device.type == "cuda" else "  [CPU run: the targets are for a GPU]") + "\n", flush=True)
+    for residual, pair in speed.get("by_residual", {}).items():
+        print(f"  {residual} residual on both sides: {pair['ours']} vs {pair['peer']}: {pair['value']:.2f}x", flush=True)
     _print_profiles(rows)
 
 

@@ -232,6 +232,45 @@ def test_the_peer_is_the_faster_transformers_row(bench: ModuleType) -> None:
     assert missing["value"] is None and missing["met"] is None and "transformers" in missing["why"]
 
 
+def test_residual_rows_are_compared_best_against_best_and_setting_by_setting(bench: ModuleType) -> None:
+    bf16 = bench.RESIDUAL_SUFFIX
+    rows = [_throughput_row("polymodal compiled", 150), _throughput_row(f"polymodal compiled{bf16}", 180),
+            _throughput_row("transformers compiled", 100), _throughput_row(f"transformers compiled{bf16}", 120)]
+    speed = bench.speedup_targets(rows)["speedup_vs_peer"]
+    assert (speed["ours"], speed["peer"]) == (f"polymodal compiled{bf16}", f"transformers compiled{bf16}")
+    assert speed["value"] == pytest.approx(1.5) and speed["met"]
+    by = speed["by_residual"]
+    assert by["fp32"]["value"] == pytest.approx(1.5) and by["fp32"]["peer"] == "transformers compiled"
+    assert by["bf16"]["value"] == pytest.approx(1.5) and by["bf16"]["ours"] == f"polymodal compiled{bf16}"
+    rows[-1] = _throughput_row(f"transformers compiled{bf16}", None)  # the peer's bf16 row never ran
+    assert set(bench.speedup_targets(rows)["speedup_vs_peer"]["by_residual"]) == {"fp32"}
+
+
+def test_both_sides_keep_a_bf16_residual_stream_when_asked(bench: ModuleType) -> None:
+    """The peer gets polymodal's setting through hooks: every CLIPEncoderLayer then reads bf16."""
+    batch = bench.make_batch(bench.QUICK, 2, torch.device("cpu"))
+    for bf16 in (False, True):
+        hf = bench.build_hf(bench.QUICK, bf16_residual=bf16)
+        pm = bench.build_polymodal(bench.QUICK, bf16_residual=bf16)
+        read: list[torch.dtype] = []
+        norms = [m for m in hf.modules() if type(m).__name__ == "CLIPEncoderLayer"]
+        # polymodal's text tower: its image tower's LayerNorms already read bf16 on a CPU, whose autocast (unlike
+        # CUDA's) leaves layer_norm in the input's dtype, and the patch embeddings are bf16 there
+        norms = [layer.layer_norm1 for layer in norms] + [b.ln_1 for b in pm.text_encoder.transformer.blocks]
+        for norm in norms:
+            norm.register_forward_hook(lambda m, inp, out: read.append(inp[0].dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hf(input_ids=batch[1], pixel_values=batch[0], return_loss=True)
+            pm(*batch)
+        assert len(read) == len(norms) == bench.QUICK.vision_layers + 2 * bench.QUICK.text_layers
+        assert set(read) == {torch.bfloat16 if bf16 else torch.float32}
+    args = bench.parse_args(["--quick"])
+    assert args.residual == "fp32" and bench.residual_settings(args) == ("fp32",)
+    assert bench.residual_settings(bench.parse_args(["--quick", "--amp", "bf16"])) == ("bf16", "fp32")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--quick", "--residual", "bf16"])  # fp32 autocast on a CPU: no bf16 stream
+
+
 def test_a_full_run_needs_cuda_and_quick_falls_back_to_cpu(bench: ModuleType, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
