@@ -207,6 +207,43 @@ def test_classifier_stages_overfit_statements(world_batch: WorldBatch, stage: st
     assert (model(batch).logits.argmax(-1) == world_batch.labels).all()
 
 
+@pytest.mark.parametrize("missing", ["zero", "learned"])
+def test_late_fusion_reads_pooled_vectors_only_and_matches_full_encoding(world_batch: WorldBatch, missing: str) -> None:
+    """Late fusion reads one vector per modality, so each tower's last block runs for its pooled token
+    alone; logits and every gradient equal those of fusing the full encoder outputs' pooled vectors."""
+    torch.manual_seed(0)
+    image_tower = VisionTransformer(image_size=SIZE, patch_size=8, width=64, depth=2, heads=2, pool="cls")
+    text_tower = TextTransformer(vocab_size=world_batch.tokenizer.vocab_size, max_length=40, width=64, depth=2, heads=2,
+                                 causal=True, pool="eos")
+    model = MultimodalClassifier({"image": image_tower, "text": text_tower}, 2, fusion="concat", fusion_dim=32,
+                                 dropout=0.0, missing=missing).train()
+    ids, mask = enc(world_batch, world_batch.statements)
+    present = torch.tensor([True, False] + [True] * 6)
+    batch = {"image": world_batch.statement_images, "text_ids": ids, "text_mask": mask, "image_present": present}
+    mlp_tokens: list[int] = []
+    hook = image_tower.transformer.blocks[-1].mlp.register_forward_hook(lambda m, i, o: mlp_tokens.append(i[0].shape[1]))
+    out = model(batch, world_batch.labels)
+    assert mlp_tokens == [1]  # the image tower's last block saw the class token only
+    hook.remove()
+    params = list(model.parameters())
+    grads = torch.autograd.grad(out.loss, params, allow_unused=True)
+    full = model.late({m: o.pooled for m, o in model.encode(batch).items()})
+    expected = F.cross_entropy(model.head(full), world_batch.labels.long())
+    expected_grads = torch.autograd.grad(expected, params, allow_unused=True)
+    torch.testing.assert_close(out.loss, expected, atol=1e-6, rtol=1e-5)
+    for a, b in zip(grads, expected_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    if missing == "learned":  # the absent row read the learned vector; with every row present it gets no gradient
+        names = [n for n, _ in model.named_parameters()]
+        assert grads[names.index("missing.image.pooled")].abs().sum() > 0
+        batch["image_present"] = torch.ones(8, dtype=torch.bool)
+        loss = model(batch, world_batch.labels).loss
+        (unused,) = torch.autograd.grad(loss, [model.missing["image"].pooled], allow_unused=True)
+        assert unused is None, unused
+
+
 def test_classifier_regression_and_input_errors(world_batch: WorldBatch) -> None:
     model = MultimodalClassifier({"image": SmallCNN(image_size=SIZE, channels=(8, 16), width=16)}, 1, task="regression", fusion_dim=16)
     out = model({"image": world_batch.images}, torch.linspace(-3, 3, 8))

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
 from polymodal.models.outputs import ClassifierOutput
-from polymodal.modules.encoders.base import Encoder, EncoderOutput
+from polymodal.modules.encoders.base import Encoder, EncoderOutput, pooled_output
 from polymodal.modules.fusion import build_fusion
 
 STAGES = ("late", "early", "hybrid")
@@ -40,12 +40,17 @@ class ModalityInputError(ValueError):
 def encode_modality(name: str, encoder: Encoder, batch: Mapping[str, Any]) -> EncoderOutput:
     """Call an encoder with its input (and mask, when the batch has one) from a batch dict; the keys
     come from the encoder (``text_ids``/``text_mask`` for text, ``audio``/``audio_mask`` ...)."""
+    return encoder(*modality_inputs(name, encoder, batch))
+
+
+def modality_inputs(name: str, encoder: Encoder, batch: Mapping[str, Any]) -> tuple[Tensor, ...]:
+    """An encoder's arguments from a batch dict: its input, and its mask when the batch has one."""
     key, mask_key = encoder.batch_keys(name)
     if key not in batch:
         present = sorted(k for k, v in batch.items() if isinstance(v, Tensor))
         raise ModalityInputError(f"classifier: modality '{name}' needs batch['{key}'], which is missing (batch has {present})")
     mask = batch.get(mask_key)
-    return encoder(batch[key]) if mask is None else encoder(batch[key], mask)
+    return (batch[key],) if mask is None else (batch[key], mask)
 
 
 class MissingModality(nn.Module):
@@ -64,12 +69,20 @@ class MissingModality(nn.Module):
         if not bool(absent.any()):
             return out
         tokens = torch.where(absent[:, None, None], self.token.to(out.tokens.dtype), out.tokens)
-        pooled = torch.where(absent[:, None], self.pooled.to(out.pooled.dtype), out.pooled)
+        pooled = self.stand_in_pooled(out.pooled, absent)
         only_first = torch.zeros(out.tokens.shape[:2], dtype=torch.bool, device=out.tokens.device)
         only_first[:, 0] = True
         mask = out.mask if out.mask is not None else torch.ones_like(only_first)
         mask = torch.where(absent[:, None], only_first, mask)
         return EncoderOutput(tokens=tokens, pooled=pooled, mask=mask)
+
+    def stand_in_pooled(self, pooled: Tensor, absent: Tensor) -> Tensor:
+        """``pooled`` with the learned vector in the ``absent`` rows (all a late-fusion classifier reads).
+        Untouched when no row is absent, so the learned vector gets no gradient, not a zero one (which
+        AdamW's weight decay would act on)."""
+        if not bool(absent.any()):
+            return pooled
+        return torch.where(absent[:, None], self.pooled.to(pooled.dtype), pooled)
 
 
 class MultimodalClassifier(nn.Module):
@@ -127,12 +140,26 @@ class MultimodalClassifier(nn.Module):
             outs[m] = out
         return outs
 
+    def encode_pooled(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Every modality's pooled vector, all that late fusion reads: through each encoder's
+        ``forward_pooled``, so a transformer pooling one token runs its last block for that token alone."""
+        pooled = {}
+        for m, enc in self.encoders.items():
+            vector = pooled_output(enc, *modality_inputs(m, enc, batch))
+            present = batch.get(f"{m}_present")
+            if m in self.missing and isinstance(present, Tensor):
+                vector = self.missing[m].stand_in_pooled(vector, ~present.to(torch.bool))
+            pooled[m] = vector
+        return pooled
+
     def forward(self, batch: Mapping[str, Any], labels: Tensor | None = None) -> ClassifierOutput:
-        outs = self.encode(batch)
         parts = []
-        if self.late is not None:
-            parts.append(self.late({m: o.pooled for m, o in outs.items()}))
-        if self.early is not None:
+        if self.early is None:  # late fusion alone: no encoder's tokens are read
+            parts.append(self.late(self.encode_pooled(batch)))  # type: ignore[misc]
+        else:
+            outs = self.encode(batch)
+            if self.late is not None:
+                parts.append(self.late({m: o.pooled for m, o in outs.items()}))
             masks = {m: o.mask for m, o in outs.items() if o.mask is not None}
             parts.append(self.early({m: o.tokens for m, o in outs.items()}, masks or None))
         logits = self.head(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
