@@ -46,7 +46,7 @@ c. **max batch**: the largest batch one GPU trains (one eager step per try: doub
    normalised one at a time) whose features are scored together, so the effective contrastive batch
    is K x micro with *all* negatives kept. The peer has no such accumulation (summing per-micro-batch
    losses keeps only B/K negatives), so its max effective contrastive batch is its largest single
-   batch. Both sides run the bf16 residual stream there when ``--residual`` includes it. The
+   batch. Both sides keep autocast's fp32 residual stream there unless ``--residual bf16``. The
    polymodal model there is built with ``local_loss=True, gather=True`` (on one GPU both
    are no-ops; under DDP they keep the logits at ``[local, global]``). samples/s and MFU at the
    maximum come from 2 timed steps after 1 untimed one at that batch when the search's share of the
@@ -1064,7 +1064,9 @@ def run_max_batch(
     start = min(args.batch, limit)
     rows: list[dict[str, Any]] = []
     result["max_batch"] = rows
-    residual = "bf16" if "bf16" in residual_settings(args) else "fp32"  # with both: bf16 (it keeps fewer bytes)
+    # eager steps: CUDA autocast copies each LayerNorm input to fp32 and keeps it, so a bf16 stream is not
+    # expected to fit more; fp32 (unless only bf16 was asked for) keeps the rows comparable with earlier runs
+    residual = "bf16" if residual_settings(args) == ("bf16",) else "fp32"
     result["max_batch_residual"] = residual
     print(f"max batch ({residual} residual on both sides): one eager step per try, limit {limit:,}, "
           f"{max(0.0, deadline - time.perf_counter()):.0f} s left for {len(PLANS)} searches", flush=True)

@@ -127,9 +127,9 @@ class TrainSettings(StrictModel):
     bf16_residual: bool = Field(
         False,
         description=(
-            "with precision: bf16, keep the transformer stacks' residual stream in bf16 instead of autocast's fp32: LayerNorms, "
-            "residual adds and their gradients move half the bytes (meant for GPUs, where those passes are memory-bound); the "
-            "sums between blocks are rounded to bf16, as Megatron-LM does by default"
+            "with precision: bf16, keep the transformer stacks' residual stream in bf16 instead of autocast's fp32: residual adds, "
+            "their gradients and (compiled, or on CPU) LayerNorm inputs move half the bytes; meant for GPUs with train.compile, "
+            "where those passes are memory-bound; the residual sums are rounded to bf16, as Megatron-LM does by default"
         ),
     )
     compile: bool = False
@@ -149,7 +149,7 @@ class TrainSettings(StrictModel):
     @classmethod
     def _bf16_residual_needs_bf16(cls, value: bool, info: ValidationInfo) -> bool:
         precision = info.data.get("precision")
-        if value and precision != "bf16":
+        if value and precision is not None and precision != "bf16":  # None: precision's own error is reported
             raise ValueError(f"needs precision: bf16 (it acts only under bf16 autocast), got precision: {precision}")
         return value
 

@@ -271,6 +271,37 @@ def test_both_sides_keep_a_bf16_residual_stream_when_asked(bench: ModuleType) ->
         bench.parse_args(["--quick", "--residual", "bf16"])  # fp32 autocast on a CPU: no bf16 stream
 
 
+def _keeps_bf16_residual(model: torch.nn.Module) -> bool:
+    """Whether a benchmark model was built with the bf16 stream: polymodal's flag, or the peer's hooks."""
+    from polymodal.modules.transformer import Transformer
+
+    stacks = [m.bf16_residual for m in model.modules() if isinstance(m, Transformer)]
+    if stacks:
+        assert len(set(stacks)) == 1
+        return stacks[0]
+    hooks = [model.vision_model.pre_layrnorm._forward_hooks, model.text_model.embeddings._forward_hooks]
+    assert len({bool(h) for h in hooks}) == 1
+    return bool(hooks[0])
+
+
+def test_every_side_and_search_model_is_built_with_its_rows_setting(bench: ModuleType) -> None:
+    device = torch.device("cpu")
+    pm = bench.build_polymodal(bench.QUICK, bf16_residual=True)
+    hf = bench.build_hf(bench.QUICK, bf16_residual=True)
+    sides = bench.make_sides(pm, hf, bench.QUICK, device, torch.bfloat16, None, ("bf16", "fp32"))
+    assert [s.name for s in sides] == [
+        f"polymodal eager{bench.RESIDUAL_SUFFIX}", f"transformers eager{bench.RESIDUAL_SUFFIX}",
+        "polymodal eager", "transformers eager"]
+    for side in sides:
+        assert _keeps_bf16_residual(side.model) == side.name.endswith(bench.RESIDUAL_SUFFIX), side.name
+    # the copies start from the same weights
+    torch.testing.assert_close(sides[0].model.state_dict(), sides[2].model.state_dict())
+    for lib in ("polymodal", "transformers"):
+        for bf16 in (False, True):
+            model, _, _ = bench._search_model(lib, False, None, bench.QUICK, device, None, bf16)
+            assert _keeps_bf16_residual(model) == bf16, (lib, bf16)
+
+
 def test_a_full_run_needs_cuda_and_quick_falls_back_to_cpu(bench: ModuleType, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")

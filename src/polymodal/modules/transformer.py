@@ -274,12 +274,16 @@ class Transformer(nn.Module):
 
     ``bf16_residual`` (off by default; :func:`set_bf16_residual` turns it on for a whole model): under
     bf16 autocast, the residual stream, the ``x`` every block adds to, is kept in bf16. Autocast leaves
-    it fp32, because the embeddings are fp32 and an fp32 + bf16 sum is fp32. Every LayerNorm, residual
-    add and their gradients then move 2 bytes per value, not 4. The blocks' matmuls, attention and
-    LayerNorm statistics compute exactly as before (LayerNorm still computes in fp32). Only the sums
-    between blocks are rounded to bf16, as in Megatron-LM's default (``fp32_residual_connection``
-    off). The stack still returns the dtype it was given, so callers see no change of type. Outside
-    bf16 autocast it changes nothing.
+    it fp32, because the embeddings are fp32 and an fp32 + bf16 sum is fp32. The residual adds and
+    their gradients then move 2 bytes per value, not 4, and so does each LayerNorm's input where the
+    LayerNorm's own cast to fp32 fuses into its kernel: under ``torch.compile``, and on CPU, whose
+    autocast keeps LayerNorm in its input's dtype. CUDA autocast without compile instead makes an fp32
+    copy of each LayerNorm input and keeps it for backward, so expect the gain compiled. The matmuls,
+    attention and LayerNorm statistics compute as before; the residual sums (two per block, three with
+    cross-attention) are rounded to bf16, as in Megatron-LM's default (``fp32_residual_connection``
+    off). Inductor may keep some of those sums in fp32 inside a fused kernel, so compiled and eager
+    results differ within bf16 rounding. The stack returns the dtype it was given. Outside bf16
+    autocast it changes nothing.
     """
 
     bf16_residual: bool = False  # a class default, so stacks pickled before the attribute existed read False
@@ -352,9 +356,9 @@ class Transformer(nn.Module):
         still needed there, so this saves most of one block's work, ~7% of a 12-block ViT-B/32.
         """
         b, t, _ = x.shape
-        given = x.dtype  # what the stack returns, whatever its stream's dtype
+        given = None  # with a bf16 stream: the fp32 the stack was given, and returns
         if self.bf16_residual and x.dtype == torch.float32 and _bf16_autocast(x.device.type):
-            x = x.to(torch.bfloat16)
+            given, x = x.dtype, x.to(torch.bfloat16)
         if positions is not None and (cache is not None or positions.shape != (b,)):
             raise ValueError(
                 f"transformer: positions must be one index per row of x ({b}) and needs no cache, got "
@@ -432,7 +436,7 @@ class Transformer(nn.Module):
                 else:
                     x = block(x, cache=cache.layers[i] if cache is not None else None, **kwargs)
         if last is None:  # no positions, or the last block's hooks must see its full output
-            return (x if positions is None else rows_at(x, positions).unsqueeze(1)).to(given)
+            return _as(x if positions is None else rows_at(x, positions).unsqueeze(1), given)
         kwargs = {
             "attn_mask": query_rows_mask(attn_mask, is_causal, positions, t),
             "context": context,
@@ -442,9 +446,9 @@ class Transformer(nn.Module):
         rows = (checkpoint(last.forward_rows, x, positions, use_reentrant=False, **kwargs) if use_checkpoint
                 else last.forward_rows(x, positions, **kwargs))
         if packing is None or mask is None:
-            return rows.to(given)
+            return _as(rows, given)
         # a packed stack gives padding positions back as zeros: so does a chosen position that is padding
-        return torch.where(rows_at(mask, positions)[:, None, None], rows, rows.new_zeros(())).to(given)
+        return _as(torch.where(rows_at(mask, positions)[:, None, None], rows, rows.new_zeros(())), given)
 
     @staticmethod
     def _packing(mask: Tensor | None, cache: KVCache | None) -> Packing | None:
@@ -476,6 +480,10 @@ def set_bf16_residual(model: nn.Module, enabled: bool = True) -> int:
     for stack in stacks:
         stack.bf16_residual = enabled
     return len(stacks)
+
+
+def _as(x: Tensor, dtype: torch.dtype | None) -> Tensor:
+    return x if dtype is None else x.to(dtype)
 
 
 def _bf16_autocast(device_type: str) -> bool:
