@@ -409,8 +409,8 @@ class Transformer(nn.Module):
         use_checkpoint = self.grad_checkpointing and cache is None and torch.is_grad_enabled()
         blocks = list(self.blocks)
         last = blocks.pop() if positions is not None and not has_forward_hooks(self.blocks[-1]) else None
+        kwargs = {"attn_mask": attn_mask, "is_causal": is_causal, "context": context, "context_mask": ctx_mask, "context_rows": context_rows}
         if packing is not None:
-            kwargs = {"attn_mask": attn_mask, "is_causal": is_causal, "context": context, "context_mask": ctx_mask, "context_rows": context_rows}
             if groups is not None:
                 kwargs |= {"context_groups": groups, "context_rows": None}
             x = packing.pack(x)
@@ -424,13 +424,6 @@ class Transformer(nn.Module):
                 ctx_mask = ctx_mask.index_select(0, context_rows)
         else:
             for i, block in enumerate(blocks):
-                kwargs = {
-                    "attn_mask": attn_mask,
-                    "is_causal": is_causal,
-                    "context": context,
-                    "context_mask": ctx_mask,
-                    "context_rows": context_rows,
-                }
                 if use_checkpoint:
                     x = checkpoint(block, x, use_reentrant=False, **kwargs)
                 else:
