@@ -222,9 +222,9 @@ def build_polymodal(
     (:func:`polymodal.modules.transformer.set_bf16_residual`).
     """
     from polymodal.models.dual_encoder import DualEncoder
-    from polymodal.modules.transformer import set_bf16_residual
     from polymodal.modules.encoders.text import TextTransformer
     from polymodal.modules.encoders.vision import VisionTransformer
+    from polymodal.modules.transformer import set_bf16_residual
 
     vision = VisionTransformer(
         s.image_size, s.patch_size, s.vision_width, s.vision_layers, s.vision_heads,
