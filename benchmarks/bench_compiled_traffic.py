@@ -20,11 +20,14 @@ removed here:
   GPU path, ``scaled_dot_product_attention``, is swapped in, as on a GPU.
 * CPU autocast runs LayerNorm in its input's dtype; CUDA autocast runs it in fp32 (its output is fp32).
   CUDA's rule is applied (``--cpu-layer-norm`` keeps the CPU's).
-* Inductor's CPU and GPU back-ends fuse some reductions differently, so the split between kernels can
-  differ from a GPU's; the graph, the saved activations and the dtypes are the same.
+* Inductor's CPU and GPU back-ends fuse differently (a GPU fuses LayerNorm-backward reductions the CPU
+  keeps apart, a CPU merges loop nests a GPU launches apart), so the number of kernels, and somewhat
+  their bytes, differ from a GPU's. The graph and the saved activations are the same, and so are the
+  dtypes of everything but the loss's few softmax values (CUDA autocast computes those in fp32 too).
 
-The optimizer (fused AdamW, eager on both sides) is not compiled and not counted: it is the same
-for both sides (about 28 bytes a parameter a step).
+Inductor's count is its own estimate, the bytes each kernel would move at best (each buffer read or
+written once), not a measurement. The optimizer (the same AdamW, eager, on both sides) is not compiled
+and not counted (about 28 bytes a parameter a step).
 
     python benchmarks/bench_compiled_traffic.py                 # both sides, fp32 and bf16 residual
     python benchmarks/bench_compiled_traffic.py --quick         # tiny shapes (tests, smoke runs)
@@ -52,6 +55,7 @@ from torch.nn import functional as F
 ensure_polymodal_importable()
 
 import bench_train_gpu as gpu_bench  # after the path set-up above: it imports polymodal
+from bench_train_cpu import sdpa_attention as gpu_attention_path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "compiled_traffic.json"
@@ -61,8 +65,8 @@ LIBRARIES = ("polymodal", "transformers")
 METRICS_LOGGER = "torch._inductor.compile_fx.__inductor_metrics"
 
 # What a fused kernel computes, from the aten / prims operators it was made of (see :func:`kernel_kind`).
-LAYOUT_OPS = {"cat", "clone", "permute", "unbind", "split_with_sizes", "slice", "select", "expand"}
-PLAIN_OPS = {"reshape", "view", "unsqueeze", "squeeze"}
+LAYOUT_OPS = {"cat", "clone", "permute"}  # operators that move values to new places
+PLAIN_OPS = {"reshape", "view", "unsqueeze", "squeeze", "unbind", "split_with_sizes", "slice", "select", "expand"}  # views
 
 
 # ---------------------------------------------------------------------------------------- counting
@@ -112,7 +116,7 @@ def _kernel_ops(node: Any) -> set[str]:
 def summarize(nodes_num_elem: list[tuple[Any, int]]) -> dict[str, Any]:
     """Inductor's per-node byte counts (``metrics.nodes_num_elem``: bytes // 4 per scheduler node) as a row."""
     from torch._inductor.ir import MultiOutput
-    from torch._inductor.scheduler import ExternKernelSchedulerNode
+    from torch._inductor.scheduler import ExternKernelSchedulerNode, NopKernelSchedulerNode
 
     fused_bytes = extern_bytes = kernels = 0
     extern_calls: Counter[str] = Counter()
@@ -126,7 +130,7 @@ def summarize(nodes_num_elem: list[tuple[Any, int]]) -> dict[str, Any]:
             name = getattr(node.node, "python_kernel_name", None) or type(node.node).__name__
             extern_calls[str(name).removeprefix("extern_kernels.").removeprefix("torch.ops.aten.")] += 1
             continue
-        if nbytes == 0:  # views and other no-op nodes run no kernel
+        if isinstance(node, NopKernelSchedulerNode):  # views and concatenations done in place run no kernel
             continue
         fused_bytes += nbytes
         kernels += 1
@@ -160,28 +164,6 @@ def inductor_byte_counts() -> Iterator[list[tuple[Any, int]]]:
             yield metrics.nodes_num_elem
     finally:
         logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def gpu_attention_path() -> Iterator[None]:
-    """polymodal's stacks attend with ``scaled_dot_product_attention`` while training, as on a GPU.
-
-    On a CPU they train with a plain matmul-softmax-matmul (``attention._math_attention``), faster
-    there; the GPU step never runs it, so it must not be what is counted.
-    """
-    from polymodal.modules import attention
-
-    original = attention._math_attention
-
-    def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
-             is_causal: bool, dropout_p: float) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
-
-    attention._math_attention = sdpa
-    try:
-        yield
-    finally:
-        attention._math_attention = original
 
 
 @contextlib.contextmanager
@@ -237,7 +219,7 @@ def step_traffic(
             f"logger {METRICS_LOGGER!r} or metrics.nodes_num_elem may have changed"
         )
     if not torch.isfinite(loss).all():
-        raise RuntimeError(f"the {library} step gave a non-finite loss ({loss.item()}): nothing was counted")
+        raise RuntimeError(f"the {library} step gave a non-finite loss ({loss.item()}): its count would describe a broken step")
     row = {"library": library, "residual": residual, "batch": batch} | summarize(nodes)
     row["seconds"] = time.perf_counter() - start
     return row
@@ -247,8 +229,8 @@ def step_traffic(
 
 
 def compare(rows: list[dict[str, Any]], bandwidth_tbs: float) -> dict[str, Any]:
-    """Per residual setting: polymodal's fused bytes and kernels against the peer's, and the time at
-    ``bandwidth_tbs`` those bytes take at the least (bytes / bandwidth)."""
+    """Per residual setting: polymodal's fused bytes and kernels against the peer's, and those bytes'
+    time at ``bandwidth_tbs`` (bytes / bandwidth: what a card sustaining that rate would spend on them)."""
     out: dict[str, Any] = {}
     by = {(r["library"], r["residual"]): r for r in rows}
     for residual in sorted({r["residual"] for r in rows}):
@@ -259,7 +241,7 @@ def compare(rows: list[dict[str, Any]], bandwidth_tbs: float) -> dict[str, Any]:
             "fused_gb": {"polymodal": pm["fused_gb"], "transformers": hf["fused_gb"],
                          "ratio_peer_over_polymodal": hf["fused_gb"] / pm["fused_gb"]},
             "fused_kernels": {"polymodal": pm["fused_kernels"], "transformers": hf["fused_kernels"]},
-            "min_ms_at_bandwidth": {"polymodal": pm["fused_gb"] / bandwidth_tbs,
+            "ms_at_bandwidth": {"polymodal": pm["fused_gb"] / bandwidth_tbs,
                                     "transformers": hf["fused_gb"] / bandwidth_tbs},
         }
     for library in LIBRARIES:
@@ -271,6 +253,7 @@ def compare(rows: list[dict[str, Any]], bandwidth_tbs: float) -> dict[str, Any]:
 
 
 def print_report(rows: list[dict[str, Any]], comparison: dict[str, Any]) -> None:
+    """The rows as a table, each side's bytes by kernel kind, and what the bf16 stream saves."""
     bw = comparison["bandwidth_tbs"]
     print(f"\n{'side':<34} {'fused GB':>9} {'kernels':>8} {f'ms @ {bw:g} TB/s':>15} {'library calls':>14}")
     for r in rows:
@@ -287,6 +270,7 @@ def print_report(rows: list[dict[str, Any]], comparison: dict[str, Any]) -> None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked before anything compiles (a full run takes minutes)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="where to compile and run the step (default cpu)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes (tests, smoke runs)")
@@ -297,7 +281,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cpu-layer-norm", action="store_true",
                     help="keep CPU autocast's LayerNorm rule (input dtype) instead of CUDA's (fp32)")
     ap.add_argument("--bandwidth-tbs", type=float, default=3.0,
-                    help="memory bandwidth (TB/s) for the least time of the counted bytes (default 3.0, an H100's order)")
+                    help="memory bandwidth (TB/s) to turn bytes into time (default 3.0; an H100 sustained "
+                         "2.6-2.7 on these kernels)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--commit", default=None, help="commit to record (default: this checkout's)")
     args = ap.parse_args(argv)
@@ -305,13 +290,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [x for x in libraries if x not in LIBRARIES]
     if unknown or not libraries:
         ap.error(f"--libraries: expected a comma-separated subset of {', '.join(LIBRARIES)}, got {args.libraries!r}")
+    if len(set(libraries)) != len(libraries):
+        ap.error(f"--libraries: each library once, got {args.libraries!r}")
     args.libraries = libraries
+    if not args.bandwidth_tbs > 0:
+        ap.error(f"--bandwidth-tbs must be > 0 (TB/s), got {args.bandwidth_tbs}")
     if args.batch is not None and args.batch < 1:
         ap.error(f"--batch must be >= 1, got {args.batch}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Count every requested side and setting, print the report, write the JSON; 0 when done."""
     args = parse_args(argv)
     device = torch.device(args.device)
     shapes = gpu_bench.QUICK if args.quick else gpu_bench.CLIP_B32

@@ -6,9 +6,10 @@ and its two CPU-to-GPU substitutions are checked to do what they claim and to un
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
@@ -49,7 +50,7 @@ def test_comparison_pairs_the_sides_at_each_setting(bench: ModuleType) -> None:
     ]
     comparison = bench.compare(rows, bandwidth_tbs=3.0)
     assert comparison["fp32"]["fused_gb"]["ratio_peer_over_polymodal"] == pytest.approx(1.5)
-    assert comparison["fp32"]["min_ms_at_bandwidth"] == {"polymodal": pytest.approx(10.0), "transformers": pytest.approx(15.0)}
+    assert comparison["fp32"]["ms_at_bandwidth"] == {"polymodal": pytest.approx(10.0), "transformers": pytest.approx(15.0)}
     assert "bf16" not in comparison  # the peer has no bf16 row to pair with
     assert comparison["bf16_residual_saves_gb"] == {"polymodal": pytest.approx(6.0)}
 
@@ -82,6 +83,7 @@ def test_operator_names_drop_namespace_and_overload(bench: ModuleType) -> None:
 
 
 def test_cuda_layer_norm_rule_returns_fp32_under_autocast_and_is_undone(bench: ModuleType) -> None:
+    original = nn.functional.layer_norm
     ln = nn.LayerNorm(8)
     x = torch.randn(2, 3, 8).to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -92,6 +94,9 @@ def test_cuda_layer_norm_rule_returns_fp32_under_autocast_and_is_undone(bench: M
             torch.testing.assert_close(y, nn.functional.layer_norm(x.float(), (8,), ln.weight, ln.bias))
             assert ln(x.float()).dtype == torch.float32
         assert ln(x).dtype == torch.bfloat16
+    with pytest.raises(RuntimeError, match="boom"), bench.cuda_layer_norm_rule():
+        raise RuntimeError("boom")
+    assert nn.functional.layer_norm is original  # undone after an error too
     with bench.cuda_layer_norm_rule():  # no autocast: untouched
         assert ln(x).dtype == torch.bfloat16
 
@@ -122,7 +127,66 @@ def test_gpu_attention_path_swaps_in_sdpa_with_the_same_result_and_is_undone(ben
     assert calls == [1]
 
 
-def test_bad_libraries_are_refused_by_name(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [(["--libraries", "polymodal,timm"], "--libraries"), (["--libraries", "polymodal,polymodal"], "--libraries"),
+     (["--bandwidth-tbs", "0"], "--bandwidth-tbs"), (["--batch", "0"], "--batch")],
+)
+def test_bad_options_are_refused_by_name_before_anything_compiles(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str], argv: list[str], option: str
+) -> None:
     with pytest.raises(SystemExit):
-        bench.parse_args(["--libraries", "polymodal,timm"])
-    assert "--libraries" in capsys.readouterr().err
+        bench.parse_args(argv)
+    assert option in capsys.readouterr().err
+
+
+class _Origin:
+    op = "call_function"
+
+    def __init__(self, target: object) -> None:
+        self.target = target
+
+
+class _Fused:
+    """A stand-in for a fused scheduler node: its operators, nothing else."""
+
+    def __init__(self, *targets: object) -> None:
+        self.node = SimpleNamespace(origins=[_Origin(t) for t in targets])
+
+    def get_nodes(self) -> list[_Fused]:
+        return [self]
+
+
+def test_summarize_counts_kernels_and_library_calls_apart_and_skips_what_runs_nothing(bench: ModuleType) -> None:
+    from torch._inductor.ir import MultiOutput
+    from torch._inductor.scheduler import ExternKernelSchedulerNode, NopKernelSchedulerNode
+
+    mm = object.__new__(ExternKernelSchedulerNode)
+    mm.node = SimpleNamespace(python_kernel_name="extern_kernels.mm")
+    one_output = object.__new__(ExternKernelSchedulerNode)  # an output of a multi-output call: no kernel
+    one_output.node = object.__new__(MultiOutput)
+    nop = object.__new__(NopKernelSchedulerNode)
+    gelu = _Fused(torch.ops.aten.mul.Tensor, torch.ops.aten.sigmoid.default)
+    scalar_cast = _Fused(torch.ops.prims.convert_element_type.default)  # a 2-byte kernel still runs
+    row = bench.summarize([(gelu, 100), (mm, 50), (one_output, 7), (nop, 0), (scalar_cast, 0)])
+    assert row["fused_kernels"] == 2 and row["fused_gb"] == pytest.approx(400e-9)
+    assert row["extern_calls"] == {"mm": 1} and row["extern_gb"] == pytest.approx(200e-9)
+    assert row["by_kind"]["activation (forward and backward)"] == {"gb": pytest.approx(400e-9), "kernels": 1}
+    assert row["by_kind"]["casts (weights, gradients, activations)"]["kernels"] == 1
+
+
+def test_the_layer_norm_rule_holds_inside_a_compiled_graph_and_changes_the_count(bench: ModuleType) -> None:
+    ln = nn.LayerNorm(64)
+    x = torch.randn(32, 64).to(torch.bfloat16)
+    counted_gb, dtypes = [], []
+    for rule in (contextlib.nullcontext(), bench.cuda_layer_norm_rule()):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16), rule, bench.inductor_byte_counts() as counted:
+            y = torch.compile(ln)(x)
+            nodes = list(counted)
+        assert not torch._dynamo.utils.counters["graph_break"]  # the patched function traces into one graph
+        dtypes.append(y.dtype)
+        counted_gb.append(bench.summarize(nodes)["fused_gb"])
+    assert dtypes == [torch.bfloat16, torch.float32]
+    assert counted_gb[1] > counted_gb[0] > 0  # the fp32 output is written at 4 bytes a value
