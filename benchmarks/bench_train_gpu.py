@@ -279,8 +279,9 @@ def build_hf(s: Shapes, *, grad_checkpointing: bool = False, bf16_residual: bool
 
 def _bf16_under_autocast(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
     """A forward hook: the module's fp32 output as bf16, under bf16 autocast only (what polymodal's stacks do)."""
-    kind = output.device.type
-    if output.dtype == torch.float32 and torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16:
+    from polymodal.modules.transformer import _bf16_autocast  # the stacks' own test of "under bf16 autocast"
+
+    if output.dtype == torch.float32 and _bf16_autocast(output.device.type):
         return output.to(torch.bfloat16)
     return output
 

@@ -69,7 +69,7 @@ class MissingModality(nn.Module):
         if not bool(absent.any()):
             return out
         tokens = torch.where(absent[:, None, None], self.token.to(out.tokens.dtype), out.tokens)
-        pooled = self.stand_in_pooled(out.pooled, absent)
+        pooled = self._fill_pooled(out.pooled, absent)  # absent rows were checked above: no second device sync
         only_first = torch.zeros(out.tokens.shape[:2], dtype=torch.bool, device=out.tokens.device)
         only_first[:, 0] = True
         mask = out.mask if out.mask is not None else torch.ones_like(only_first)
@@ -82,6 +82,9 @@ class MissingModality(nn.Module):
         AdamW's weight decay would act on)."""
         if not bool(absent.any()):
             return pooled
+        return self._fill_pooled(pooled, absent)
+
+    def _fill_pooled(self, pooled: Tensor, absent: Tensor) -> Tensor:
         return torch.where(absent[:, None], self.pooled.to(pooled.dtype), pooled)
 
 
