@@ -45,6 +45,13 @@ on CPU at these sizes). The target is judged against the fastest peer. Models ar
 interleaved repeats (the order reversed every other repeat) so background load on a shared machine
 hits all alike; the table shows the median repeat (best in parentheses).
 
+Run as a script, it re-runs itself with glibc told to keep freed memory (``GLIBC_TUNABLES``, see
+``provenance.steady_heap_env``), unless ``GLIBC_TUNABLES`` is set already or ``--glibc-defaults`` is
+given. With glibc's defaults, each model timed in this one process page-faults back in the memory
+the other's frees returned to the OS, and the peer, whose activations are larger, paid 10% for it:
+the ratio read 1.31-1.50x where it is 1.26-1.31x with the heap kept, and 1.28-1.33x with each model
+alone in its own process (2026-11-24, fifteenth session).
+
 Writes benchmarks/results/train_cpu.json (machine, library versions, date, commit) and prints a table.
 """
 
@@ -65,7 +72,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from provenance import cpu_model, git_commit, write_result
+from provenance import cpu_model, git_commit, heap_settings, rerun_with_steady_heap, write_result
 from torch import Tensor, nn
 
 from polymodal.data.world.scene import COLORS, MATERIALS, SHAPES, SIZES, VALUES
@@ -400,6 +407,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="time every step on one repeated batch (as before 2026-11-24: hides the cost of new shapes)",
     )
     ap.add_argument("--quick", action="store_true", help="batch 16, 1 warmup step, 2 repeats of 2 steps: checks that it runs")
+    ap.add_argument(
+        "--glibc-defaults", action="store_true",
+        help="keep glibc's allocator settings (run as a script, the benchmark otherwise re-runs itself with the heap kept; see the module doc)",
+    )
     ap.add_argument("--result", type=Path, default=RESULT)
     args = ap.parse_args(argv)
     if args.quick:
@@ -487,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "peer_attention": args.peer_attn,
         "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "quick": args.quick,
         "fresh_batch_every_step": args.fresh_batches,
+        "heap": heap_settings(),
         "param_difference_pct": round(100 * (p_peer - p_poly) / p_poly, 3),
         "rows": rows,
         "fastest_peer": fastest["model"],
@@ -496,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_result(args.result, record)
 
     print(f"batch {batch_size} images ({batch_size * per_image} questions, {batch_size} statements, {batch_size} captions), "
-          f"{record['precision']} autocast, {torch.get_num_threads()} threads")
+          f"{record['precision']} autocast, {torch.get_num_threads()} threads, heap: {record['heap']}")
     print(markdown_table(rows))
     print(f"\nparameters by part (peer {record['param_difference_pct']:+.3f}% vs polymodal):")
     for name, parts in params.items():
@@ -508,4 +520,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    if "--glibc-defaults" not in sys.argv[1:]:
+        rerun_with_steady_heap(sys.argv)
     main()

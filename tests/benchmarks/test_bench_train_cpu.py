@@ -8,6 +8,9 @@ stays the same size as polymodal's model (so the ratio compares like with like).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -33,6 +36,31 @@ def test_tiny_run_writes_rows(bench: ModuleType, tmp_path: Path) -> None:
     assert saved["fastest_peer"] in rows and saved["ratio_polymodal_to_fastest_peer"] > 0
     assert saved["batch"]["images"] == 4 and saved["batch"]["questions"] == 12
     assert saved["machine"]["cores"] and saved["machine"]["torch"] and saved["machine"]["transformers"]
+    assert saved["heap"] == (os.environ.get("GLIBC_TUNABLES") or "glibc defaults")
+
+
+def test_steady_heap_env_only_where_glibc_reads_it_and_nothing_is_set() -> None:
+    from provenance import STEADY_HEAP_TUNABLES, steady_heap_env
+
+    env = steady_heap_env({"PATH": "/bin"}, "linux")
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": STEADY_HEAP_TUNABLES}
+    assert steady_heap_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "linux") is None  # the user's own
+    assert steady_heap_env({"PATH": "/bin"}, "darwin") is None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the re-run sets a glibc variable")
+@pytest.mark.parametrize("flag", [[], ["--glibc-defaults"]])
+def test_the_script_reruns_itself_with_the_heap_kept_unless_told_not_to(tmp_path: Path, flag: list[str]) -> None:
+    out = tmp_path / "train_cpu.json"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{BENCHMARK}.py"
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    args = ["--quick", "--batch-size", "2", "--steps", "1", "--warmup", "1", "--repeats", "1", "--threads", "1",
+            "--peer-attn", "eager", "--no-what-if", "--result", str(out), *flag]
+    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    heap = json.loads(out.read_text(encoding="utf-8"))["heap"]
+    assert heap == ("glibc defaults" if flag else "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824")
+    assert f"heap: {heap}" in done.stdout
 
 
 def test_peer_uses_transformers_stacks(bench: ModuleType) -> None:
