@@ -49,7 +49,7 @@ Run as a script, it re-runs itself with glibc told to keep freed memory (``GLIBC
 ``provenance.steady_heap_env``), unless ``GLIBC_TUNABLES`` is set already or ``--glibc-defaults`` is
 given. With glibc's defaults, each model timed in this one process page-faults back in the memory
 the other's frees returned to the OS, and the peer, whose activations are larger, paid 10% for it:
-the ratio read 1.31-1.50x where it is 1.26-1.31x with the heap kept, and 1.28-1.33x with each model
+the ratio read 1.31-1.50x where it is 1.26-1.32x with the heap kept, and 1.28-1.33x with each model
 alone in its own process (2026-11-24, fifteenth session).
 
 Writes benchmarks/results/train_cpu.json (machine, library versions, date, commit) and prints a table.
