@@ -520,6 +520,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if "--glibc-defaults" not in sys.argv[1:]:
+    if not parse_args().glibc_defaults:  # argparse's reading of the flag, abbreviations included
         rerun_with_steady_heap(sys.argv)
     main()
