@@ -434,6 +434,7 @@ def test_context_rows_equal_a_repeated_context(pack, rows, grouped, monkeypatch)
     mask = torch.ones(5, 7, dtype=torch.bool)
     mask[1, 4:] = False
     mask[3, 2:] = False
+    mask[4, 4:] = False  # 24 of 35 real: padded enough for training to pack
     context = torch.randn(3, 6, 16, requires_grad=True)
     context_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6, [0, 1, 1, 0, 1, 1]], dtype=torch.bool)
     rows = torch.tensor(rows)
@@ -520,16 +521,19 @@ def test_positions_last_block_runs_one_token_per_row():
 def test_positions_with_shared_contexts_equal_the_full_stack(pack, monkeypatch):
     """Rows that cross-attend to shared contexts (``context_rows``; packed: grouped by context) give the
     full stack's rows too, the last block's context mask picked per row."""
-    from polymodal.modules import transformer
+    from polymodal.modules import attention, transformer
 
     if not pack:
         monkeypatch.setattr(transformer, "PACK_MAX_REAL_FRACTION", -1.0)
+    packs = []
+    monkeypatch.setattr(attention.Packing, "__init__", _recording(attention.Packing.__init__, packs))
     torch.manual_seed(0)
     stack = Transformer(W, 2, H, causal=True, cross_attention=True, context_dim=16)
     x = torch.randn(5, 8, W)
     mask = torch.ones(5, 8, dtype=torch.bool)
     mask[0, 5:] = False
     mask[3, 2:] = False
+    mask[4, 1:] = False  # 24 of 40 real: padded enough for training to pack
     context = torch.randn(2, 6, 16)
     context_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
     context_rows = torch.tensor([0, 1, 0, 1, 0])
@@ -537,6 +541,7 @@ def test_positions_with_shared_contexts_equal_the_full_stack(pack, monkeypatch):
     kwargs = {"mask": mask, "context": context, "context_mask": context_mask, "context_rows": context_rows}
     rows = stack(x, positions=positions, **kwargs)
     full = stack(x, **kwargs)
+    assert len(packs) == (2 if pack else 0)
     torch.testing.assert_close(rows, full[torch.arange(5), positions].unsqueeze(1), atol=1e-6, rtol=1e-5)
 
 
@@ -567,10 +572,12 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_bf16_residual_keeps_the_stream_in_bf16_and_close_to_autocasts(padded, pack, pooled, monkeypatch):
     """Under bf16 autocast the sums between blocks stay bf16 (every block's LayerNorm reads bf16), and
     outputs and gradients stay within bf16 rounding of autocast's fp32 stream."""
-    from polymodal.modules import transformer
+    from polymodal.modules import attention, transformer
 
     if not pack:
         monkeypatch.setattr(transformer, "PACK_MAX_REAL_FRACTION", -1.0)
+    packs = []
+    monkeypatch.setattr(attention.Packing, "__init__", _recording(attention.Packing.__init__, packs))
     torch.manual_seed(0)
     stack = Transformer(W, 3, H, causal=True, activation="quick_gelu")
     read: list[torch.dtype] = []
@@ -581,7 +588,8 @@ def test_bf16_residual_keeps_the_stream_in_bf16_and_close_to_autocasts(padded, p
     if padded:
         mask = torch.ones(4, 9, dtype=torch.bool)
         mask[1, 4:] = False
-        mask[3, 6:] = False
+        mask[2, 3:] = False
+        mask[3, 6:] = False  # 22 of 36 real: padded enough for training to pack
     positions = torch.tensor([8, 3, 0, 5]) if pooled else None
     weights = torch.randn(4, 1 if pooled else 9, W)
 
@@ -595,6 +603,7 @@ def test_bf16_residual_keeps_the_stream_in_bf16_and_close_to_autocasts(padded, p
 
     fp32_out, fp32_read, fp32_grads = run(False)
     out, bf16_read, grads = run(True)
+    assert len(packs) == (2 if pack else 0)
     assert fp32_read == [torch.float32] * 3 and fp32_out.dtype == torch.float32
     assert bf16_read == [torch.bfloat16] * 3 and out.dtype == torch.float32  # the stack returns what it was given
     real = (slice(None),) if mask is None or pooled else (mask,)
