@@ -123,6 +123,36 @@ def test_fusion_mlm_scores_the_selected_positions_as_a_full_head_would(world_bat
         torch.testing.assert_close(grad, dict(model.named_parameters())[name].grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_itc_alone_encodes_the_text_as_far_as_its_pooled_vector(world_batch: WorldBatch) -> None:
+    """With ITC the only text-reading objective, the text tower's last block runs for the pooled token
+    alone (in training too); the loss and every gradient are those of the fully encoded text. With ITM,
+    which fuses the text's tokens, the whole tower runs."""
+    torch.manual_seed(0)
+    model = _fusion(world_batch, weights={"itc": 1.0})
+    ids, mask = enc(world_batch, world_batch.captions)
+    mask[:, 4:] = 0  # padding enough for CPU training to pack
+    last_mlp_rows = []
+    model.backbone.text_encoder.transformer.blocks[-1].mlp.register_forward_hook(lambda m, inp, out: last_mlp_rows.append(inp[0].shape[-2]))
+    out = model(world_batch.images, ids, mask)
+    assert last_mlp_rows == [1]
+    shortcut = torch.autograd.grad(out.loss, list(model.parameters()), allow_unused=True)
+    full = model(world_batch.images, ids, mask, text=model.backbone.encode_text(ids, mask))
+    assert len(last_mlp_rows) == 2 and last_mlp_rows[1] >= int(mask.sum())  # packed: every real token (and fillers)
+    torch.testing.assert_close(out.loss, full.loss, atol=1e-6, rtol=1e-5)
+    names = [n for n, _ in model.named_parameters()]
+    for name, a, b in zip(names, shortcut, torch.autograd.grad(full.loss, list(model.parameters()), allow_unused=True)):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    assert sum(a is not None for a in shortcut) > 10  # the text tower's weights are trained
+
+    both = _fusion(world_batch, weights={"itc": 1.0, "itm": 1.0})
+    rows = []
+    both.backbone.text_encoder.transformer.blocks[-1].mlp.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[-2]))
+    both(world_batch.images, ids, mask, generator=torch.Generator().manual_seed(0))
+    assert len(rows) == 1 and rows[0] >= int(mask.sum())
+
+
 def test_fusion_encoder_learns_itc_and_itm(world_batch: WorldBatch) -> None:
     """ITC memorises 8 pairs quickly; ITM from scratch is slower (ALBEF leans on ITC-shaped features
     first), so the bar for ITM is 'well below the constant predictor' (0.637 for the 1:2

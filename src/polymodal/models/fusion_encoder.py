@@ -25,7 +25,7 @@ from polymodal.losses._token_mean import scored_rows_cross_entropy
 from polymodal.models.backbone import ImageTextBackbone
 from polymodal.models.dual_encoder import _projection
 from polymodal.models.outputs import FusionEncoderOutput
-from polymodal.modules.encoders.base import EncoderOutput
+from polymodal.modules.encoders.base import EncoderOutput, pooled_output
 
 OBJECTIVES = ("itc", "itm", "mlm")
 
@@ -81,18 +81,23 @@ class FusionEncoder(nn.Module):
         generator: torch.Generator | None = None,
         text: EncoderOutput | None = None,
     ) -> FusionEncoderOutput:
-        """``images`` may be already encoded and ``text`` the already encoded ``text_ids``: a multi-task
-        model encodes each once and shares the result between its objectives."""
+        """``images`` may be already encoded and ``text`` the already encoded ``text_ids``: a caller that
+        needs the encodings too shares them. Left to encode the text itself, it runs the text tower only
+        as far as the objectives read it: ITC alone reads the pooled vector, so the tower's last block
+        runs for that one token (:func:`pooled_output`); MLM encodes its masked copy instead."""
         weights = self.objectives.weights
         image = images if isinstance(images, EncoderOutput) else self.backbone.encode_image(images)
-        if text is None:
-            text = self.backbone.encode_text(text_ids, text_mask)
         losses: dict[str, Tensor] = {}
         itc = None
         itm_acc = None
         if "itc" in weights or "itm" in weights:
+            if text is None and "itm" not in weights:
+                text_pooled = pooled_output(self.backbone.text_encoder, text_ids, text_mask)
+            else:
+                text = text if text is not None else self.backbone.encode_text(text_ids, text_mask)
+                text_pooled = text.pooled
             img_z = F.normalize(self.image_proj(image.pooled), dim=-1)
-            txt_z = F.normalize(self.text_proj(text.pooled), dim=-1)
+            txt_z = F.normalize(self.text_proj(text_pooled), dim=-1)
             itc = self.itc(img_z, txt_z, image_ids=image_ids)
             if "itc" in weights:
                 losses["itc"] = itc.loss
@@ -101,7 +106,7 @@ class FusionEncoder(nn.Module):
                 i2t, t2i = itc.local_logits()  # type: ignore[union-attr]
                 negs = sample_hard_negatives(i2t.detach().float(), t2i.detach().float(), image_ids=image_ids, generator=generator)
             pairs = itm_pairs(negs)
-            fused = self.backbone.fuse(text.take(pairs.text_index), image, pairs.image_index)
+            fused = self.backbone.fuse(text.take(pairs.text_index), image, pairs.image_index)  # type: ignore[union-attr]
             out = itm_loss(self.itm_head(fused.pooled), pairs.labels)  # type: ignore[misc]
             losses["itm"], itm_acc = out.loss, out.accuracy
         if "mlm" in weights:

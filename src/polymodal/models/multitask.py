@@ -168,8 +168,8 @@ class MultiTaskModel(nn.Module):
                 f"{question_ids.shape[0]} questions and {len(answers)} answer lists for {b} images"
             )
         image = self.backbone.encode_image(images)
-        caption = self.backbone.encode_text(caption_ids, caption_mask)
-        pre = self.pretrain(image, caption_ids, caption_mask, image_ids=image_ids, generator=generator, text=caption)
+        # the caption's text encoding is the pretraining objectives' alone: they encode only what they read
+        pre = self.pretrain(image, caption_ids, caption_mask, image_ids=image_ids, generator=generator)
         losses: dict[str, Tensor] = {}
         accuracy: dict[str, Tensor] = {}
         if pre.itm_accuracy is not None:
