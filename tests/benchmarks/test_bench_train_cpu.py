@@ -39,6 +39,41 @@ def test_tiny_run_writes_rows(bench: ModuleType, tmp_path: Path) -> None:
     assert saved["heap"] == (os.environ.get("GLIBC_TUNABLES") or "glibc defaults")
 
 
+@pytest.mark.parametrize("fresh", [False, True])
+def test_timed_steps_meet_only_warmed_up_batches_unless_fresh(bench: ModuleType, tmp_path: Path, monkeypatch, fresh: bool) -> None:
+    """Pooled (the default), every batch a timed step runs was run by the same model in its warm-up, so
+    kernels for its shapes exist; with --fresh no timed batch was seen before."""
+    seeds: dict[int, int] = {}
+    make_batch = bench.make_batch
+
+    def recording_batch(*args, **kwargs):
+        batch = make_batch(*args, **kwargs)
+        seeds[id(batch)] = args[-1]
+        return batch
+
+    steps: dict[str, list[int]] = {}
+    step = bench.Runner.step
+
+    def recording_step(self, batch):
+        steps.setdefault(self.name, []).append(seeds[id(batch)])
+        return step(self, batch)
+
+    monkeypatch.setattr(bench, "make_batch", recording_batch)
+    monkeypatch.setattr(bench.Runner, "step", recording_step)
+    args = ["--quick", "--batch-size", "2", "--steps", "2", "--warmup", "1", "--repeats", "2", "--pool", "2", "--threads", "1",
+            "--peer-attn", "eager", "--no-what-if", "--result", str(tmp_path / "train_cpu.json")]
+    record = bench.main(args + (["--fresh"] if fresh else []))
+    assert set(steps) == {"polymodal", "peer (eager)"}
+    warmup = record["warmup"]
+    assert warmup == (1 if fresh else 2)
+    for name, seen in steps.items():
+        warm, timed = seen[:warmup], seen[warmup:]
+        assert len(timed) == 4, name
+        assert set(timed).isdisjoint(warm) if fresh else set(timed) <= set(warm), (name, seen)
+    assert steps["polymodal"] == steps["peer (eager)"]  # both sides run the same batches in the same order
+    assert record["timed_batches"] == ("fresh" if fresh else "pool of 2, each run in the warm-up")
+
+
 def test_steady_heap_env_only_where_glibc_reads_it_and_nothing_is_set() -> None:
     from provenance import STEADY_HEAP_TUNABLES, steady_heap_env
 
