@@ -30,6 +30,13 @@ polymodal, ...) so that load changes on a shared machine hit both; the best run 
 is faster). Parameter counts of both sides are printed and recorded; they agree to well under 1%.
 The table is printed as Markdown and ``--out`` (default ``benchmarks/results/inference.json``)
 receives the numbers with the machine, versions, date and commit.
+
+Run as a script, it re-runs itself with glibc told to keep freed memory (``GLIBC_TUNABLES``, see
+``provenance.steady_heap_env``), unless ``GLIBC_TUNABLES`` is set already or ``--glibc-defaults`` is
+given: with glibc's defaults the peer's image embedding page-faulted back in the memory the other
+side's freed blocks had returned to the OS, and ran about 10% slower than with the heap kept (image
+embedding ratio 1.40-1.43x with glibc's defaults, 1.26-1.34x with the heap kept, three runs each;
+text embedding and captioning did not move; 2-core Xeon, 2026-11-24, sixteenth session).
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from provenance import cpu_model, ensure_polymodal_importable, git_commit, write_result
+from provenance import cpu_model, ensure_polymodal_importable, git_commit, heap_settings, rerun_with_steady_heap, write_result
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -550,6 +557,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--no-uncached", action="store_true", help="Skip generation without KV cache (both sides)."
     )
+    ap.add_argument(
+        "--glibc-defaults", action="store_true",
+        help="keep glibc's allocator settings (run as a script, the benchmark otherwise re-runs itself with the heap kept; see the module doc)",
+    )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     for field in (
         "image_size",
@@ -585,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params: dict[str, Any] = {}
     with _threads(args.threads):
         info = machine_info(device)
-        print(f"shapes: {asdict(shapes)}", flush=True)
+        print(f"shapes: {asdict(shapes)}, heap: {heap_settings()}", flush=True)
         if args.only in (None, "embedding"):
             emb_rows, params["embedding"] = bench_embedding(
                 shapes, batch, device, args.dtype, warmup, repeats
@@ -610,6 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git_commit(),
         "machine": info,
+        "heap": heap_settings(),
         "dtype": args.dtype,
         "preset": "tiny" if args.quick else args.preset,
         "shapes": asdict(shapes),
@@ -624,4 +636,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if not parse_args().glibc_defaults:  # argparse's reading of the flag, abbreviations included
+        rerun_with_steady_heap(sys.argv)
     sys.exit(main())

@@ -2,8 +2,11 @@
 test module gets its script as the ``bench`` fixture (named by the module's ``BENCHMARK``)."""
 
 import importlib.util
+import json
+import os
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -25,3 +28,18 @@ def bench(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
     spec.loader.exec_module(module)
     yield module
     sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def script_heap(request: pytest.FixtureRequest) -> Callable[[list[str], Path], tuple[str, str]]:
+    """Runs ``benchmarks/<BENCHMARK>.py`` as a script (``GLIBC_TUNABLES`` unset, so it may re-run itself
+    with the heap kept) and returns the ``heap`` its JSON at ``out`` records, and its output."""
+    script = BENCHMARKS / f"{request.module.BENCHMARK}.py"
+
+    def run(args: list[str], out: Path) -> tuple[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(out.read_text(encoding="utf-8"))["heap"], done.stdout
+
+    return run

@@ -8,6 +8,8 @@ comparison are the same size, which is what makes the ratios meaningful.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -56,6 +58,7 @@ def test_quick_run_writes_rows_with_matching_sizes(bench: ModuleType,
     assert "same_function_max_abs_diff" in result["params"]["embedding"]  # recorded with the timings
     for key in ("torch", "transformers", "cpu", "cores", "device"):
         assert key in result["machine"]
+    assert result["heap"] == (os.environ.get("GLIBC_TUNABLES") or "glibc defaults")
     assert "| image embedding |" in capsys.readouterr().out
 
 
@@ -82,3 +85,15 @@ def test_the_timed_models_must_compute_the_same_embeddings(bench: ModuleType, mo
     monkeypatch.setattr(native_clip, "clip_state_dict", without_ln_post)
     with pytest.raises(RuntimeError, match="not the same model"):
         bench._load_peer_weights(ours, peer, s, images, ids, mask)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the re-run sets a glibc variable")
+@pytest.mark.parametrize("flag", [[], ["--glibc-defaults"]])
+def test_the_script_reruns_itself_with_the_heap_kept_unless_told_not_to(tmp_path: Path, flag: list[str], script_heap) -> None:
+    from provenance import STEADY_HEAP_TUNABLES
+
+    out = tmp_path / "inference.json"
+    args = ["--quick", "--only", "embedding", "--batch", "2", "--repeats", "1", "--warmup", "0", "--out", str(out), *flag]
+    heap, printed = script_heap(args, out)
+    assert heap == ("glibc defaults" if flag else STEADY_HEAP_TUNABLES)
+    assert f"heap: {heap}" in printed

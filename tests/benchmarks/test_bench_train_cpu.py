@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -85,17 +84,15 @@ def test_steady_heap_env_only_where_glibc_reads_it_and_nothing_is_set() -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the re-run sets a glibc variable")
 @pytest.mark.parametrize("flag", [[], ["--glibc-defaults"]])
-def test_the_script_reruns_itself_with_the_heap_kept_unless_told_not_to(tmp_path: Path, flag: list[str]) -> None:
+def test_the_script_reruns_itself_with_the_heap_kept_unless_told_not_to(tmp_path: Path, flag: list[str], script_heap) -> None:
+    from provenance import STEADY_HEAP_TUNABLES
+
     out = tmp_path / "train_cpu.json"
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{BENCHMARK}.py"
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     args = ["--quick", "--batch-size", "2", "--steps", "1", "--warmup", "1", "--repeats", "1", "--threads", "1",
             "--peer-attn", "eager", "--no-what-if", "--result", str(out), *flag]
-    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    heap = json.loads(out.read_text(encoding="utf-8"))["heap"]
-    assert heap == ("glibc defaults" if flag else "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824")
-    assert f"heap: {heap}" in done.stdout
+    heap, printed = script_heap(args, out)
+    assert heap == ("glibc defaults" if flag else STEADY_HEAP_TUNABLES)
+    assert f"heap: {heap}" in printed
 
 
 def test_peer_uses_transformers_stacks(bench: ModuleType) -> None:
