@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,6 +205,65 @@ def test_bf16_residual_trains_under_bf16_autocast_and_needs_it(tmp_path: Path, w
     for precision in ("fp32", "fp16"):
         with pytest.raises(ConfigError, match=f"train.bf16_residual.*needs precision: bf16.*got precision: {precision}"):
             load_config(path, [f"train.precision={precision}"])
+
+
+def _train_losses(run: Path) -> dict[int, float]:
+    return {int(line.split(",")[0]): float(line.split(",")[-1]) for line in (run / "log.csv").read_text().splitlines() if ",train,loss," in line}
+
+
+def test_compiled_multitask_training_matches_eager_and_compiles_once_per_shape_kind(
+    tmp_path: Path, world: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.compile on the model with every stack (packed on CPU when eager), string answers and the readout.
+    It crashed inside Dynamo (packing's custom autograd function), and the batch's answer strings, traced,
+    became guards: a recompile every step until Dynamo gave up and ran the forward eagerly."""
+    import torch._dynamo
+
+    modes: list[object] = []
+    real_compile = torch.compile
+
+    def recording_compile(model: object, **kwargs: object) -> object:
+        modes.append(kwargs.get("mode"))
+        return real_compile(model, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    steps = 4
+    (tmp_path / "eager").mkdir()
+    Trainer(load_config(write_config(tmp_path / "eager", world, "multitask", max_steps=steps, epochs=5)), progress=False).fit()
+    assert modes == []
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    torch._dynamo.utils.guard_failures.clear()
+    (tmp_path / "compiled").mkdir()
+    # reduce-overhead: on a CPU Inductor leaves out the CUDA graphs, but the trainer still marks each step
+    marked = []
+    real_mark = torch.compiler.cudagraph_mark_step_begin
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marked.append(1) or real_mark())
+    compiled = write_config(tmp_path / "compiled", world, "multitask", max_steps=steps, epochs=5, compile=True, compile_mode="reduce-overhead")
+    summary = Trainer(load_config(compiled), progress=False).fit()
+    assert modes == ["reduce-overhead"] and len(marked) == steps
+    assert summary["steps"] == steps and math.isfinite(summary["test"]["vqa/accuracy"])
+    eager, compiled_losses = _train_losses(tmp_path / "eager/run"), _train_losses(tmp_path / "compiled/run")
+    assert sorted(eager) == sorted(compiled_losses) == list(range(1, steps + 1))
+    for step in eager:  # the same batches and weights; eager packs the padded tokens away, compiled keeps them
+        assert compiled_losses[step] == pytest.approx(eager[step], rel=2e-3), (step, eager, compiled_losses)
+    breaks = torch._dynamo.utils.counters["graph_break"]
+    assert all("AnswerVocab.targets" in reason for reason in breaks), list(breaks)  # its one break, on purpose
+    # recompiles happen for new batch shapes (until dynamic shapes take over), never for the batch's contents
+    reasons = [reason for failures in torch._dynamo.utils.guard_failures.values() for reason in failures]
+    assert reasons and all(re.search(r"(size|stride) mismatch", reason) for reason in reasons), reasons
+
+
+def test_compile_mode_mistakes_are_named(tmp_path: Path, world: Path) -> None:
+    path = write_config(tmp_path, world, "retrieval", max_steps=1)
+    with pytest.raises(ConfigError, match="train.compile_mode.*'max-autotune' is a torch.compile mode and acts only with compile: true"):
+        load_config(path, ["train.compile_mode=max-autotune"])
+    with pytest.raises(ConfigError, match="train.compile_mode.*Input should be 'default', 'reduce-overhead'"):
+        load_config(path, ["train.compile=true", "train.compile_mode=fast"])
+    for mode in ("reduce-overhead", "max-autotune"):  # CUDA graphs overwrite the gradients kept between micro-batches
+        with pytest.raises(ConfigError, match=f"train.compile_mode.*'{mode}' replays CUDA graphs.*accumulation: 2.*accumulation: 1"):
+            load_config(path, ["train.compile=true", "train.accumulation=2", f"train.compile_mode={mode}"])
+    assert load_config(path, ["train.compile=true", "train.accumulation=2", "train.compile_mode=max-autotune-no-cudagraphs"]).train.accumulation == 2
 
 
 @pytest.mark.parametrize("task", ["classification", "multitask"])

@@ -44,6 +44,7 @@ class AnswerVocab:
     def index(self) -> dict[str, int]:
         return {a: i for i, a in enumerate(self.answers)}
 
+    @torch.compiler.disable  # host-side work on strings: traced, every batch's answers would be guards, and recompile
     def targets(self, batch_answers: Sequence[Sequence[str]]) -> Tensor:
         """``[B, A]`` soft scores; answers outside the vocabulary contribute nothing."""
         normalised = [[normalize_answer(a) for a in answers] for answers in batch_answers]

@@ -376,7 +376,7 @@ class Transformer(nn.Module):
         if context_mask is not None and context_mask.dtype != torch.bool:
             context_mask = context_mask != 0
         if context_rows is not None:
-            if context is None or context_rows.shape != (b,) or (b and int(context_rows.max()) >= context.shape[0]):
+            if context is None or context_rows.shape != (b,) or (b and not torch.compiler.is_compiling() and int(context_rows.max()) >= context.shape[0]):
                 raise ValueError(
                     f"transformer: context_rows must index the context's {None if context is None else context.shape[0]} entries "
                     f"once per row of x ({b}), got shape {list(context_rows.shape)}"
@@ -460,7 +460,8 @@ class Transformer(nn.Module):
         """
         if mask is None or cache is not None or mask.device.type != "cpu":
             return None
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # an exported graph keeps fixed shapes
+        # an exported or compiled graph keeps fixed shapes; counting the real tokens would also break a compiled graph
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
             return None
         limit = min(PACK_MAX_REAL_FRACTION, PACK_MAX_REAL_FRACTION_TRAINING) if torch.is_grad_enabled() else PACK_MAX_REAL_FRACTION
         real = int(mask.sum())

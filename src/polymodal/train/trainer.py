@@ -28,7 +28,7 @@ import yaml
 from tqdm import tqdm
 
 from polymodal.atomic import write_text
-from polymodal.config import RunConfig
+from polymodal.config import CUDA_GRAPH_COMPILE_MODES, RunConfig
 from polymodal.data.media import plan_to_dict
 from polymodal.data.sample import Sample
 from polymodal.data.tokenizers import TextTokenizer, load_tokenizer, train_tokenizer
@@ -356,8 +356,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             wrapped = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.forward_model = torch.compile(wrapped) if s.compile else wrapped
+        self.forward_model = torch.compile(wrapped, mode=None if s.compile_mode == "default" else s.compile_mode) if s.compile else wrapped
         self.full_batch_accumulation = self._full_batch_accumulation()
+        # CUDA graph modes replay into the same output memory: each step is declared before its forward
+        self._cuda_graphs = s.compile and s.compile_mode in CUDA_GRAPH_COMPILE_MODES
         self._no_sync = self._sharded_no_sync if self.fsdp else getattr(wrapped, "no_sync", None)
         base = self.init.image if self.init is not None else None  # the image processor the weights were trained with
         if self.pretrained:
@@ -493,6 +495,8 @@ class Trainer:
                 if self.full_batch_accumulation:
                     pending.append(batch)  # scored together at the step: every pair is a negative
                 else:
+                    if self._cuda_graphs:
+                        torch.compiler.cudagraph_mark_step_begin()
                     with self._autocast():
                         out = self.task.loss(self.forward_model, batch)
                     items = float(len(batch["samples"]) if out.weight is None else out.weight)
