@@ -147,8 +147,8 @@ class TrainSettings(StrictModel):
         description=(
             "torch.compile's mode with compile: true. 'reduce-overhead' replays each step as a CUDA graph, so a GPU no "
             "longer waits on kernel launches (CLIP ViT-B/32 on an H100: 35.8% -> 42.8% MFU); it records one graph per "
-            "batch shape, so it suits fixed shapes (text padded to max_length), and needs accumulation: 1. 'max-autotune' "
-            "also tries Triton matmul templates (compiles take minutes); both need CUDA to matter"
+            "batch shape (texts are padded to each batch's longest, so one per length met), and needs accumulation: 1. 'max-autotune' "
+            "also autotunes matmul templates (Triton on GPUs; compiles take minutes)"
         ),
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
