@@ -146,9 +146,10 @@ class TrainSettings(StrictModel):
         "default",
         description=(
             "torch.compile's mode with compile: true. 'reduce-overhead' replays each step as a CUDA graph, so a GPU no "
-            "longer waits on kernel launches (CLIP ViT-B/32 on an H100: 35.8% -> 42.8% MFU); it records one graph per "
-            "batch shape (texts are padded to each batch's longest, so one per length met), and needs accumulation: 1. 'max-autotune' "
-            "also autotunes matmul templates (Triton on GPUs; compiles take minutes)"
+            "longer waits on kernel launches (benchmarks/bench_train_gpu.py's CLIP ViT-B/32 step on an H100: 35.8% -> 42.8% "
+            "MFU); it records one graph per batch shape (texts are padded to each batch's longest, so one per length met) "
+            "and needs accumulation: 1. 'max-autotune' adds autotuned matmul templates (compiles take minutes) to those CUDA "
+            "graphs, 'max-autotune-no-cudagraphs' the templates alone"
         ),
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"

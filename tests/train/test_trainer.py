@@ -235,20 +235,25 @@ def test_compiled_multitask_training_matches_eager_and_compiles_once_per_shape_k
     torch._dynamo.utils.counters.clear()
     torch._dynamo.utils.guard_failures.clear()
     (tmp_path / "compiled").mkdir()
-    # reduce-overhead: on a CPU Inductor leaves out the CUDA graphs, but the trainer still marks each step
-    marked = []
-    real_mark = torch.compiler.cudagraph_mark_step_begin
-    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marked.append(1) or real_mark())
+    # reduce-overhead: on a CPU Inductor leaves out the CUDA graphs, but the trainer still marks each step before its forward
+    from polymodal.tasks.multitask import MultiTaskTask
+
+    events: list[str] = []
+    real_mark, real_loss = torch.compiler.cudagraph_mark_step_begin, MultiTaskTask.loss
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: events.append("mark") or real_mark())
+    monkeypatch.setattr(MultiTaskTask, "loss", lambda self, model, batch: events.append("forward") or real_loss(self, model, batch))
     compiled = write_config(tmp_path / "compiled", world, "multitask", max_steps=steps, epochs=5, compile=True, compile_mode="reduce-overhead")
     summary = Trainer(load_config(compiled), progress=False).fit()
-    assert modes == ["reduce-overhead"] and len(marked) == steps
+    assert modes == ["reduce-overhead"] and events == ["mark", "forward"] * steps
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the forward did run compiled
     assert summary["steps"] == steps and math.isfinite(summary["test"]["vqa/accuracy"])
     eager, compiled_losses = _train_losses(tmp_path / "eager/run"), _train_losses(tmp_path / "compiled/run")
     assert sorted(eager) == sorted(compiled_losses) == list(range(1, steps + 1))
     for step in eager:  # the same batches and weights; eager packs the padded tokens away, compiled keeps them
         assert compiled_losses[step] == pytest.approx(eager[step], rel=2e-3), (step, eager, compiled_losses)
     breaks = torch._dynamo.utils.counters["graph_break"]
-    assert all("AnswerVocab.targets" in reason for reason in breaks), list(breaks)  # its one break, on purpose
+    # its one break, on purpose: the answer targets, computed eagerly
+    assert any("AnswerVocab._soft_targets" in reason for reason in breaks) and all("disable" in reason for reason in breaks), list(breaks)
     # recompiles happen for new batch shapes (until dynamic shapes take over), never for the batch's contents
     reasons = [reason for failures in torch._dynamo.utils.guard_failures.values() for reason in failures]
     assert reasons and all(re.search(r"(size|stride) mismatch", reason) for reason in reasons), reasons

@@ -44,9 +44,15 @@ class AnswerVocab:
     def index(self) -> dict[str, int]:
         return {a: i for i, a in enumerate(self.answers)}
 
-    @torch.compiler.disable  # host-side work on strings: traced, every batch's answers would be guards, and recompile
     def targets(self, batch_answers: Sequence[Sequence[str]]) -> Tensor:
         """``[B, A]`` soft scores; answers outside the vocabulary contribute nothing."""
+        if torch.compiler.is_compiling():
+            # host-side work on strings: traced, each batch's answers would become guards and recompile the graph.
+            # Disabled here, not by a decorator, which would import Dynamo (~1.5 s) wherever this module is imported
+            return torch.compiler.disable(AnswerVocab._soft_targets)(self, batch_answers)
+        return self._soft_targets(batch_answers)
+
+    def _soft_targets(self, batch_answers: Sequence[Sequence[str]]) -> Tensor:
         normalised = [[normalize_answer(a) for a in answers] for answers in batch_answers]
         return vqa_soft_targets(normalised, self.index())
 
