@@ -324,6 +324,13 @@ def train(
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+            # A Gloo worker thread may still be freeing the last collectives, whose Python tensors need the GIL
+            # to be released; freeing the process group below holds the GIL and joins that thread. A rank that
+            # leaves its last barrier and reaches that join first deadlocks (seen in CI: rank 1 stuck in
+            # ~ProcessGroupGloo's thread join, its worker waiting for the GIL). Sleeping lets the worker finish.
+            import time
+
+            time.sleep(0.2)
         # Free the model now, with the process-group handles DDP/FSDP keep in it: left to the interpreter's
         # shutdown, Gloo's worker threads can be torn down mid-finalisation (SIGABRT, "terminate called
         # without an active exception", seen once on a rank that had finished; pytorch/pytorch#179291).
