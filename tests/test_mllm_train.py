@@ -152,6 +152,13 @@ def test_task_and_model_type_must_match(world: Path, lm: Path, tmp_path: Path) -
         Trainer(cfg, progress=False).setup()
 
 
+def test_fixed_length_padding_is_refused_for_an_assistant(world: Path, lm: Path, tmp_path: Path) -> None:
+    cfg = _config(world, lm, tmp_path / "z", {"train": [_chats(world, "train")]})
+    cfg = cfg.model_copy(update={"tokenizer": cfg.tokenizer.model_copy(update={"padding": "max_length"})})
+    with pytest.raises(ConfigError, match="tokenizer.padding: 'max_length'.*task mllm"):
+        Trainer(cfg, progress=False).setup()
+
+
 def test_checkpoint_reports_its_model_type(stage1) -> None:
     out, _ = stage1
     assert load_checkpoint(out).model_type == "mllm"

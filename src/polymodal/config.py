@@ -46,6 +46,14 @@ class TokenizerSettings(StrictModel):
     kind: Literal["wordpiece", "bpe"] = "wordpiece"
     vocab_size: int = Field(2000, ge=10)
     max_length: int = Field(32, ge=4)
+    padding: Literal["longest", "max_length"] = Field(
+        "longest",
+        description=(
+            "pad each batch's texts to its longest text, or always to max_length: fixed shapes, so a compiled model "
+            "compiles once and train.compile_mode: reduce-overhead records one CUDA graph, not one per text length "
+            "(more padded work on GPUs; on CPU the packed attention drops the padding)"
+        ),
+    )
 
 
 class ImageSettings(StrictModel):
@@ -147,8 +155,8 @@ class TrainSettings(StrictModel):
         description=(
             "torch.compile's mode with compile: true. 'reduce-overhead' replays each step as a CUDA graph, so a GPU no "
             "longer waits on kernel launches (benchmarks/bench_train_gpu.py's CLIP ViT-B/32 step on an H100: 35.8% -> 42.8% "
-            "MFU); it records one graph per batch shape (texts are padded to each batch's longest, so one per length met) "
-            "and needs accumulation: 1. 'max-autotune' adds autotuned matmul templates (compiles take minutes) to those CUDA "
+            "MFU); it records one graph per batch shape (one per text length met, or one with tokenizer.padding: "
+            "max_length) and needs accumulation: 1. 'max-autotune' adds autotuned matmul templates (compiles take minutes) to those CUDA "
             "graphs, 'max-autotune-no-cudagraphs' the templates alone"
         ),
     )

@@ -28,6 +28,20 @@ def test_truncation_keeps_end_marker() -> None:
     assert batch.input_ids.shape == (1, 5) and batch.input_ids[0, -1] == tok.sep_id
 
 
+def test_pad_to_max_length_gives_every_batch_one_width_with_the_same_tokens() -> None:
+    tok = train_tokenizer(CORPUS, vocab_size=200)
+    texts = ["a red cube.", "how many cones are there?"]
+    longest = tok.encode(texts, max_length=16)
+    tok.pad_to_max_length = True
+    fixed = tok.encode(texts, max_length=16)
+    assert longest.input_ids.shape[1] < 16 and fixed.input_ids.shape == (2, 16)
+    width = longest.input_ids.shape[1]
+    assert fixed.input_ids[:, :width].tolist() == longest.input_ids.tolist()
+    assert fixed.attention_mask.sum(1).tolist() == longest.attention_mask.sum(1).tolist()
+    assert (fixed.input_ids[:, width:] == tok.pad_id).all()
+    assert tok.encode(["a large red cube left of a small blue sphere."], max_length=5).input_ids.shape == (1, 5)  # still truncates
+
+
 def test_save_and_load(tmp_path: Path) -> None:
     tok = train_tokenizer(CORPUS, vocab_size=200)
     tok.save(tmp_path / "tok")

@@ -259,6 +259,22 @@ def test_compiled_multitask_training_matches_eager_and_compiles_once_per_shape_k
     assert reasons and all(re.search(r"(size|stride) mismatch", reason) for reason in reasons), reasons
 
 
+def test_texts_padded_to_max_length_compile_the_forward_once(tmp_path: Path, world: Path) -> None:
+    """tokenizer.padding: max_length gives every batch the same shapes: no recompile, so CUDA graphs record one graph."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.guard_failures.clear()
+    torch._dynamo.utils.counters.clear()
+    # VQA: its questions' lengths differ from batch to batch (padded to the longest, step 2 recompiles)
+    cfg = load_config(write_config(tmp_path, world, "vqa", max_steps=3, compile=True), ["tokenizer.padding=max_length"])
+    trainer = Trainer(cfg, progress=False)
+    summary = trainer.fit()
+    assert summary["steps"] == 3 and trainer.tokenizer.pad_to_max_length
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    assert not torch._dynamo.utils.guard_failures, dict(torch._dynamo.utils.guard_failures)  # padded to the longest, it recompiled
+
+
 def test_compile_mode_mistakes_are_named(tmp_path: Path, world: Path) -> None:
     path = write_config(tmp_path, world, "retrieval", max_steps=1)
     with pytest.raises(ConfigError, match="train.compile_mode.*'max-autotune' is a torch.compile mode and acts only with compile: true"):

@@ -115,6 +115,7 @@ class TextTokenizer:
         self.cls_id = self._id(CLS, ("<s>", "<|startoftext|>", "<bos>"))
         self.sep_id = self._id(SEP, ("</s>", "<|endoftext|>", "<eos>"))
         self.mask_id = self._id(MASK, ("<mask>",))
+        self.pad_to_max_length = False  # tokenizer.padding: max_length (fixed shapes for compiled training)
 
     def _id(self, token: str, fallback: Sequence[str] = ()) -> int | None:
         for t in (token, *fallback):
@@ -132,9 +133,11 @@ class TextTokenizer:
         return self.tokenizer.get_vocab_size()
 
     def encode(self, texts: Sequence[str], max_length: int, add_special_tokens: bool = True) -> TextBatch:
-        """Pad to the longest text in the batch (at most ``max_length``), truncating longer ones."""
+        """Pad to the longest text in the batch (at most ``max_length``; always ``max_length`` with
+        ``pad_to_max_length``), truncating longer ones."""
         encoded = [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
-        length = min(max_length, max((len(e) for e in encoded), default=1)) or 1
+        longest = max_length if self.pad_to_max_length else max((len(e) for e in encoded), default=1)
+        length = min(max_length, longest) or 1
         rows, masks = [], []
         for full in encoded:
             seq = full[:length]

@@ -295,6 +295,13 @@ class Trainer:
         train = load_split(self.cfg.data, "train", placeholder)
         require(train, "train", placeholder)
         self.tokenizer = self._tokenizer(train)
+        if self.cfg.tokenizer.padding == "max_length" and self.tokenizer is not None:
+            if self.assistant:
+                raise ConfigError(
+                    "tokenizer.padding: 'max_length' pads polymodal's and Hugging Face towers' texts; an assistant "
+                    "(task mllm) lays out its conversations itself. Remove the key"
+                )
+            self.tokenizer.pad_to_max_length = True
         self.task = build_task(s.task, self.tokenizer, self.max_length, s.questions_per_image, blind=s.blind)
         if self.init is not None:
             self.task.load_state(self.init.task_state_for(s.task))  # the answers or classes its heads were trained on
