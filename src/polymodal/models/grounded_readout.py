@@ -46,7 +46,7 @@ from polymodal.losses.objects import objectness_targets
 from polymodal.models.object_head import token_grid
 from polymodal.models.relations import RELATIONS, relate, relation_matrices
 from polymodal.modules.encoders.base import EncoderOutput
-from polymodal.modules.transformer import Transformer
+from polymodal.modules.transformer import Transformer, indexes_beyond
 
 MAX_HOPS = 2  # a selection follows up to 2 relations ("the object directly left of the object above the cube")
 HOPS = MAX_HOPS + 1  # the choices: 0, 1 or 2 hops
@@ -156,7 +156,7 @@ class GroundedReadout(nn.Module):
         about image ``r``). While training, ``known`` are the images' annotated objects."""
         pooled = fused.pooled
         rows = torch.arange(pooled.shape[0], device=pooled.device) if rows is None else rows
-        if rows.shape != pooled.shape[:1] or (rows.numel() and not torch.compiler.is_compiling() and int(rows.max()) >= image_tokens.shape[0]):
+        if rows.shape != pooled.shape[:1] or indexes_beyond(rows, image_tokens.shape[0]):
             raise ValueError(f"grounded readout: {pooled.shape[0]} texts but image tokens for {image_tokens.shape[0]} images (row index {list(rows.shape)})")
         grid = token_grid(image_tokens)  # [B, C, s, s]
         side = grid.shape[-1]

@@ -376,7 +376,7 @@ class Transformer(nn.Module):
         if context_mask is not None and context_mask.dtype != torch.bool:
             context_mask = context_mask != 0
         if context_rows is not None:
-            if context is None or context_rows.shape != (b,) or (b and not torch.compiler.is_compiling() and int(context_rows.max()) >= context.shape[0]):
+            if context is None or context_rows.shape != (b,) or indexes_beyond(context_rows, context.shape[0]):
                 raise ValueError(
                     f"transformer: context_rows must index the context's {None if context is None else context.shape[0]} entries "
                     f"once per row of x ({b}), got shape {list(context_rows.shape)}"
@@ -463,6 +463,7 @@ class Transformer(nn.Module):
         # an exported or compiled graph keeps fixed shapes; counting the real tokens would also break a compiled graph
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
             return None
+        # the general limit bounds training's too, so lowering it (tests: -1, never pack) turns packing off everywhere
         limit = min(PACK_MAX_REAL_FRACTION, PACK_MAX_REAL_FRACTION_TRAINING) if torch.is_grad_enabled() else PACK_MAX_REAL_FRACTION
         real = int(mask.sum())
         if real == 0 or real > limit * mask.numel():
@@ -489,6 +490,13 @@ def _as(x: Tensor, dtype: torch.dtype | None) -> Tensor:
 
 def _bf16_autocast(device_type: str) -> bool:
     return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16
+
+
+def indexes_beyond(index: Tensor, size: int) -> bool:
+    """Whether ``index`` holds a value ``>= size``, for a readable error before an indexing op fails.
+    Under ``torch.compile`` it answers False without looking: reading the maximum back to Python would
+    break the compiled graph, and the indexing op still fails on a bad index."""
+    return bool(index.numel()) and not torch.compiler.is_compiling() and int(index.max()) >= size
 
 
 def _shape_error(what: str, expected: tuple, got: Tensor) -> Exception:
