@@ -188,3 +188,98 @@ def test_shape_errors_name_what_was_expected() -> None:
     found = readout(texts(1), torch.randn(1, SIDE * SIDE, 4), known)
     with pytest.raises(ValueError, match="grounding: expected selection"):
         GroundedReadout.loss(found, known, torch.zeros(1, 4))
+
+
+def boolean_indexed_grounding_loss(found: Readout, known: KnownObjects, targets: torch.Tensor, plan: PlanTargets) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grounding loss as first written, with means over boolean-indexed rows (each a host read-back):
+    the reference the compile-friendly masked means must equal."""
+    import torch.nn.functional as F
+
+    from polymodal.losses.objects import objectness_targets
+
+    m, side = targets.shape[1], found.objectness.shape[-1]
+    xy, valid = known.xy[known.known], known.valid[known.known]
+    loss = F.binary_cross_entropy_with_logits(found.objectness[known.known], objectness_targets(xy, valid, side, side))
+    cell = xy * side
+    col, row = cell[..., 0].long().clamp(0, side - 1), cell[..., 1].long().clamp(0, side - 1)
+    image = torch.arange(xy.shape[0]).unsqueeze(1).expand_as(col)
+    loss = loss + F.l1_loss(found.offset[known.known][image[valid], row[valid], col[valid]], (cell - cell.floor())[valid])
+    planned = plan.hops != IGNORE_INDEX
+    relation_logits, hop_logits = found.split_plan()
+    loss = loss + F.cross_entropy(hop_logits[planned], plan.hops[planned])
+    loss = loss + F.cross_entropy(relation_logits[planned].flatten(0, 1), plan.relations[planned].flatten(), ignore_index=IGNORE_INDEX)
+    right_rows = []
+    for logits, target, annotated in ((found.selection, targets, (targets != IGNORE_INDEX) & ~planned.unsqueeze(1)),
+                                      (found.first, plan.first, (plan.first != IGNORE_INDEX) & planned.unsqueeze(1)),
+                                      (found.second, plan.second, (plan.second != IGNORE_INDEX) & planned.unsqueeze(1))):
+        logits = logits[:, :m]
+        loss = loss + F.binary_cross_entropy_with_logits(logits[annotated], target[annotated].float())
+        right_rows.append((((logits > 0) == (target == 1)) | ~annotated)[annotated.any(-1)].all(-1))
+    return loss, torch.cat(right_rows).float().mean()
+
+
+def mixed_grounding_batch() -> tuple[GroundedReadout, Readout, KnownObjects, torch.Tensor, PlanTargets]:
+    """Three images (the last has no scene graph), five texts: two planned, two with a union target, one
+    with nothing annotated. Slots beyond an image's objects are empty (their logits -inf)."""
+    readout = small_readout()
+    xy = torch.tensor([[cell_centre(0, 0), cell_centre(2, 1), cell_centre(3, 3)], [cell_centre(1, 2), cell_centre(1, 1), [0.0, 0.0]], [[0.0, 0.0]] * 3])
+    valid = torch.tensor([[True, True, True], [True, True, False], [False, False, False]])
+    known = KnownObjects(xy, valid, torch.tensor([True, True, False]))
+    rows = torch.tensor([0, 0, 1, 1, 2])
+    found = readout(texts(5), torch.randn(3, SIDE * SIDE, 4), known, rows)
+    no = float(IGNORE_INDEX)
+    union = torch.tensor([[1.0, 0.0, 1.0], [no] * 3, [0.0, 1.0, no], [no] * 3, [no] * 3])
+    plan = PlanTargets(
+        first=torch.tensor([[no] * 3, [0.0, 1.0, 0.0], [no] * 3, [1.0, 0.0, no], [no] * 3]),
+        second=torch.tensor([[no] * 3, [0.0, 0.0, 1.0], [no] * 3, [0.0, 1.0, no], [no] * 3]),
+        hops=torch.tensor([IGNORE_INDEX, 1, IGNORE_INDEX, 0, IGNORE_INDEX]),
+        relations=torch.tensor([[IGNORE_INDEX] * 3, [RELATIONS.index("directly left"), IGNORE_INDEX, RELATIONS.index("above")], [IGNORE_INDEX] * 3, [IGNORE_INDEX, IGNORE_INDEX, RELATIONS.index("left")], [IGNORE_INDEX] * 3]),
+    )
+    return readout, found, known, union, plan
+
+
+def test_grounding_loss_masked_means_equal_the_boolean_indexed_ones() -> None:
+    """The loss reads nothing back to the host (so it compiles with the model), and is still the mean over
+    the annotated images, objects and texts, with the same gradients."""
+    readout, found, known, union, plan = mixed_grounding_batch()
+    assert torch.isinf(found.selection[2:4, 2]).all()  # image 1's third slot is empty
+    out = GroundedReadout.loss(found, known, union, plan)
+    reference, exact = boolean_indexed_grounding_loss(found, known, union, plan)
+    torch.testing.assert_close(out.loss, reference)
+    assert float(out.exact) == pytest.approx(float(exact))
+    params = [p for p in readout.parameters() if p.requires_grad]
+    mine = torch.autograd.grad(out.loss, params, retain_graph=True, allow_unused=True)
+    theirs = torch.autograd.grad(reference, params, allow_unused=True)
+    for name, a, b in zip([n for n, p in readout.named_parameters() if p.requires_grad], mine, theirs):
+        torch.testing.assert_close(a if a is not None else torch.zeros(()), b if b is not None else torch.zeros(()), msg=name)
+
+
+def test_grounding_loss_with_nothing_annotated_is_a_zero_that_reaches_the_readout() -> None:
+    """No scene graph and no target in the batch: a finite zero, a zero gradient for every part (DDP needs
+    them all), not the NaN of a mean over nothing."""
+    readout, found, known, union, plan = mixed_grounding_batch()
+    nobody = KnownObjects(known.xy, known.valid, torch.zeros(3, dtype=torch.bool))
+    no = torch.full_like(union, IGNORE_INDEX)
+    out = GroundedReadout.loss(found, nobody, no, PlanTargets(no, no, torch.full_like(plan.hops, IGNORE_INDEX), torch.full_like(plan.relations, IGNORE_INDEX)))
+    out.loss.backward()
+    assert float(out.loss.detach()) == 0.0 and float(out.exact) == 0.0
+    for name, p in readout.named_parameters():
+        if name.startswith(("detector", "feature", "place", "select", "second", "plan")):
+            assert p.grad is not None and torch.isfinite(p.grad).all() and float(p.grad.abs().sum()) == 0.0, name
+
+
+def test_grounded_readout_training_step_compiles_without_a_graph_break() -> None:
+    """Teacher forcing and the loss keep their shapes whatever the batch holds: the whole step is one graph."""
+    import torch._dynamo
+
+    readout, _, known, union, plan = mixed_grounding_batch()
+    fused, tokens, rows = texts(5), torch.randn(3, SIDE * SIDE, 4), torch.tensor([0, 0, 1, 1, 2])
+
+    def step(fused: EncoderOutput, tokens: torch.Tensor, known: KnownObjects, rows: torch.Tensor, union: torch.Tensor, plan: PlanTargets) -> torch.Tensor:
+        return GroundedReadout.loss(readout(fused, tokens, known, rows), known, union, plan).loss
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(step)(fused, tokens, known, rows, union, plan)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(fused, tokens, known, rows, union, plan), step(fused, tokens, known, rows, union, plan))

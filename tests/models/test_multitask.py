@@ -14,6 +14,7 @@ from polymodal.data.processors import ImageProcessor, ImageProcessorConfig
 from polymodal.data.tokenizers import train_tokenizer
 from polymodal.data.world import WorldConfig, generate_world
 from polymodal.errors import ConfigError
+from polymodal.losses.mlm import IGNORE_INDEX
 from polymodal.models.factory import BuildContext, build_model
 from polymodal.models.multitask import MultiTaskModel
 from polymodal.models.object_head import ObjectVocab, token_grid
@@ -254,6 +255,41 @@ def test_unannotated_images_do_not_teach_objectness(objects: ObjectVocab) -> Non
     out = object_loss(logits, attrs, objectness, xy, annotated)
     out.loss.backward()
     assert float(out.loss) == 0.0 and objectness.grad is not None and float(objectness.grad.abs().sum()) == 0.0
+
+
+
+def test_object_loss_masked_means_equal_the_boolean_indexed_ones(objects: ObjectVocab) -> None:
+    """The object loss reads nothing back to the host (so it compiles with the model) and still averages
+    over the annotated objects and images only: the same value and gradients as boolean-indexed means."""
+    import torch.nn.functional as F
+
+    from polymodal.losses.objects import object_loss, objectness_targets
+
+    scenes = [[{"x": 0.1, "y": 0.1, "attributes": {}}, {"x": 0.12, "y": 0.13, "attributes": {}}], None, [{"x": 0.9, "y": 0.6, "attributes": {}}]]
+    for j, obj in enumerate([*scenes[0], *scenes[2]]):  # known attribute values, one left unstated
+        obj["attributes"] = {name: values[j % len(values)] for name, values in objects.attributes.items()}
+    del scenes[0][1]["attributes"][next(iter(objects.attributes))]
+    attrs, xy, annotated = objects.targets(scenes)
+    g = torch.Generator().manual_seed(0)
+    logits = {name: torch.randn(3, attrs.shape[1], len(v), generator=g, requires_grad=True) for name, v in objects.attributes.items()}
+    objectness = torch.randn(3, 4, 4, generator=g, requires_grad=True)
+    out = object_loss(logits, attrs, objectness, xy, annotated)
+    # the reference: each mean over boolean-indexed rows
+    valid = (attrs != IGNORE_INDEX).any(-1)
+    reference, correct, counted = torch.zeros(()), 0, 0
+    for a, name in enumerate(objects.attributes):
+        known = attrs[..., a] != IGNORE_INDEX
+        reference = reference + F.cross_entropy(logits[name][known], attrs[..., a][known])
+        correct += int((logits[name][known].argmax(-1) == attrs[..., a][known]).sum())
+        counted += int(known.sum())
+    here = objectness_targets(xy, valid, 4, 4)
+    assert here[0].sum() == 1 and here[0, 0, 0] == 1  # image 0's two objects share a cell: marked once
+    reference = reference + F.binary_cross_entropy_with_logits(objectness[annotated], here[annotated])
+    torch.testing.assert_close(out.loss, reference)
+    assert float(out.attribute_accuracy) == pytest.approx(correct / counted)
+    leaves = [*logits.values(), objectness]
+    for mine, theirs in zip(torch.autograd.grad(out.loss, leaves, retain_graph=True), torch.autograd.grad(reference, leaves)):
+        torch.testing.assert_close(mine, theirs)
 
 
 def test_ground_objective_needs_scene_graphs(parts) -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from polymodal.losses._checks import LossInputError
+from polymodal.losses._masked import ignoring_mean_cross_entropy, mean_where
 from polymodal.losses.mlm import IGNORE_INDEX
 
 
@@ -44,8 +45,10 @@ def objectness_targets(xy: Tensor, valid: Tensor, height: int, width: int) -> Te
     col = (xy[..., 0] * width).long().clamp(0, width - 1)
     row = (xy[..., 1] * height).long().clamp(0, height - 1)
     batch = torch.arange(xy.shape[0], device=xy.device).unsqueeze(1).expand_as(col)
-    target[batch[valid], row[valid], col[valid]] = 1.0
-    return target
+    # every object adds its validity and the sum is capped, rather than writing only the valid ones: a
+    # boolean index reads the batch back to the host, which breaks a compiled graph (and syncs a GPU)
+    target.index_put_((batch, row, col), valid.to(target.dtype), accumulate=True)
+    return target.clamp_(max=1.0)
 
 
 def object_loss(
@@ -69,20 +72,19 @@ def object_loss(
     valid = (attribute_targets != IGNORE_INDEX).any(-1)
     total = objectness_logits.new_zeros((), dtype=torch.float32)
     correct = attribute_targets.new_zeros((), dtype=torch.float32)
-    counted = 0
+    counted = attribute_targets.new_zeros((), dtype=torch.float32)
+    # means over masks, never over boolean-indexed rows (see _masked): the loss compiles with the model
     for a, name in enumerate(names):
         logits, target = attribute_logits[name].float(), attribute_targets[..., a]
         known = target != IGNORE_INDEX
-        if known.any():
-            total = total + F.cross_entropy(logits[known], target[known])
-            correct = correct + (logits[known].argmax(-1) == target[known]).sum().float()
-            counted += int(known.sum())
+        total = total + ignoring_mean_cross_entropy(logits.flatten(0, -2), target.flatten())
+        correct = correct + ((logits.argmax(-1) == target) & known).sum().float()
+        counted = counted + known.sum().float()
     h, w = objectness_logits.shape[-2:]
     here = objectness_targets(xy, valid, h, w)
     if annotated is None:
         annotated = torch.ones(here.shape[0], dtype=torch.bool, device=here.device)
-    if annotated.any():
-        total = total + F.binary_cross_entropy_with_logits(objectness_logits[annotated].float(), here[annotated])
-    else:
-        total = total + 0.0 * (objectness_logits.sum() + sum(lg.sum() for lg in attribute_logits.values()))
-    return ObjectLossOutput(total, (correct / max(counted, 1)).detach())
+    cells = F.binary_cross_entropy_with_logits(objectness_logits.float(), here, reduction="none")
+    total = total + mean_where(cells, annotated[:, None, None].expand_as(cells))
+    return ObjectLossOutput(total, (correct / counted.clamp(min=1)).detach())
+

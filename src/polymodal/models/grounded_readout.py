@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polymodal.losses.mlm import IGNORE_INDEX
+from polymodal.losses._masked import ignoring_mean_cross_entropy, mean_where
 from polymodal.losses.objects import objectness_targets
 from polymodal.models.object_head import token_grid
 from polymodal.models.relations import RELATIONS, relate, relation_matrices
@@ -237,7 +238,9 @@ class GroundedReadout(nn.Module):
         if known.xy.shape[0] != index.shape[0]:
             raise ValueError(f"grounded readout: annotated objects for {known.xy.shape[0]} images but tokens for {index.shape[0]}")
         m = known.xy.shape[1]
-        if bool(known.known.all()):  # no detected slots needed: only as many slots as annotated objects (cheaper)
+        # no detected slots needed: only as many slots as annotated objects (cheaper). Not while compiling: a
+        # graph's shapes must not depend on the batch's values, and the extra slots are empty, so masked
+        if not torch.compiler.is_compiling() and bool(known.known.all()):
             index, present = index[:, :m], present[:, :m]
         if m > index.shape[1]:  # more annotated objects than the detector's slots: widen for this batch
             index, present = F.pad(index, (0, m - index.shape[1])), F.pad(present, (0, m - present.shape[1]), value=False)
@@ -263,40 +266,41 @@ class GroundedReadout(nn.Module):
             )
         if plan is not None and (plan.first.shape != targets.shape or plan.second.shape != targets.shape or plan.hops.shape != targets.shape[:1]):
             raise ValueError(f"grounding: plan targets {list(plan.first.shape)}, {list(plan.second.shape)}, {list(plan.hops.shape)} do not match the {list(targets.shape)} grounding targets")
-        # every part reaches the loss even when nothing is annotated, as DDP needs
-        loss = found.objectness.sum() * 0.0 + found.offset.sum() * 0.0 + found.plan.sum() * 0.0
-        loss = loss + found.first[found.slots].sum() * 0.0 + found.second[found.slots].sum() * 0.0
-        exact = loss.detach()
-        if bool(known.known.any()):
-            xy, valid = known.xy[known.known], known.valid[known.known]
-            side = found.objectness.shape[-1]
-            loss = loss + F.binary_cross_entropy_with_logits(found.objectness[known.known], objectness_targets(xy, valid, side, side))
-            cell = xy * side
-            col, row = cell[..., 0].long().clamp(0, side - 1), cell[..., 1].long().clamp(0, side - 1)
-            image = torch.arange(xy.shape[0], device=xy.device).unsqueeze(1).expand_as(col)
-            predicted = found.offset[known.known][image[valid], row[valid], col[valid]]
-            loss = loss + F.l1_loss(predicted, (cell - cell.floor())[valid])
+        # every term is a mean over a mask, never over boolean-indexed rows (see losses._masked): nothing is
+        # read back to the host, so the loss compiles with the model, and with nothing annotated every part
+        # of the readout still reaches the loss, as DDP needs
+        annotated_images = known.known
+        side = found.objectness.shape[-1]
+        cells = F.binary_cross_entropy_with_logits(found.objectness, objectness_targets(known.xy, known.valid, side, side), reduction="none")
+        loss = mean_where(cells, annotated_images[:, None, None].expand_as(cells))
+        cell = known.xy * side
+        col, row = cell[..., 0].long().clamp(0, side - 1), cell[..., 1].long().clamp(0, side - 1)
+        image = torch.arange(cell.shape[0], device=cell.device).unsqueeze(1).expand_as(col)
+        offset_error = (found.offset[image, row, col] - (cell - cell.floor())).abs()  # [B, M, 2]
+        placed = known.valid & annotated_images.unsqueeze(1)
+        loss = loss + mean_where(offset_error, placed.unsqueeze(-1).expand_as(offset_error))
         planned = torch.zeros_like(targets[:, 0], dtype=torch.bool) if plan is None else plan.hops != IGNORE_INDEX
         selections = [(found.selection, targets, (targets != IGNORE_INDEX) & ~planned.unsqueeze(1))]
-        if plan is not None and bool(planned.any()):
+        if plan is not None:
             selections += [(logits, target, (target != IGNORE_INDEX) & planned.unsqueeze(1)) for logits, target in ((found.first, plan.first), (found.second, plan.second))]
             relation_logits, hop_logits = found.split_plan()
-            loss = loss + F.cross_entropy(hop_logits[planned], plan.hops[planned])
-            used = plan.relations[planned].flatten()
-            if bool((used != IGNORE_INDEX).any()):
-                loss = loss + F.cross_entropy(relation_logits[planned].flatten(0, 1), used, ignore_index=IGNORE_INDEX)
-        right_rows: list[Tensor] = []
+            loss = loss + ignoring_mean_cross_entropy(hop_logits, torch.where(planned, plan.hops, IGNORE_INDEX))
+            used = torch.where(planned.unsqueeze(1), plan.relations, IGNORE_INDEX)
+            loss = loss + ignoring_mean_cross_entropy(relation_logits.flatten(0, 1), used.flatten())
+        right = counted = torch.zeros((), device=targets.device)
         for logits, target, annotated in selections:
-            if bool(annotated.any()):
-                part, right = _selection_loss(logits[:, :m], target, annotated)
-                loss, right_rows = loss + part, [*right_rows, right]
-        if right_rows:
-            exact = torch.cat(right_rows).float().mean().detach()
+            part, right_rows, rows = _selection_loss(logits[:, :m], target, annotated)
+            loss, right, counted = loss + part, right + right_rows, counted + rows
+        exact = (right / counted.clamp(min=1)).detach()
         return GroundingLossOutput(loss, exact)
 
 
-def _selection_loss(logits: Tensor, targets: Tensor, annotated: Tensor) -> tuple[Tensor, Tensor]:
-    """BCE of per-slot ``logits [R, M]`` against 1/0 ``targets`` where ``annotated``, and per annotated row
-    whether every slot was selected right."""
+def _selection_loss(logits: Tensor, targets: Tensor, annotated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """BCE of per-slot ``logits [R, M]`` against 1/0 ``targets`` where ``annotated``; how many rows with an
+    annotated slot selected every slot right, and how many rows have one."""
+    given = torch.where(annotated, targets, 0).float()
+    bce = F.binary_cross_entropy_with_logits(torch.where(annotated, logits, 0.0), given, reduction="none")  # empty slots' -inf left out
     right = ((logits > 0) == (targets == 1)) | ~annotated
-    return F.binary_cross_entropy_with_logits(logits[annotated], targets[annotated].float()), right[annotated.any(-1)].all(-1)
+    rows = annotated.any(-1)
+    return mean_where(bce, annotated), (right.all(-1) & rows).sum(), rows.sum()
+
