@@ -33,7 +33,8 @@ architectural difference left is the LayerNorm placement: polymodal's blocks are
 
 Inputs are synthetic and made before timing (data loading is excluded): 64 images of 64 px, one caption
 each, ``questions_per_image`` questions and one statement per image, token lengths drawn per row (so
-padding masks are realistic), answers and object annotations from the built-in world's vocabulary.
+padding masks are realistic), answers (as the soft targets the Trainer's loader makes) and object annotations from
+the built-in world's vocabulary.
 Token counts change from batch to batch, as in training, and oneDNN builds a kernel for every matrix
 size on its first use. So the timed steps cycle through a pool of ``--pool`` (16) batches that each
 model has run once in its warm-up: the steady state a training run reaches once it has met its batch
@@ -269,7 +270,8 @@ def make_batch(batch_size: int, per_image: int, vocab: int, max_length: int, ima
         "caption_mask": caption_mask,
         "question_ids": question_ids,
         "question_mask": question_mask,
-        "answers": [[answers.answers[i] for i in row] for row in picks],  # 10 annotators per question, as VQA v2
+        # 10 annotators per question, as VQA v2; as soft targets, which the Trainer's loader computes (off the step)
+        "answers": answers.targets([[answers.answers[i] for i in row] for row in picks]),
         "statement_ids": statement_ids,
         "statement_mask": statement_mask,
         "labels": torch.randint(2, (batch_size,), generator=g),

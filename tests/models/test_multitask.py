@@ -151,6 +151,24 @@ def test_rows_that_do_not_fit_the_images_are_named(parts) -> None:
               b["answers"][:1] * 5, b["statement_ids"], b["statement_mask"], b["labels"])
 
 
+
+def test_answer_targets_from_the_loader_train_as_the_answer_strings(parts) -> None:
+    """The collator turns the answers into soft targets in the loader (a compiled forward must see tensors
+    only): the same targets and loss as the strings, and a wrong shape is named."""
+    tok, vocab, items, _ = parts
+    ds = ImageItemDataset(items[:4], ImageProcessor(ImageProcessorConfig(size=SIZE)), seed=0, questions_per_image=2)
+    b = ImageItemCollator(tok, 48, {"0": 0, "1": 1}, answers=vocab)([ds[i] for i in range(4)])
+    assert b["answer_targets"].shape == (8, len(vocab)) and float(b["answer_targets"].sum()) > 0
+    torch.testing.assert_close(b["answer_targets"], vocab.targets(b["answers"]))
+    model = build(parts)
+    with_strings = run(model, b)
+    with_targets = run(model, b | {"answers": b["answer_targets"]})
+    torch.testing.assert_close(with_targets.parts["vqa"], with_strings.parts["vqa"])
+    torch.testing.assert_close(with_targets.loss, with_strings.loss)
+    with pytest.raises(ValueError, match=rf"answer targets must be \[questions, answers in the vocabulary\] = \[8, {len(vocab)}\], got \[8, 3\]"):
+        run(model, b | {"answers": b["answer_targets"][:, :3]})
+
+
 def test_weights_are_checked(parts) -> None:
     with pytest.raises(ConfigError, match=r"weights of \['itc', 'cls'\] must be > 0"):
         build(parts, weights={"lm": 1.0, "vqa": 1.0})

@@ -141,7 +141,7 @@ class MultiTaskModel(nn.Module):
         caption_mask: Tensor,
         question_ids: Tensor,
         question_mask: Tensor,
-        answers: Sequence[Sequence[str]],
+        answers: Sequence[Sequence[str]] | Tensor,
         statement_ids: Tensor,
         statement_mask: Tensor,
         labels: Tensor,
@@ -156,12 +156,16 @@ class MultiTaskModel(nn.Module):
         """Per image: a caption, ``k >= 1`` questions with their answers (rows image-major), a statement
         with its label, and (for the ``obj`` objective) its objects as :meth:`ObjectVocab.targets` gives
         them. Several questions per image make VQA learn faster for little extra cost, since the image
-        is encoded once."""
+        is encoded once. ``answers`` are each question's answer strings, or their soft targets ``[Q, A]`` over
+        the answer vocabulary (:meth:`AnswerVocab.targets`): the training collator computes them in the
+        loader, so a compiled forward gets only tensors (strings would break its graph)."""
         b = images.shape[0]
         for name, t in (("caption_ids", caption_ids), ("statement_ids", statement_ids), ("labels", labels)):
             if t.shape[0] != b:
                 raise ValueError(f"multitask: {name} has {t.shape[0]} rows for {b} images (one per image expected)")
         per_image = question_ids.shape[0] // b
+        if isinstance(answers, Tensor) and tuple(answers.shape) != (question_ids.shape[0], len(self.vocab)):
+            raise ValueError(f"multitask: answer targets must be [questions, answers in the vocabulary] = {[question_ids.shape[0], len(self.vocab)]}, got {list(answers.shape)}")
         if per_image < 1 or question_ids.shape[0] != per_image * b or len(answers) != question_ids.shape[0]:
             raise ValueError(
                 f"multitask: expected k questions per image (rows image-major) and one answer list per question; got "
@@ -186,7 +190,7 @@ class MultiTaskModel(nn.Module):
         text, fused, readout = self.fuse_questions_and_statements(image, question_ids, question_mask, statement_ids, statement_mask, known)
         nq = per_image * b
         vqa_logits = self.vqa.head(fused[:nq])
-        targets = self.vocab.targets(answers).to(vqa_logits.device, vqa_logits.dtype)
+        targets = (answers if isinstance(answers, Tensor) else self.vocab.targets(answers)).to(vqa_logits.device, vqa_logits.dtype)
         losses["vqa"] = vqa_bce_loss(vqa_logits, targets)
         accuracy["vqa"] = targets.gather(1, vqa_logits.argmax(-1, keepdim=True)).float().mean().detach()
         labels = labels.long()

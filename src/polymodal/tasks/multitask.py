@@ -29,6 +29,7 @@ from polymodal.models.factory import BuildContext
 from polymodal.models.grounded_readout import MAX_HOPS, RELATION_SLOTS, PlanTargets
 from polymodal.models.object_head import ObjectVocab
 from polymodal.models.relations import RELATIONS
+from polymodal.models.vqa import AnswerVocab
 from polymodal.tasks.base import (
     EvalResult,
     LoaderFactory,
@@ -215,9 +216,13 @@ def _inside(objects: list[dict[str, Any]], box: CropBox) -> tuple[list[dict[str,
 
 
 class ImageItemCollator:
-    def __init__(self, tokenizer: TextTokenizer, max_length: int, class_index: dict[str, int], objects: ObjectVocab | None = None) -> None:
+    def __init__(
+        self, tokenizer: TextTokenizer, max_length: int, class_index: dict[str, int], objects: ObjectVocab | None = None, answers: AnswerVocab | None = None
+    ) -> None:
+        """With ``answers``, batches carry the questions' soft ``answer_targets``: the string work runs in the
+        loader (its workers, when there are any), and a compiled model is given tensors only."""
         self.tokenizer, self.max_length, self.class_index = tokenizer, max_length, class_index
-        self.objects = objects
+        self.objects, self.answers = objects, answers
 
     def __call__(self, items: list[LoadedItem | None]) -> dict[str, Any]:
         kept = [it for it in items if it is not None]
@@ -233,6 +238,8 @@ class ImageItemCollator:
             enc = self.tokenizer.encode(texts, self.max_length)
             batch[f"{field}_ids"], batch[f"{field}_mask"] = enc.input_ids, enc.attention_mask
         batch["answers"] = [a for it in kept for a in it.answers]
+        if self.answers is not None:
+            batch["answer_targets"] = self.answers.targets(batch["answers"])
         batch["labels"] = torch.tensor([self.class_index.get(str(it.label), -100) for it in kept])
         batch["image_ids"] = image_id_tensor(batch["samples"])
         if self.objects is not None:
@@ -350,12 +357,12 @@ class MultiTaskTask(Task):
     def train_dataset(self, items: Sequence[Any], processor: ImageProcessor, flip_prob: float, seed: int) -> tuple[Dataset, Any]:
         index = {c: i for i, c in enumerate(self.classification.classes)}
         dataset = ImageItemDataset(items, processor, flip_prob, seed, self.questions_per_image)
-        return dataset, ImageItemCollator(self.tokenizer, self.max_length, index, self.objects)
+        return dataset, ImageItemCollator(self.tokenizer, self.max_length, index, self.objects, self.vqa.vocab)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         out = model(
             batch["image"], batch["caption_ids"], batch["caption_mask"], batch["question_ids"], batch["question_mask"],
-            batch["answers"], batch["statement_ids"], batch["statement_mask"], batch["labels"], image_ids=batch["image_ids"],
+            batch.get("answer_targets", batch["answers"]), batch["statement_ids"], batch["statement_mask"], batch["labels"], image_ids=batch["image_ids"],
             object_attributes=batch.get("object_attributes"), object_xy=batch.get("object_xy"),
             object_annotated=batch.get("object_annotated"), grounding=batch.get("grounding"), plan=batch.get("plan"),
         )
