@@ -330,6 +330,28 @@ def test_grounding_targets_follow_the_fused_rows(parts, objects: ObjectVocab) ->
         assert (target[r, n:] == -100).all()  # padding is ignored
 
 
+
+def test_a_training_step_reads_the_device_back_only_where_it_must(parts, objects: ObjectVocab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each read-back stalls a GPU step (tests/read_backs.py). With the quickstart's objectives, the forward
+    and backward read back only: the LM's scored rows (a boolean index, and its gradient), the rows' index
+    checks, and whether every image is annotated. It read back 92 times before the object and grounding
+    losses took their means over masks and the task's logged values became tensors, read only when logged."""
+    from polymodal.modules.transformer import Transformer
+    from polymodal.tasks.base import StepOutput
+    from polymodal.tasks.multitask import MultiTaskTask
+    from tests.read_backs import ReadBacks
+
+    monkeypatch.setattr(Transformer, "_packing", staticmethod(lambda mask, cache: None))  # as on a GPU: nothing packs
+    model = build(parts, objects, weights=ALL_WITH_OBJ | {"ground": 1.0})
+    b = make_batch(parts, n=8, questions_per_image=2, objects=objects)
+    task = MultiTaskTask.__new__(MultiTaskTask)  # the loss alone reads nothing the task was prepared with
+    with ReadBacks() as seen:
+        out: StepOutput = task.loss(model, b)
+        out.loss.backward()
+    assert "loss_ground" in out.logs and all(isinstance(v, torch.Tensor) and not v.requires_grad for v in out.logs.values())
+    assert seen.total <= 6, dict(seen.sites)
+
+
 def test_ground_objective_teaches_the_question_to_select_its_objects(parts, objects: ObjectVocab) -> None:
     from polymodal.losses.mlm import IGNORE_INDEX
     from polymodal.models.grounded_readout import GroundedReadout, KnownObjects

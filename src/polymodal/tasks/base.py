@@ -24,7 +24,9 @@ LoaderFactory = Callable[[Sequence[Sample], bool], DataLoader]  # (samples, with
 @dataclass
 class StepOutput:
     loss: Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    # values may be device tensors (detached): the trainer reads them only on the steps it logs, so a step
+    # does not wait for the device to report them
+    logs: dict[str, float | Tensor] = field(default_factory=dict)
     # how many items ``loss`` is the mean of on this rank (None: the batch's samples). A token-level loss
     # gives its scored tokens: accumulated micro-batches are weighted by it, so that K of them make the
     # step one batch of K times the size would make, whatever their caption lengths (train/accumulation.py)

@@ -49,7 +49,7 @@ class ClassificationTask(Task):
         labels = self.targets(batch["samples"]).to(batch_device(batch))
         out = model(batch, labels)
         acc = (out.logits.argmax(-1) == labels).float().mean()
-        return StepOutput(out.loss, {"acc": float(acc)})
+        return StepOutput(out.loss, {"acc": acc.detach()})
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:

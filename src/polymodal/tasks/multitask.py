@@ -366,7 +366,7 @@ class MultiTaskTask(Task):
             object_attributes=batch.get("object_attributes"), object_xy=batch.get("object_xy"),
             object_annotated=batch.get("object_annotated"), grounding=batch.get("grounding"), plan=batch.get("plan"),
         )
-        logs = {f"loss_{k}": float(v) for k, v in out.parts.items()} | {f"acc_{k}": float(v) for k, v in out.accuracy.items()}
+        logs = {f"loss_{k}": v.detach() for k, v in out.parts.items()} | {f"acc_{k}": v.detach() for k, v in out.accuracy.items()}
         return StepOutput(out.loss, logs, loss_over_ranks=out.loss_over_ranks)
 
     # ------------------------------------------------------------------ evaluation

@@ -48,7 +48,7 @@ class RegressionTask(Task):
         labels = self.targets(batch["samples"]).to(batch_device(batch))
         out = model(batch, labels)
         mae = (out.logits.squeeze(-1).detach() - labels).abs().mean()
-        return StepOutput(out.loss, {"mae": float(mae)})
+        return StepOutput(out.loss, {"mae": mae})
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:

@@ -113,7 +113,7 @@ def _weighed_by_rank(out: Any) -> Any:
 
 
 def _step_output(out: Any, loss: Tensor | None = None) -> StepOutput:
-    logs = {"acc_i2t": float(out.itc.acc_i2t), "logit_scale": float(out.itc.logit_scale)}
+    logs = {"acc_i2t": out.itc.acc_i2t, "logit_scale": out.itc.logit_scale}
     if loss is not None:  # gradient caching's whole-step loss: the trainer weighs nothing in it
         return StepOutput(loss, logs)
     return StepOutput(out.loss, logs, loss_over_ranks=getattr(out, "loss_over_ranks", None))  # a fusion encoder's MLM

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, NoReturn, Sequence
 
 import numpy as np
 import torch
@@ -114,6 +114,14 @@ def _coverage(verdicts: Sequence[tuple[str, bool, str] | None]) -> dict[str, tup
         if not known:
             unknown.append(target)
     return {kind: (total, missed[kind]) for kind, total in totals.items()}
+
+
+def read_logs(logs: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
+    """A step's logged values as numbers; the device tensors among them are read back in one transfer,
+    and only on the steps that are logged (a read-back waits for the device to finish the step)."""
+    tensors = [v.detach().float().reshape(()) for v in logs.values() if isinstance(v, torch.Tensor)]
+    read = iter(torch.stack(tensors).tolist() if tensors else [])
+    return {k: next(read) if isinstance(v, torch.Tensor) else float(v) for k, v in logs.items()}
 
 
 def _barrier(world: int) -> None:
@@ -507,13 +515,17 @@ class Trainer:
                     with self._autocast():
                         out = self.task.loss(self.forward_model, batch)
                     items = float(len(batch["samples"]) if out.weight is None else out.weight)
-                    items_all = self._check_finite(out.loss, items)
+                    # ranks must agree on a bad loss before the backward's collectives; one process checks the
+                    # value read after the backward, so the backward is queued without waiting for the forward
+                    items_all = self._check_finite(out.loss, items) if self.world > 1 else items
                     over_ranks = out.loss_over_ranks  # token means divide by every rank's tokens already
                     scaled = weighing.weigh(out.loss, items, items_all, over_ranks)
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                     with torch.no_grad():  # .tolist() waits for the device, so the step time below is real on GPUs too
                         shared = torch.zeros_like(out.loss) if over_ranks is None else over_ranks
                         loss_value, shared_value = torch.stack((out.loss.float().reshape(()), shared.float().reshape(()))).tolist()
+                    if not math.isfinite(loss_value):  # gradients are in .grad, but the step is not applied
+                        self._diverged(loss_value)
                     window.add(loss_value, items, over_ranks=shared_value, items_all_ranks=items_all)
                     backed += 1
             at_step = not st.step_in_epoch % s.accumulation or st.step_in_epoch >= micro_total
@@ -539,7 +551,7 @@ class Trainer:
                 loss = window.mean(self.device)  # a collective: every rank takes part
                 if self.is_main:
                     rate = seen / max(1e-9, time.perf_counter() - t0)
-                    values = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate} | out.logs
+                    values = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate} | read_logs(out.logs)
                     # mean seconds per optimizer step over the window: waiting for data, and computing
                     values |= {"data_seconds": waited / timed, "step_seconds": computed / timed}
                     run_log.write(st.global_step, st.epoch, "train", values)
@@ -564,11 +576,14 @@ class Trainer:
         finite, items = self._all_finite(loss, items)
         if finite:
             return items
+        self._diverged(loss.item())
+
+    def _diverged(self, loss: float) -> NoReturn:
         st = self.state
         last = self.run_dir / "checkpoints" / "latest"
         where = last.read_text().strip() if last.is_file() else "none written yet"
         raise TrainingDiverged(
-            f"loss became {loss.item()} at optimizer step {st.global_step} (epoch {st.epoch + 1}); the step was not "
+            f"loss became {loss} at optimizer step {st.global_step} (epoch {st.epoch + 1}); the step was not "
             f"applied. Last good checkpoint: {where}. Lower optim.lr, keep optim.grad_clip on, or check the data."
         )
 
