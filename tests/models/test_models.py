@@ -197,6 +197,23 @@ def test_vqa_overfits_eight_world_questions(world_batch: WorldBatch) -> None:
     assert model.answer(world_batch.images, ids, mask) == [a[0] for a in world_batch.answers]
 
 
+
+def test_vqa_takes_answer_targets_as_it_takes_answer_strings(world_batch: WorldBatch) -> None:
+    """The VQA task hands the model AnswerVocab.targets instead of strings (a compiled model must see only
+    tensors): the same loss, and a count or shape that does not fit is named."""
+    torch.manual_seed(0)
+    vocab = AnswerVocab.build(world_batch.answers)
+    model = VQAClassifier(ImageTextBackbone(vit(), text(world_batch.tokenizer.vocab_size), fusion_depth=1), vocab).eval()
+    ids, mask = enc(world_batch, world_batch.questions)
+    targets = vocab.targets(world_batch.answers)
+    torch.testing.assert_close(model(world_batch.images, ids, mask, answers=targets).loss, model(world_batch.images, ids, mask, answers=world_batch.answers).loss)
+    n = len(world_batch.answers)
+    with pytest.raises(ValueError, match=rf"vqa: answer targets must be \[questions, answers in the vocabulary\] = \[{n}, {len(vocab)}\], got \[{n}, {len(vocab) - 1}\]"):
+        model(world_batch.images, ids, mask, answers=targets[:, :-1])
+    with pytest.raises(ValueError, match=f"vqa: got 1 answer lists for a batch of {n} questions"):
+        model(world_batch.images, ids, mask, answers=world_batch.answers[:1])
+
+
 def test_vqa_encodes_a_repeated_image_once_at_inference(world_batch: WorldBatch) -> None:
     """Questions about the same image in a row share one image encoding (and one detection) at
     inference, and get exactly the features they would get one at a time."""

@@ -188,6 +188,8 @@ class HFAnswerClassifier(_Adapter):
     same VQA soft-score BCE as polymodal's own VQA model; answers outside the set teach nothing.
     """
 
+    takes_answer_targets = True  # forward's answers may be AnswerVocab.targets (see tasks.vqa)
+
     def __init__(self, hf_model: nn.Module) -> None:
         super().__init__(hf_model)
         labels = {int(k): v for k, v in hf_model.config.id2label.items()}
@@ -195,10 +197,10 @@ class HFAnswerClassifier(_Adapter):
 
     def forward(
         self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, pixel_mask: Tensor | None = None,
-        answers: Sequence[Sequence[str]] | None = None,
+        answers: Sequence[Sequence[str]] | Tensor | None = None,
     ) -> HFLogits:
         logits = self.hf(input_ids=text_ids, attention_mask=text_mask, pixel_values=images, pixel_mask=pixel_mask).logits
-        loss = vqa_bce_loss(logits, self.vocab.targets(answers).to(logits.device)) if answers is not None else None
+        loss = vqa_bce_loss(logits, self.vocab.targets_for(answers, logits, "ViLT VQA")) if answers is not None else None
         return HFLogits(logits, loss)
 
     @torch.no_grad()

@@ -164,8 +164,6 @@ class MultiTaskModel(nn.Module):
             if t.shape[0] != b:
                 raise ValueError(f"multitask: {name} has {t.shape[0]} rows for {b} images (one per image expected)")
         per_image = question_ids.shape[0] // b
-        if isinstance(answers, Tensor) and tuple(answers.shape) != (question_ids.shape[0], len(self.vocab)):
-            raise ValueError(f"multitask: answer targets must be [questions, answers in the vocabulary] = {[question_ids.shape[0], len(self.vocab)]}, got {list(answers.shape)}")
         if per_image < 1 or question_ids.shape[0] != per_image * b or len(answers) != question_ids.shape[0]:
             raise ValueError(
                 f"multitask: expected k questions per image (rows image-major) and one answer list per question; got "
@@ -190,7 +188,7 @@ class MultiTaskModel(nn.Module):
         text, fused, readout = self.fuse_questions_and_statements(image, question_ids, question_mask, statement_ids, statement_mask, known)
         nq = per_image * b
         vqa_logits = self.vqa.head(fused[:nq])
-        targets = (answers if isinstance(answers, Tensor) else self.vocab.targets(answers)).to(vqa_logits.device, vqa_logits.dtype)
+        targets = self.vocab.targets_for(answers, vqa_logits, "multitask")
         losses["vqa"] = vqa_bce_loss(vqa_logits, targets)
         accuracy["vqa"] = targets.gather(1, vqa_logits.argmax(-1, keepdim=True)).float().mean().detach()
         labels = labels.long()

@@ -56,6 +56,18 @@ class AnswerVocab:
         normalised = [[normalize_answer(a) for a in answers] for answers in batch_answers]
         return vqa_soft_targets(normalised, self.index())
 
+    def targets_for(self, answers: Sequence[Sequence[str]] | Tensor, logits: Tensor, model: str) -> Tensor:
+        """The soft targets for ``logits [Q, A]``: from each question's answer strings, or given as that
+        tensor already (a training loop computes them outside a compiled model, where strings would break
+        its graph). A count or shape that does not fit is named, with ``model``."""
+        if isinstance(answers, Tensor):
+            if tuple(answers.shape) != (logits.shape[0], len(self)):
+                raise ValueError(f"{model}: answer targets must be [questions, answers in the vocabulary] = {[logits.shape[0], len(self)]}, got {list(answers.shape)}")
+            return answers.to(logits.device, logits.dtype)
+        if len(answers) != logits.shape[0]:
+            raise ValueError(f"{model}: got {len(answers)} answer lists for a batch of {logits.shape[0]} questions")
+        return self.targets(answers).to(logits.device, logits.dtype)
+
     def decode(self, logits: Tensor) -> list[str]:
         return [self.answers[i] for i in logits.argmax(dim=-1).tolist()]
 
@@ -80,6 +92,8 @@ def repeated_images(images: Tensor) -> tuple[Tensor, Tensor | None]:
 
 
 class VQAClassifier(nn.Module):
+    takes_answer_targets = True  # forward's answers may be AnswerVocab.targets (see tasks.vqa)
+
     def __init__(
         self, backbone: ImageTextBackbone, vocab: AnswerVocab, hidden: int | None = None, dropout: float = 0.1, readout: GroundedReadout | None = None
     ) -> None:
@@ -90,13 +104,12 @@ class VQAClassifier(nn.Module):
         hidden = hidden or 2 * backbone.width
         self.head = nn.Sequential(nn.Linear(backbone.width, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Dropout(dropout), nn.Linear(hidden, len(vocab)))
 
-    def forward(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, answers: Sequence[Sequence[str]] | None = None) -> VQAOutput:
+    def forward(
+        self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None, answers: Sequence[Sequence[str]] | Tensor | None = None
+    ) -> VQAOutput:
+        """``answers``: each question's answer strings, or their soft targets ``[Q, A]`` (:meth:`AnswerVocab.targets`)."""
         logits = self.head(self.features(images, text_ids, text_mask))
-        loss = None
-        if answers is not None:
-            if len(answers) != logits.shape[0]:
-                raise ValueError(f"vqa: got {len(answers)} answer lists for a batch of {logits.shape[0]} questions")
-            loss = vqa_bce_loss(logits, self.vocab.targets(answers).to(logits.device, logits.dtype))
+        loss = None if answers is None else vqa_bce_loss(logits, self.vocab.targets_for(answers, logits, "vqa"))
         return VQAOutput(logits=logits, loss=loss)
 
     def features(self, images: Tensor, text_ids: Tensor, text_mask: Tensor | None = None) -> Tensor:

@@ -59,7 +59,12 @@ class VQATask(Task):
             self.vocab = AnswerVocab.from_dict(state["answer_vocab"])
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
-        out = model(batch["image"], batch["text_ids"], batch["text_mask"], answers=batch["answers"])
+        answers = batch["answers"]
+        inner = getattr(model, "module", model)  # under DDP; a compiled model forwards attributes to its own
+        if getattr(inner, "takes_answer_targets", False):
+            # string work done here, outside the model: under torch.compile it would break the graph
+            answers = inner.vocab.targets(answers)
+        out = model(batch["image"], batch["text_ids"], batch["text_mask"], answers=answers)
         # a generative answerer (BLIP) averages over this rank's answer tokens; a classifier over questions
         return StepOutput(out.loss, weight=getattr(out, "rank_tokens", None))
 
