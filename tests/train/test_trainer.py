@@ -287,6 +287,20 @@ def test_texts_padded_to_max_length_compile_the_forward_once(tmp_path: Path, wor
     assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
 
 
+
+@pytest.mark.parametrize("task", ["retrieval", "captioning", "classification"])
+def test_every_task_trains_compiled_without_a_graph_break(tmp_path: Path, world: Path, task: str) -> None:
+    """A break splits the compiled step into graphs run apart (and CUDA graphs recorded apart); VQA and the
+    multi-task model are checked with their own compile tests above."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    summary = Trainer(load_config(write_config(tmp_path, world, task, max_steps=2, compile=True)), progress=False).fit()
+    assert summary["steps"] == 2 and torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
+
+
 def test_compile_mode_mistakes_are_named(tmp_path: Path, world: Path) -> None:
     path = write_config(tmp_path, world, "retrieval", max_steps=1)
     with pytest.raises(ConfigError, match="train.compile_mode.*'max-autotune' is a torch.compile mode and acts only with compile: true"):
