@@ -269,7 +269,7 @@ def test_compiled_multitask_training_matches_eager_and_compiles_once_per_shape_k
     assert reasons and all(re.search(r"(size|stride) mismatch", reason) for reason in reasons), reasons
 
 
-def test_texts_padded_to_max_length_compile_the_forward_once(tmp_path: Path, world: Path) -> None:
+def test_texts_padded_to_max_length_compile_the_forward_once(tmp_path: Path, world: Path, caplog: pytest.LogCaptureFixture) -> None:
     """tokenizer.padding: max_length gives every batch the same shapes: no recompile, so CUDA graphs record one graph."""
     import torch._dynamo
 
@@ -281,6 +281,7 @@ def test_texts_padded_to_max_length_compile_the_forward_once(tmp_path: Path, wor
     trainer = Trainer(cfg, progress=False)
     summary = trainer.fit()
     assert summary["steps"] == 3 and trainer.tokenizer.pad_to_max_length
+    assert "train.compile on a CPU" in caplog.text and "compile is for GPUs" in caplog.text  # slower than eager there
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
     assert not torch._dynamo.utils.guard_failures, dict(torch._dynamo.utils.guard_failures)  # padded to the longest, it recompiled
     # the task gives the model its answer targets: strings reaching the compiled model would break its graph

@@ -372,6 +372,10 @@ class Trainer:
 
             wrapped = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.forward_model = torch.compile(wrapped, mode=None if s.compile_mode == "default" else s.compile_mode) if s.compile else wrapped
+        if s.compile and self.device.type == "cpu":
+            log.warning("train.compile on a CPU: polymodal's eager path (packed attention, fused kernels) is usually faster there "
+                        "(the quickstart model trains compiled at about 0.8x its eager speed, benchmarks/RESULTS.md); compile is for GPUs%s",
+                        "" if s.compile_mode not in CUDA_GRAPH_COMPILE_MODES else f", and '{s.compile_mode}' records CUDA graphs only on a GPU")
         self.full_batch_accumulation = self._full_batch_accumulation()
         # CUDA graph modes replay into the same output memory: each step is declared before its forward
         self._cuda_graphs = s.compile and s.compile_mode in CUDA_GRAPH_COMPILE_MODES
