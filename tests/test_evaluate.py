@@ -10,6 +10,7 @@ import pytest
 from tests.cli_runner import run_cli
 from polymodal.errors import ConfigError
 from polymodal.evaluate import _compact, evaluate_checkpoint, format_metrics
+from polymodal.metrics import meteor
 from polymodal.tasks import captioning
 from tests.test_api import TinyRuns, tiny_runs
 
@@ -22,6 +23,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> TinyRuns:
 @pytest.fixture(autouse=True)
 def _no_java(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(captioning, "meteor_available", lambda: False)  # METEOR starts a JVM: seconds per call
+    monkeypatch.setattr(meteor, "meteor_available", lambda: False)  # nor does an evaluation's METEOR session
 
 
 
@@ -79,8 +81,24 @@ def test_each_task_gets_its_report_section(runs: TinyRuns, tmp_path: Path, task:
     assert metric in json.loads((tmp_path / "eval.json").read_text())["metrics"]["test"]
 
 
-def test_a_multitask_run_is_evaluated_on_every_task_with_every_report_section(runs: TinyRuns, tmp_path: Path) -> None:
+def test_a_multitask_run_is_evaluated_on_every_task_with_every_report_section(runs: TinyRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+
+    import polymodal.evaluate
+
+    sessions: list[str] = []
+    real_session = polymodal.evaluate.meteor_session
+
+    @contextlib.contextmanager
+    def recorded_session():  # type: ignore[no-untyped-def]
+        sessions.append("open")
+        with real_session() as scorer:
+            yield scorer
+        sessions.append("closed")
+
+    monkeypatch.setattr(polymodal.evaluate, "meteor_session", recorded_session)
     result = evaluate_checkpoint(runs.runs["multitask"], runs.world, out_dir=tmp_path, splits=["test", "test_heldout"], num_workers=0)
+    assert sessions == ["open", "closed"]  # one METEOR jar for both splits, started before the model's work
     test = result["metrics"]["test"]
     for key in ("retrieval/t2i_R@1", "captioning/CIDEr", "vqa/accuracy", "classification/accuracy",
                 "classification/text_only_accuracy", "classification/image_only_accuracy"):
@@ -92,7 +110,10 @@ def test_a_multitask_run_is_evaluated_on_every_task_with_every_report_section(ru
         assert section in html, section
 
 
-def test_splits_without_samples_for_the_task_are_skipped_and_noted(runs: TinyRuns, tmp_path: Path) -> None:
+def test_splits_without_samples_for_the_task_are_skipped_and_noted(runs: TinyRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import polymodal.evaluate
+
+    monkeypatch.setattr(polymodal.evaluate, "meteor_session", lambda: pytest.fail("retrieval scores no captions: no METEOR jar"))
     result = evaluate_checkpoint(runs.runs["retrieval"], runs.world, out_dir=tmp_path, splits=["test", "test_heldout"], max_samples=5, num_workers=0)
     assert list(result["metrics"]) == ["test"]
     assert "test_heldout" in result["skipped_splits"]

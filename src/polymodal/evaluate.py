@@ -13,6 +13,7 @@ images are decoded batch by batch in the data loader and never held all at once.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -31,6 +32,7 @@ from polymodal.atomic import write_text
 from polymodal.data.sample import Sample
 from polymodal.data.world.overlap import TrainingWorld
 from polymodal.errors import ConfigError, DataError
+from polymodal.metrics.meteor import meteor_session
 
 log = logging.getLogger(__name__)
 
@@ -228,34 +230,36 @@ def evaluate_checkpoint(
     samples_of: dict[str, list[Sample]] = {}
     training_world = TrainingWorld.of_run(run_dir_of(source)) if ckpt is not None else None  # same-seed worlds share items
     skipped: dict[str, str] = {}
-    for split in chosen:
-        samples, problems = _select(groups[split], task, max_samples)
-        if not samples:
-            skipped[split] = f"no samples for the {task.name} task"
-            log.info("%s: no %s samples, skipped", split, task.name)
-            continue
-        log.info("%s: evaluating %d %s samples", split, len(samples), task.name)
-        seen = training_world.seen_in(samples) if training_world is not None else None
-        if seen is not None and seen.shared:
-            log.warning("%s", seen.message(split))
-        started = time.perf_counter()
-        dropped.clear()
-        with torch.no_grad():
-            result = task.evaluate(model, samples, loader, dev)
-        losses = {k: v for k, v in dropped.items() if v}
-        if losses:
-            log.warning("%s: %s (unreadable inputs skipped / missing modalities filled; see the warnings above)", split, losses)
-        results[split] = {
-            "samples": len(samples),
-            "problem_records": problems,
-            "dropped": losses,
-            "seconds": round(time.perf_counter() - started, 3),
-            "metrics": {k: float(v) for k, v in result.metrics.items()},
-            "details": _compact(result.details),
-        }
-        if seen is not None and seen.shared:
-            results[split]["seen_in_training"] = seen.to_dict()
-        samples_of[split] = samples
+    # caption metrics: METEOR's jar (about 5 s to start) starts now, while the model works, and serves every split
+    with meteor_session() if task.scores_captions else contextlib.nullcontext():
+        for split in chosen:
+            samples, problems = _select(groups[split], task, max_samples)
+            if not samples:
+                skipped[split] = f"no samples for the {task.name} task"
+                log.info("%s: no %s samples, skipped", split, task.name)
+                continue
+            log.info("%s: evaluating %d %s samples", split, len(samples), task.name)
+            seen = training_world.seen_in(samples) if training_world is not None else None
+            if seen is not None and seen.shared:
+                log.warning("%s", seen.message(split))
+            started = time.perf_counter()
+            dropped.clear()
+            with torch.no_grad():
+                result = task.evaluate(model, samples, loader, dev)
+            losses = {k: v for k, v in dropped.items() if v}
+            if losses:
+                log.warning("%s: %s (unreadable inputs skipped / missing modalities filled; see the warnings above)", split, losses)
+            results[split] = {
+                "samples": len(samples),
+                "problem_records": problems,
+                "dropped": losses,
+                "seconds": round(time.perf_counter() - started, 3),
+                "metrics": {k: float(v) for k, v in result.metrics.items()},
+                "details": _compact(result.details),
+            }
+            if seen is not None and seen.shared:
+                results[split]["seen_in_training"] = seen.to_dict()
+            samples_of[split] = samples
     if not results:
         raise DataError(
             f"{data_spec}: none of the splits {', '.join(chosen)} has samples for the {task.name} task of "

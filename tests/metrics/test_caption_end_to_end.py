@@ -116,3 +116,34 @@ def test_metric_names_and_input_errors():
         caption_scores({1: ["a"], 2: ["b"]}, {1: "a"}, ["bleu"])
     with pytest.raises(ValueError, match="tokenizer"):
         caption_scores({1: ["a"]}, {1: "a"}, ["bleu"], tokenizer="spacy")
+
+
+@requires_java
+def test_a_meteor_session_starts_one_jar_for_every_corpus(monkeypatch: pytest.MonkeyPatch):
+    """The jar takes seconds to start: inside a session every caption_scores call (an evaluation's splits)
+    uses the session's, with the numbers a fresh jar gives; the jar stops when the session ends."""
+    if not meteor_available():
+        pytest.skip("pycocoevalcap's METEOR jar not installed")
+    from polymodal.metrics import meteor
+
+    refs, cands = _corpus()
+    alone = caption_scores(refs, cands, ["meteor"])
+    started: list[object] = []
+    real_init = meteor.MeteorScorer.__init__
+
+    def counting_init(self: object, *args: object, **kwargs: object) -> None:
+        started.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(meteor.MeteorScorer, "__init__", counting_init)
+    with meteor.meteor_session() as scorer:
+        assert scorer is not None and meteor.session_scorer() is scorer
+        with meteor.meteor_session() as inner:  # a nested session reuses the jar
+            assert inner is scorer
+        first = caption_scores(refs, cands, ["meteor"])
+        second = caption_scores(dict(list(refs.items())[:3]), dict(list(cands.items())[:3]), ["meteor"])
+    assert started == [scorer] and first == alone and 0.0 <= second["METEOR"] <= 1.0
+    assert meteor.session_scorer() is None and scorer._proc is None  # stopped
+    monkeypatch.setattr(meteor, "meteor_available", lambda: False)  # no Java: nothing starts, scoring raises as before
+    with meteor.meteor_session() as nothing:
+        assert nothing is None and len(started) == 1

@@ -18,7 +18,7 @@ from polymodal.metrics._corpus import TokenisedCorpus, check_corpus
 from polymodal.metrics.bleu import bleu_from_corpus
 from polymodal.metrics.cider import cider_from_corpus
 from polymodal.metrics.errors import MetricInputError
-from polymodal.metrics.meteor import MeteorScorer
+from polymodal.metrics.meteor import MeteorScorer, session_scorer
 from polymodal.metrics.ptb_tokenizer import ptb_tokenize
 from polymodal.metrics.rouge import rouge_l_lists
 
@@ -139,7 +139,8 @@ def caption_scores(
         tokenizer: ``"ptb"`` (pure-Python PTB tokenisation, default), ``"java"`` (the CoreNLP
             jar, like pycocoevalcap) or ``"none"`` (inputs are already tokenised).
         return_per_image: also return ``{image_id: {metric: score}}``.
-        meteor_scorer: a running :class:`MeteorScorer` to reuse (saves the jar's start-up).
+        meteor_scorer: a running :class:`MeteorScorer` to reuse (saves the jar's start-up); by
+            default the jar of an open :func:`~polymodal.metrics.meteor.meteor_session`, else a new one.
 
     Returns:
         ``{"Bleu_1": ..., "METEOR": ..., "ROUGE_L": ..., "CIDEr": ...}`` (corpus scores, as
@@ -154,6 +155,8 @@ def caption_scores(
     if not wanted:
         raise ValueError("no metric to compute")
     tok = _normalise_tokenizer(tokenizer)
+    if "METEOR" in wanted and meteor_scorer is None:
+        meteor_scorer = session_scorer()
     if "METEOR" in wanted and meteor_scorer is None:
         from polymodal.metrics.meteor import _require
 

@@ -13,11 +13,12 @@ Reproduced quirk: the hypothesis has ``|||`` removed and double spaces collapsed
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,38 @@ class MeteorScorer:
             pass
 
 
+_session: MeteorScorer | None = None  # the jar of the innermost meteor_session, if one is open
+
+
+@contextlib.contextmanager
+def meteor_session() -> Iterator[MeteorScorer | None]:
+    """One METEOR jar for every corpus scored inside, started now, in the background.
+
+    The jar takes about 5 s to start (the JVM and its paraphrase tables), much longer than it takes to
+    score a 1,000-image split, and :func:`caption_scores` would start one per call. Inside a session it
+    uses the session's jar instead, and an evaluation that opens the session before its model work (as
+    ``evaluate_checkpoint`` does) has the jar ready by the time captions are scored. Yields the scorer,
+    or ``None`` when Java or the jar is missing (scoring then raises as it would without a session). A
+    session opened inside another one reuses the outer jar.
+    """
+    global _session
+    if _session is not None or not meteor_available():
+        yield _session
+        return
+    scorer = MeteorScorer()  # Popen returns at once: the JVM loads while the caller works
+    _session = scorer
+    try:
+        yield scorer
+    finally:
+        _session = None
+        scorer.close()
+
+
+def session_scorer() -> MeteorScorer | None:
+    """The jar of the open :func:`meteor_session`, if any."""
+    return _session
+
+
 def compute_meteor(gts: Mapping[Hashable, Sequence[str]], res: Mapping[Hashable, Any]) -> tuple[float, list[float]]:
     """METEOR on tokenised text, like ``pycocoevalcap.meteor.Meteor().compute_score(gts, res)``.
 
@@ -163,4 +196,4 @@ def compute_meteor(gts: Mapping[Hashable, Sequence[str]], res: Mapping[Hashable,
         return scorer.score_lists(refs, cands)
 
 
-__all__ = ["MeteorScorer", "compute_meteor", "find_java", "find_meteor_jar", "meteor_available"]
+__all__ = ["MeteorScorer", "compute_meteor", "find_java", "find_meteor_jar", "meteor_available", "meteor_session", "session_scorer"]

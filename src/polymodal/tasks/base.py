@@ -84,6 +84,7 @@ def group_by_image(samples: Sequence[Sample]) -> dict[str, list[Sample]]:
 class Task:
     name: str = "task"
     model_type: str = ""
+    scores_captions: bool = False  # its evaluation runs caption metrics (METEOR's jar is then started early)
 
     def select(self, sample: Sample) -> bool:
         """Does this task train on this sample? (A world split mixes captions, questions, statements.)"""

@@ -20,6 +20,7 @@ from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, gr
 class CaptioningTask(Task):
     name = "captioning"
     model_type = "captioner"
+    scores_captions = True
 
     def __init__(self, tokenizer: Any, max_new_tokens: int = 30, method: str = "greedy", beam_size: int = 3) -> None:
         self.tokenizer = tokenizer

@@ -140,6 +140,7 @@ class ConversationCollator:
 class MLLMTask(Task):
     name = "mllm"
     model_type = "mllm"
+    scores_captions = True
 
     def __init__(self, tokenizer: Any, blind: bool = False, max_new_tokens: int = 24, eval_batch_size: int = 32) -> None:
         self.tokenizer = tokenizer

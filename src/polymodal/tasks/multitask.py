@@ -302,6 +302,7 @@ def grounding_targets(items: Sequence[LoadedItem], max_objects: int) -> Tensor:
 class MultiTaskTask(Task):
     name = "multitask"
     model_type = "multitask"
+    scores_captions = True
 
     def __init__(self, tokenizer: Any, max_length: int, max_new_tokens: int = 40, questions_per_image: int = 1) -> None:
         self.tokenizer = tokenizer
