@@ -87,4 +87,3 @@ def object_loss(
     cells = F.binary_cross_entropy_with_logits(objectness_logits.float(), here, reduction="none")
     total = total + mean_where(cells, annotated[:, None, None].expand_as(cells))
     return ObjectLossOutput(total, (correct / counted.clamp(min=1)).detach())
-

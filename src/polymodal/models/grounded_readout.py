@@ -303,4 +303,3 @@ def _selection_loss(logits: Tensor, targets: Tensor, annotated: Tensor) -> tuple
     right = ((logits > 0) == (targets == 1)) | ~annotated
     rows = annotated.any(-1)
     return mean_where(bce, annotated), (right.all(-1) & rows).sum(), rows.sum()
-
