@@ -86,6 +86,32 @@ def test_every_task_trains_evaluates_and_writes_a_run(tmp_path: Path, world: Pat
     assert (run / "checkpoints" / "best").is_file() and (run / "tokenizer.json").is_file() and (run / "config.yaml").is_file()
 
 
+
+@pytest.mark.parametrize("task, opened", [("captioning", True), ("retrieval", False)])
+def test_each_evaluation_of_a_captioning_run_starts_one_meteor_jar_early(tmp_path: Path, world: Path, monkeypatch: pytest.MonkeyPatch, task: str, opened: bool) -> None:
+    """METEOR's jar takes seconds to start: an evaluation that scores captions opens a session before it
+    generates them (the jar starts meanwhile) and closes it after; other tasks start none."""
+    import contextlib
+
+    import polymodal.train.trainer as trainer_module
+
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def recorded_session():  # type: ignore[no-untyped-def]
+        events.append("open")
+        yield None
+        events.append("closed")
+
+    monkeypatch.setattr(trainer_module, "meteor_session", recorded_session)
+    summary = Trainer(load_config(write_config(tmp_path, world, task, max_steps=2)), progress=False).fit()
+    assert summary["test"]
+    if opened:  # validation after the epoch, then the test split: a jar each, closed after
+        assert len(events) >= 4 and events == ["open", "closed"] * (len(events) // 2), events
+    else:
+        assert events == []
+
+
 def test_training_lowers_the_loss(tmp_path: Path, world: Path) -> None:
     cfg = load_config(write_config(tmp_path, world, "vqa", epochs=4))
     Trainer(cfg, progress=False).fit()
