@@ -91,6 +91,9 @@ class Processors:
     source: str = ""  # where the weights came from, for messages
     media: Any = None  # a MediaPlan: how audio / video / feature inputs are decoded (None: the model reads none)
     chat: Any = None  # an assistant's (mllm) ChatEncoder: its tokenizer, prompt layout and image tokens
+    # what evaluation does with a sample that has no image, when the model reads images: the run's
+    # missing_modality ("skip", or "zero" / "learned": zeros flagged absent); None: no policy was saved
+    missing_image: str | None = None
 
     def load_image(self, image: ImageInput) -> Image.Image:
         """A PIL image (RGB) from a PIL image, a path or encoded bytes; errors name the file."""
@@ -202,6 +205,7 @@ def processors_from_checkpoint(ckpt: Any) -> Processors:
         model_type=model_type,
         source=str(ckpt.path),
         media=media,
+        missing_image=_missing_image(p, where),
     )
 
 
@@ -222,6 +226,7 @@ def _hf_parts(ckpt: Any) -> Any:
 def _fine_tuned_processors(ckpt: Any, parts: Any) -> Processors:
     """The checkpoint's own HF processors, with the text length, task and task state the run saved."""
     from polymodal.hub.loading import processors_of
+    from polymodal.train.checkpoint import PROCESSORS_FILE
 
     p = ckpt.processors
     processors = processors_of(parts)
@@ -229,7 +234,18 @@ def _fine_tuned_processors(ckpt: Any, parts: Any) -> Processors:
     processors.task = p.get("task") or processors.task
     processors.task_state = dict(p.get("task_state") or {})
     processors.source = str(ckpt.path)
+    processors.missing_image = _missing_image(p, ckpt.path / PROCESSORS_FILE)
     return processors
+
+
+def _missing_image(saved: dict[str, Any], where: Path) -> str | None:
+    from polymodal.data.media import MISSING_POLICIES
+    from polymodal.train.checkpoint import CheckpointError
+
+    policy = saved.get("missing_image")
+    if policy is not None and policy not in MISSING_POLICIES:
+        raise CheckpointError(f"{where}: 'missing_image' must be one of {MISSING_POLICIES}, got {policy!r}")
+    return policy
 
 
 def model_from_checkpoint(ckpt: Any, device: str | torch.device = "cpu") -> tuple[nn.Module, Processors]:

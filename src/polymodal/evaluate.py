@@ -215,7 +215,7 @@ def evaluate_checkpoint(
         """Batches as the checkpoint's processors make them (no bar, no counting)."""
         return make_loader(
             samples, proc.image if with_images else None, proc.tokenizer, proc.max_length, batch_size, num_workers,  # type: ignore[arg-type]
-            media=proc.media if with_images else None,
+            media=proc.media if with_images else None, missing_image=proc.missing_image if with_images else None,
         )
 
     def loader(samples: Sequence[Sample], with_images: bool = True) -> Any:

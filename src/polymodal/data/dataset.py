@@ -18,11 +18,11 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from polymodal.data.images import open_image
-from polymodal.data.media import MediaPlan, collate_media, load_media
+from polymodal.data.media import MISSING_POLICIES, MediaPlan, collate_media, load_media
 from polymodal.data.processors import ImageProcessor, consistent_hflip
 from polymodal.data.sample import Sample
 from polymodal.data.tokenizers import TextTokenizer
-from polymodal.errors import DataError
+from polymodal.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class LoadedSample:
     text: str | None
     answers: tuple[str, ...]
     media: dict[str, torch.Tensor] = field(default_factory=dict)  # audio / video / features by batch key
+    image_present: bool = True  # False: the sample has no image and ``image`` is zeros (missing_modality zero / learned)
 
 
 def open_or_skip(sample: Sample, processor: Any = None) -> Image.Image | None:
@@ -56,10 +57,38 @@ def open_or_skip(sample: Sample, processor: Any = None) -> Image.Image | None:
     return img
 
 
+# the first sample of each source skipped for want of an image is named; later ones are only counted
+_named_imageless: set[str] = set()
+
+
+def _note_skipped_imageless(sample: Sample) -> None:
+    where = sample.origin or sample.sample_id
+    source = where.rsplit(":", 1)[0]
+    if source in _named_imageless:
+        log.debug("skipping %s: no image (missing_modality: skip)", where)
+        return
+    _named_imageless.add(source)
+    log.warning(
+        "%s has no image, and the model reads one: skipped (missing_modality: skip; 'zero' or 'learned' keep such "
+        "samples with a stand-in). Further samples of %s without an image are counted with the skipped samples, not named.",
+        where, source,
+    )
+
+
 def _load(
-    sample: Sample, image_processor: ImageProcessor | None, flip_prob: float, rng: np.random.Generator | None, media: MediaPlan | None = None
+    sample: Sample,
+    image_processor: ImageProcessor | None,
+    flip_prob: float,
+    rng: np.random.Generator | None,
+    media: MediaPlan | None = None,
+    missing_image: str | None = None,
 ) -> LoadedSample | None:
-    """One sample decoded and processed; ``rng`` is None only when nothing is random (no flip, no augmentation, no media)."""
+    """One sample decoded and processed; ``rng`` is None only when nothing is random (no flip, no augmentation, no media).
+
+    ``missing_image`` is the run's ``missing_modality`` policy when the model reads every sample's image: a
+    sample without one is then skipped (None, counted by the collator) or given zeros flagged absent, as a
+    missing sound or clip is. Without it, a batch mixing rows with and without images would reach the
+    model with no images at all."""
     text, answers, pixels = sample.text, sample.answers, None
     loaded_media: dict[str, torch.Tensor] = {}
     if media is not None and not media.empty:
@@ -77,6 +106,12 @@ def _load(
             flipped = consistent_hflip(img, text, answers)
             img, text, answers = flipped.image, flipped.text, flipped.answers
         pixels = image_processor(img, rng)
+    elif image_processor is not None and missing_image is not None:
+        if missing_image == "skip":
+            _note_skipped_imageless(sample)
+            return None
+        blank = image_processor(Image.new("RGB", (8, 8)), rng)  # only its shape: the processor's output size
+        return LoadedSample(sample, torch.zeros_like(blank), text, tuple(answers), loaded_media, image_present=False)
     return LoadedSample(sample, pixels, text, tuple(answers), loaded_media)
 
 
@@ -84,13 +119,20 @@ class SampleDataset(Dataset):
     """Map-style dataset over a list of samples (COCO, VQA, Karpathy, JSONL, image folders ...)."""
 
     def __init__(
-        self, samples: Sequence[Sample], image_processor: ImageProcessor | None, flip_prob: float = 0.0, seed: int = 0, media: MediaPlan | None = None
+        self,
+        samples: Sequence[Sample],
+        image_processor: ImageProcessor | None,
+        flip_prob: float = 0.0,
+        seed: int = 0,
+        media: MediaPlan | None = None,
+        missing_image: str | None = None,
     ) -> None:
         self.samples = samples
         self.image_processor = image_processor
         self.flip_prob = flip_prob
         self.seed = seed
         self.media = media
+        self.missing_image = _checked_policy(missing_image)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -105,7 +147,7 @@ class SampleDataset(Dataset):
         # a generator per (seed, index) makes augmentation resumable, but building one is a large part of a
         # small image's load (64 px PNG, eval: 286 vs 232 us per image): evaluation, which draws nothing, skips it
         rng = np.random.default_rng([self.seed, index]) if self._draws else None
-        return _load(self.samples[index], self.image_processor, self.flip_prob, rng, self.media)
+        return _load(self.samples[index], self.image_processor, self.flip_prob, rng, self.media, self.missing_image)
 
 
 class StreamingSampleDataset(IterableDataset):
@@ -114,12 +156,14 @@ class StreamingSampleDataset(IterableDataset):
     def __init__(
         self, samples: Callable[[], Iterable[Sample]], image_processor: ImageProcessor | None, flip_prob: float = 0.0, seed: int = 0,
         media: MediaPlan | None = None,
+        missing_image: str | None = None,
     ) -> None:
         self.samples = samples
         self.image_processor = image_processor
         self.flip_prob = flip_prob
         self.seed = seed
         self.media = media
+        self.missing_image = _checked_policy(missing_image)
 
     def __iter__(self) -> Iterator[LoadedSample | None]:
         info = get_worker_info()
@@ -127,7 +171,13 @@ class StreamingSampleDataset(IterableDataset):
         rng = np.random.default_rng([self.seed, wid])
         for i, sample in enumerate(self.samples()):
             if i % nw == wid:
-                yield _load(sample, self.image_processor, self.flip_prob, rng, self.media)
+                yield _load(sample, self.image_processor, self.flip_prob, rng, self.media, self.missing_image)
+
+
+def _checked_policy(missing_image: str | None) -> str | None:
+    if missing_image is not None and missing_image not in MISSING_POLICIES:
+        raise ConfigError(f"missing_modality must be one of {MISSING_POLICIES}, got {missing_image!r}")
+    return missing_image
 
 
 class Collator:
@@ -148,6 +198,10 @@ class Collator:
             batch["image"] = torch.stack([it.image for it in kept])  # type: ignore[misc]
         if self.media is not None and not self.media.empty:
             collate_media([it.media for it in kept], self.media, batch)
+        absent = sum(not it.image_present for it in kept)
+        if absent:  # zero-filled images: the model's missing-modality policy decides what they mean
+            batch["image_present"] = torch.tensor([it.image_present for it in kept])
+            batch["num_missing"] = {**batch.get("num_missing", {}), "image": absent}
         texts = [it.text for it in kept]
         if self.tokenizer is not None and all(t is not None for t in texts):
             enc = self.tokenizer.encode(texts, self.max_length)  # type: ignore[arg-type]

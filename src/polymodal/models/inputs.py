@@ -23,6 +23,7 @@ class ModelInputs:
     audio_key: str = "audio"  # or "image": the sound is the non-text tower's input
     features: tuple[str, ...] = ()
     pixels: bool = True  # reads images or video frames, so the image settings shape its input
+    images: bool = True  # reads each sample's image (not a clip or a sound in the image tower's place)
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -43,10 +44,11 @@ def model_inputs(config: Any) -> ModelInputs:
         video = any(s.name in VIDEO_ENCODERS for s in encoders.values())
         features = tuple(sorted(m for m, s in encoders.items() if s.name in FEATURE_ENCODERS))
         pixels = any(m != "text" and s.name not in AUDIO_ENCODERS + FEATURE_ENCODERS for m, s in encoders.items())
-        return ModelInputs(audio=audio, video_key="video" if video else None, features=features, pixels=pixels)
+        images = any(m != "text" and s.name not in AUDIO_ENCODERS + FEATURE_ENCODERS + VIDEO_ENCODERS for m, s in encoders.items())
+        return ModelInputs(audio=audio, video_key="video" if video else None, features=features, pixels=pixels, images=images)
     vision = getattr(config, "vision", None)
     if vision is not None and vision.name in VIDEO_ENCODERS:
-        return ModelInputs(video_key="image")
+        return ModelInputs(video_key="image", images=False)
     if vision is not None and vision.name in AUDIO_ENCODERS:
-        return ModelInputs(audio=True, audio_key="image", pixels=False)
+        return ModelInputs(audio=True, audio_key="image", pixels=False, images=False)
     return ModelInputs()

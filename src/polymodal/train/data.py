@@ -173,6 +173,14 @@ def media_plan(cfg: RunConfig, model_config: object, train: bool, image_base: Ma
     )
 
 
+def missing_image_policy(cfg: RunConfig, model_config: object) -> str | None:
+    """The run's ``missing_modality`` policy for samples without an image, when ``model_config`` reads
+    every sample's image (None when it does not: a text-only or audio-text model)."""
+    from polymodal.models.inputs import model_inputs
+
+    return cfg.missing_modality if model_inputs(model_config).images else None
+
+
 def make_loader(
     samples: Sequence[Sample],
     processor: ImageProcessor | None,
@@ -182,10 +190,12 @@ def make_loader(
     num_workers: int,
     seed: int = 0,
     media: MediaPlan | None = None,
+    missing_image: str | None = None,
 ) -> DataLoader:
-    """Batches of ``samples`` in order, for evaluation and prediction (training uses :func:`make_train_loader`)."""
+    """Batches of ``samples`` in order, for evaluation and prediction (training uses :func:`make_train_loader`).
+    ``missing_image``: see :func:`missing_image_policy`."""
     return DataLoader(
-        SampleDataset(samples, processor, seed=seed, media=media),
+        SampleDataset(samples, processor, seed=seed, media=media, missing_image=missing_image),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -210,6 +220,7 @@ def make_train_loader(
     flip_prob: float = 0.0,
     task: Task | None = None,
     media: MediaPlan | None = None,
+    missing_image: str | None = None,
 ) -> DataLoader:
     """The training loader for the whole run, over the task's own dataset when it has one: iterate it
     once per epoch after moving ``sampler`` to that epoch's position. Its workers start once instead
@@ -224,7 +235,7 @@ def make_train_loader(
     if custom is not None:
         dataset, collate = custom
     else:
-        dataset = SampleDataset(samples, processor, flip_prob=flip_prob, seed=seed, media=media)
+        dataset = SampleDataset(samples, processor, flip_prob=flip_prob, seed=seed, media=media, missing_image=missing_image)
         collate = Collator(tokenizer, max_length, media)
     return DataLoader(
         EpochSeededDataset(dataset),

@@ -39,7 +39,16 @@ from polymodal.tasks import Task, build_task
 from polymodal.tasks.base import to_device
 from polymodal.metrics.meteor import meteor_session
 from polymodal.train.accumulation import LossWindow, MicroBatchWeights
-from polymodal.train.data import ResumableSampler, image_processor, load_split, make_loader, make_train_loader, media_plan, require
+from polymodal.train.data import (
+    ResumableSampler,
+    image_processor,
+    load_split,
+    make_loader,
+    make_train_loader,
+    media_plan,
+    missing_image_policy,
+    require,
+)
 from polymodal.train.run_log import RunLog
 from polymodal.train.schedule import build_adamw, load_keeping_kernel, warmup_cosine
 
@@ -389,8 +398,27 @@ class Trainer:
             self.eval_processor = image_processor(self.cfg.image, train=False, base=base)
         self.train_media = media_plan(self.cfg, self.model_config, train=True, image_base=base)
         self.eval_media = media_plan(self.cfg, self.model_config, train=False, image_base=base)
+        self.missing_image = missing_image_policy(self.cfg, self.model_config)
+        if self.missing_image is not None and not self.assistant:  # an assistant's conversations may be text-only
+            self._check_images(self.train_samples, "train")
         self.task.attach(self.model, self.model_config, self.eval_processor)
         self.extra_files = self.hf_files if self.pretrained else self._lm_files() if self.assistant else None
+
+    def _check_images(self, samples: Sequence[Sample], split: str) -> None:
+        """A model that reads images, given samples without any, would skip them all (or learn from blanks)
+        without a word until the run ended with nothing trained: a misspelt image column, say."""
+        without = sum(not s.has_image for s in samples)
+        if not without:
+            return
+        if without == len(samples):
+            raise DataError(
+                f"data.{split}: none of the {len(samples)} samples has an image, and the {self.model_config.type} model reads one: "
+                "check the source's image field (image_field / image column) or its image folder"
+            )
+        log.warning(
+            "data.%s: %d of %d samples have no image; missing_modality: %s %s", split, without, len(samples), self.missing_image,
+            "skips them" if self.missing_image == "skip" else "gives them a stand-in, flagged absent",
+        )
 
     def _keep_bf16_residual(self) -> None:
         from polymodal.modules.transformer import set_bf16_residual
@@ -407,11 +435,14 @@ class Trainer:
         return make_loader(
             samples, self.eval_processor if with_images else None, self.tokenizer, self.max_length,
             self.settings.eval_batch_size, self.settings.num_workers, seed=self.cfg.seed, media=self.eval_media,
+            missing_image=self.missing_image if with_images else None,
         )
 
     # ---------------------------------------------------------------- checkpoints
     def processors(self) -> dict[str, Any]:
         common = {"text_max_length": self.max_length, "task": self.task.name, "task_state": self.task.state()}
+        if self.missing_image is not None:  # evaluation treats a sample without an image as training did
+            common["missing_image"] = self.missing_image
         if self.pretrained:  # the checkpoint's own processors, stored in the checkpoint's hf/ folder
             return common | {"hf_folder": "hf", "model_type": self.hf_parts.arch.model_type}
         media = {"media": plan_to_dict(self.eval_media)} if self.eval_media is not None else {}
@@ -477,6 +508,7 @@ class Trainer:
             self.train_loader = make_train_loader(
                 self.train_items, self.train_processor, self.tokenizer, self.max_length, s.batch_size,
                 s.num_workers, self.sampler, self.cfg.seed, flip_prob=self.cfg.image.flip_prob, task=self.task, media=self.train_media,
+                missing_image=self.missing_image,
             )
         loader = self.train_loader
         micro_total = self.micro_per_epoch
