@@ -73,6 +73,18 @@ def is_caption(sample: Sample) -> bool:
     return sample.has_media and bool(sample.text) and not sample.answers and sample.label is None
 
 
+def caption_rejection(sample: Sample) -> str | None:
+    """Why a record that is neither a question nor a labelled statement is no usable caption (None:
+    it is one, or it is a record of another kind)."""
+    if sample.answers or sample.label is not None:
+        return None
+    if not sample.text and sample.has_media and "objects" not in sample.meta:  # a scene graph has no text by design
+        return "an image without a caption"
+    if sample.text and not sample.has_media:
+        return "a caption without an image"
+    return None
+
+
 def group_by_image(samples: Sequence[Sample]) -> dict[str, list[Sample]]:
     """Samples per distinct image, in first-seen order (evaluation embeds or captions each image once)."""
     groups: dict[str, list[Sample]] = {}
@@ -89,6 +101,13 @@ class Task:
     def select(self, sample: Sample) -> bool:
         """Does this task train on this sample? (A world split mixes captions, questions, statements.)"""
         raise NotImplementedError
+
+    def rejection(self, sample: Sample) -> str | None:
+        """Why :meth:`select` leaves ``sample`` out, when that points at a broken record rather than at a
+        record of another kind (which every task of a mixed source leaves out by design). The reasons are
+        counted in the log, so a column of 'n/a' labels or a shard of images without captions does not
+        vanish without a word. None: the record is of another kind."""
+        return None
 
     def prepare(self, train: Sequence[Sample]) -> None:
         """Learn what the model's shape depends on (answer vocabulary, class names) from training data."""

@@ -14,7 +14,7 @@ from torch import nn
 from polymodal.data.sample import Sample
 from polymodal.metrics import caption_scores
 from polymodal.metrics.meteor import meteor_available
-from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, group_by_image, is_caption
+from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, caption_rejection, group_by_image, is_caption
 
 
 class CaptioningTask(Task):
@@ -30,6 +30,9 @@ class CaptioningTask(Task):
 
     def select(self, sample: Sample) -> bool:
         return is_caption(sample)
+
+    def rejection(self, sample: Sample) -> str | None:
+        return caption_rejection(sample)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         out = model(batch["image"], batch["text_ids"], batch["text_mask"])

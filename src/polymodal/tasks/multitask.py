@@ -317,6 +317,11 @@ class MultiTaskTask(Task):
     def select(self, sample: Sample) -> bool:
         return kind_of(sample) is not None
 
+    def rejection(self, sample: Sample) -> str | None:
+        if sample.text and not sample.has_image:
+            return "a text without an image"
+        return "an image without a text" if sample.has_image else None
+
     def prepare(self, train: Sequence[Sample]) -> None:
         self.vqa.prepare([s for s in train if kind_of(s) == "question"])
         self.classification.prepare([s for s in train if kind_of(s) == "statement"])

@@ -32,6 +32,11 @@ class RegressionTask(Task):
     def select(self, sample: Sample) -> bool:
         return _number(sample.label) is not None and not sample.answers
 
+    def rejection(self, sample: Sample) -> str | None:
+        if sample.label is None or sample.answers:
+            return None
+        return "a label that is not a number"
+
     def prepare(self, train: Sequence[Sample]) -> None:
         values = {_number(s.label) for s in train}
         if len(values) < 2:

@@ -16,7 +16,7 @@ from polymodal.data.sample import Sample
 from polymodal.errors import DataError
 from polymodal.metrics import retrieval_metrics
 from polymodal.models.dual_encoder import PairEncoder
-from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, group_by_image, image_id_tensor, is_caption
+from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, caption_rejection, group_by_image, image_id_tensor, is_caption
 from polymodal.train.contrastive_accum import contrastive_accum_step
 
 
@@ -30,6 +30,9 @@ class RetrievalTask(Task):
 
     def select(self, sample: Sample) -> bool:
         return is_caption(sample)
+
+    def rejection(self, sample: Sample) -> str | None:
+        return caption_rejection(sample)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         ids = image_id_tensor(batch["samples"]).to(batch["image"].device)

@@ -33,6 +33,11 @@ class VQATask(Task):
     def select(self, sample: Sample) -> bool:
         return sample.has_media and bool(sample.text) and bool(sample.answers)
 
+    def rejection(self, sample: Sample) -> str | None:
+        if not sample.answers:
+            return None  # a caption or a statement
+        return "a question without an image" if not sample.has_media else "answers without a question"
+
     def prepare(self, train: Sequence[Sample]) -> None:
         if self.vocab is None:
             self.vocab = AnswerVocab.build((s.answers for s in train), max_answers=self.max_answers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -35,10 +36,25 @@ def load_split(data: DataConfig, split: str, task: Task) -> list[Sample]:
     samples: list[Sample] = []
     for spec in getattr(data, split):
         report = DataReport(describe(spec))
-        kept = [s for s in read_source(spec, report) if task.select(s)]
+        kept: list[Sample] = []
+        unusable: Counter[str] = Counter()  # records the task cannot use, by reason
+        first: dict[str, str] = {}
+        other_kinds = 0
+        for sample in read_source(spec, report):
+            if task.select(sample):
+                kept.append(sample)
+            elif (reason := task.rejection(sample)) is not None:
+                unusable[reason] += 1
+                first.setdefault(reason, sample.origin or sample.sample_id)
+            else:
+                other_kinds += 1
         if report.num_problems:
             log.warning("%s: %d problem records skipped\n%s", describe(spec), report.num_problems, report.format())
-        log.info("%s split: %d %s samples from %s", split, len(kept), task.name, describe(spec))
+        if unusable:
+            reasons = "; ".join(f"{n} x {reason} (first: {first[reason]})" for reason, n in unusable.most_common())
+            log.warning("%s: %d records the %s task cannot use, left out: %s", describe(spec), sum(unusable.values()), task.name, reasons)
+        more = f" ({other_kinds} records of other kinds left to other tasks)" if other_kinds else ""
+        log.info("%s split: %d %s samples from %s%s", split, len(kept), task.name, describe(spec), more)
         samples += kept
     return samples
 
