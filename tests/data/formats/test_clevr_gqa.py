@@ -124,3 +124,21 @@ def test_gqa_list_is_rejected_with_file_name(tmp_path: Path, write_json, report:
     with pytest.raises(DataError, match="keyed by question id") as err:
         read_source(GqaSource(format="gqa", questions=path, images=tmp_path), report)
     assert str(path) in str(err.value)
+
+
+def test_answers_and_splits_of_the_wrong_type_are_bad_records(tmp_path: Path, write_json, report: DataReport) -> None:
+    (tmp_path / "images").mkdir()
+    clevr = write_json(tmp_path / "CLEVR_val_questions.json", {"questions": [
+        {"image_filename": "a.png", "question": "What colour?", "answer": {"a": 1}},
+        {"image_filename": "a.png", "question": "What shape?", "answer": "cube", "split": ["val"]},
+        {"image_filename": "a.png", "question": "How many?", "answer": 2},
+    ]})
+    samples = list(read_source(ClevrSource(format="clevr", questions=clevr, images=tmp_path / "images"), report))
+    assert [s.answers for s in samples] == [("2",)]
+    gqa = write_json(tmp_path / "val_balanced_questions.json", {"1": {"imageId": "n1", "question": "Which?", "answer": ["red"]}})
+    assert list(read_source(GqaSource(format="gqa", questions=gqa, images=tmp_path / "images"), report)) == []
+    assert [p.message for p in report.problems] == [
+        "'answer' should be a string or a number, got dict {'a': 1}",
+        "'split' should be a string, got list ['val']",
+        "'answer' should be a string or a number, got list ['red']",
+    ]

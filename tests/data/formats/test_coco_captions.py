@@ -84,3 +84,27 @@ def test_missing_images_folder(tmp_path: Path, write_json, report: DataReport) -
     spec = CocoCaptionsSource(format="coco_captions", annotations=path, images=tmp_path / "absent")
     with pytest.raises(DataError, match="images folder not found"):
         read_source(spec, report)
+
+
+def test_captions_and_ids_of_the_wrong_type_are_bad_records(tmp_path: Path, write_json, report: DataReport) -> None:
+    tree = _coco_tree()
+    tree["images"].append({"id": {"a": 1}, "file_name": "x.jpg"})
+    tree["images"].append({"id": 31, "file_name": ""})
+    tree["annotations"] = [
+        {"id": 1, "image_id": 9, "caption": ["a red", "square"]},
+        {"id": 2, "image_id": 9, "caption": 42},
+        {"id": [3], "image_id": 9, "caption": "a list id"},
+        {"id": 4, "image_id": 9, "caption": "fine"},
+    ]
+    ann = write_json(tmp_path / "captions_val2014.json", tree)
+    (tmp_path / "val2014").mkdir()
+    samples = list(read_source(CocoCaptionsSource(format="coco_captions", annotations=ann, images=tmp_path / "val2014"), report))
+    assert [s.text for s in samples] == ["fine"]
+    messages = [p.message for p in report.problems]
+    assert messages == [
+        "'id' should be a string or an integer id, got dict {'a': 1}",
+        "'file_name' should be a file name, got ''",
+        "'caption' should be a string, got list ['a red', 'square']",
+        "'caption' should be a string, got int 42",
+        "'id' should be a string or an integer id, got list [3]",
+    ]

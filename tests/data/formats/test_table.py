@@ -138,3 +138,51 @@ def test_csv_explicit_column_missing_from_header(tmp_path: Path, report: DataRep
 def test_missing_table_file(tmp_path: Path, report: DataReport) -> None:
     with pytest.raises(DataError, match=r"jsonl source: path file not found: .*x\.jsonl"):
         read_source(TableSource(format="jsonl", path=tmp_path / "x.jsonl"), report)
+
+
+def test_jsonl_values_of_the_wrong_type_are_bad_records_not_strings(tmp_path: Path, report: DataReport) -> None:
+    """str() would have trained on "['a red', 'square']", "None" or a path "['a.png']"."""
+    rows = [
+        {"image": "a.png", "text": ["a red", "square"]},
+        {"image": "a.png", "text": "what colour?", "answers": [None, 3]},
+        {"image": "a.png", "text": "what shape?", "answers": {"a": 1}},
+        {"image": ["a.png"], "text": "a list of paths"},
+        {"image": "a.png", "text": "how many?", "answers": [2, "two"]},
+        {"image": "a.png", "text": "ok", "label": "red"},
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    samples = list(read_source(TableSource(format="jsonl", path=path, answers_field="answers"), report))
+    assert [s.text for s in samples] == ["how many?", "ok"]
+    assert samples[0].answers == ("2", "two")  # a number is an answer (a count); null, lists, objects are not
+    messages = {p.origin.rsplit(":", 1)[1]: p.message for p in report.problems}
+    assert messages["line 1"] == "'text' should be a string, got list ['a red', 'square']"
+    assert messages["line 2"].startswith("'answers' should be a string or a number, got NoneType None")
+    assert "got dict" in messages["line 3"]
+    assert messages["line 4"].startswith("'image' should be a file path (a string), got list")
+
+
+def test_jsonl_non_finite_labels_are_bad_records(tmp_path: Path, report: DataReport) -> None:
+    """A NaN label used to reach the loss, and the run stopped blaming the learning rate."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "a", "label": NaN}\n{"text": "b", "label": Infinity}\n{"text": "c", "label": 1.5}\n', encoding="utf-8")
+    samples = list(read_source(TableSource(format="jsonl", path=path), report))
+    assert [s.label for s in samples] == [1.5]
+    assert [p.message for p in report.problems] == ["'label' is nan, not a finite number", "'label' is inf, not a finite number"]
+
+
+def test_jsonl_explicit_field_in_no_row_is_named_like_a_missing_csv_column(tmp_path: Path, report: DataReport) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"image": "a.png", "caption": "hi"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"image_field 'img' appears in no row of .*rows\.jsonl \(keys seen: caption, image\)"):
+        list(read_source(TableSource(format="jsonl", path=path, image_field="img", text_field="caption"), report))
+    # a default field may be absent from every row, as a CSV column may
+    (s,) = list(read_source(TableSource(format="jsonl", path=path, text_field="caption"), report))
+    assert s.label is None and s.text == "hi"
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path, report: DataReport) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"image": "a.png", "text": "first"}).encode() + b"\n")
+    (s,) = list(read_source(TableSource(format="jsonl", path=path), report))
+    assert s.text == "first" and not report.problems

@@ -167,3 +167,35 @@ def test_missing_annotations_file_names_field(vqa_files, tmp_path: Path, report:
     spec = VqaV2Source(format="vqa_v2", questions=tmp_path / "q.json", images=vqa_files["images"])
     with pytest.raises(DataError, match=r"vqa_v2 source: questions file not found: .*q\.json"):
         read_source(spec, report)
+
+
+def test_empty_or_ill_typed_answers_and_ids_are_bad_records(tmp_path: Path, write_json, report: DataReport) -> None:
+    """An empty answer list used to pass the reader and vanish in the VQA task; a null answer became 'None'."""
+    questions = _questions()
+    questions["questions"] = [
+        {"image_id": 42, "question": "Is the cube red?", "question_id": 1},
+        {"image_id": 42, "question": "What colour?", "question_id": 2},
+        {"image_id": 42, "question": 42, "question_id": 3},
+        {"image_id": 42, "question": "Which?", "question_id": [4]},
+    ]
+    annotations = {
+        "annotations": [
+            {"question_id": 1, "image_id": 42, "answer_type": "yes/no", "answers": []},
+            {"question_id": 2, "image_id": 42, "answer_type": "other", "answers": [{"answer": None}, {"answer": "red"}]},
+            {"question_id": 3, "image_id": 42, "answer_type": "other", "answers": _answers("x")},
+        ]
+    }
+    (tmp_path / "val2014").mkdir()
+    spec = VqaV2Source(
+        format="vqa_v2",
+        questions=write_json(tmp_path / "q.json", questions),
+        annotations=write_json(tmp_path / "a.json", annotations),
+        images=tmp_path / "val2014",
+        data_subtype="val2014",
+    )
+    assert list(read_source(spec, report)) == []
+    messages = [p.message for p in report.problems if p.kind == "bad_record"]
+    assert "question 1 has an empty 'answers' list" in messages
+    assert "'answer' should be a string or a number, got NoneType None" in messages
+    assert "'question' should be a string, got int 42" in messages
+    assert "'question_id' should be a string or an integer id, got list [4]" in messages

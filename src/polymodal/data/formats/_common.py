@@ -8,6 +8,7 @@ record-level failure is added to the :class:`~polymodal.data.report.DataReport` 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -91,9 +92,41 @@ def check_record(record: Any, keys: tuple[str, ...], report: DataReport, where: 
     return True
 
 
-def clean_text(value: Any) -> str:
-    """Caption or question text with surrounding whitespace removed (COCO captions end in '\\n')."""
-    return str(value).strip()
+def _kind(value: Any) -> str:
+    shown = repr(value)
+    return f"{type(value).__name__} {shown if len(shown) <= 40 else shown[:37] + '...'}"
+
+
+def text_field(record: Mapping[str, Any], key: str, report: DataReport, where: str) -> str | None:
+    """``record[key]`` as text with surrounding whitespace removed (COCO captions end in '\\n'); a value that is not a string (a list of
+    words, a number, null) is a ``bad_record`` and gives None, where ``str()`` would have trained on
+    "['a red', 'square']" or "None"."""
+    value = record[key]
+    if not isinstance(value, str):
+        report.add("bad_record", where, f"'{key}' should be a string, got {_kind(value)}")
+        return None
+    return value.strip()
+
+
+def answer_text(value: Any, key: str, report: DataReport, where: str) -> str | None:
+    """One answer as text: a string, or a number (a count answered as 2); anything else (null, a list, an
+    object) is a ``bad_record`` and gives None."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
+    report.add("bad_record", where, f"'{key}' should be a string or a number, got {_kind(value)}")
+    return None
+
+
+def id_field(record: Mapping[str, Any], key: str, report: DataReport, where: str) -> bool:
+    """Is ``record[key]`` usable as an id (a string or an integer)? Otherwise a ``bad_record``: a list or an
+    object cannot key the joins the readers make (questions to annotations, captions to images)."""
+    value = record[key]
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return True
+    report.add("bad_record", where, f"'{key}' should be a string or an integer id, got {_kind(value)}")
+    return False
 
 
 def extras(record: Mapping[str, Any], known: frozenset[str] | set[str]) -> dict[str, Any]:
@@ -109,6 +142,8 @@ def text_lines(path: Path, fmt: str, field: str) -> Iterator[tuple[int, str | No
     require_file(path, fmt, field)
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Windows editors), not text
+                raw = raw[3:]
             try:
                 yield lineno, raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from polymodal.data.formats._common import check_record, clean_text, clevr_records, extras, origin
+from polymodal.data.formats._common import answer_text, check_record, clevr_records, extras, origin, text_field
 from polymodal.data.report import DataReport
 from polymodal.data.sample import Sample
 from polymodal.data.sources import ClevrSource
@@ -32,11 +32,19 @@ def _samples(
         where = origin(path, f"record {i}")
         if not check_record(q, ("image_filename", "question"), report, where):
             continue
-        text = clean_text(q["question"])
+        text = text_field(q, "question", report, where)
+        if text is None:
+            continue
         if not text:
             report.add("empty_text", where, "empty question")
             continue
         answer = q.get("answer")
+        if answer is not None and (answer := answer_text(answer, "answer", report, where)) is None:
+            continue
+        split = q.get("split", file_split)
+        if split is not None and not isinstance(split, str):
+            report.add("bad_record", where, f"'split' should be a string, got {type(split).__name__} {split!r:.40}")
+            continue
         image_id = q.get("image_index", q["image_filename"])
         yield Sample(
             sample_id=str(q.get("question_index", i)),
@@ -44,7 +52,7 @@ def _samples(
             image_path=spec.images / str(q["image_filename"]),
             image_id=str(image_id),
             text=text,
-            answers=(str(answer),) if answer is not None else (),
-            split=q.get("split", file_split),
+            answers=(answer,) if answer is not None else (),
+            split=split,
             meta=extras(q, _KNOWN),
         )

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from polymodal.data.formats._common import check_record, clean_text, json_list, load_json, origin, require_dir
+from polymodal.data.formats._common import check_record, id_field, json_list, load_json, origin, require_dir, text_field
 from polymodal.data.report import DataReport
 from polymodal.data.sample import Sample
 from polymodal.data.sources import CocoCaptionsSource
@@ -36,19 +36,27 @@ def _samples(
 
     file_of: dict[Any, str] = {}
     for i, img in enumerate(images):
-        if check_record(img, ("id", "file_name"), report, origin(path, f"images[{i}]")):
-            file_of[img["id"]] = str(img["file_name"])
+        iwhere = origin(path, f"images[{i}]")
+        if check_record(img, ("id", "file_name"), report, iwhere) and id_field(img, "id", report, iwhere):
+            if not isinstance(img["file_name"], str) or not img["file_name"].strip():
+                report.add("bad_record", iwhere, f"'file_name' should be a file name, got {img['file_name']!r:.40}")
+                continue
+            file_of[img["id"]] = img["file_name"]
 
     for i, ann in enumerate(annotations):
         where = origin(path, f"record {i}")
         if not check_record(ann, ("id", "image_id", "caption"), report, where):
+            continue
+        if not (id_field(ann, "id", report, where) and id_field(ann, "image_id", report, where)):
             continue
         image_id = ann["image_id"]
         file_name = file_of.get(image_id)
         if file_name is None:
             report.add("missing_image", where, f"image_id {image_id!r} is not listed in 'images'")
             continue
-        text = clean_text(ann["caption"])
+        text = text_field(ann, "caption", report, where)
+        if text is None:
+            continue
         if not text:
             report.add("empty_text", where, f"annotation {ann['id']} has an empty caption")
             continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from polymodal.data.formats._common import check_record, clean_text, extras, load_json, origin, require_dir
+from polymodal.data.formats._common import answer_text, check_record, extras, load_json, origin, require_dir, text_field
 from polymodal.data.report import DataReport
 from polymodal.data.sample import Sample
 from polymodal.data.sources import GqaSource
@@ -38,11 +38,15 @@ def _samples(spec: GqaSource, questions: Mapping[str, Any], report: DataReport) 
         where = origin(spec.questions, f"question {qid}")
         if not check_record(q, ("imageId", "question"), report, where):
             continue
-        text = clean_text(q["question"])
+        text = text_field(q, "question", report, where)
+        if text is None:
+            continue
         if not text:
             report.add("empty_text", where, "empty question")
             continue
         answer = q.get("answer")
+        if answer is not None and (answer := answer_text(answer, "answer", report, where)) is None:
+            continue
         image_id = str(q["imageId"])
         yield Sample(
             sample_id=str(qid),
@@ -50,7 +54,7 @@ def _samples(spec: GqaSource, questions: Mapping[str, Any], report: DataReport) 
             image_path=spec.images / f"{image_id}.jpg",
             image_id=image_id,
             text=text,
-            answers=(str(answer),) if answer is not None else (),
+            answers=(answer,) if answer is not None else (),
             split=split,
             meta=extras(q, _KNOWN),
         )

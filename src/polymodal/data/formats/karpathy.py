@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from polymodal.data.formats._common import check_record, clean_text, json_list, load_json, origin, require_dir
+from polymodal.data.formats._common import check_record, json_list, load_json, origin, require_dir, text_field
 from polymodal.data.report import DataReport
 from polymodal.data.sample import Sample
 from polymodal.data.sources import KarpathySource
@@ -56,7 +56,9 @@ def _samples(spec: KarpathySource, images: list[Any], report: DataReport) -> Ite
             swhere = origin(spec.path, f"record {i} sentence {j}")
             if not check_record(sent, ("raw",), report, swhere):
                 continue
-            text = clean_text(sent["raw"])
+            text = text_field(sent, "raw", report, swhere)
+            if text is None:
+                continue
             if not text:
                 report.add("empty_text", swhere, "empty sentence")
                 continue

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from polymodal.data.formats._common import local_path, origin, require_dir, require_file, text_lines
+from polymodal.data.formats._common import answer_text, local_path, origin, require_dir, require_file, text_lines
 from polymodal.data.report import DataReport
 from polymodal.data.sample import Sample
 from polymodal.data.sources import TableSource
@@ -47,7 +48,7 @@ def read(spec: TableSource, report: DataReport) -> Iterator[Sample]:
     if spec.root is not None:
         require_dir(spec.root, spec.format, "root")
     if spec.format == "jsonl":
-        return _samples(spec, _jsonl_rows(spec, report), root, report)
+        return _samples(spec, _checked_keys(spec, _jsonl_rows(spec, report)), root, report)
     _check_header(spec, _csv_header(spec))  # fail on a misnamed column before any row is read
     return _samples(spec, _csv_rows(spec, report), root, report)
 
@@ -69,6 +70,26 @@ def _jsonl_rows(spec: TableSource, report: DataReport) -> Iterator[tuple[int, Ma
             report.add("bad_record", where, f"expected a JSON object, got a JSON {type(row).__name__}")
             continue
         yield lineno, row
+
+
+def _checked_keys(spec: TableSource, rows: Iterator[tuple[int, Mapping[str, Any]]]) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """JSONL rows, and at the end a :class:`DataError` for a field the config names explicitly that no row
+    has: the JSONL twin of the CSV header check (a misspelt ``image_field`` read every row as text-only)."""
+    named = {getattr(spec, n): n for n in _FIELDS if getattr(spec, n) is not None and n in spec.model_fields_set}
+    seen: set[str] = set()
+    any_row = False
+    for lineno, row in rows:
+        any_row = True
+        if len(seen) < len(named):
+            seen.update(k for k in named if k in row)
+        yield lineno, row
+    absent = [k for k in named if k not in seen]
+    if any_row and absent:
+        keys = sorted({k for _, row in _jsonl_rows(spec, DataReport(spec.format)) for k in row})[:12]
+        raise DataError(
+            f"{spec.format} source: " + ", ".join(f"{named[k]} '{k}'" for k in absent)
+            + f" appears in no row of {spec.path} (keys seen: {', '.join(keys)})"
+        )
 
 
 def _csv_header(spec: TableSource) -> list[str]:
@@ -155,7 +176,10 @@ def _samples(
         text = None
         if spec.text_field is not None and spec.text_field in row:
             raw = row[spec.text_field]
-            text = "" if raw is None else str(raw).strip()
+            if raw is not None and not isinstance(raw, str):
+                report.add("bad_record", where, f"'{spec.text_field}' should be a string, got {type(raw).__name__} {raw!r:.40}")
+                continue
+            text = "" if raw is None else raw.strip()
             if not text:
                 report.add("empty_text", where, f"empty '{spec.text_field}'")
                 continue
@@ -168,20 +192,29 @@ def _samples(
                 "bad_record", where, f"'{spec.label_field}' should be a string or a number, got {label!r}"
             )
             continue
+        if isinstance(label, float) and not math.isfinite(label):
+            report.add("bad_record", where, f"'{spec.label_field}' is {label}, not a finite number")
+            continue
 
         answers: tuple[str, ...] = ()
         raw_answers = _present(row, spec.answers_field)
         if raw_answers is not None:
-            if isinstance(raw_answers, list):
-                answers = tuple(str(a) for a in raw_answers)
-            elif is_csv:
+            if is_csv:
                 answers = tuple(a.strip() for a in str(raw_answers).split("|") if a.strip())
             else:
-                answers = (str(raw_answers),)
+                listed = [answer_text(a, spec.answers_field, report, where) for a in (raw_answers if isinstance(raw_answers, list) else [raw_answers])]  # type: ignore[arg-type]
+                if any(a is None for a in listed):
+                    continue
+                answers = tuple(listed)  # type: ignore[arg-type]
 
         image, audio, video = (
             _present(row, c) for c in (spec.image_field, spec.audio_field, spec.video_field)
         )
+        paths = {spec.image_field: image, spec.audio_field: audio, spec.video_field: video}
+        wrong = next((c for c, v in paths.items() if v is not None and not isinstance(v, str)), None)
+        if wrong is not None:
+            report.add("bad_record", where, f"'{wrong}' should be a file path (a string), got {type(paths[wrong]).__name__} {paths[wrong]!r:.40}")
+            continue
         if (
             image is None
             and audio is None

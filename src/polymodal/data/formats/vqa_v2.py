@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from polymodal.data.formats._common import (
+    answer_text,
     check_record,
-    clean_text,
     extras,
+    id_field,
     json_list,
     load_json,
     origin,
     require_dir,
+    text_field,
 )
 from polymodal.data.report import DataReport
 from polymodal.data.sample import Sample
@@ -87,6 +89,13 @@ def _index_annotations(
                 "bad_record", where, "'answers' should be a list of {answer, answer_confidence, answer_id}"
             )
             continue
+        if not answers:
+            report.add("bad_record", where, f"question {ann['question_id']!r} has an empty 'answers' list")
+            continue
+        if not id_field(ann, "question_id", report, where):
+            continue
+        if any(answer_text(a["answer"], "answer", report, f"{where} answer {j}") is None for j, a in enumerate(answers)):
+            continue
         by_question[ann["question_id"]] = (i, ann)
     return by_question
 
@@ -106,9 +115,13 @@ def _samples(
         where = origin(qpath, f"record {i}")
         if not check_record(q, ("question_id", "image_id", "question"), report, where):
             continue
+        if not (id_field(q, "question_id", report, where) and id_field(q, "image_id", report, where)):
+            continue
         qid = q["question_id"]
         where = origin(qpath, f"question {qid}")
-        text = clean_text(q["question"])
+        text = text_field(q, "question", report, where)
+        if text is None:
+            continue
         if not text:
             report.add("empty_text", where, f"question {qid} is empty")
             continue
@@ -120,7 +133,7 @@ def _samples(
                 report.add("no_annotation", where, f"question {qid} has no entry in {spec.annotations}")
                 continue
             _, ann = found
-            answers = tuple(str(a["answer"]) for a in ann["answers"])
+            answers = tuple(answer_text(a["answer"], "answer", report, where) or "" for a in ann["answers"])  # checked when indexed
             answer_type = ann.get("answer_type")
             if answer_type not in ANSWER_TYPES:
                 report.add(
@@ -150,7 +163,7 @@ def _samples(
         )
 
     if annotations is not None:
-        question_ids = {q["question_id"] for q in questions if isinstance(q, Mapping) and "question_id" in q}
+        question_ids = {q["question_id"] for q in questions if isinstance(q, Mapping) and isinstance(q.get("question_id"), (str, int))}
         for qid, (i, _) in by_question.items():
             if qid not in question_ids:
                 report.add(
