@@ -77,6 +77,23 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         load_config(_write(tmp_path, "data: [unclosed\n"))
 
 
+def test_a_config_that_is_not_utf8_is_named_not_a_traceback(tmp_path: Path) -> None:
+    p = tmp_path / "run.yaml"
+    p.write_bytes("# café notes\nseed: 1\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"run\.yaml: not UTF-8 text \(byte 5: b'\\xe9'\); save it as UTF-8"):
+        load_config(p)
+    p.write_bytes(b"\xef\xbb\xbfseed: 4\n")  # a byte-order mark is no key
+    assert load_config(p).seed == 4
+
+
+def test_a_key_given_twice_is_an_error_not_the_last_one_silently(tmp_path: Path) -> None:
+    text = "train: {task: classification, epochs: 5}\nseed: 1\ntrain: {task: classification, epochs: 1}\n"
+    with pytest.raises(ConfigError, match=r"key 'train' appears twice in one mapping \(first on line 1\)"):
+        load_config(_write(tmp_path, text))
+    with pytest.raises(ConfigError, match="key 'lr' appears twice"):
+        load_config(_write(tmp_path, "optim:\n  lr: 0.1\n  lr: 0.2\n"))
+
+
 def test_parse_single_source(tmp_path: Path) -> None:
     spec = parse_source({"format": "image_folder", "root": "pics"}, "inline", tmp_path)
     assert spec.root == (tmp_path / "pics").resolve()

@@ -65,3 +65,13 @@ def test_vqa_counts_questions_without_images(tmp_path: Path, caplog: pytest.LogC
     kept = _split({"format": "jsonl", "path": str(tmp_path / "q.jsonl"), "answers_field": "answers"}, "vqa", caplog)
     assert len(kept) == 1
     assert "1 records the vqa task cannot use, left out: 1 x a question without an image" in caplog.text
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_training_labels_of_one_value_are_a_data_error_naming_the_split(task: str) -> None:
+    from polymodal.data.sample import Sample
+    from polymodal.errors import DataError
+
+    samples = [Sample(str(i), text="a row", label=1.0 if task == "regression" else "red") for i in range(3)]
+    with pytest.raises(DataError, match=r"data\.train.*need at least 2|data\.train.*needs at least 2"):
+        build_task(task, None, 16).prepare(samples)

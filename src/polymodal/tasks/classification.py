@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from polymodal.data.sample import Sample
+from polymodal.errors import DataError
 from polymodal.metrics import classification_scores, confusion_matrix
 from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, batch_device, to_device
 
@@ -26,7 +27,10 @@ class ClassificationTask(Task):
         if not self.classes:
             self.classes = sorted({str(s.label) for s in train})
             if len(self.classes) < 2:
-                raise ValueError(f"classification: the training data has {len(self.classes)} distinct label(s); need at least 2")
+                raise DataError(
+                    f"classification: the training data (data.train) has {len(self.classes)} distinct label(s) "
+                    f"({', '.join(repr(c) for c in self.classes)}); a classifier needs at least 2"
+                )
 
     def model_overrides(self) -> dict[str, Any]:
         return {"num_outputs": len(self.classes)}

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from polymodal.data.sample import Sample
+from polymodal.errors import DataError
 from polymodal.metrics.classification import mean_absolute_error, pearson_r
 from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, batch_device, to_device
 
@@ -40,7 +41,7 @@ class RegressionTask(Task):
     def prepare(self, train: Sequence[Sample]) -> None:
         values = {_number(s.label) for s in train}
         if len(values) < 2:
-            raise ValueError(f"regression: the training labels take {len(values)} distinct value(s); need at least 2")
+            raise DataError(f"regression: the training labels (data.train) take {len(values)} distinct value(s); need at least 2")
 
     def model_overrides(self) -> dict[str, Any]:
         return {"num_outputs": 1, "task": "regression"}
