@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 
 class _Spec(BaseModel):
@@ -64,7 +64,7 @@ class ScenesSource(_Spec):
     format: Literal["scenes"]
     path: Path
     images: Path
-    image_size: tuple[int, int] | None = Field(
+    image_size: tuple[PositiveInt, PositiveInt] | None = Field(
         default=None, description="[width, height] of the images, needed when objects give CLEVR's pixel_coords"
     )
 

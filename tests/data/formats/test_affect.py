@@ -194,3 +194,14 @@ def test_raw_file_jsonl_reads_a_float_sentiment_label(tmp_path: Path) -> None:
     assert [s.label for s in samples] == [2.4, -0.6] and all(isinstance(s.label, float) for s in samples)
     assert samples[0].audio_path == tmp_path / "a/u1.wav" and samples[0].video_path == tmp_path / "v/u1.mp4"
     assert samples[1].text == "meh"
+
+
+def test_labels_that_are_not_numbers_and_a_scalar_id_are_named(mmsa: Path, tmp_path: Path) -> None:
+    tree = pickle.loads(mmsa.read_bytes())
+    tree["train"]["regression_labels"] = ["pos"] * len(tree["train"]["id"])
+    with pytest.raises(DataError, match=r"'train' of .*words\.pkl: 'regression_labels' should be numbers"):
+        _read(_write(tmp_path / "words.pkl", tree), split="train")
+    tree = pickle.loads(mmsa.read_bytes())
+    tree["train"]["id"] = 7
+    with pytest.raises(DataError, match=r"'id' should be a list of utterance ids, got int"):
+        _read(_write(tmp_path / "scalar.pkl", tree), split="train")

@@ -43,3 +43,13 @@ def test_missing_or_empty_root(tmp_path: Path, report: DataReport) -> None:
         read_source(ImageFolderSource(format="image_folder", root=tmp_path / "nowhere"), report)
     with pytest.raises(DataError, match="no class sub-folders"):
         read_source(ImageFolderSource(format="image_folder", root=tmp_path), report)
+
+
+def test_a_link_loop_is_read_once(tmp_path: Path, write_image, report: DataReport) -> None:
+    """os.walk follows links (class folders are often links), and a link back up used to list one image
+    once per level until the OS gave up: 41 copies."""
+    write_image(tmp_path / "root" / "cat" / "a.png")
+    (tmp_path / "root" / "cat" / "again").symlink_to(tmp_path / "root" / "cat", target_is_directory=True)
+    samples = list(read_source(ImageFolderSource(format="image_folder", root=tmp_path / "root"), report))
+    assert [s.sample_id for s in samples] == ["cat/a.png"]
+    assert report.counts["repeated_folders"] == 1

@@ -72,7 +72,21 @@ def test_a_bad_object_drops_its_scene_with_a_counted_reason(tmp_path: Path, writ
     samples = list(read_source(_source(write_json(tmp_path / "s.json", {"scenes": [good, bad]}), tmp_path / "images"), report))
     assert [s.image_id for s in samples] == ["1"]
     assert sum(report.counts.values()) == 1
+    assert report.num_problems == 1  # a kind `data check` counts as a problem (it exits non-zero), not only a count
     assert expected in report.problems[0].message and "scene 1, object 1" in report.problems[0].origin
+
+
+def test_pixel_coords_given_as_strings_are_read_as_numbers_and_a_zero_image_size_is_refused(tmp_path: Path, write_json, report: DataReport) -> None:
+    from polymodal.config import parse_source
+    from polymodal.errors import ConfigError
+
+    obj = {"color": "red", "pixel_coords": ["240", "80", 3]}
+    (tmp_path / "images").mkdir()
+    path = write_json(tmp_path / "s.json", {"scenes": [{"image_id": 1, "image_filename": "a.png", "objects": [obj]}]})
+    (s,) = read_source(_source(path, tmp_path / "images", image_size=(480, 320)), report)
+    assert s.meta["objects"][0]["x"] == 0.5
+    with pytest.raises(ConfigError, match=r"image_size\[0\].*greater than 0"):
+        parse_source({"format": "scenes", "path": str(path), "images": str(tmp_path / "images"), "image_size": [0, 0]}, "inline", tmp_path)
 
 
 def test_missing_file_and_folder_are_named(tmp_path: Path, write_json) -> None:

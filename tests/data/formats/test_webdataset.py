@@ -141,3 +141,8 @@ def test_non_tar_shard(tmp_path: Path, report: DataReport) -> None:
 def test_remote_urls_are_refused_clearly(report: DataReport) -> None:
     with pytest.raises(DataError, match="not a local file"):
         read_source(WebDatasetSource(format="webdataset", urls="https://host/shard-{0..1}.tar"), report)
+
+
+def test_an_empty_url_list_is_named_not_an_index_error(report: DataReport) -> None:
+    with pytest.raises(DataError, match="urls is empty"):
+        list(read_source(WebDatasetSource(format="webdataset", urls=[]), report))

@@ -71,7 +71,9 @@ def main_file(spec: Any) -> str:
     """The file (or folder, or shard pattern) that identifies a source, for messages."""
     value = getattr(spec, MAIN_FIELD.get(spec.format, ""), None)
     if isinstance(value, list):
-        return value[0] + (f" (+{len(value) - 1} more)" if len(value) > 1 else "")
+        if not value:
+            return "(an empty list)"
+        return str(value[0]) + (f" (+{len(value) - 1} more)" if len(value) > 1 else "")
     return str(value) if isinstance(value, (str, Path)) else "?"
 
 

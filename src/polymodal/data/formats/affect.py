@@ -132,8 +132,17 @@ def read(spec: MosiSource, report: DataReport) -> Iterator[Sample]:
             f"{', '.join(repr(k) for k in missing)}; it has {sorted(map(str, split))}"
         )
     arrays = {ours: _sequences(split[theirs], spec, key, theirs) for ours, theirs in MODALITIES}
-    labels = np.asarray(split["regression_labels" if layout == "mmsa" else "labels"], dtype=np.float64)
-    n = len(split["id"])
+    label_key = "regression_labels" if layout == "mmsa" else "labels"
+    try:
+        labels = np.asarray(split[label_key], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{FORMAT} source: split '{key}' of {spec.path}: '{label_key}' should be numbers (sentiment scores): {e}") from None
+    try:
+        n = len(split["id"])
+    except TypeError:
+        raise DataError(
+            f"{FORMAT} source: split '{key}' of {spec.path}: 'id' should be a list of utterance ids, got {type(split['id']).__name__}"
+        ) from None
     labels = labels.reshape(n, -1)[:, 0] if labels.size == n else _bad_length(spec, key, "labels", labels.shape, n)
     for name, array in arrays.items():
         if len(array) != n:

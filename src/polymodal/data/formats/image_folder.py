@@ -42,8 +42,17 @@ def _samples(spec: ImageFolderSource, classes: list[str], report: DataReport) ->
         report.count("unclassified_files", unclassified)
     for index, name in enumerate(classes):
         class_dir = spec.root / name
+        visited = {os.path.realpath(class_dir)}  # links are followed, but a folder is read once: a link loop ends
         for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            kept = []
+            for d in sorted(d for d in dirnames if not d.startswith(".")):
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if real in visited:
+                    report.count("repeated_folders")
+                    continue
+                visited.add(real)
+                kept.append(d)
+            dirnames[:] = kept
             for filename in sorted(filenames):
                 if filename.startswith("."):
                     continue

@@ -73,15 +73,17 @@ def _object(obj: Any, spec: ScenesSource, report: DataReport, where: str) -> dic
         if not isinstance(coords, (list, tuple)) or len(coords) < 2:
             report.add("bad_record", where, f"'pixel_coords' must be [x, y, ...], got {coords!r}")
             return None
-        x, y = coords[0] / spec.image_size[0], coords[1] / spec.image_size[1]
+        x, y = coords[0], coords[1]
     else:
-        report.add("missing_key", where, "object has neither 'x'/'y' nor 'pixel_coords'")
+        report.add("bad_record", where, "object has neither 'x'/'y' nor 'pixel_coords'")
         return None
     try:
         x, y = float(x), float(y)
     except (TypeError, ValueError):
         report.add("bad_record", where, f"object centre must be numbers, got x={x!r}, y={y!r}")
         return None
+    if "x" not in obj and spec.image_size is not None:  # pixel_coords: fractions of the image
+        x, y = x / spec.image_size[0], y / spec.image_size[1]
     if not (math.isfinite(x) and math.isfinite(y) and 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
         report.add("bad_record", where, f"object centre ({x}, {y}) lies outside the image (expected fractions in [0, 1])")
         return None
