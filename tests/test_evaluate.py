@@ -194,3 +194,20 @@ def test_a_same_seed_world_of_another_size_warns_how_many_test_images_were_train
 
 def test_the_training_world_itself_is_not_flagged(vqa_eval: dict) -> None:
     assert all("seen_in_training" not in split for split in vqa_eval["splits"].values())
+
+
+def test_an_unreadable_gallery_image_from_a_shard_is_named_by_its_origin() -> None:
+    """WebDataset samples carry their image as bytes, so the message named 'None' instead of the member."""
+    import torch
+
+    from polymodal.data.sample import Sample
+    from polymodal.errors import DataError
+    from polymodal.tasks import build_task
+
+    samples = [Sample(f"s{i}", origin=f"shard-000.tar:s{i}", image_bytes=b"x", image_id=f"s{i}", text="a cube") for i in range(3)]
+
+    def loader(items, with_images):  # the second image could not be decoded: the loader skipped it
+        yield {"image": torch.zeros(2, 3, 8, 8), "samples": [items[0], items[2]], "num_skipped": 1}
+
+    with pytest.raises(DataError, match=r"1 gallery image\(s\) could not be read \(e\.g\. shard-000\.tar:s1\)"):
+        build_task("retrieval", None, 16).embed(None, samples, loader, torch.device("cpu"))

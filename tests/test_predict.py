@@ -143,6 +143,28 @@ def test_cli_rank_texts_from_arguments_and_a_file(runs: TinyRuns, images: list[P
     assert {line.split("  ", 2)[-1] for line in lines} == {"a red cube", "two blue spheres", "a green cylinder"}
 
 
+def test_cli_texts_file_that_does_not_exist_is_named_not_ranked_as_a_text(
+    runs: TinyRuns, images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = str(runs.runs["retrieval"])
+    code, _, err = run_cli(capsys, "predict", "rank-texts", "--checkpoint", ckpt, "--image", str(images[0]), "--texts", str(tmp_path / "nope.txt"))
+    assert code == 2 and "texts file not found" in err and "nope.txt" in err
+    # a sentence that happens to end in .txt is still a text
+    code, out, err = run_cli(capsys, "predict", "rank-texts", "--checkpoint", ckpt, "--image", str(images[0]), "--texts", "see notes.txt", "a red cube", "--json")
+    assert code == 0, err
+    assert sorted(r["text"] for r in json.loads(out)) == ["a red cube", "see notes.txt"]
+
+
+def test_zero_shot_refuses_one_string_of_labels_and_a_template_with_two_slots(runs: TinyRuns, images: list[Path]) -> None:
+    model, proc = load_model(runs.runs["retrieval"])
+    with pytest.raises(DataError, match=r"labels must be a list of class names, got the single string 'red'"):
+        predict.zero_shot(model, proc, images[0], "red")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="exactly one '{}'"):
+        predict.zero_shot(model, proc, images[0], ["red", "blue"], templates=["a {} {}"])
+    one = predict.zero_shot(model, proc, images[0], ["red", "blue"], templates="a photo of a {} thing")  # one template as a string
+    assert set(one[0].scores) == {"red", "blue"}
+
+
 def test_cli_rank_images(runs: TinyRuns, images: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "predict", "rank-images", "--checkpoint", str(runs.runs["retrieval"]), "--text", "a red cube", *map(str, images), "--top-k", "3")
     assert code == 0, err

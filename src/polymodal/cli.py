@@ -415,7 +415,9 @@ def _read_texts(values: list[str]) -> list[str]:
     out: list[str] = []
     for v in values:
         p = Path(v)
-        if p.suffix.lower() == ".txt" and p.is_file():
+        if p.suffix.lower() == ".txt" and " " not in v:  # a file name, not a sentence that ends in ".txt"
+            if not p.is_file():
+                raise PolymodalError(f"texts file not found: {p} (a value ending in .txt is read as a file of one text per line)")
             try:
                 out += [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
             except (OSError, UnicodeDecodeError) as e:

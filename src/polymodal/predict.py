@@ -461,7 +461,11 @@ def zero_shot_weights(model: nn.Module, processors: Processors, labels: Sequence
     normalised again (CLIP's prompt ensembling), so one odd template cannot dominate a class."""
     from polymodal.models.dual_encoder import DEFAULT_TEMPLATES, prompt_ensemble
 
+    if isinstance(labels, str):  # one string would be read as its letters, one label each
+        raise DataError(f"zero-shot: labels must be a list of class names, got the single string {labels!r}; pass [{labels!r}, ...]")
     labels = [str(x).strip() for x in labels]
+    if isinstance(templates, str):  # one template given as a string, not a list of one
+        templates = [templates]
     if not labels or any(not x for x in labels):
         raise DataError("zero-shot: give at least one label, and no empty ones")
     if len(set(labels)) != len(labels):

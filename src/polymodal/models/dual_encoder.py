@@ -26,9 +26,9 @@ def prompt_ensemble(embed: Callable[[list[str]], Tensor], class_names: Sequence[
     normalised again, so one odd phrasing cannot dominate a class. Any text tower can supply ``embed``."""
     if not class_names:
         raise ValueError("zero-shot: give at least one class name")
-    bad = [t for t in templates if "{}" not in t]
+    bad = [t for t in templates if t.count("{}") != 1 or "{" in t.replace("{}", "")]
     if not templates or bad:
-        raise ValueError(f"zero-shot: every template needs a '{{}}' where the class name goes; these have none: {bad}")
+        raise ValueError(f"zero-shot: every template needs exactly one '{{}}' where the class name goes (and no other braces); these do not: {bad}")
     rows = [F.normalize(F.normalize(embed([t.format(name) for t in templates]), dim=-1).mean(dim=0), dim=-1) for name in class_names]
     return torch.stack(rows)
 

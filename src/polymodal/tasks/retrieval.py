@@ -72,7 +72,7 @@ class RetrievalTask(Task):
         if embedded != list(first):
             # a skipped (unreadable) image would shift every later row and silently corrupt the ranks
             missing = [k for k in first if k not in set(embedded)]
-            raise DataError(f"retrieval evaluation: {len(missing)} gallery image(s) could not be read (e.g. {first[missing[0]].image_path}); run 'polymodal data check' on the data")
+            raise DataError(f"retrieval evaluation: {len(missing)} gallery image(s) could not be read (e.g. {first[missing[0]].image_path or first[missing[0]].origin}); run 'polymodal data check' on the data")
         image_emb = torch.cat([model.encode_image(b["image"].to(device)).float().cpu() for b in loaded])
         texts = [s.text for s in samples]
         chunks = []
