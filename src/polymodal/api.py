@@ -109,6 +109,7 @@ class Processors:
         """``[B, 3, S, S]`` float pixels, processed exactly as at evaluation time in training."""
         if isinstance(images, (str, os.PathLike, Image.Image, bytes)):
             images = [images]  # type: ignore[list-item]
+        images = list(images)  # a generator or any other iterable
         if len(images) == 0:
             raise DataError("no images given")
         return torch.stack([self.image(self.load_image(im)) for im in images])
@@ -119,9 +120,13 @@ class Processors:
             texts = [texts]
         if self.tokenizer is None:
             raise PolymodalError(f"{self.source or 'this checkpoint'} has no text tokenizer, so it cannot encode texts")
+        texts = list(texts)
         if len(texts) == 0:
             raise DataError("no texts given")
-        enc = self.tokenizer.encode(list(texts), self.max_length)
+        wrong = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if wrong is not None:
+            raise DataError(f"texts[{wrong}] should be a string, got {type(texts[wrong]).__name__} {texts[wrong]!r:.40}")
+        enc = self.tokenizer.encode(texts, self.max_length)
         return enc.input_ids, enc.attention_mask
 
     def build_task(self) -> Any:

@@ -128,8 +128,18 @@ def test_an_image_text_classifier_trains_on_rows_without_images_and_evaluates_as
 
 
 def test_a_source_whose_rows_all_lack_an_image_is_named(tmp_path: Path, data: Path) -> None:
-    """A misspelt image column: every row reads as text-only, and the run would train on nothing."""
-    with pytest.raises(DataError, match=r"data.train: none of the 15 samples has an image.*image_field"):
+    """Rows whose images sit under another key: every row reads as text-only, and the run would train on nothing."""
+    rows = [{"id": i, "picture": f"{i}.png", "text": "what colour", "label": "red" if i % 2 else "blue"} for i in range(4)]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = _config(tmp_path, data, "skip")
+    cfg = yaml.safe_load(path.read_text())
+    for split in cfg["data"].values():
+        split.pop("image_field", None)  # the default, 'image': not named explicitly, so the reader does not check it
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(DataError, match=r"data.train: none of the 4 samples has an image.*image_field"):
+        Trainer(load_config(path), progress=False).fit()
+    # named explicitly, the reader itself says the key appears in no row
+    with pytest.raises(DataError, match=r"image_field 'img' appears in no row .* \(keys seen: id, label, picture, text\)"):
         Trainer(load_config(_config(tmp_path, data, "skip", image_field="img")), progress=False).fit()
 
 

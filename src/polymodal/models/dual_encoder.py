@@ -28,7 +28,7 @@ def prompt_ensemble(embed: Callable[[list[str]], Tensor], class_names: Sequence[
         raise ValueError("zero-shot: give at least one class name")
     bad = [t for t in templates if t.count("{}") != 1 or "{" in t.replace("{}", "")]
     if not templates or bad:
-        raise ValueError(f"zero-shot: every template needs exactly one '{{}}' where the class name goes (and no other braces); these do not: {bad}")
+        raise ValueError(f"zero-shot: every template needs a '{{}}' where the class name goes (exactly one '{{}}', no other braces); these do not: {bad}")
     rows = [F.normalize(F.normalize(embed([t.format(name) for t in templates]), dim=-1).mean(dim=0), dim=-1) for name in class_names]
     return torch.stack(rows)
 

@@ -209,3 +209,18 @@ def test_forward_pooled_with_a_left_padded_mask_and_a_context(pool):
     context, context_mask = torch.randn(3, 5, 16), torch.tensor([[1, 1, 0, 0, 0]] + [[1] * 5] * 2)
     torch.testing.assert_close(enc.forward_pooled(ids, mask, context, context_mask),
                                enc(ids, mask, context, context_mask).pooled, atol=1e-6, rtol=1e-5)
+
+
+def test_strings_foreign_ids_and_empty_rows_are_named():
+    model = _text()
+    with pytest.raises(ShapeError, match=r"expected input_ids as a torch.Tensor .* got str \(strings are tokenised by processors.texts"):
+        model("a red cube")
+    with pytest.raises(ShapeError, match=rf"token id {VOCAB + 3} is outside the vocabulary \(ids 0..{VOCAB - 1}\); were these ids made by another tokenizer"):
+        model(torch.full((2, 4), VOCAB + 3))
+    with pytest.raises(ShapeError, match="token id -1 is outside the vocabulary"):
+        model(_ids() - _ids() - 1)
+    with pytest.raises(ShapeError, match=r"at least one token per row, got input_ids \[1, 0\]"):
+        model(torch.ones(1, 0, dtype=torch.long))
+    model.train()  # training ids come from the run's tokenizer: no check, no read-back of the device
+    with pytest.raises(IndexError):
+        model(torch.full((2, 4), VOCAB + 3))

@@ -194,3 +194,16 @@ def test_vit_forward_pooled_gradients_hooks_and_subclasses():
 
     doubled = Doubled(32, 8, 32, 2, 4, in_channels=1)
     torch.testing.assert_close(doubled.forward_pooled(images), doubled(images).pooled)
+
+
+@pytest.mark.parametrize("kind", ["vit", "cnn"])
+def test_images_of_another_dtype_or_type_are_named(kind):
+    model = (_vit() if kind == "vit" else SmallCNN(32, channels=(8,), width=8)).eval()
+    with pytest.raises(ShapeError, match=r"expected torch.float32 images, the dtype of the model's weights, got torch.float64; convert them with images.to\(torch.float32\)"):
+        model(torch.randn(2, 3, 32, 32, dtype=torch.float64))  # numpy's default float
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts float32 and half inputs for the matmuls, not float64
+        assert model(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)).pooled.shape[0] == 2
+        with pytest.raises(ShapeError, match="got torch.float64"):
+            model(torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    with pytest.raises(ShapeError, match=r"expected images as a torch.Tensor \[batch, 3, 32, 32\] \(processors.images"):
+        model(torch.randn(2, 3, 32, 32).numpy())

@@ -170,11 +170,30 @@ class TextTransformer(TransformerEncoder):
     ) -> Tensor | None:
         """Validate shapes against the config and return the bool padding mask (or None)."""
         where = self.where
+        if not isinstance(input_ids, Tensor):
+            hint = " (strings are tokenised by processors.texts(...) or the run's tokenizer)" if isinstance(input_ids, (str, list, tuple)) else ""
+            raise ShapeError(f"{where}: expected input_ids as a torch.Tensor [batch, tokens] of token ids, got {type(input_ids).__name__}{hint}")
         if input_ids.dim() != 2:
             raise shape_error(where, "input_ids", ("batch", "tokens"), input_ids)
         if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
             raise ShapeError(f"{where}: expected integer input_ids, got {input_ids.dtype}")
         b, t = input_ids.shape
+        if t == 0 and not past:
+            raise ShapeError(f"{where}: expected at least one token per row, got input_ids {format_shape(input_ids)}")
+        # ids from another tokenizer: an IndexError deep in the embedding on a CPU, a device-side assert on a
+        # GPU. Checked on a fresh input outside training and compilation only: it reads the device back, training
+        # ids come from the run's tokenizer, and generated ones (past > 0) from the model's own vocabulary
+        if (
+            not self.training
+            and not past
+            and not torch.compiler.is_compiling()
+            and bool(((input_ids < 0) | (input_ids >= self.vocab_size)).any())
+        ):
+            bad = input_ids[(input_ids < 0) | (input_ids >= self.vocab_size)]
+            raise ShapeError(
+                f"{where}: token id {int(bad[0])} is outside the vocabulary (ids 0..{self.vocab_size - 1}); "
+                "were these ids made by another tokenizer?"
+            )
         if past + t > self.max_length:
             cached = f" after {past} cached tokens" if past else ""
             raise ShapeError(

@@ -28,13 +28,26 @@ from polymodal.modules.hooks import has_forward_hooks
 __all__ = ["SmallCNN", "VisionTransformer"]
 
 
-def _check_images(where: str, images: Tensor, channels: int, size: int) -> None:
+def _check_images(where: str, images: Tensor, channels: int, size: int, weights: Tensor | None = None) -> None:
+    """Shape and dtype of an image batch; ``weights`` (the first layer's): outside autocast the images must
+    share its dtype (float64 from numpy into a float32 model fails inside a matmul otherwise)."""
+    if not isinstance(images, Tensor):
+        raise ShapeError(
+            f"{where}: expected images as a torch.Tensor [batch, {channels}, {size}, {size}] "
+            f"(processors.images(...) makes one from files or PIL images), got {type(images).__name__}"
+        )
     expected = ("batch", channels, size, size)
     if images.dim() != 4 or images.shape[1] != channels or images.shape[2] != size or images.shape[3] != size:
         raise shape_error(where, "images", expected, images)
     if not images.is_floating_point():
         raise ShapeError(
             f"{where}: expected floating-point images (normalised by the image processor), got {images.dtype}"
+        )
+    autocast = torch.is_autocast_enabled(images.device.type) and images.dtype != torch.float64  # autocast leaves float64 alone
+    if weights is not None and images.dtype != weights.dtype and not autocast:
+        raise ShapeError(
+            f"{where}: expected {weights.dtype} images, the dtype of the model's weights, got {images.dtype}; "
+            f"convert them with images.to({weights.dtype})"
         )
 
 
@@ -108,7 +121,7 @@ class VisionTransformer(TransformerEncoder):
 
     def _input_tokens(self, images: Tensor) -> Tensor:
         """Checked images -> the stack's input: class token + patch embeddings + positions, ``ln_pre``."""
-        _check_images(self.where, images, self.in_channels, self.image_size)
+        _check_images(self.where, images, self.in_channels, self.image_size, self.patch_embed.weight)
         x = self._embed_patches(images)  # [B, N, width]
         cls = self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)
         return self.ln_pre(torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype))
@@ -199,7 +212,7 @@ class SmallCNN(Encoder):
 
     def forward(self, images: Tensor) -> EncoderOutput:
         """``images`` ``[B, in_channels, image_size, image_size]`` float -> :class:`EncoderOutput`."""
-        _check_images(self.where, images, self.in_channels, self.image_size)
+        _check_images(self.where, images, self.in_channels, self.image_size, next(self.features.parameters()))  # the first conv's weight
         # Channels-last (NHWC) is the layout oneDNN's and cuDNN's convolutions run natively; from
         # NCHW every conv reorders its input and output. Training the quickstart's CNN (batch norm,
         # bf16) took 34 ms a step instead of 46 on CPU; group norm is unchanged. The feature map, when
