@@ -168,7 +168,7 @@ def test_a_hub_name_not_on_disk_says_where_it_looked_and_how_to_get_it(tmp_path:
     with pytest.raises(PolymodalError, match="not on disk") as err:
         load_model("clip-vit-base-patch32")
     msg = str(err.value)
-    assert "openai/clip-vit-base-patch32" in msg and str(tmp_path / "cache") in msg and "huggingface-cli download" in msg
+    assert "openai/clip-vit-base-patch32" in msg and str(tmp_path / "cache") in msg and "hf download" in msg
     with pytest.raises(PolymodalError, match="neither a folder .* nor a zoo name"):
         load_model("no-such-model")
 

@@ -567,7 +567,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the zoo as 
     typer.echo(f"{'name':<30} {'hub repo':<40} {'tasks':<20} on disk")
     for e, p in rows:
         typer.echo(f"{e.name:<30} {e.repo_id:<40} {', '.join(e.tasks):<20} {p if p else 'no'}")
-    typer.echo(f"\nlooked in {hub_cache_dir()}; get one with `huggingface-cli download REPO`, or load a local folder by path")
+    typer.echo(f"\nlooked in {hub_cache_dir()}; get one with `hf download REPO` (huggingface_hub's CLI), or load a local folder by path")
 
 
 class OnnxExporter(str, Enum):

