@@ -18,11 +18,11 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from polymodal.data.images import open_image
-from polymodal.data.media import MISSING_POLICIES, MediaPlan, collate_media, load_media
+from polymodal.data.media import MediaPlan, checked_missing_policy, collate_media, load_media
 from polymodal.data.processors import ImageProcessor, consistent_hflip
 from polymodal.data.sample import Sample
 from polymodal.data.tokenizers import TextTokenizer
-from polymodal.errors import ConfigError, DataError
+from polymodal.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class SampleDataset(Dataset):
         self.flip_prob = flip_prob
         self.seed = seed
         self.media = media
-        self.missing_image = _checked_policy(missing_image)
+        self.missing_image = checked_missing_policy(missing_image)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -163,7 +163,7 @@ class StreamingSampleDataset(IterableDataset):
         self.flip_prob = flip_prob
         self.seed = seed
         self.media = media
-        self.missing_image = _checked_policy(missing_image)
+        self.missing_image = checked_missing_policy(missing_image)
 
     def __iter__(self) -> Iterator[LoadedSample | None]:
         info = get_worker_info()
@@ -172,12 +172,6 @@ class StreamingSampleDataset(IterableDataset):
         for i, sample in enumerate(self.samples()):
             if i % nw == wid:
                 yield _load(sample, self.image_processor, self.flip_prob, rng, self.media, self.missing_image)
-
-
-def _checked_policy(missing_image: str | None) -> str | None:
-    if missing_image is not None and missing_image not in MISSING_POLICIES:
-        raise ConfigError(f"missing_modality must be one of {MISSING_POLICIES}, got {missing_image!r}")
-    return missing_image
 
 
 class Collator:

@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 MISSING_POLICIES = ("skip", "zero", "learned")
 
 
+def checked_missing_policy(policy: str | None) -> str | None:
+    """``policy`` when it is one of :data:`MISSING_POLICIES` (or None: no policy); a ConfigError otherwise."""
+    if policy is not None and policy not in MISSING_POLICIES:
+        raise ConfigError(f"missing_modality must be one of {MISSING_POLICIES}, got {policy!r}")
+    return policy
+
+
 @dataclass(frozen=True)
 class MediaInput:
     """One non-image input: the modality it belongs to, the batch key it fills, its time axis, and
@@ -61,8 +68,7 @@ class MediaPlan:
     required: tuple[str, ...] = field(default=())  # batch keys every sample must have (others: optional)
 
     def __post_init__(self) -> None:
-        if self.missing not in MISSING_POLICIES:
-            raise ConfigError(f"missing_modality must be one of {MISSING_POLICIES}, got {self.missing!r}")
+        checked_missing_policy(self.missing)
         if self.video_key not in ("video", "image") or self.audio_key not in ("audio", "image"):
             raise ConfigError(f"media plan: video_key / audio_key must be their modality or 'image', got {self.video_key!r} / {self.audio_key!r}")
 

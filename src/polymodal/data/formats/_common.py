@@ -92,7 +92,8 @@ def check_record(record: Any, keys: tuple[str, ...], report: DataReport, where: 
     return True
 
 
-def _kind(value: Any) -> str:
+def value_kind(value: Any) -> str:
+    """A wrong value for a problem message: its type and a repr cut to 40 characters."""
     shown = repr(value)
     return f"{type(value).__name__} {shown if len(shown) <= 40 else shown[:37] + '...'}"
 
@@ -103,7 +104,7 @@ def text_field(record: Mapping[str, Any], key: str, report: DataReport, where: s
     "['a red', 'square']" or "None"."""
     value = record[key]
     if not isinstance(value, str):
-        report.add("bad_record", where, f"'{key}' should be a string, got {_kind(value)}")
+        report.add("bad_record", where, f"'{key}' should be a string, got {value_kind(value)}")
         return None
     return value.strip()
 
@@ -115,7 +116,7 @@ def answer_text(value: Any, key: str, report: DataReport, where: str) -> str | N
         return value.strip()
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return str(value)
-    report.add("bad_record", where, f"'{key}' should be a string or a number, got {_kind(value)}")
+    report.add("bad_record", where, f"'{key}' should be a string or a number, got {value_kind(value)}")
     return None
 
 
@@ -125,7 +126,7 @@ def id_field(record: Mapping[str, Any], key: str, report: DataReport, where: str
     value = record[key]
     if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
         return True
-    report.add("bad_record", where, f"'{key}' should be a string or an integer id, got {_kind(value)}")
+    report.add("bad_record", where, f"'{key}' should be a string or an integer id, got {value_kind(value)}")
     return False
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from polymodal.data.formats._common import answer_text, check_record, clevr_records, extras, origin, text_field
+from polymodal.data.formats._common import answer_text, check_record, clevr_records, extras, origin, text_field, value_kind
 from polymodal.data.report import DataReport
 from polymodal.data.sample import Sample
 from polymodal.data.sources import ClevrSource
@@ -43,7 +43,7 @@ def _samples(
             continue
         split = q.get("split", file_split)
         if split is not None and not isinstance(split, str):
-            report.add("bad_record", where, f"'split' should be a string, got {type(split).__name__} {split!r:.40}")
+            report.add("bad_record", where, f"'split' should be a string, got {value_kind(split)}")
             continue
         image_id = q.get("image_index", q["image_filename"])
         yield Sample(

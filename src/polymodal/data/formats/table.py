@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from polymodal.data.formats._common import answer_text, local_path, origin, require_dir, require_file, text_lines
+from polymodal.data.formats._common import answer_text, local_path, origin, require_dir, require_file, text_field, text_lines, value_kind
 from polymodal.data.report import DataReport
 from polymodal.data.sample import Sample
 from polymodal.data.sources import TableSource
@@ -175,11 +175,9 @@ def _samples(
 
         text = None
         if spec.text_field is not None and spec.text_field in row:
-            raw = row[spec.text_field]
-            if raw is not None and not isinstance(raw, str):
-                report.add("bad_record", where, f"'{spec.text_field}' should be a string, got {type(raw).__name__} {raw!r:.40}")
+            text = "" if row[spec.text_field] is None else text_field(row, spec.text_field, report, where)
+            if text is None:
                 continue
-            text = "" if raw is None else raw.strip()
             if not text:
                 report.add("empty_text", where, f"empty '{spec.text_field}'")
                 continue
@@ -213,7 +211,7 @@ def _samples(
         paths = {spec.image_field: image, spec.audio_field: audio, spec.video_field: video}
         wrong = next((c for c, v in paths.items() if v is not None and not isinstance(v, str)), None)
         if wrong is not None:
-            report.add("bad_record", where, f"'{wrong}' should be a file path (a string), got {type(paths[wrong]).__name__} {paths[wrong]!r:.40}")
+            report.add("bad_record", where, f"'{wrong}' should be a file path (a string), got {value_kind(paths[wrong])}")
             continue
         if (
             image is None

@@ -75,8 +75,9 @@ def _image_file(template: str, image_id: Any, data_subtype: str | None) -> str:
 
 def _index_annotations(
     annotations: list[Any], path: Path, report: DataReport
-) -> dict[Any, tuple[int, Mapping[str, Any]]]:
-    by_question: dict[Any, tuple[int, Mapping[str, Any]]] = {}
+) -> dict[Any, tuple[int, Mapping[str, Any], tuple[str, ...]]]:
+    """Each usable annotation by question id, with its record index and its answers as text."""
+    by_question: dict[Any, tuple[int, Mapping[str, Any], tuple[str, ...]]] = {}
     for i, ann in enumerate(annotations):
         where = origin(path, f"record {i}")
         if not check_record(ann, ("question_id", "answers"), report, where):
@@ -94,9 +95,10 @@ def _index_annotations(
             continue
         if not id_field(ann, "question_id", report, where):
             continue
-        if any(answer_text(a["answer"], "answer", report, f"{where} answer {j}") is None for j, a in enumerate(answers)):
+        texts = [answer_text(a["answer"], "answer", report, f"{where} answer {j}") for j, a in enumerate(answers)]
+        if any(t is None for t in texts):
             continue
-        by_question[ann["question_id"]] = (i, ann)
+        by_question[ann["question_id"]] = (i, ann, tuple(texts))  # type: ignore[arg-type]
     return by_question
 
 
@@ -132,8 +134,7 @@ def _samples(
             if found is None:
                 report.add("no_annotation", where, f"question {qid} has no entry in {spec.annotations}")
                 continue
-            _, ann = found
-            answers = tuple(answer_text(a["answer"], "answer", report, where) or "" for a in ann["answers"])  # checked when indexed
+            _, ann, answers = found
             answer_type = ann.get("answer_type")
             if answer_type not in ANSWER_TYPES:
                 report.add(
@@ -164,7 +165,7 @@ def _samples(
 
     if annotations is not None:
         question_ids = {q["question_id"] for q in questions if isinstance(q, Mapping) and isinstance(q.get("question_id"), (str, int))}
-        for qid, (i, _) in by_question.items():
+        for qid, (i, _, _) in by_question.items():
             if qid not in question_ids:
                 report.add(
                     "no_question",

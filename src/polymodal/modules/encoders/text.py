@@ -183,17 +183,13 @@ class TextTransformer(TransformerEncoder):
         # ids from another tokenizer: an IndexError deep in the embedding on a CPU, a device-side assert on a
         # GPU. Checked on a fresh input outside training and compilation only: it reads the device back, training
         # ids come from the run's tokenizer, and generated ones (past > 0) from the model's own vocabulary
-        if (
-            not self.training
-            and not past
-            and not torch.compiler.is_compiling()
-            and bool(((input_ids < 0) | (input_ids >= self.vocab_size)).any())
-        ):
-            bad = input_ids[(input_ids < 0) | (input_ids >= self.vocab_size)]
-            raise ShapeError(
-                f"{where}: token id {int(bad[0])} is outside the vocabulary (ids 0..{self.vocab_size - 1}); "
-                "were these ids made by another tokenizer?"
-            )
+        if not self.training and not past and not torch.compiler.is_compiling():
+            outside = (input_ids < 0) | (input_ids >= self.vocab_size)
+            if bool(outside.any()):
+                raise ShapeError(
+                    f"{where}: token id {int(input_ids[outside][0])} is outside the vocabulary (ids 0..{self.vocab_size - 1}); "
+                    "were these ids made by another tokenizer?"
+                )
         if past + t > self.max_length:
             cached = f" after {past} cached tokens" if past else ""
             raise ShapeError(
