@@ -16,7 +16,7 @@ import numpy as np
 from polymodal.data.world.lexicon import TRAIN_LEXICON, Lexicon, noun_phrase, number_word, with_article
 from polymodal.data.world.programs import select, statement_holds
 from polymodal.data.world.questions import random_filter
-from polymodal.data.world.scene import RELATIONS, Scene, holds
+from polymodal.data.world.scene import COLORS, RELATIONS, SHAPES, Scene, holds
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,11 @@ def true_statement(scene: Scene, rng: np.random.Generator, lex: Lexicon = TRAIN_
 
 
 def false_statement(scene: Scene, others: Sequence[Scene], rng: np.random.Generator, lex: Lexicon = TRAIN_LEXICON) -> Statement:
-    """A true statement of another scene that is false in this one."""
+    """A true statement of another scene that is false in this one.
+
+    A split of one scene has no other scene to borrow from (a 10-scene world's test split): it then
+    claims a colour and shape the scene lacks, which at most 10 objects leave among the 32 pairs.
+    """
     for _ in range(100):
         other = others[int(rng.integers(len(others)))]
         if other.image_id == scene.image_id:
@@ -57,4 +61,9 @@ def false_statement(scene: Scene, others: Sequence[Scene], rng: np.random.Genera
         st = true_statement(other, rng, lex)
         if not statement_holds(scene, st.program):
             return st
+    pairs = [{"color": c, "shape": s} for c in COLORS for s in SHAPES]
+    for k in rng.permutation(len(pairs)):
+        program = {"op": "exist", "filter": pairs[k]}
+        if not statement_holds(scene, program):
+            return Statement(f"there is {with_article(noun_phrase(pairs[k], lex, rng))}.", program)
     raise RuntimeError(f"no false statement found for scene {scene.image_id}")
