@@ -69,6 +69,13 @@ def test_same_seed_gives_the_same_world_and_a_rerun_resumes(world: Path, tmp_pat
     write_av_world(other, CLIPS, SEED + 1, frames=FRAMES, size=SIZE, progress=False, workers=1)
     assert (other / "clips.jsonl").read_bytes() != (world / "clips.jsonl").read_bytes()
 
+    # fewer clips into the same folder: the old clips' media go, so the folder holds one world
+    smaller = write_av_world(again, 6, SEED, frames=FRAMES, size=SIZE, progress=False, workers=1)
+    logged = {Path(c[k]).name for c in _clips(again).values() for k in ("video", "audio", "dub") if c[k]}
+    on_disk = {p.name for sub in ("videos", "audio") for p in (again / sub).iterdir()}
+    assert on_disk == logged and smaller.stale_removed > 0
+    assert f"{smaller.stale_removed} media files of an earlier world removed" in smaller.summary()
+
 
 def test_layout_and_bad_arguments(world: Path, tmp_path: Path) -> None:
     clips = _clips(world)

@@ -300,3 +300,34 @@ def test_same_seed_same_world_whatever_the_workers(tmp_path: Path) -> None:
 def test_bad_world_settings_name_the_setting(tmp_path: Path, kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         generate_world(tmp_path, WorldConfig(**kwargs))
+
+
+def test_a_smaller_world_in_the_same_folder_removes_the_old_images(tmp_path: Path) -> None:
+    """Folder listings (index build, rank-images) must see this world only; a user's own files stay."""
+    root = tmp_path / "w"
+    generate_world(root, WorldConfig(num_scenes=40, seed=1, image_size=32), workers=1)
+    old = {p.relative_to(root) for p in (root / "images").rglob("*.png")}
+    (root / "images/test/my_photo.png").write_bytes(b"mine")
+    manifest = generate_world(root, WorldConfig(num_scenes=10, seed=2, image_size=32), workers=1)
+    captions = {
+        s: {im["file_name"] for im in json.loads((root / f"annotations/captions_{s}.json").read_text())["images"]}
+        for s in ("train", "val", "test")
+    }
+    for split, names in captions.items():
+        on_disk = {p.name for p in (root / "images" / split).iterdir()} - {"my_photo.png"}
+        assert on_disk == names, split
+    assert (root / "images/test/my_photo.png").read_bytes() == b"mine"
+    new = {Path("images", split, name) for split, names in captions.items() for name in names}
+    assert manifest.stale_removed == len(old - new) >= 30
+    assert f"{manifest.stale_removed} images of an earlier world removed" in manifest.summary()
+
+
+def test_a_split_of_one_scene_still_gets_a_false_statement(tmp_path: Path) -> None:
+    """Ten scenes leave one test scene, so no other scene can lend the false statement."""
+    generate_world(tmp_path, WorldConfig(num_scenes=10, seed=2, image_size=32), workers=1)
+    rows = [json.loads(line) for line in (tmp_path / "classification/test.jsonl").read_text().splitlines()]
+    assert sorted(r["label"] for r in rows) == [0, 1]
+    scene = json.loads((tmp_path / "scenes/test.json").read_text())["scenes"][0]
+    false = next(r for r in rows if r["label"] == 0)
+    shown = {(o["color"], o["shape"]) for o in scene["objects"]}
+    assert false["program"]["op"] != "exist" or tuple(false["program"]["filter"].get(k) for k in ("color", "shape")) not in shown

@@ -60,6 +60,7 @@ from polymodal.atomic import write_text
 from polymodal.data.world.lexicon import TRAIN_LEXICON, noun_phrase, number_word, with_article
 from polymodal.data.world.motion import Clip, render_clip, sample_clip
 from polymodal.data.world.sound import SAMPLE_RATE, Voice, dub, sound_phrase, synthesize, voices
+from polymodal.data.world.stale import remove_stale_media
 from polymodal.data.world.writer import _write_json, _write_jsonl
 from polymodal.errors import ConfigError
 
@@ -91,6 +92,7 @@ class AVWorldSummary:
     counts: dict[str, int] = field(default_factory=dict)
     reused: int = 0  # clips whose media were already on disk (resumed run)
     seconds: float = 0.0
+    stale_removed: int = 0  # media files of an earlier, larger world in the same folder, deleted
 
     @property
     def clips_per_s(self) -> float:
@@ -103,6 +105,7 @@ class AVWorldSummary:
             [
                 f"audio-visual world written to {self.root} in {self.seconds:.1f}s ({self.clips_per_s:.0f} clips/s"
                 + (f", {self.reused} clips reused" if self.reused else "")
+                + (f", {self.stale_removed} media files of an earlier world removed" if self.stale_removed else "")
                 + ")",
                 (
                     f"  clips:      train {c['clips_train']}, val {c['clips_val']}, test {c['clips_test']}"
@@ -414,6 +417,9 @@ def write_av_world(
                 results.append(r)
                 bar.update()
     bar.close()
+    written = {Path(r["log"][key]).name for r in results for key in ("video", "audio", "dub") if r["log"][key]}
+    stale = remove_stale_media(root / "videos", r"\d{6}\.mp4", written)
+    stale += remove_stale_media(root / "audio", r"\d{6}(_dub)?\.wav", written)
 
     counts: Counter = Counter()
     for split in SPLITS:
@@ -434,7 +440,7 @@ def write_av_world(
     write_text(root / "data.yaml", spec_text)
     summary = AVWorldSummary(
         root=root, clips=clips, seed=seed, frames=frames, size=size, counts=dict(counts),
-        reused=sum(r["reused"] for r in results), seconds=time.perf_counter() - t0,
+        reused=sum(r["reused"] for r in results), seconds=time.perf_counter() - t0, stale_removed=stale,
     )  # fmt: skip
     _write_json(
         manifest_path,

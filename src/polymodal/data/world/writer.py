@@ -29,6 +29,7 @@ from polymodal.data.world.programs import grounding, reasoning_plan
 from polymodal.data.world.questions import FAMILIES, HELD_OUT_COMBOS, HELD_OUT_TEMPLATES, generate_question
 from polymodal.data.world.render import render_scene
 from polymodal.data.world.scene import Scene, sample_scene
+from polymodal.data.world.stale import remove_stale_media
 from polymodal.data.world.statements import false_statement, true_statement
 from polymodal.errors import ConfigError
 
@@ -68,11 +69,13 @@ class WorldManifest:
     config: WorldConfig
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    stale_removed: int = 0  # images of an earlier world in the same folder, deleted
 
     def summary(self) -> str:
         c = self.counts
         lines = [
-            f"world written to {self.root} in {self.seconds:.1f}s",
+            f"world written to {self.root} in {self.seconds:.1f}s"
+            + (f" ({self.stale_removed} images of an earlier world removed)" if self.stale_removed else ""),
             (
                 f"  images:     train {c['images_train']}, val {c['images_val']}, test {c['images_test']}"
                 f" ({self.config.image_size}x{self.config.image_size} px)"
@@ -254,6 +257,10 @@ def generate_world(out: str | Path, cfg: WorldConfig | None = None, workers: int
                 records[r["split"]].append(r)
                 bar.update()
     bar.close()
+    stale = sum(
+        remove_stale_media(root / "images" / split, r"(train|val|test)_\d{6}\.png", {r["file_name"] for r in records[split]})
+        for split in SPLITS
+    )
 
     counts: Counter = Counter()
     split_files: dict[str, dict[str, str]] = {}
@@ -320,7 +327,7 @@ def generate_world(out: str | Path, cfg: WorldConfig | None = None, workers: int
             )
     _write_json(root / "karpathy" / "dataset_world.json", {"dataset": "world", "images": sorted(karpathy_images, key=lambda d: d["imgid"])})
 
-    manifest = WorldManifest(root=root, config=cfg, counts=dict(counts), seconds=time.perf_counter() - t0)
+    manifest = WorldManifest(root=root, config=cfg, counts=dict(counts), seconds=time.perf_counter() - t0, stale_removed=stale)
     _write_json(
         root / "world.json",
         {
