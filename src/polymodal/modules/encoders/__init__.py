@@ -15,6 +15,7 @@ from polymodal.errors import ConfigError
 from polymodal.modules.encoders.audio import AudioEncoder
 from polymodal.modules.encoders.base import Encoder, EncoderOutput, ShapeError, format_shape
 from polymodal.modules.encoders.hf import HFLoadError, HFTextTower, HFVisionTower, MissingDependencyError
+from polymodal.modules.encoders.options import checked_options
 from polymodal.modules.encoders.run_tower import run_vision_tower
 from polymodal.modules.encoders.sequence import FeatureSequenceEncoder
 from polymodal.modules.encoders.text import TextTransformer
@@ -64,4 +65,4 @@ def build_encoder(name: str, **kwargs: Any) -> Encoder:
         inspect.signature(factory).bind(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"encoder {name!r}: invalid options {sorted(kwargs)}: {exc}") from None
-    return factory(**kwargs)
+    return factory(**checked_options(name, factory, kwargs))
