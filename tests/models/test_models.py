@@ -95,7 +95,7 @@ def test_fusion_encoder_objectives_and_itm_scores(world_batch: WorldBatch) -> No
     assert set(out.parts) == {"itc", "itm", "mlm"} and torch.isfinite(out.loss)
     scores = model.itm_score(world_batch.images, ids, mask)
     assert scores.shape == (8,) and ((scores >= 0) & (scores <= 1)).all()
-    with pytest.raises(ValueError, match="unknown objectives"):
+    with pytest.raises(ConfigError, match="unknown objectives"):
         _fusion(world_batch, weights={"itc": 1.0, "captioning": 1.0})
 
 
@@ -322,6 +322,24 @@ def test_model_config_errors_name_the_key() -> None:
         build_model({"type": "dual_encoder", "vision": {"name": "vitt"}, "text": {"name": "text_transformer"}}, BuildContext(vocab_size=10))
     with pytest.raises(ConfigError, match="neither a file nor a shipped config"):
         load_model_config("no-such-model")
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("embed_dim", 0), ("fusion_depth", 0), ("mlm_probability", 2.0), ("mlm_probability", 0.0), ("fusion_heads", -4)],
+)
+def test_sizes_and_rates_out_of_range_name_the_key(key: str, value: float) -> None:
+    """Caught while parsing, before torch sees them (embed_dim 0 built a model that failed in its first step)."""
+    tree = {"type": "fusion_encoder", "vision": {"name": "vit"}, "text": {"name": "text_transformer"}, key: value}
+    with pytest.raises(ConfigError, match=key):
+        build_model(tree, BuildContext(vocab_size=10))
+
+
+def test_negative_or_infinite_objective_weights_are_config_errors() -> None:
+    base = {"type": "multitask", "vision": {"name": "vit"}, "text": {"name": "text_transformer"}, "decoder": {"name": "text_transformer"}}
+    for weight in (-1.0, float("inf")):
+        with pytest.raises(ConfigError, match="weights"):
+            build_model(base | {"weights": {"itc": 1.0, "lm": 1.0, "vqa": 1.0, "cls": weight}}, BuildContext(vocab_size=10))
 
 
 # ---------------- captioner on world images --------------------------------------------------------

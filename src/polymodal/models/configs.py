@@ -26,12 +26,19 @@ class _ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# sizes and rates checked here, so that ``embed_dim: 0`` is a config error naming the key and not a
+# shape error from inside torch once the model is built
+Size = Annotated[int, Field(ge=1)]
+Probability = Annotated[float, Field(ge=0, lt=1)]
+Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class DualEncoderConfig(_ModelConfig):
     type: Literal["dual_encoder"]
     vision: EncoderSpec
     text: EncoderSpec
-    embed_dim: int = 128
-    init_temperature: float = 0.07
+    embed_dim: Size = 128
+    init_temperature: float = Field(0.07, gt=0, allow_inf_nan=False)
     local_loss: bool = False
 
 
@@ -39,39 +46,39 @@ class FusionEncoderConfig(_ModelConfig):
     type: Literal["fusion_encoder"]
     vision: EncoderSpec
     text: EncoderSpec
-    fusion_depth: int = 2
-    fusion_heads: int | None = None
-    embed_dim: int = 128
-    weights: dict[str, float] = Field(default_factory=lambda: {"itc": 1.0, "itm": 1.0, "mlm": 1.0})
-    mlm_probability: float = 0.15
+    fusion_depth: Size = 2
+    fusion_heads: Size | None = None
+    embed_dim: Size = 128
+    weights: dict[str, Weight] = Field(default_factory=lambda: {"itc": 1.0, "itm": 1.0, "mlm": 1.0})
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
 
 
 class CaptionerConfig(_ModelConfig):
     type: Literal["captioner"]
     vision: EncoderSpec
     decoder: EncoderSpec
-    label_smoothing: float = 0.1
+    label_smoothing: Probability = 0.1
 
 
 class VQAConfig(_ModelConfig):
     type: Literal["vqa"]
     vision: EncoderSpec
     text: EncoderSpec
-    fusion_depth: int = 2
-    fusion_heads: int | None = None
-    hidden: int | None = None
-    max_answers: int = 3129
+    fusion_depth: Size = 2
+    fusion_heads: Size | None = None
+    hidden: Size | None = None
+    max_answers: Size = 3129
     dropout: float = Field(0.1, ge=0, lt=1, description="in the answer head")
 
 
 class ClassifierConfig(_ModelConfig):
     type: Literal["classifier"]
     encoders: dict[str, EncoderSpec]
-    num_outputs: int = 2
+    num_outputs: Size = 2
     task: Literal["classification", "regression"] = "classification"
     stage: Literal["late", "early", "hybrid"] = "late"
     fusion: str = "concat"
-    fusion_dim: int = 256
+    fusion_dim: Size = 256
     fusion_options: dict[str, Any] = Field(default_factory=dict)
     early_options: dict[str, Any] = Field(default_factory=dict)
     early_fusion: str = "cross_attention"  # token-level fusion for stage early/hybrid (e.g. "mult")
@@ -91,15 +98,15 @@ class MultiTaskConfig(_ModelConfig):
     vision: EncoderSpec
     text: EncoderSpec
     decoder: EncoderSpec
-    fusion_depth: int = 2
-    fusion_heads: int | None = None
-    embed_dim: int = 128
-    weights: dict[str, float] = Field(default_factory=lambda: {"itc": 1.0, "lm": 1.0, "vqa": 1.0, "cls": 1.0})
-    mlm_probability: float = 0.15
-    label_smoothing: float = 0.0
-    max_answers: int = 3129
-    num_classes: int = 2
-    dropout: float = 0.1
+    fusion_depth: Size = 2
+    fusion_heads: Size | None = None
+    embed_dim: Size = 128
+    weights: dict[str, Weight] = Field(default_factory=lambda: {"itc": 1.0, "lm": 1.0, "vqa": 1.0, "cls": 1.0})
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    label_smoothing: Probability = 0.0
+    max_answers: Size = 3129
+    num_classes: int = Field(2, ge=2)
+    dropout: Probability = 0.1
 
 
 class PretrainedModelConfig(_ModelConfig):

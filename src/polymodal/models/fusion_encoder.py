@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from polymodal.errors import ConfigError
 from polymodal.losses import (
     ITCLoss,
     MultiTaskLoss,
@@ -50,7 +51,7 @@ class FusionEncoder(nn.Module):
         weights = dict(weights or {k: 1.0 for k in OBJECTIVES})
         unknown = set(weights) - set(OBJECTIVES)
         if unknown:
-            raise ValueError(f"fusion encoder: unknown objectives {sorted(unknown)}; valid: {list(OBJECTIVES)}")
+            raise ConfigError(f"fusion encoder: unknown objectives {sorted(unknown)} in weights; valid: {list(OBJECTIVES)}")
         # heads exist only for the objectives that train them: an untrained head would be dead weight in
         # every checkpoint, and DDP refuses parameters that never receive a gradient
         self.itm_head = nn.Linear(backbone.width, 2) if "itm" in weights else None
