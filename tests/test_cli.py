@@ -27,7 +27,7 @@ def test_data_world_then_check_and_stats(tmp_path: Path, capsys: pytest.CaptureF
     assert code == 0 and "world written to" in out and (tmp_path / "w/world.json").is_file()
     code, out, _ = run(capsys, "data", "check", str(tmp_path / "w"))
     assert code == 0, out
-    assert "coco_captions" in out and "vqa_v2" in out
+    assert "coco_captions" in out and "vqa_v2" in out and out.rstrip().endswith("all 17 sources checked: no problems")
     code, out, _ = run(capsys, "data", "stats", str(tmp_path / "w"))
     assert code == 0 and "samples" in out.lower()
 
@@ -36,9 +36,12 @@ def test_data_check_finds_a_corrupt_image_and_fails(tmp_path: Path, capsys: pyte
     run(capsys, "data", "world", "--out", str(tmp_path / "w"), "--scenes", "30", "--workers", "1")
     victim = sorted((tmp_path / "w/images/val").iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:40])
+    (tmp_path / "w/vqa/questions_train.json").unlink()
     code, out, _ = run(capsys, "data", "check", str(tmp_path / "w"))
     assert code == 1
     assert "corrupt_image" in out and victim.name in out
+    assert "[unreadable_source] whole source: vqa_v2 source: questions file not found" in out
+    assert out.rstrip().splitlines()[-1].startswith("6 of 17 sources have problems: train[1], val[0]")  # every val source reads the image
 
 
 def test_user_errors_are_one_paragraph_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

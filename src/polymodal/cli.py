@@ -96,8 +96,11 @@ def data_check(
     reports = check_spec(spec, verify_images=verify_images)
     for r in reports:
         typer.echo(r.format())
-    if any(r.num_problems for r in reports):
+    failing = [r for r in reports if r.num_problems]
+    if failing:
+        typer.echo(f"{len(failing)} of {len(reports)} sources have problems: " + ", ".join(r.source.split(":")[0] for r in failing))
         raise typer.Exit(code=1)
+    typer.echo(f"all {len(reports)} sources checked: no problems")
 
 
 @data_app.command("stats")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 import tarfile
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from PIL import Image, ImageFile
 
 from polymodal.data.check import check_source, check_spec, image_problem, load_spec, stats_spec
 from polymodal.data.sources import CocoCaptionsSource, TableSource, WebDatasetSource
-from polymodal.errors import ConfigError, DataError
+from polymodal.errors import ConfigError
 
 
 def _noise_png(size: int = 16) -> bytes:
@@ -111,10 +112,16 @@ def test_missing_audio_and_video(tmp_path: Path) -> None:
     assert "gone.wav" in audio.message and audio.origin == f"{path}:line 2"
 
 
-def test_missing_file_raises_data_error(tmp_path: Path) -> None:
+def test_a_missing_file_is_reported_and_the_other_sources_still_checked(tmp_path: Path) -> None:
+    """It used to raise, so the first missing file hid every other source's state."""
     spec = CocoCaptionsSource(format="coco_captions", annotations=tmp_path / "c.json", images=tmp_path)
-    with pytest.raises(DataError, match=r"annotations file not found: .*c\.json"):
-        check_source(spec)
+    report = check_source(spec)
+    assert report.num_problems == 1 and report.counts["unreadable_source"] == 1
+    assert re.search(r"annotations file not found: .*c\.json", report.problems[0].message)
+    good = _coco_world(tmp_path / "good")
+    cfg = {"data": {"val": [{"format": "coco_captions", "annotations": str(p), "images": str(good.images)} for p in (tmp_path / "c.json", good.annotations)]}}
+    first, second = check_spec(_write(tmp_path / "run.yaml", yaml.safe_dump(cfg)))
+    assert first.counts["unreadable_source"] == 1 and second.counts["samples"] == 5  # one caption is empty
 
 
 # --- SPEC forms ---------------------------------------------------------------------------------

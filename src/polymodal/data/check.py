@@ -8,8 +8,9 @@ A SPEC is one of three things (see :func:`load_spec`):
 
 :func:`check_source` reads a source with a :class:`DataReport` (so record-level problems are
 counted, not raised), then checks that every distinct image exists and decodes, and that audio and
-video files exist. File-level problems (a missing annotations file, malformed JSON) raise
-:class:`~polymodal.errors.DataError` as the readers do.
+video files exist. A file-level problem (a missing annotations file, malformed JSON), which the readers
+raise as :class:`~polymodal.errors.DataError`, is reported as ``unreadable_source`` so that one missing
+file does not hide the state of every other source.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from polymodal.data.formats import describe, read_source
 from polymodal.data.report import PROBLEM_KINDS, DataReport
 from polymodal.data.sample import Sample
 from polymodal.data.sources import DataSource
-from polymodal.errors import ConfigError
+from polymodal.errors import ConfigError, DataError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -126,35 +127,38 @@ def check_source(
                 report.add(problem[0], where, problem[1])
         byte_images.clear()
 
-    for sample in read_source(spec, report):
-        report.count("samples")
-        if sample.text is not None:
-            report.count(text_kind)
-        if sample.answers:
-            report.count("answered")
-        if sample.label is not None:
-            report.count("labeled")
-        for extra in sample.more_images:  # a conversation's second and later images
-            first_origin.setdefault(extra, sample.origin)
-        if sample.image_path is not None:
-            first_origin.setdefault(sample.image_path, sample.origin)
-        elif sample.image_bytes is not None:
-            report.count("images")
-            if verify_images:
-                byte_images.append((sample.origin, sample.image_bytes))
-                if len(byte_images) >= 256:
-                    check_bytes_batch()
-        else:
-            report.count("samples_without_image")
-        for path, kind, what in (
-            (sample.audio_path, "missing_audio", "audio"),
-            (sample.video_path, "missing_video", "video"),
-        ):
-            if path is not None and path not in seen_media:
-                seen_media.add(path)
-                report.count(what)
-                if not path.is_file():
-                    report.add(kind, sample.origin, f"{what} file not found: {path}")
+    try:
+        for sample in read_source(spec, report):
+            report.count("samples")
+            if sample.text is not None:
+                report.count(text_kind)
+            if sample.answers:
+                report.count("answered")
+            if sample.label is not None:
+                report.count("labeled")
+            for extra in sample.more_images:  # a conversation's second and later images
+                first_origin.setdefault(extra, sample.origin)
+            if sample.image_path is not None:
+                first_origin.setdefault(sample.image_path, sample.origin)
+            elif sample.image_bytes is not None:
+                report.count("images")
+                if verify_images:
+                    byte_images.append((sample.origin, sample.image_bytes))
+                    if len(byte_images) >= 256:
+                        check_bytes_batch()
+            else:
+                report.count("samples_without_image")
+            for path, kind, what in (
+                (sample.audio_path, "missing_audio", "audio"),
+                (sample.video_path, "missing_video", "video"),
+            ):
+                if path is not None and path not in seen_media:
+                    seen_media.add(path)
+                    report.count(what)
+                    if not path.is_file():
+                        report.add(kind, sample.origin, f"{what} file not found: {path}")
+    except DataError as e:  # an unreadable file: reported like any problem, so the other sources are still checked
+        report.add("unreadable_source", "whole source", str(e))
     check_bytes_batch()
 
     report.count("images", len(first_origin))

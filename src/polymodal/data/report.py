@@ -67,5 +67,6 @@ PROBLEM_KINDS = frozenset(
         "missing_label",
         "bad_conversation",
         "image_marker_mismatch",
+        "unreadable_source",
     }
 )
