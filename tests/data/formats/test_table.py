@@ -135,6 +135,17 @@ def test_csv_explicit_column_missing_from_header(tmp_path: Path, report: DataRep
     assert s.label is None and s.text == "hi"
 
 
+def test_csv_column_read_twice_is_an_error_an_unread_one_is_not(tmp_path: Path, report: DataReport) -> None:
+    """With two 'text' columns the row silently kept the last one."""
+    path = tmp_path / "rows.csv"
+    path.write_text("image,text,text,note,note\na.jpg,first,second,x,y\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"rows\.csv has column 'text' more than once"):
+        list(read_source(TableSource(format="csv", path=path), report))
+    path.write_text("image,text,note,note\na.jpg,first,x,y\n", encoding="utf-8")
+    (s,) = list(read_source(TableSource(format="csv", path=path), report))
+    assert s.text == "first"
+
+
 def test_missing_table_file(tmp_path: Path, report: DataReport) -> None:
     with pytest.raises(DataError, match=r"jsonl source: path file not found: .*x\.jsonl"):
         read_source(TableSource(format="jsonl", path=tmp_path / "x.jsonl"), report)

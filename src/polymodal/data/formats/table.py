@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,15 @@ def _csv_rows(spec: TableSource, report: DataReport) -> Iterator[tuple[int, Mapp
 
 
 def _check_header(spec: TableSource, header: list[str]) -> None:
-    """A column the config names explicitly must exist (defaults such as 'image' may be absent)."""
+    """A column the config names explicitly must exist (defaults such as 'image' may be absent), and a
+    column the source reads must be there once: with two 'text' columns the row kept the last one."""
+    read = {getattr(spec, name) for name in _FIELDS} - {None}
+    twice = sorted(column for column, n in Counter(header).items() if n > 1 and column in read)
+    if twice:
+        raise DataError(
+            f"{spec.format} source: the header of {spec.path} has column {', '.join(map(repr, twice))} more than once; "
+            "rename one (which of them should be read is ambiguous)"
+        )
     for name in _FIELDS:
         column = getattr(spec, name)
         if column is not None and name in spec.model_fields_set and column not in header:
