@@ -70,6 +70,23 @@ def test_overrides_apply_and_are_validated(tmp_path: Path) -> None:
         load_config(p, ["seed"])
 
 
+def test_override_keys_that_cannot_be_set_are_named(tmp_path: Path) -> None:
+    """'=1' used to report an unknown key '<root>', an index into a mapping an unknown key '0'."""
+    two = "data:\n  train:\n    - {format: cc_tsv, path: a.tsv}\n    - {format: cc_tsv, path: b.tsv}\n"
+    one = "data:\n  train: {format: cc_tsv, path: a.tsv}\n"
+    assert load_config(_write(tmp_path, two), ["data.train.1.path=c.tsv"]).data.train[1].path == tmp_path / "c.tsv"
+    assert load_config(_write(tmp_path, two), ["data.train.1={format: cc_tsv, path: d.tsv}"]).data.train[1].path == tmp_path / "d.tsv"
+    for override, message in [
+        ("=1", r"--set '': the key has an empty part"),
+        ("train..epochs=2", r"--set 'train..epochs': the key has an empty part"),
+        ("data.train.2.path=c.tsv", r"'2' is not an index of data.train, a list of 2"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(_write(tmp_path, two), [override])
+    with pytest.raises(ConfigError, match=r"data.train is a mapping, not a list, so '0' is no index \(its keys: format, path\)"):
+        load_config(_write(tmp_path, one), ["data.train.0.path=c.tsv"])
+
+
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.yaml")

@@ -311,18 +311,37 @@ def _discriminator_tags() -> frozenset[str]:
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
     keys = dotted.split(".")
+    if not all(k.strip() for k in keys):
+        raise ConfigError(f"{source}: --set {dotted!r}: the key has an empty part; write it as section.key=value")
     node: Any = tree
-    for k in keys[:-1]:
+    for depth, k in enumerate(keys):
+        last = depth == len(keys) - 1
+        where = ".".join(keys[:depth]) or "the config"
         if isinstance(node, list):
             try:
-                node = node[int(k)]
+                index = int(k)
+                node[index]  # noqa: B018 - the range check
             except (ValueError, IndexError):
-                raise ConfigError(f"{source}: --set {dotted}: '{k}' is not a valid index") from None
+                raise ConfigError(
+                    f"{source}: --set {dotted}: '{k}' is not an index of {where}, a list of {len(node)}"
+                ) from None
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
             continue
+        if k.isdigit() and k not in node:
+            # a list index given to a mapping: data.train.0.images when data.train is one source
+            raise ConfigError(
+                f"{source}: --set {dotted}: {where} is a mapping, not a list, so '{k}' is no index "
+                f"(its keys: {', '.join(map(str, node)) or 'none'})"
+            )
+        if last:
+            node[k] = value
+            return
         node = node.setdefault(k, {})
         if not isinstance(node, (dict, list)):
             raise ConfigError(f"{source}: --set {dotted}: '{k}' holds a value, not a section")
-    node[keys[-1]] = value
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
