@@ -18,7 +18,7 @@ import yaml
 
 from polymodal.config import load_config
 from polymodal.data.world import WorldConfig, generate_world
-from polymodal.errors import ConfigError, DataError
+from polymodal.errors import ConfigError, DataError, PolymodalError
 from polymodal.train.trainer import Trainer, TrainingDiverged
 
 VIT = {"name": "vit", "image_size": 32, "patch_size": 8, "width": 32, "depth": 1, "heads": 2}
@@ -216,6 +216,10 @@ def test_config_mistakes_are_named(tmp_path: Path, world: Path) -> None:
         load_config(path, ["train.epoch=3"])
     with pytest.raises(ConfigError, match="early_stopping.metric 'bleu'"):
         Trainer(load_config(path, ["train.early_stopping={metric: bleu}", "train.max_steps=1"]), progress=False).fit()
+    (tmp_path / "empty.json").write_text("{}")
+    for tokenizer, message in [("nope_tok", r"tokenizer\.path: '.*nope_tok' is neither a folder"), ("empty.json", r"tokenizer\.path: .*empty\.json: not a valid tokenizer")]:
+        with pytest.raises(PolymodalError, match=message):
+            Trainer(load_config(path, [f"tokenizer.path={tokenizer}", "train.max_steps=1"]), progress=False).fit()
 
 
 def test_bf16_residual_trains_under_bf16_autocast_and_needs_it(tmp_path: Path, world: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -280,9 +280,13 @@ class Trainer:
             return load_tokenizer(saved)
         path = self.cfg.tokenizer.path or tower_paths(self.cfg.model).get("text")  # a pretrained text tower's own
         if path is not None:
-            from polymodal.hub.zoo import resolve
+            from polymodal.hub.zoo import CheckpointNotFound, resolve
 
-            return load_tokenizer(resolve(path))
+            key = "tokenizer.path" if self.cfg.tokenizer.path is not None else "the text tower's path"
+            try:
+                return load_tokenizer(resolve(path))
+            except (CheckpointNotFound, DataError) as e:  # not found, not a tokenizer: say which setting pointed there
+                raise type(e)(f"{key}: {e}") from None
         texts = [s.text for s in train if s.text] + [a for s in train for a in s.answers]
         return train_tokenizer(texts, kind=self.cfg.tokenizer.kind, vocab_size=self.cfg.tokenizer.vocab_size)
 
