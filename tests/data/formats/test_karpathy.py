@@ -100,3 +100,15 @@ def test_flickr_without_filepath_or_cocoid(tmp_path: Path, write_json, report: D
     (tmp_path / "coco").mkdir()
     (s,) = _read(path, report)
     assert s.image_path == tmp_path / "coco" / "1000092795.jpg" and s.image_id == "0"
+
+
+def test_split_names_are_read_whatever_their_case_and_unknown_ones_counted(tmp_path: Path, write_json, report: DataReport) -> None:
+    """'Train' used to match no split filter, and 'dev' vanished from every split without a count."""
+    tree = _coco_tree()
+    tree["images"][2]["split"] = "Train "
+    tree["images"][3]["split"] = "dev"
+    path = write_json(tmp_path / "dataset_coco.json", tree)
+    (tmp_path / "coco").mkdir()
+    assert [s.sample_id for s in _read(path, report, split="train", restval_as_train=False)] == ["4"]
+    assert report.counts["bad_record"] == 1
+    assert report.problems[0].origin == f"{path}:record 3" and "split 'dev' is none of train, val, test, restval" in report.problems[0].message

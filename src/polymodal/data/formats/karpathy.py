@@ -26,6 +26,9 @@ def read(spec: KarpathySource, report: DataReport) -> Iterator[Sample]:
     return _samples(spec, images, report)
 
 
+KARPATHY_SPLITS = ("train", "val", "test", "restval")
+
+
 def effective_split(split: str, restval_as_train: bool) -> str:
     return "train" if split == "restval" and restval_as_train else split
 
@@ -43,7 +46,10 @@ def _samples(spec: KarpathySource, images: list[Any], report: DataReport) -> Ite
         where = origin(spec.path, f"record {i}")
         if not check_record(img, ("filename", "imgid", "split", "sentences"), report, where):
             continue
-        split = str(img["split"])
+        split = str(img["split"]).strip().lower()  # "Train" or "test " must not drop the record unseen
+        if split not in KARPATHY_SPLITS:
+            report.add("bad_record", where, f"split {img['split']!r} is none of {', '.join(KARPATHY_SPLITS)}")
+            continue
         if not _wanted(split, spec):
             continue
         if not isinstance(img["sentences"], list):
