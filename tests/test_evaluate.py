@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -110,14 +111,20 @@ def test_a_multitask_run_is_evaluated_on_every_task_with_every_report_section(ru
         assert section in html, section
 
 
-def test_splits_without_samples_for_the_task_are_skipped_and_noted(runs: TinyRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_splits_without_samples_for_the_task_are_skipped_and_noted(
+    runs: TinyRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     import polymodal.evaluate
+
+    caplog.set_level(logging.INFO, logger="polymodal")
 
     monkeypatch.setattr(polymodal.evaluate, "meteor_session", lambda: pytest.fail("retrieval scores no captions: no METEOR jar"))
     result = evaluate_checkpoint(runs.runs["retrieval"], runs.world, out_dir=tmp_path, splits=["test", "test_heldout"], max_samples=5, num_workers=0)
     assert list(result["metrics"]) == ["test"]
     assert "test_heldout" in result["skipped_splits"]
     assert "test_heldout" in (tmp_path / "report.md").read_text()
+    # said once, by the summary (the CLI prints skipped_splits), not also as the split is reached
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO and "test_heldout" in r.getMessage()]
 
 
 def test_an_unknown_split_names_the_ones_there_are(runs: TinyRuns, tmp_path: Path) -> None:

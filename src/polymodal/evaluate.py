@@ -236,7 +236,7 @@ def evaluate_checkpoint(
             samples, problems = _select(groups[split], task, max_samples)
             if not samples:
                 skipped[split] = f"no samples for the {task.name} task"
-                log.info("%s: no %s samples, skipped", split, task.name)
+                log.debug("%s: no %s samples, skipped", split, task.name)  # said once, in the summary
                 continue
             log.info("%s: evaluating %d %s samples", split, len(samples), task.name)
             seen = training_world.seen_in(samples) if training_world is not None else None
