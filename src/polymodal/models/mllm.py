@@ -7,7 +7,7 @@ same convention as ``transformers``' ``LlavaForConditionalGeneration``, so its c
 here unchanged and several images per conversation simply mean several runs of image tokens.
 
 The LM is any ``AutoModelForCausalLM`` (GPT-2, Llama, Qwen, SmolLM ...): the model only needs its
-input embeddings, ``inputs_embeds``/``position_ids``/``past_key_values`` in ``forward``, and logits
+input embeddings, ``inputs_embeds``/``position_ids``/``cache`` (``past_key_values`` before transformers 5.24) in ``forward``, and logits
 out. Generation drives that forward directly with the LM's KV cache, so it streams token by token
 and batches prompts of different lengths (left padding with explicit position ids).
 """
@@ -173,7 +173,10 @@ class MultimodalLM(nn.Module):
         embeds = self.embed(ids, images)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1]
+        # transformers 5.24 renamed the KV cache from past_key_values to cache (the old name goes in 5.40);
+        # whichever name the LM returned it under is the one its forward takes
+        cache_name = "cache" if "cache" in out else "past_key_values"
+        past, logits = out[cache_name], out.logits[:, -1]
         done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
         eos = torch.tensor(sorted(self.eos_token_ids), device=device)
         next_pos = positions[:, -1] + 1
@@ -187,8 +190,8 @@ class MultimodalLM(nn.Module):
             token = token.masked_fill(done, self.pad_token_id)
             mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
             step = self.lm.get_input_embeddings()(token.unsqueeze(1))
-            out = self.lm(inputs_embeds=step, attention_mask=mask, position_ids=next_pos.unsqueeze(1), past_key_values=past, use_cache=True)
-            past, logits = out.past_key_values, out.logits[:, -1]
+            out = self.lm(inputs_embeds=step, attention_mask=mask, position_ids=next_pos.unsqueeze(1), use_cache=True, **{cache_name: past})
+            past, logits = out[cache_name], out.logits[:, -1]
             next_pos = next_pos + 1
 
     @torch.no_grad()
