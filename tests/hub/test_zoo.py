@@ -128,3 +128,20 @@ def test_a_missing_run_path_that_looks_like_a_repo_id_says_it_is_no_folder_eithe
         resolve("runs/A", cache_dir=tmp_path / "cache")
     assert f"is not a folder (looked for {tmp_path.resolve() / 'runs' / 'A'})" in str(err.value)
     assert "Hugging Face repo 'runs/A'" in str(err.value)
+
+
+def test_a_failed_download_says_what_to_do_without_internet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """allow_download=True offline raised huggingface_hub's LocalEntryNotFoundError, with no way forward."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(repo_id: str, **_: object) -> str:
+        raise LocalEntryNotFoundError("Got: ConnectError: [Errno -2] Name or service not known\nmore detail")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointNotFound) as info:
+        resolve("clip-vit-base-patch32", allow_download=True, cache_dir=tmp_path)
+    message = str(info.value)
+    assert "downloading 'openai/clip-vit-base-patch32' from the Hugging Face Hub" in message and str(tmp_path) in message
+    assert "LocalEntryNotFoundError: Got: ConnectError" in message and "more detail" not in message
+    assert "`hf download openai/clip-vit-base-patch32`" in message

