@@ -196,3 +196,11 @@ def test_the_shipped_world_retrieval_config_trains_the_run_the_readme_serves(tmp
     overrides = [f"output_dir={tmp_path / 'runs/world_retrieval'}", "train.max_steps=2", "train.batch_size=16", "train.num_workers=0"]
     summary = Trainer(load_config(tmp_path / "configs/world_retrieval.yaml", overrides), progress=False).fit()
     assert summary["steps"] == 2 and "t2i_R@1" in summary["test"]
+
+
+def test_image_normalisation_that_makes_nan_pixels_is_a_config_error(tmp_path: Path) -> None:
+    p = _write(tmp_path, "seed: 1\n")
+    with pytest.raises(ConfigError, match=r"key 'image.std\[0\]': Input should be greater than 0"):
+        load_config(p, ["image.std=[0, 0.5, 0.5]"])
+    with pytest.raises(ConfigError, match=r"key 'image.mean\[1\]': Input should be a finite number"):
+        load_config(p, ["image.mean=[0.5, .nan, 0.5]"])

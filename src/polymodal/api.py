@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from polymodal.data.images import open_image
+from polymodal.data.images import as_rgb, open_image
 from polymodal.data.processors import ImageProcessor
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.errors import ConfigError, DataError, PolymodalError
@@ -98,7 +98,7 @@ class Processors:
     def load_image(self, image: ImageInput) -> Image.Image:
         """A PIL image (RGB) from a PIL image, a path or encoded bytes; errors name the file."""
         if isinstance(image, Image.Image):
-            return image.convert("RGB") if image.mode != "RGB" else image
+            return as_rgb(image)
         if isinstance(image, (bytes, bytearray)):
             return open_image(bytes(image))
         if isinstance(image, (str, os.PathLike)):

@@ -7,7 +7,7 @@ loading, ``--set`` overrides and error formatting here are shared by all of them
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
@@ -56,12 +56,18 @@ class TokenizerSettings(StrictModel):
     )
 
 
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveStd = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
 class ImageSettings(StrictModel):
     """Image preprocessing; the train-only augmentation keeps colour words true (no hue shift)."""
 
     size: int = Field(64, ge=8)
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    mean: tuple[FiniteFloat, FiniteFloat, FiniteFloat] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[PositiveStd, PositiveStd, PositiveStd] = Field(
+        (0.26862954, 0.26130258, 0.27577711), description="per channel, > 0 (a zero std makes every pixel inf)"
+    )
     random_resized_crop: tuple[float, float] | None = None
     brightness: float = 0.0
     contrast: float = 0.0

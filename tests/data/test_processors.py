@@ -184,3 +184,49 @@ def test_colour_jitter_matches_pil_image_enhance(brightness, contrast, amount) -
     assert ours.min() >= 0 and ours.max() <= 255.0 + 1e-3
     if brightness > 0 and contrast < 0:  # the clipped white rows come out exactly where PIL puts them
         assert (ours[:, :4] - expected_t[:, :4]).abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("width", [100_000, 40_000_000])
+def test_a_thin_strip_is_resampled_at_its_crop_not_whole(width: int) -> None:
+    """A 100000 x 1 strip was resized whole to 6.4M x 64 pixels (2 GB); 40M x 1 raised an OverflowError."""
+    strip = Image.new("RGB", (width, 1), (200, 30, 30))
+    px = ImageProcessor(ImageProcessorConfig(size=64)).process(strip).pixels
+    assert px.shape == (3, 64, 64) and torch.isfinite(px).all()
+    assert torch.allclose(px, px[:, :1, :1].expand_as(px))  # one colour in, one colour out
+
+
+def test_ordinary_aspect_ratios_keep_resize_then_crop_exactly() -> None:
+    """The crop-box shortcut is only for extreme strips: up to 16x the output area the pixels are
+    exactly those of resizing the whole image and cropping its centre (as Hugging Face does)."""
+    rng = np.random.default_rng(0)
+    for w, h in [(640, 480), (333, 97), (256, 64)]:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        scale = 64 / min(w, h)
+        nw, nh = max(64, round(w * scale)), max(64, round(h * scale))
+        left, top = (nw - 64) // 2, (nh - 64) // 2
+        expected = np.asarray(img.resize((nw, nh), Image.BICUBIC).crop((left, top, left + 64, top + 64)))
+        proc = ImageProcessor(ImageProcessorConfig(size=64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+        got = (proc.process(img).pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        assert np.array_equal(got, expected), (w, h)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"std": (0.0, 0.5, 0.5)}, "std must be > 0"),
+    ({"std": (0.5, 0.5)}, "std must be three finite numbers"),
+    ({"mean": (float("nan"), 0.0, 0.0)}, "mean must be three finite numbers"),
+])
+def test_normalisation_that_would_make_nan_pixels_is_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ImageProcessorConfig(**kwargs)
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped_to_white() -> None:
+    from polymodal.data.images import as_rgb
+
+    grey = np.arange(0, 256, dtype=np.uint8).reshape(16, 16)
+    for mode_image in (Image.fromarray(grey.astype(np.uint16) * 257), Image.fromarray(grey.astype(np.int32) * 257)):
+        assert mode_image.mode in ("I;16", "I")
+        rgb = np.asarray(as_rgb(mode_image))
+        assert rgb.shape == (16, 16, 3) and np.array_equal(rgb[..., 0], grey) and np.array_equal(rgb[..., 2], grey)
+    unit = np.asarray(as_rgb(Image.fromarray(grey.astype(np.float32) / 255)))  # F in [0, 1]
+    assert np.array_equal(unit[..., 1], grey)

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from polymodal.data import png_fast
@@ -113,4 +114,21 @@ def open_image(
             raise DataError(f"not a readable image: {label} ({e})") from None
         except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
             raise DataError(f"corrupt image {label}: {e}") from None
-    return img if img.mode == "RGB" else img.convert("RGB")  # convert() copies even an RGB image
+    return as_rgb(img)
+
+
+def as_rgb(img: Image.Image) -> Image.Image:
+    """``img`` in 8-bit RGB. PIL's convert("RGB") clips 16- and 32-bit greyscale (I;16, I, F) at 255,
+    so a 16-bit scan or depth map came out all white; those are scaled to 0-255 first."""
+    if img.mode == "RGB":
+        return img  # convert() would copy it
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16"):
+            full_scale = 65535.0
+        else:  # 32-bit: read by its range (16-bit data in an I image, or F in [0, 1] or [0, 255])
+            top = float(values.max()) if values.size else 0.0
+            full_scale = 65535.0 if top > 255 else 1.0 if img.mode == "F" and top <= 1.0 else 255.0
+        grey = np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")  # 2-D uint8: mode L
+    return img.convert("RGB")

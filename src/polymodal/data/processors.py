@@ -15,11 +15,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from polymodal.data.images import DecodedImageCache
+from polymodal.data.images import DecodedImageCache, as_rgb
 
 # CLIP's statistics are the usual default for pretrained towers; world models use them too.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# resize-then-crop is kept (pixel-identical to Hugging Face's processors) up to this many times the output
+# area; beyond it (aspect ratios past 16:1) only the crop is resampled
+_MAX_RESIZED_AREA = 16
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class ImageProcessorConfig:
             raise ValueError(f"image processor: interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}")
         if self.resize_rounding not in ("round", "floor"):
             raise ValueError(f"image processor: resize_rounding must be 'round' or 'floor', got {self.resize_rounding!r}")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"image processor: {name} must be three finite numbers (R, G, B), got {list(values)}")
+        if min(self.std) <= 0:  # a zero std turns every pixel into inf/NaN, and every embedding with it
+            raise ValueError(f"image processor: std must be > 0 in every channel, got {list(self.std)}")
 
 
 # ITU-R 601-2 luma, the weights of PIL's convert("L") (and of torchvision's rgb_to_grayscale)
@@ -130,9 +138,14 @@ class ImageProcessor:
         else:
             scale = c.size / min(w, h)
             nw, nh = max(c.size, round(w * scale)), max(c.size, round(h * scale))
-        img = img.resize((nw, nh), interp)
         left, top = (nw - c.size) // 2, (nh - c.size) // 2
         box = CropBox(left / nw, top / nh, (left + c.size) / nw, (top + c.size) / nh)
+        if nw * nh > _MAX_RESIZED_AREA * c.size * c.size:
+            # a 100000 x 1 strip would be resized whole to 6.4M x 64 pixels (GBs, an OverflowError past
+            # ~33M): resample only the crop's own box, the same sampling grid within a level of rounding
+            sx, sy = nw / w, nh / h
+            return img.resize((c.size, c.size), interp, box=(left / sx, top / sy, (left + c.size) / sx, (top + c.size) / sy)), box
+        img = img.resize((nw, nh), interp)
         return img.crop((left, top, left + c.size, top + c.size)), box
 
     def _random_resized_crop(self, img: Image.Image, interp: int, rng: np.random.Generator) -> tuple[Image.Image, CropBox | None]:
@@ -155,8 +168,7 @@ class ImageProcessor:
         draws the very same crops and colour jitter. Without one the processor's own generator is used.
         """
         rng = rng if rng is not None else self._rng
-        if img.mode != "RGB":
-            img = img.convert("RGB")
+        img = as_rgb(img)
         img, box = self._resize(img, rng)
         w, h = img.size
         pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(h, w, 3).permute(2, 0, 1)

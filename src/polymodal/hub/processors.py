@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from polymodal.data.images import as_rgb
 from polymodal.data.tokenizers import TextBatch
 
 
@@ -22,8 +23,7 @@ class HFImageProcessor:
         self.processor = processor
 
     def __call__(self, img: Image.Image, rng: Any = None) -> torch.Tensor:
-        if img.mode != "RGB":
-            img = img.convert("RGB")
+        img = as_rgb(img)
         return self.processor(images=img, return_tensors="pt")["pixel_values"][0]
 
     def to_dict(self) -> dict[str, Any]:
