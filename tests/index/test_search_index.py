@@ -176,6 +176,22 @@ def test_k_is_clamped_and_bad_queries_raise(tmp_path: Path, tiny: Tiny) -> None:
         index.search_image(bad)
 
 
+def test_non_finite_vectors_are_neither_searched_nor_stored(tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN query returned [] with only a RuntimeWarning; NaN embeddings were stored and never found."""
+    import torch
+
+    index = _build(tmp_path, tiny)
+    dim = index.manifest.model.embed_dim
+    with pytest.raises(SearchIndexError, match="NaN or inf"):
+        index.search_vector(np.full(dim, np.nan))
+    with pytest.raises(SearchIndexError, match=r"one query vector, got an array of shape \(2, "):
+        index.search_vector(np.ones((2, dim)))
+    monkeypatch.setattr(predict, "embed_texts", lambda m, p, texts: torch.full((len(texts), dim), float("nan")))
+    with pytest.raises(SearchIndexError, match=r"returned 2 embedding\(s\) with NaN or inf values; nothing was stored"):
+        index.add_texts(["a red cube", "a blue sphere"], progress=False)
+    assert index.stats().texts == 0
+
+
 def test_empty_texts_are_refused_before_anything_is_added(tmp_path: Path, tiny: Tiny) -> None:
     index = _build(tmp_path, tiny)
     with pytest.raises(SearchIndexError, match="text #1 is empty"):

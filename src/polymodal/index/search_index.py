@@ -277,6 +277,12 @@ class SearchIndex:
         out = z.detach().float().cpu().numpy().astype(np.float32, copy=False)
         if out.ndim != 2 or out.shape[1] != self.manifest.model.embed_dim:
             raise SearchIndexError(f"the model returned embeddings of shape {tuple(out.shape)}; index {self.path} holds {self.manifest.model.embed_dim}-d vectors")
+        bad = int((~np.isfinite(out).all(axis=1)).sum())
+        if bad:  # stored, a NaN vector is never found again and poisons IVF training
+            raise SearchIndexError(
+                f"the model returned {bad} embedding(s) with NaN or inf values; nothing was stored. Check the model's "
+                "weights and its processors.json (an image std of 0 divides by zero)"
+            )
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)
 
@@ -536,9 +542,14 @@ class SearchIndex:
         k = _check_k(k)
         if target not in ("image", "text", "all"):
             raise SearchIndexError(f"target must be 'image', 'text' or 'all', got {target!r}")
-        q = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        q = np.asarray(vector, dtype=np.float32)
+        if q.ndim != 1 and not (q.ndim == 2 and q.shape[0] == 1):
+            raise SearchIndexError(f"search_vector takes one query vector, got an array of shape {q.shape}")
+        q = q.reshape(1, -1)
         if q.shape[1] != self.manifest.model.embed_dim:
             raise SearchIndexError(f"a {q.shape[1]}-d query cannot search index {self.path}, which holds {self.manifest.model.embed_dim}-d vectors")
+        if not np.isfinite(q).all():
+            raise SearchIndexError("the query vector holds NaN or inf values")
         q = q / max(float(np.linalg.norm(q)), 1e-12)
         kinds: tuple[Kind, ...] = MODALITIES if target == "all" else (target,)
         with self._lock:
