@@ -14,6 +14,7 @@ between them is what looking at the image is worth. Prints a table and writes JS
 date and commit.
 
     python benchmarks/bench_mllm_world.py --workdir /tmp/mllm_bench
+    python benchmarks/bench_mllm_world.py --quickstart-out quickstart_out --scenes 200 --lm-steps 20 --max-steps 5   # smoke run
 """
 
 from __future__ import annotations
@@ -33,17 +34,19 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mllm_bench"))
     ap.add_argument("--scenes", type=int, default=2000)
     ap.add_argument("--lm-steps", type=int, default=400)
+    ap.add_argument("--max-steps", type=int, default=None, help="cap each training stage at this many steps (a smoke run; default: the configs' 600 and 900)")
     ap.add_argument("--quickstart-out", type=Path, default=None, help="reuse a finished 'polymodal quickstart --out' folder instead of running it")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mllm_world.json")
     args = ap.parse_args()
 
+    cap = ["--set", f"train.max_steps={args.max_steps}"] if args.max_steps else []
     work, seconds = prepare_workdir(args.workdir, ["mllm_world_stage1.yaml", "mllm_world_stage2.yaml"], args.quickstart_out)
     seconds |= {
         "world": run_polymodal(["data", "world", "--out", "world", "--scenes", str(args.scenes), "--seed", "1"], work, work / "world.log"),
         "init_lm": run_polymodal(["mllm", "init-lm", "--world", "world", "--out", "runs/world_lm", "--steps", str(args.lm_steps), "--context", "256"], work, work / "lm.log"),
-        "stage1": run_polymodal(["train", "configs/mllm_world_stage1.yaml"], work, work / "stage1.log"),
-        "stage2": run_polymodal(["train", "configs/mllm_world_stage2.yaml"], work, work / "stage2.log"),
-        "stage2_blind": run_polymodal(["train", "configs/mllm_world_stage2.yaml", "--set", "train.blind=true", "--set", "output_dir=runs/mllm_world_stage2_blind"],
+        "stage1": run_polymodal(["train", "configs/mllm_world_stage1.yaml", *cap], work, work / "stage1.log"),
+        "stage2": run_polymodal(["train", "configs/mllm_world_stage2.yaml", *cap], work, work / "stage2.log"),
+        "stage2_blind": run_polymodal(["train", "configs/mllm_world_stage2.yaml", *cap, "--set", "train.blind=true", "--set", "output_dir=runs/mllm_world_stage2_blind"],
                              work, work / "stage2_blind.log"),
     }
     metrics = {name: json.loads((work / "runs" / run / "metrics.json").read_text()) for name, run in
@@ -64,7 +67,7 @@ def main() -> None:
     print("seconds:", {k: round(v) for k, v in seconds.items()})
     write_result(args.out, {
         "benchmark": "mllm_world", "date": datetime.date.today().isoformat(), "commit": git_commit(), "cpu": cpu_model(),
-        "cores": os.cpu_count(), "scenes": args.scenes, "lm_steps": args.lm_steps, "rows": rows, "by_family": families,
+        "cores": os.cpu_count(), "scenes": args.scenes, "lm_steps": args.lm_steps, "max_steps": args.max_steps, "rows": rows, "by_family": families,
         "seconds": seconds, "stage1_val": metrics["stage1"].get("history", [{}])[-1].get("val"),
     })
 
