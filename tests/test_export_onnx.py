@@ -148,6 +148,11 @@ def test_cli_exports_replaces_only_with_overwrite_and_prints_the_differences(
     code, stdout, err = run_cli(capsys, "export", "--onnx", str(native_run), "--out", str(out))
     assert code == 2 and "not empty" in err and "--overwrite" in err and "Traceback" not in err
     assert (out / "keep.txt").read_text() == "not mine" and not (out / E.IMAGE_FILE).exists()
+    # --overwrite replaced its folder whole: a folder holding the exported run (or the one we work in) is refused
+    for target in (native_run, native_run.parent, Path(".")):
+        code, _, err = run_cli(capsys, "export", "--onnx", str(native_run / "checkpoints"), "--out", str(target), "--overwrite")
+        assert code == 2 and f"--out {target} is or contains" in err and "Traceback" not in err, err
+    assert (native_run / "checkpoints").is_dir()
 
     code, stdout, err = run_cli(capsys, "export", "--onnx", str(native_run), "--out", str(out), "--overwrite", "--exporter", "torchscript", "--opset", "17")
     assert code == 0, err

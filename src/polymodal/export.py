@@ -224,18 +224,28 @@ def _check_options(opset: int | None, exporter: str, atol: float) -> None:
         raise ConfigError(f"atol must be > 0, got {atol!r}")
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+def _check_out_dir(out_dir: Path, overwrite: bool, source: str | os.PathLike[str] | None = None) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a folder; give --out a folder path")
+    # the export replaces out_dir whole: it must not hold the weights it exports, nor the folder we work in
+    here = out_dir.resolve()
+    guarded = [(Path.cwd().resolve(), "the current folder")]
+    if source is not None and Path(source).exists():
+        guarded.append((Path(source).resolve(), f"the model it exports ({source})"))
+    for path, what in guarded:
+        if path == here or here in path.parents:
+            raise ExportError(f"--out {out_dir} is or contains {what}, and an export replaces its folder whole; give it a folder of its own")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(f"{out_dir} exists and is not empty; choose another folder, or replace it with --overwrite (overwrite=True in Python)")
 
 
-def _check_request(out: Path, opset: int | None, exporter: str, atol: float, check: bool, overwrite: bool) -> None:
+def _check_request(
+    out: Path, opset: int | None, exporter: str, atol: float, check: bool, overwrite: bool, source: str | os.PathLike[str] | None = None
+) -> None:
     """Everything about the request that can be wrong before a model is touched."""
     _check_options(opset, exporter, atol)
     _require_packages(exporter, check)
-    _check_out_dir(out, overwrite)
+    _check_out_dir(out, overwrite, source)
 
 
 def _check_model(model: nn.Module, processors: Any) -> None:
@@ -541,7 +551,7 @@ def export_dual_encoder_onnx(
     """Export an already loaded dual encoder (``model, processors = load_model(...)``); see :func:`export_onnx`."""
     start = time.perf_counter()
     out = Path(out_dir)
-    _check_request(out, opset, exporter, atol, check, overwrite)
+    _check_request(out, opset, exporter, atol, check, overwrite, processors.source or None)
     _check_model(model, processors)
     source = source or processors.source or type(model).__name__
     family = str(getattr(model, "family", "polymodal"))
@@ -621,7 +631,7 @@ def export_onnx(
     from polymodal.api import load_model
 
     out = Path(out_dir)
-    _check_request(out, opset, exporter, atol, check, overwrite)  # before reading any weights
+    _check_request(out, opset, exporter, atol, check, overwrite, name_or_path)  # before reading any weights
     model, processors = load_model(name_or_path, "cpu", allow_download=allow_download)
     return export_dual_encoder_onnx(
         model, processors, out, opset=opset, check=check, atol=atol, overwrite=overwrite, exporter=exporter, source=str(name_or_path),
