@@ -218,3 +218,14 @@ def test_an_unreadable_gallery_image_from_a_shard_is_named_by_its_origin() -> No
 
     with pytest.raises(DataError, match=r"1 gallery image\(s\) could not be read \(e\.g\. shard-000\.tar:s1\)"):
         build_task("retrieval", None, 16).embed(None, samples, loader, torch.device("cpu"))
+
+
+def test_an_out_folder_that_cannot_be_made_fails_before_the_work(runs: TinyRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out naming a file used to crash with a bare FileExistsError after every split was evaluated."""
+    import polymodal.evaluate
+
+    monkeypatch.setattr(polymodal.evaluate, "_select", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    taken = tmp_path / "a_file.png"
+    taken.write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"cannot write the evaluation to .*a_file\.png/eval \(the --out folder\)"):
+        evaluate_checkpoint(runs.runs["retrieval"], runs.world, out_dir=taken / "eval", splits=["test"], max_samples=5, num_workers=0)

@@ -202,6 +202,10 @@ def evaluate_checkpoint(
     source = ckpt.path if ckpt is not None else folder
     # a Hugging Face folder may be a read-only hub cache: its evaluation goes under ./eval/<name>
     out = Path(out_dir) if out_dir is not None else default_out_dir(source) if ckpt is not None else Path("eval").resolve() / _hf_name(checkpoint)
+    try:  # now, not after every split has been evaluated
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot write the evaluation to {out} (the --out folder): {e.strerror or e}") from None
 
     dropped: Counter[str] = Counter()  # per split: samples skipped (unreadable) and inputs zero-filled (missing)
 
