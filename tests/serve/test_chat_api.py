@@ -85,6 +85,8 @@ def test_models_lists_chat_for_an_assistant_only(client: TestClient, served: Ser
     ({"messages": [{"role": "user", "content": "hi"}], "max_new_tokens": 0}, 422, ("max_new_tokens",)),
     ({"messages": [{"role": "user", "content": "hi"}], "max_new_tokens": 33}, 422, ("max_new_tokens", "at most 32")),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 422, ("temperature",)),
+    ({"messages": [{"role": "user", "content": "hi"}], "seed": 2**70}, 422, ("seed",)),  # was a 500 (int64 overflow)
+    ({"messages": [{"role": "user", "content": "hi"}], "seed": -1}, 422, ("seed",)),
     ({"messages": [{"role": "user", "content": QUESTION}]}, 422, ("1 <image> marker(s) but 0 image(s)",)),
     ({"messages": [{"role": "user", "content": "hi"}], "images": ["%%%not base64"]}, 422, ("images[0]", "base64")),
     ({"messages": [{"role": "user", "content": "hi"}], "images": [base64.b64encode(b"plain text").decode()]}, 415, ("images[0]",)),

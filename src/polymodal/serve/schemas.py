@@ -106,9 +106,9 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(description="The conversation so far, alternating user/assistant, ending with the user.")
     images: list[str] = Field(default_factory=list, description="Base64 images or data: URLs (PNG, JPEG, WebP, GIF, BMP), one per <image> marker, in order.")
     max_new_tokens: int | None = Field(None, ge=1, description="Most tokens in the answer: at most the server's limit; default 64 (or the limit, if lower).")
-    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0: greedy; higher: more varied.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
-    seed: int | None = Field(None, description="Seed for sampling, for repeatable answers.")
+    temperature: float = Field(0.0, ge=0.0, le=10.0, allow_inf_nan=False, description="0: greedy; higher: more varied.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass (with temperature > 0).")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Seed for sampling, for repeatable answers (0 to 2**63 - 1).")
     stream: bool = Field(False, description='true: a text/event-stream of `data: {"delta": ...}` events, then `data: {"done": true, "text": ...}`.')
 
 
