@@ -84,7 +84,7 @@ def train(name: str, world: Path, out: Path, steps: int, batch_size: int, seed: 
     overrides = [f"data.{split}={json.dumps(spec)}" for split, spec in data.items()]
     overrides += [f"output_dir={out / name}", f"train.max_steps={steps}", f"train.batch_size={batch_size}", f"seed={seed}", *extra]
     cfg = load_config(MODELS[name], overrides)
-    trainer = Trainer(cfg, progress=False)
+    trainer = Trainer(cfg, progress=False, overwrite=True)  # a rerun of the benchmark replaces its runs
     t0 = time.perf_counter()
     summary = trainer.fit()
     wall = time.perf_counter() - t0

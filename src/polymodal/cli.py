@@ -298,6 +298,7 @@ def train(
     config: Path = typer.Argument(..., help="Run config YAML (data, model, tokenizer, image, optim, train)."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a config key: --set train.epochs=3 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in output_dir from its latest checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in an output_dir that holds an earlier run, removing its checkpoints and logs."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Run folder (default: output_dir in the config)."),
 ) -> None:
     """Train or fine-tune a model from a YAML config; checkpoints, logs and metrics go to the run folder.
@@ -315,8 +316,12 @@ def train(
     sets = list(overrides or [])
     if output_dir is not None:
         sets.append(f"output_dir={output_dir}")
+    if resume and overwrite:
+        from polymodal.errors import ConfigError
+
+        raise ConfigError("--resume continues the run in output_dir and --overwrite replaces it: give one of them")
     cfg = load_config(config, sets)
-    trainer = Trainer(cfg, resume=resume)
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
     is_main = trainer.is_main
     try:
         summary = trainer.fit()

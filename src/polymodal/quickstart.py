@@ -117,7 +117,7 @@ def run_quickstart(
     cfg = validate(RunConfig, tree, str(out / "quickstart.yaml"))
     print(f"[2/3] training one multi-task model (retrieval + captioning + VQA + classification) -> {run_dir}", flush=True)
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, progress=progress)
+    trainer = Trainer(cfg, progress=progress, overwrite=True)  # a rerun of the quickstart starts its run afresh
     trainer.fit()
     train_seconds = time.perf_counter() - t0
 

@@ -190,18 +190,19 @@ def test_init_from_keeps_the_audio_and_video_decoding_the_weights_were_trained_o
 
     path.write_text(yaml.safe_dump(second | {"audio": {"n_mels": 32}}))
     with pytest.raises(ConfigError, match=r"audio: n_mels cannot be changed with init_from.*n_mels=16"):
-        Trainer(load_config(path), progress=False).fit()
+        Trainer(load_config(path), progress=False, overwrite=True).fit()
+    assert (tmp_path / "second/checkpoints").is_dir()  # the failed start removed nothing of the earlier run
     # the same inputs spelled out: f_max at Nyquist is the unset default, a stride is unused by uniform sampling
     path.write_text(yaml.safe_dump(second | {"audio": {"f_max": RATE / 2}, "video": {"stride": 2, "sampling": "uniform"}}))
-    trainer = Trainer(load_config(path), progress=False)
+    trainer = Trainer(load_config(path), progress=False, overwrite=True)
     trainer.setup()
     assert trainer.cfg.audio.f_max is None and trainer.cfg.video.stride == 4  # the run's own spelling
     path.write_text(yaml.safe_dump(second | {"audio": {"f_max": RATE / 4}}))
     with pytest.raises(ConfigError, match=r"audio: f_max cannot be changed with init_from.*f_max=4000.0"):
-        Trainer(load_config(path), progress=False).setup()
+        Trainer(load_config(path), progress=False, overwrite=True).setup()
     path.write_text(yaml.safe_dump(second | {"video": {"sampling": "stride"}}))
     with pytest.raises(ConfigError, match=r"video: sampling cannot be changed with init_from.*sampling='uniform'"):
-        Trainer(load_config(path), progress=False).setup()
+        Trainer(load_config(path), progress=False, overwrite=True).setup()
 
 
 def test_init_from_an_audio_text_classifier_leaves_the_image_settings_to_the_config(tmp_path: Path, clips: Path) -> None:

@@ -20,6 +20,7 @@ from polymodal.config import load_config
 from polymodal.data.world import WorldConfig, generate_world
 from polymodal.errors import ConfigError, DataError, PolymodalError
 from polymodal.train.trainer import Trainer, TrainingDiverged
+from tests.cli_runner import run_cli
 
 VIT = {"name": "vit", "image_size": 32, "patch_size": 8, "width": 32, "depth": 1, "heads": 2}
 TEXT = {"name": "text_transformer", "max_length": 32, "width": 32, "depth": 1, "heads": 2}
@@ -220,6 +221,22 @@ def test_config_mistakes_are_named(tmp_path: Path, world: Path) -> None:
     for tokenizer, message in [("nope_tok", r"tokenizer\.path: '.*nope_tok' is neither a folder"), ("empty.json", r"tokenizer\.path: .*empty\.json: not a valid tokenizer")]:
         with pytest.raises(PolymodalError, match=message):
             Trainer(load_config(path, [f"tokenizer.path={tokenizer}", "train.max_steps=1"]), progress=False).fit()
+
+
+def test_a_run_folder_with_checkpoints_is_resumed_or_replaced_only_when_asked(tmp_path: Path, world: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second run into the same output_dir used to overwrite the first one's log and step files silently."""
+    path = write_config(tmp_path, world, "retrieval", max_steps=4, checkpoint_every=2)
+    Trainer(load_config(path), progress=False).fit()
+    steps = sorted(p.name for p in (tmp_path / "run/checkpoints").glob("step_*"))
+    log_before = (tmp_path / "run/log.csv").read_text()
+    with pytest.raises(ConfigError, match=r"output_dir .*run already holds a run \(latest checkpoint step_00000004\); continue it with --resume"):
+        Trainer(load_config(path, ["train.max_steps=2"]), progress=False).fit()
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").glob("step_*")) == steps
+    assert (tmp_path / "run/log.csv").read_text() == log_before
+    Trainer(load_config(path, ["train.max_steps=2"]), progress=False, overwrite=True).fit()
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").glob("step_*")) == ["step_00000002"]  # no orphaned step 4
+    code, _, err = run_cli(capsys, "train", str(path), "--resume", "--overwrite")
+    assert code == 2 and "give one of them" in err
 
 
 def test_bf16_residual_trains_under_bf16_autocast_and_needs_it(tmp_path: Path, world: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -142,7 +143,7 @@ def _barrier(world: int) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, resume: bool = False, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> None:
         if cfg.train is None:
             raise ConfigError("the config has no 'train' section (train: {task: ..., epochs: ...})")
         if cfg.model is None and cfg.init_from is None:
@@ -151,6 +152,7 @@ class Trainer:
         self.settings = cfg.train
         self.run_dir = Path(cfg.output_dir)
         self.resume = resume
+        self.overwrite = overwrite
         self.progress = progress
         self.device = pick_device(self.settings.device)
         self.rank, self.world = init_distributed(self.device)
@@ -215,6 +217,29 @@ class Trainer:
             )
         log.info("%d of %d training questions have an answer among the checkpoint's %d labels; the rest teach nothing",
                  covered, total, len(vocab))
+
+    def _earlier_run(self) -> bool:
+        """A fresh run must not write over another run's checkpoints and log without being asked to:
+        the old run's later steps would be left orphaned beside the new run's, its log.csv cut short.
+        True when there is one to replace (with --overwrite, once the new run is set up)."""
+        from polymodal.train.checkpoint import latest_checkpoint
+
+        latest = None if self.resume else latest_checkpoint(self.run_dir)
+        if latest is not None and not self.overwrite:
+            raise ConfigError(
+                f"output_dir {self.run_dir} already holds a run (latest checkpoint {latest.name}); "
+                "continue it with --resume, start afresh over it with --overwrite, or set another output_dir"
+            )
+        return latest is not None
+
+    def _remove_earlier_run(self) -> None:
+        if self.is_main:
+            for name in ("checkpoints", "tensorboard", "eval"):
+                shutil.rmtree(self.run_dir / name, ignore_errors=True)
+            for name in ("log.csv", "metrics.json"):
+                (self.run_dir / name).unlink(missing_ok=True)
+            log.info("--overwrite: removed the earlier run's checkpoints and logs from %s", self.run_dir)
+        _barrier(self.world)
 
     def _resume_checkpoint(self) -> Path:
         from polymodal.train.checkpoint import latest_checkpoint
@@ -300,6 +325,7 @@ class Trainer:
         s = self.settings
         seed_everything(self.cfg.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        replace = self._earlier_run()
         resume_from = self._resume_checkpoint() if self.resume else None
         self.init = None
         if self.cfg.init_from is not None:  # its model, tokenizer and input settings come with its weights
@@ -359,6 +385,8 @@ class Trainer:
             # rank 0 keeps an unsharded copy: checkpoints are written from it and evaluation runs on it
             self.eval_model = build_model(self.model_config, self._context()).to(self.device) if self.is_main else None
             shard(self.model, self.device, self.world)
+        if replace:  # only now, so that a config or data error above leaves the earlier run whole
+            self._remove_earlier_run()
         if self.is_main:
             if not self.pretrained and not self.assistant:  # those save their tokenizer inside each checkpoint
                 self.tokenizer.save(self.run_dir)
