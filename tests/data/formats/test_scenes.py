@@ -85,6 +85,10 @@ def test_pixel_coords_given_as_strings_are_read_as_numbers_and_a_zero_image_size
     path = write_json(tmp_path / "s.json", {"scenes": [{"image_id": 1, "image_filename": "a.png", "objects": [obj]}]})
     (s,) = read_source(_source(path, tmp_path / "images", image_size=(480, 320)), report)
     assert s.meta["objects"][0]["x"] == 0.5
+    # an 'x' without a 'y' leaves pixel_coords to place the object, and they are pixels all the same
+    path = write_json(tmp_path / "s.json", {"scenes": [{"image_id": 1, "image_filename": "a.png", "objects": [obj | {"x": 7}]}]})
+    (s,) = read_source(_source(path, tmp_path / "images", image_size=(480, 320)), report)
+    assert (s.meta["objects"][0]["x"], s.meta["objects"][0]["y"]) == (0.5, 0.25)
     with pytest.raises(ConfigError, match=r"image_size\[0\].*greater than 0"):
         parse_source({"format": "scenes", "path": str(path), "images": str(tmp_path / "images"), "image_size": [0, 0]}, "inline", tmp_path)
 

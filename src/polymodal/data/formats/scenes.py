@@ -63,6 +63,7 @@ def _object(obj: Any, spec: ScenesSource, report: DataReport, where: str) -> dic
     if not isinstance(obj, dict):
         report.add("bad_record", where, f"an object must be a mapping, got {type(obj).__name__}")
         return None
+    pixels: tuple[int, int] | None = None  # the image size when the centre is given in pixels
     if "x" in obj and "y" in obj:
         x, y = obj["x"], obj["y"]
     elif "pixel_coords" in obj:
@@ -74,6 +75,7 @@ def _object(obj: Any, spec: ScenesSource, report: DataReport, where: str) -> dic
             report.add("bad_record", where, f"'pixel_coords' must be [x, y, ...], got {coords!r}")
             return None
         x, y = coords[0], coords[1]
+        pixels = spec.image_size
     else:
         report.add("bad_record", where, "object has neither 'x'/'y' nor 'pixel_coords'")
         return None
@@ -82,8 +84,8 @@ def _object(obj: Any, spec: ScenesSource, report: DataReport, where: str) -> dic
     except (TypeError, ValueError):
         report.add("bad_record", where, f"object centre must be numbers, got x={x!r}, y={y!r}")
         return None
-    if "x" not in obj and spec.image_size is not None:  # pixel_coords: fractions of the image
-        x, y = x / spec.image_size[0], y / spec.image_size[1]
+    if pixels is not None:  # pixel_coords: to fractions of the image
+        x, y = x / pixels[0], y / pixels[1]
     if not (math.isfinite(x) and math.isfinite(y) and 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
         report.add("bad_record", where, f"object centre ({x}, {y}) lies outside the image (expected fractions in [0, 1])")
         return None
