@@ -22,7 +22,7 @@ from polymodal.train.checkpoint import Checkpoint, CheckpointError, load_checkpo
 
 # settings that decide what the weights see (so they come from the run the weights come from), per
 # section; the others (augmentation, caching, draft decoding) stay the new config's
-_INPUT_SETTINGS = {
+INPUT_SETTINGS = {
     "image": ("size", "mean", "std"),
     "audio": ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "max_seconds"),
     "video": ("num_frames", "sampling", "stride"),
@@ -65,7 +65,7 @@ def _saved_inputs(processors: dict[str, Any], model: Any) -> dict[str, dict[str,
     media = processors.get("media") or {}
     image = processors.get("image") if model_inputs(model).pixels else None
     saved = {"image": image, "audio": media.get("audio"), "video": media.get("video")}
-    return {section: {k: _plain(values[k]) for k in _INPUT_SETTINGS[section] if k in values} for section, values in saved.items() if values}
+    return {section: {k: _plain(values[k]) for k in INPUT_SETTINGS[section] if k in values} for section, values in saved.items() if values}
 
 
 def _as_decoded(section: str, values: dict[str, Any]) -> dict[str, Any]:

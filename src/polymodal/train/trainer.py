@@ -50,8 +50,9 @@ from polymodal.train.data import (
     missing_image_policy,
     require,
 )
+from polymodal.train.resume_check import RUN_RECORD, check_data, check_settings, data_fingerprint, read_record, run_record
 from polymodal.train.run_log import RunLog
-from polymodal.train.schedule import build_adamw, load_keeping_kernel, warmup_cosine
+from polymodal.train.schedule import build_adamw, load_keeping_kernel, lr_factor, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +322,28 @@ class Trainer:
             overrides["missing"] = "learned"  # absent modalities get a learned embedding, not zeros
         return self.cfg.model.model_copy(update=overrides)
 
+    def _config_tree(self) -> dict[str, Any]:
+        """The resolved config as plain JSON values: what config.yaml and each checkpoint's run.json hold."""
+        return json.loads(self.cfg.model_dump_json())
+
+    def _note_resumed_schedule(self) -> None:
+        """Say what a resume that trains longer or shorter, or on other ranks, does to the saved run."""
+        saved, st, o = self.saved_run, self.state, self.cfg.optim
+        total = saved.get("total_steps")
+        if isinstance(total, int) and total != self.total_steps:
+            before = o.lr * lr_factor(st.global_step, o.warmup_steps, total, o.min_lr_ratio)
+            after = o.lr * lr_factor(st.global_step, o.warmup_steps, self.total_steps, o.min_lr_ratio)
+            log.warning("--resume: the learning-rate schedule now ends at step %d, not %d (train.epochs/max_steps changed); "
+                        "at step %d the learning rate is %.3g instead of %.3g", self.total_steps, total, st.global_step, after, before)
+        world = saved.get("world_size")
+        if isinstance(world, int) and world != self.world and st.step_in_epoch:
+            log.warning("--resume: the run was saved with %d processes and now has %d, mid-epoch: the rest of epoch %d is "
+                        "taken from the same position of each process's new share, so some of its samples may be seen twice "
+                        "or not at all (from the next epoch on, every sample is seen once)", world, self.world, st.epoch + 1)
+
+    def _run_record(self) -> bytes:
+        return run_record(self._config_tree(), self.data_fingerprint, self.total_steps, self.world)
+
     def setup(self) -> None:
         s = self.settings
         seed_everything(self.cfg.seed)
@@ -335,6 +358,10 @@ class Trainer:
             self.cfg, self.init = open_init_run(self.cfg, resume_from)
         else:
             self._adopt_tower_preprocessing()
+        self.saved_run: dict[str, Any] = {}
+        if resume_from is not None:  # before any data is read: a changed setting is refused at once
+            self.saved_run = read_record(resume_from, self.run_dir)
+            check_settings(self.saved_run.get("config", {}), self._config_tree(), self.run_dir)
         placeholder = build_task(s.task, None, self.cfg.tokenizer.max_length)
         if self.pretrained:
             self._open_pretrained(placeholder)
@@ -364,6 +391,8 @@ class Trainer:
             train = self._inherited_targets_only(train)
         self.train_samples = train
         self.train_items = self.task.train_items(train)
+        self.data_fingerprint = data_fingerprint(train, len(self.train_items))
+        check_data(self.saved_run.get("train_data"), self.data_fingerprint, self.run_dir)
         self.val_samples = load_split(self.cfg.data, "val", self.task)
         self.test_samples = load_split(self.cfg.data, "test", self.task)
         self.model_config = self._model_config(self.task)
@@ -390,7 +419,7 @@ class Trainer:
         if self.is_main:
             if not self.pretrained and not self.assistant:  # those save their tokenizer inside each checkpoint
                 self.tokenizer.save(self.run_dir)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(self.cfg.model_dump_json()), sort_keys=False))
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self._config_tree(), sort_keys=False))
 
         o = self.cfg.optim
         self.optimizer = build_adamw(self.model, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps, sharded=self.fsdp)
@@ -408,6 +437,7 @@ class Trainer:
             restored = load_keeping_kernel(self.optimizer, lambda: checkpoint.load_training_state(self._optimizer_io(), self.scheduler, self.scaler))
             self.state = TrainState(**restored)
             log.info("resumed from %s at epoch %d, step %d", self.checkpoint.path, self.state.epoch, self.state.global_step)
+            self._note_resumed_schedule()
         wrapped: torch.nn.Module = self.model
         if self.world > 1 and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel
@@ -521,7 +551,7 @@ class Trainer:
             self.run_dir, model=self.eval_model, model_config=self.model_config.model_dump(), global_step=st.global_step,
             processors=self.processors(), tokenizer=None if self.pretrained or self.assistant else self.tokenizer, optimizer=optimizer,
             scheduler=self.scheduler, scaler=self.scaler, train_state=train_state, keep_last=self.settings.keep_checkpoints,
-            extra_files=self.extra_files,
+            extra_files={**(self.extra_files or {}), RUN_RECORD: self._run_record()},
         )
         _barrier(self.world)
         return path
@@ -772,7 +802,7 @@ class Trainer:
 
         self.setup()
         s, st = self.settings, self.state
-        run_log = RunLog(self.run_dir, resume=self.resume) if self.is_main else _NullLog()
+        run_log = RunLog(self.run_dir, self.state.global_step if self.resume else None) if self.is_main else _NullLog()
         started = time.perf_counter()
         # one bar over the whole run's optimizer steps, so its rate and ETA are the run's
         self.total_epochs = min(s.epochs, math.ceil(self.total_steps / self.steps_per_epoch))
