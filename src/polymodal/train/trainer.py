@@ -87,11 +87,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_LAUNCHER_HINT = "torchrun sets it; unset WORLD_SIZE, RANK and LOCAL_RANK to train in one process"
+
+
+def _env_int(name: str, default: int | None, minimum: int, below: int | None = None) -> int:
+    """A launcher variable as a whole number in [minimum, below): torchrun sets them, but a job script
+    or a stale shell can too, and torch's own errors (or a 30-minute rendezvous wait) do not say which."""
+    raw = os.environ.get(name)
+    if raw is None:
+        if default is None:
+            raise ConfigError(f"environment variable {name} is not set, but WORLD_SIZE={os.environ['WORLD_SIZE']} asks for a distributed run ({_LAUNCHER_HINT})")
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = None
+    if value is None or value < minimum or (below is not None and value >= below):
+        bounds = f"a whole number >= {minimum}" if below is None else f"a whole number in {minimum}..{below - 1}"
+        raise ConfigError(f"environment variable {name}={raw!r}: expected {bounds} ({_LAUNCHER_HINT})")
+    return value
+
+
 def pick_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("train.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        count = torch.cuda.device_count()
+        return torch.device("cuda", _env_int("LOCAL_RANK", 0, 0, below=count))
     return torch.device("cpu")
 
 
@@ -102,13 +124,18 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     """
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world <= 1:
+    if dist.is_initialized():  # started by the caller
+        return dist.get_rank(), dist.get_world_size()
+    world = _env_int("WORLD_SIZE", 1, 1)
+    if world == 1:
         return 0, 1
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    _env_int("RANK", None, 0, below=world)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise ConfigError(f"environment variable {name} is not set, but WORLD_SIZE={world} asks for a distributed run ({_LAUNCHER_HINT})")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
