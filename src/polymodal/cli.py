@@ -632,17 +632,35 @@ class SearchTarget(str, Enum):
     all = "all"
 
 
-def _index_add(index: SearchIndex, images: list[Path], texts: Path | None, captions: Path | None, batch_size: int, progress: bool) -> list[AddReport]:
-    """Add images, then texts, to an open index; the reports, printed as they finish."""
+def _captions_by_path(named: dict[str, str], images: list[Path], source: Path) -> dict[str, str]:
+    """``{absolute image path: caption}``: each name taken relative to the first --images folder (or an
+    image file's folder) that holds it. Names that match nothing are left to the index's count; when
+    none matches, the names are relative to something else, and that is said before any embedding."""
     import os
 
+    bases = list(dict.fromkeys(os.path.abspath(p if p.is_dir() else p.parent) for p in images))
+    out: dict[str, str] = {}
+    for name, caption in named.items():
+        found = next((os.path.join(b, name) for b in bases if os.path.isfile(os.path.join(b, name))), None)
+        out[found or os.path.join(bases[0], name)] = caption
+    if named and not any(os.path.isfile(p) for p in out):
+        raise PolymodalError(
+            f"--captions {source}: none of its {len(named)} image names (e.g. {next(iter(named))!r}) is a file under "
+            f"{' or '.join(bases)}; the names must be relative to the --images folder"
+        )
+    return out
+
+
+def _index_add(index: SearchIndex, images: list[Path], texts: Path | None, captions: Path | None, batch_size: int, progress: bool) -> list[AddReport]:
+    """Add images, then texts, to an open index; the reports, printed as they finish."""
     from polymodal.index.paths import read_captions_file, read_texts_file
 
     text_items = read_texts_file(texts) if texts is not None else []  # a bad texts file fails before any embedding
     caps: dict[str, str] = {}
     if captions is not None:
-        base = images[0] if images else Path(index.manifest.root)
-        caps = {os.path.join(os.path.abspath(base), k): v for k, v in read_captions_file(captions).items()}
+        if not images:
+            raise PolymodalError(f"--captions {captions}: captions are stored with the images they name; give those images with --images")
+        caps = _captions_by_path(read_captions_file(captions), images, captions)
     reports: list[AddReport] = []
     if images:
         reports.append(index.add_images(images, captions=caps, batch_size=batch_size, progress=progress))
@@ -676,6 +694,7 @@ def index_build(
     import os
 
     from polymodal.index import SearchIndex
+    from polymodal.index.paths import require_images
 
     dirs = list(images or [])
     if not dirs and texts is None:
@@ -683,6 +702,9 @@ def index_build(
     missing = [str(d) for d in dirs if not d.exists()]
     if missing:  # before anything is created
         raise PolymodalError(f"index build: --images {', '.join(missing)} not found")
+    for folder in dirs:
+        if folder.is_dir():
+            require_images(folder)
     if root is None:
         if not dirs:
             raise PolymodalError("index build: give --root (the collection folder) when indexing only --texts")

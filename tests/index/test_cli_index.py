@@ -96,3 +96,42 @@ def test_user_errors_are_one_paragraph(tmp_path: Path, tiny: Tiny, capsys: pytes
     empty.write_text(json.dumps(["ok", ""]))
     code, _, err = run_cli(capsys, "index", "add", idx, "--texts", str(empty))
     assert code == 2 and "texts.json item [1] is an empty text" in err
+
+
+def test_a_folder_without_images_is_refused_before_an_index_is_made(tmp_path: Path, tiny: Tiny, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: an index with no images was created and the build exited 0."""
+    code, _, err = run_cli(capsys, "index", "build", "--model", str(tiny.run), "--images", str(tiny.world / "annotations"),
+                           "--out", str(tmp_path / "idx"), "--no-progress")
+    assert code == 2 and "annotations: no image files in this folder" in err and "not an image by their extension (.json" in err
+    assert not (tmp_path / "idx").exists()
+
+
+def test_files_passed_over_and_captions_that_match_nothing_are_counted(tmp_path: Path, tiny: Tiny, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "photos"
+    shutil.copytree(tiny.world / "images/test", root)
+    (root / "notes.txt").write_text("not an image")
+    first, second = tiny.test_images[:2]
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps({first.name: "the first", "gone.png": "no such image"}))
+    code, out, err = run_cli(capsys, "index", "build", "--model", str(tiny.run), "--images", str(root), "--captions", str(captions),
+                             "--out", str(tmp_path / "idx"), "--no-progress")
+    assert code == 0, err
+    assert "passed over 1 file that is not an image by its extension (.txt 1)" in out
+    assert "1 caption named no image among these (e.g. 'gone.png')" in out
+
+    # --images an image file: its captions are named relative to the file's folder (they were joined to the file's path)
+    code, out, err = run_cli(capsys, "index", "build", "--model", str(tiny.run), "--images", str(root / second.name),
+                             "--captions", str(captions), "--out", str(tmp_path / "idx_one"), "--no-progress")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "index", "add", str(tmp_path / "idx_one"), "--images", str(root / first.name), "--captions", str(captions), "--no-progress")
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "search", str(tmp_path / "idx_one"), "--image", str(root / first.name), "-k", "1", "--json")
+    assert json.loads(out)[0]["caption"] == "the first"
+
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"images/test/" + first.name: "named from the world's root"}))
+    code, _, err = run_cli(capsys, "index", "add", str(tmp_path / "idx_one"), "--images", str(root), "--captions", str(elsewhere), "--no-progress")
+    assert code == 2 and "none of its 1 image names (e.g. 'images/test/" in err and "relative to the --images folder" in err
+    code, _, err = run_cli(capsys, "index", "add", str(tmp_path / "idx_one"), "--texts", str(tiny.world / "annotations/captions_test.json"),
+                           "--captions", str(captions), "--no-progress")
+    assert code == 2 and "captions are stored with the images they name; give those images with --images" in err

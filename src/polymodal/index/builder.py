@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from polymodal.data.images import open_image
 from polymodal.errors import DataError
 from polymodal.index.errors import SearchIndexError
-from polymodal.index.paths import list_images
+from polymodal.index.paths import describe_skipped, list_images, require_images
 from polymodal.index.store import NewEntry
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class AddReport:
     unchanged: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
     seconds: float = 0.0
+    not_images: Counter[str] = field(default_factory=Counter)  # files the folder walks passed over, by extension
+    unmatched_captions: list[str] = field(default_factory=list)  # captions whose image is not among those added
 
     def summary(self) -> str:
         what = "images" if self.kind == "image" else "texts"
@@ -59,11 +62,18 @@ class AddReport:
             shown = "\n".join(f"  {p}: {why}" for p, why in self.failed[:20])
             more = f"\n  ... and {len(self.failed) - 20} more" if len(self.failed) > 20 else ""
             line += f"\n{shown}{more}"
-        return line + f" ({self.seconds:.1f} s)"
+        line += f" ({self.seconds:.1f} s)"
+        if self.not_images:
+            line += f"\n  passed over {describe_skipped(self.not_images)}"
+        if self.unmatched_captions:
+            n = len(self.unmatched_captions)
+            line += f"\n  {n} caption{'' if n == 1 else 's'} named no image among these (e.g. {', '.join(map(repr, self.unmatched_captions[:3]))})"
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "added": self.added, "updated": self.updated, "unchanged": self.unchanged,
-                "failed": [{"path": p, "error": e} for p, e in self.failed], "seconds": round(self.seconds, 3)}
+                "failed": [{"path": p, "error": e} for p, e in self.failed], "seconds": round(self.seconds, 3),
+                "not_images": dict(self.not_images), "unmatched_captions": list(self.unmatched_captions)}
 
 
 def _bar(total: int, desc: str, unit: str, progress: bool) -> tqdm:
@@ -81,7 +91,9 @@ def _targets(index: SearchIndex, paths: Iterable[str | os.PathLike[str]], report
         given = Path(os.path.abspath(item))
         if given != index.root.root:
             index.root.relative(given)  # a file or folder outside the root raises here
-        for f in list_images([given]):
+        found = 0
+        for f in list_images([given], report.not_images):
+            found += 1
             try:
                 rel = index.root.relative(f)
             except SearchIndexError as e:
@@ -91,6 +103,10 @@ def _targets(index: SearchIndex, paths: Iterable[str | os.PathLike[str]], report
                 log.warning("skipped %s: %s", f, e)
                 continue
             out.setdefault(rel, f)
+        if not found and given.is_dir():
+            require_images(given)  # raises, saying what the folder holds
+    if report.not_images:
+        log.info("passed over %s", describe_skipped(report.not_images))
     return [(f, rel) for rel, f in out.items()]
 
 
@@ -111,6 +127,11 @@ def add_images(
     start = time.perf_counter()
     targets = _targets(index, paths, report)
     caps = {index.root.relative(k): v for k, v in (captions or {}).items()}
+    keys = {rel for _, rel in targets}
+    report.unmatched_captions = [k for k in caps if k not in keys]
+    if report.unmatched_captions:
+        log.warning("%d of %d captions name no image among those added (e.g. %s); they are not stored",
+                    len(report.unmatched_captions), len(caps), report.unmatched_captions[0])
     bar = _bar(len(targets), "indexing images", "img", progress)
     try:
         for i in range(0, len(targets), batch_size):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
@@ -17,9 +18,11 @@ from polymodal.index.errors import SearchIndexError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "CollectionRoot",
+    "describe_skipped",
     "list_images",
     "read_captions_file",
     "read_texts_file",
+    "require_images",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -71,21 +74,45 @@ class CollectionRoot:
         return self.root.joinpath(*pure.parts)
 
 
-def list_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+def list_images(paths: Iterable[str | os.PathLike[str]], not_images: Counter[str] | None = None) -> Iterator[Path]:
     """The image files among ``paths``: files as given, folders walked (sorted, hidden entries skipped)
-    for files with an image extension. A missing path raises, naming it."""
+    for files with an image extension. Files a walk passes over are counted by extension in
+    ``not_images``. A missing path raises, naming it."""
     for item in paths:
         p = Path(os.path.abspath(item))
         if p.is_dir():
             for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):
-                    if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                    if name.startswith("."):
+                        continue
+                    suffix = Path(name).suffix.lower()
+                    if suffix in IMAGE_EXTENSIONS:
                         yield Path(dirpath) / name
+                    elif not_images is not None:
+                        not_images[suffix or "no extension"] += 1
         elif p.exists():
             yield p
         else:
             raise SearchIndexError(f"image path not found: {item}")
+
+
+def describe_skipped(not_images: Counter[str]) -> str:
+    """``'12 files that are not images by their extension (.json 10, .txt 2)'``."""
+    total = sum(not_images.values())
+    kinds = ", ".join(f"{suffix} {n}" for suffix, n in not_images.most_common(5))
+    return f"{total} file{'' if total == 1 else 's'} that {'is' if total == 1 else 'are'} not an image by {'its' if total == 1 else 'their'} extension ({kinds}{', ...' if len(not_images) > 5 else ''})"
+
+
+def require_images(folder: str | os.PathLike[str]) -> None:
+    """Raise, naming the folder and what it holds, when a walk of it finds no image file: indexing it
+    would make an index without images and report success."""
+    not_images: Counter[str] = Counter()
+    if next(list_images([folder], not_images), None) is None:
+        held = describe_skipped(not_images) if not_images else "no files"
+        raise SearchIndexError(
+            f"{folder}: no image files in this folder (looked for {', '.join(IMAGE_EXTENSIONS)}); it holds {held}"
+        )
 
 
 def _read_json(path: Path) -> object:
