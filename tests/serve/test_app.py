@@ -153,6 +153,14 @@ def test_search_effort_fields_reach_the_index_and_are_validated(served: Served, 
         assert field in body
 
 
+def test_search_and_embed_say_which_input_is_missing_or_doubled(served: Served, ret: TestClient) -> None:
+    """An empty text field arrives as no field: it was answered 'give either ..., not both'."""
+    for path, text, empty in (("/v1/search", "a text field", {"text": ""}), ("/v1/embed", "one or more text fields", {})):
+        assert f"give an image upload or {text} (a text field must not be empty)" in _error(ret.post(path, data=empty), 422)
+        both = _error(ret.post(path, files={"image": _png(served.images[0])}, data={"text": "a cube"}), 422)
+        assert f"give either an image upload or {text}, not both" in both
+
+
 # ----------------------------------------------------------------------------------- micro-batching
 
 

@@ -99,6 +99,12 @@ def test_bad_requests_name_the_field(client: TestClient, body: dict[str, Any], s
     _error(client.post("/v1/chat", json={**body, "stream": True}), status, *needles)  # refused before any event is sent
 
 
+def test_a_body_that_is_not_json_says_so_and_where(client: TestClient) -> None:
+    """Before: the message was '14: JSON decode error', the offset reading as a field name."""
+    r = client.post("/v1/chat", content=b'{"messages": [', headers={"content-type": "application/json"})
+    _error(r, 422, "the request body is not valid JSON (at character 14")
+
+
 def test_image_count_must_match_markers(assistant: Assistant, client: TestClient) -> None:
     img = _b64(assistant.images[0])
     r = client.post("/v1/chat", json={"messages": [{"role": "user", "content": "no marker here"}], "images": [img]})

@@ -237,8 +237,7 @@ def create_app(model: nn.Module, processors: Processors, index: Any | None = Non
     async def embed(image: OptImageFile = None, text: Annotated[list[str] | None, Form(description="One or more texts (repeat the field).")] = None) -> EmbedResponse:
         """Embed one image, or one or more texts (not both), with the dual encoder's L2-normalised vectors."""
         need("embed")
-        if (image is None) == (not text):
-            raise ApiError(422, "invalid_input", "give either an image upload or one or more text fields, not both")
+        guards.one_input(image is not None, bool(text), "an image upload", "one or more text fields")
         if image is not None:
             vecs = [await run("embed-image", await image_of(image))]
         else:
@@ -263,8 +262,7 @@ def create_app(model: nn.Module, processors: Processors, index: Any | None = Non
             raise ApiError(409, "no_index", "this server has no index; start it with 'polymodal serve --model M --index IDX' to search")
         need("search")
         guards.check_k(k, settings)
-        if (image is None) == (text is None):
-            raise ApiError(422, "invalid_input", "give either a text field or an image upload, not both")
+        guards.one_input(image is not None, text is not None, "an image upload", "a text field")
         if image is not None:
             vec = await run("embed-image", await image_of(image))
         else:

@@ -46,6 +46,11 @@ def _json(status: int, code: str, message: str) -> JSONResponse:
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":  # its loc is the character offset, which alone reads as a field name
+            at = err.get("loc", ("body", "?"))[-1]
+            why = (err.get("ctx") or {}).get("error", "")
+            parts.append(f"the request body is not valid JSON (at character {at}{': ' + why if why else ''})")
+            continue
         where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path", "header"))
         parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "the request is invalid"

@@ -87,6 +87,15 @@ def decode_base64_image(value: str, field: str, settings: ServeSettings) -> Imag
     return check_image(data, field, settings)
 
 
+def one_input(has_image: bool, has_text: bool, image: str, text: str) -> None:
+    """Exactly one of the two inputs. An empty form field arrives as no field at all, so 'neither'
+    says that a text must hold words."""
+    if has_image and has_text:
+        raise ApiError(422, "invalid_input", f"give either {image} or {text}, not both")
+    if not has_image and not has_text:
+        raise ApiError(422, "invalid_input", f"give {image} or {text} (a text field must not be empty)")
+
+
 def check_text(text: str | None, field: str, settings: ServeSettings) -> str:
     """A stripped, non-empty text of at most ``max_text_chars`` characters (any unicode)."""
     if text is None:
