@@ -7,6 +7,7 @@ once per process.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import yaml
 
 from polymodal.api import Processors, load_model
 from polymodal.data.images import open_image
-from polymodal.errors import PolymodalError
+from polymodal.errors import ConfigError, PolymodalError
 from polymodal.train.checkpoint import CheckpointError
 
 VIT = {"name": "vit", "image_size": 32, "patch_size": 8, "width": 32, "depth": 1, "heads": 2}
@@ -191,3 +192,18 @@ def test_missing_image_is_named(runs: TinyRuns, tmp_path: Path) -> None:
     _, proc = load_model(runs.runs["vqa"])
     with pytest.raises(PolymodalError, match="nope.png"):
         proc.images([tmp_path / "nope.png"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="asserts the errors of a machine without a GPU")
+@pytest.mark.parametrize(("name", "message"), [
+    ("banana", "is not a device name"),
+    ("cuda:0", "no CUDA device is available"),
+    ("mps", "Apple's MPS backend is not available here"),  # was a bare RuntimeError when the model moved there
+    ("meta", "polymodal runs on 'cpu', 'cuda' ('cuda:N') or 'mps'"),
+])
+def test_a_device_that_cannot_run_here_is_named(name: str, message: str) -> None:
+    from polymodal.api import resolve_device
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_device(name)
+    assert resolve_device(" CPU ") == resolve_device("auto") == torch.device("cpu")

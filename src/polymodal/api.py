@@ -71,6 +71,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ConfigError(f"device {device!r} is not a device name; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was asked for, but no CUDA device is available; use 'cpu' or 'auto'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} was asked for, but Apple's MPS backend is not available here; use 'cpu' or 'auto'")
+    if dev.type not in ("cpu", "cuda", "mps"):  # torch knows more names (meta, xpu, ...) that models are not moved to here
+        raise ConfigError(f"device {device!r}: polymodal runs on 'cpu', 'cuda' ('cuda:N') or 'mps'; use one of those or 'auto'")
     return dev
 
 
