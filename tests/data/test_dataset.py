@@ -34,6 +34,12 @@ def test_open_image_errors_name_the_file(images: dict[str, Path], kind: str, mes
     with pytest.raises(DataError, match=message) as err:
         open_image(images[kind])
     assert str(images[kind]) in str(err.value)
+    if kind != "missing":  # from bytes (an upload, a shard member): named as given, and no stream object in the text
+        with pytest.raises(DataError, match=message) as err:
+            open_image(images[kind].read_bytes(), name="upload.png")
+        assert "upload.png" in str(err.value) and "_io." not in str(err.value)
+    if kind == "text":
+        assert "starts with b'this is '" in str(err.value)
 
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:

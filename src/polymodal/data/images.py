@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,9 @@ class DecodedImageCache:
         self.used += size
 
 
+_STREAM_REPR = re.compile(r"<_io\.\w+ (?:object at 0x[0-9a-f]+|name=[^>]*)>")
+
+
 def _too_many_pixels(label: str, width: int, height: int, max_pixels: int) -> DataError:
     return DataError(f"image {label} is {width}x{height}: more pixels than the limit of {max_pixels} (decompression-bomb guard)")
 
@@ -110,10 +114,11 @@ def open_image(
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise DataError(f"image {label} has more pixels than the limit of {max_pixels} (decompression-bomb guard)") from None
-        except UnidentifiedImageError as e:
-            raise DataError(f"not a readable image: {label} ({e})") from None
+        except UnidentifiedImageError:  # its message names the stream object (<_io.BytesIO object at 0x...>), not the image
+            fp.seek(0)
+            raise DataError(f"not a readable image: {label} (no image format PIL reads starts with {fp.read(8)!r})") from None
         except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
-            raise DataError(f"corrupt image {label}: {e}") from None
+            raise DataError(f"corrupt image {label}: {_STREAM_REPR.sub('the file', str(e))}") from None
     return as_rgb(img)
 
 
