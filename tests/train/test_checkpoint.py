@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import random
 import subprocess
@@ -574,6 +575,10 @@ def test_newer_format_is_refused(tmp_path: Path) -> None:
     (path / "meta.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(CheckpointError, match=r"meta\.json: checkpoint format 99 is newer"):
         load_checkpoint(path)
+    for edited in ("1", 0, True, 1.5):  # was called 'newer than this polymodal reads'
+        (path / "meta.json").write_text(json.dumps({**meta, "format_version": edited}))
+        with pytest.raises(CheckpointError, match=rf"meta\.json: format_version is {re.escape(repr(edited))}; polymodal writes a whole number from 1"):
+            load_checkpoint(path)
 
 
 def test_bad_arguments(tmp_path: Path) -> None:

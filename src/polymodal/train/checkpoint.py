@@ -786,7 +786,12 @@ def load_checkpoint(path: str | Path, *, expect_type: str | None = None) -> Chec
     step = resolve_checkpoint(path)
     meta = _read_json(step / META_FILE)
     version = meta.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(
+            f"{step / META_FILE}: format_version is {version!r}; polymodal writes a whole number from 1 (this one reads up to "
+            f"{FORMAT_VERSION}), so the file was edited or not written by polymodal"
+        )
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{step / META_FILE}: checkpoint format {version!r} is newer than this polymodal reads ({FORMAT_VERSION}); upgrade polymodal"
         )
