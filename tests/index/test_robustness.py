@@ -102,6 +102,41 @@ def test_a_faiss_file_behind_the_store_is_caught_up_and_a_damaged_one_rebuilt(tm
     assert SearchIndex.open(tmp_path / "idx").search_text("a blue sphere", k=10) == expected
 
 
+def _drop_modality(source: Path, target: Path) -> None:
+    import json
+    import struct
+
+    data = source.read_bytes()
+    start = len(V._MAGIC) + 8
+    (length,) = struct.unpack("<Q", data[len(V._MAGIC) : start])
+    header = json.loads(data[start : start + length])
+    del header["modality"]
+    packed = json.dumps(header).encode()
+    target.write_bytes(V._MAGIC + struct.pack("<Q", len(packed)) + packed + data[start + length :])
+
+
+def test_a_faiss_file_copied_over_the_other_modalitys_is_not_trusted(tmp_path: Path, tiny: Tiny) -> None:
+    """Both files at the same generation: the text file copied over the image one was searched as images."""
+    root = _collection(tmp_path, tiny)
+    index = SearchIndex.create(tmp_path / "idx", tiny.run, root=root)
+    index.add_images(sorted(root.rglob("*.png")), progress=False)
+    index.add_texts(["a red cube", "a blue sphere"], progress=False)
+    expected = index.search_text("a blue sphere", k=5)
+    index.close()
+    image_file, text_file = (tmp_path / "idx" / FAISS_FILES[k] for k in ("image", "text"))
+    image_file.write_bytes(text_file.read_bytes())
+    swapped = SearchIndex.open(tmp_path / "idx")
+    assert any("holds text vectors, not image ones" in r for r in swapped.repairs)
+    assert swapped.search_text("a blue sphere", k=5) == expected
+    swapped.close()
+
+    _drop_modality(text_file, image_file)  # as a file written before headers named the modality: the count catches it
+    counted = SearchIndex.open(tmp_path / "idx")
+    assert any("holds 2 vectors where the store has" in r for r in counted.repairs), counted.repairs
+    assert counted.search_text("a blue sphere", k=5) == expected
+    counted.close()
+
+
 def test_unreadable_images_are_skipped_counted_and_named(tmp_path: Path, tiny: Tiny, caplog: pytest.LogCaptureFixture) -> None:
     root = _collection(tmp_path, tiny)
     good = sorted(root.rglob("*.png"))

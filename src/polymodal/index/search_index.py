@@ -336,7 +336,9 @@ class SearchIndex:
         with self._lock, self.store.snapshot():
             generation = self.store.generation()
             for kind in MODALITIES:
-                vi, why = V.load(self._faiss_path(kind), self.manifest.model.embed_dim)
+                vi, why = V.load(self._faiss_path(kind), self.manifest.model.embed_dim, kind)
+                if vi is not None and vi.generation == generation and vi.ntotal != self.store.count(kind):
+                    vi, why = None, f"holds {vi.ntotal} vectors where the store has {self.store.count(kind)} at the same generation"
                 if vi is None:
                     if why != "missing" or self.store.count(kind):
                         self.repairs.append(f"{FAISS_FILES[kind]} {why}: rebuilt from {STORE_FILE}")
@@ -366,7 +368,7 @@ class SearchIndex:
         for kind in sorted(self._dirty):
             vi = self._vectors[kind]
             if vi.generation >= 0:
-                V.save(vi, self._faiss_path(kind))
+                V.save(vi, self._faiss_path(kind), kind)
                 self.store.prune_tombstones(kind, vi.generation)
                 self._dirty.discard(kind)
         self._save_cost = time.monotonic() - now

@@ -210,14 +210,15 @@ def build(kind: str, dim: int, ids: np.ndarray, vectors: np.ndarray, generation:
     return vi
 
 
-def save(vi: VectorIndex, path: Path) -> None:
-    """Write ``vi`` to ``path`` atomically (temp file, fsync, rename, fsync the folder)."""
+def save(vi: VectorIndex, path: Path, modality: str) -> None:
+    """Write ``vi`` to ``path`` atomically (temp file, fsync, rename, fsync the folder). The header names
+    the ``modality`` its vectors embed, so a file copied over the other modality's is not trusted."""
     if vi.generation < 0:
         raise SearchIndexError(f"refusing to save {path.name}: its state is unknown (an update was interrupted)")
     faiss = import_faiss()
     payload = faiss.serialize_index(vi.index).tobytes()
     header = json.dumps({
-        "generation": vi.generation, "kind": vi.kind, "ntotal": vi.ntotal, "trained_on": vi.trained_on,
+        "generation": vi.generation, "kind": vi.kind, "ntotal": vi.ntotal, "trained_on": vi.trained_on, "modality": modality,
         "payload_bytes": len(payload), "crc32": zlib.crc32(payload),
     }).encode()
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -234,7 +235,7 @@ def save(vi: VectorIndex, path: Path) -> None:
     fsync_path(path.parent)
 
 
-def load(path: Path, dim: int) -> tuple[VectorIndex | None, str]:
+def load(path: Path, dim: int, modality: str) -> tuple[VectorIndex | None, str]:
     """``(index, "")``, or ``(None, why)`` when the file is missing or damaged (the caller rebuilds it)."""
     faiss = import_faiss()
     try:
@@ -258,4 +259,6 @@ def load(path: Path, dim: int) -> tuple[VectorIndex | None, str]:
         return None, f"unreadable header or payload ({e})"
     if vi.index.d != dim or vi.ntotal != int(header["ntotal"]) or vi.kind not in KINDS[1:]:
         return None, f"inconsistent (dimension {vi.index.d}, expected {dim})"
+    if header.get("modality", modality) != modality:  # files written before the header named it pass
+        return None, f"holds {header['modality']} vectors, not {modality} ones"
     return vi, ""
