@@ -224,7 +224,7 @@ def test_an_out_folder_that_cannot_be_made_fails_before_the_work(runs: TinyRuns,
     """--out naming a file used to crash with a bare FileExistsError after every split was evaluated."""
     import polymodal.evaluate
 
-    monkeypatch.setattr(polymodal.evaluate, "_select", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    monkeypatch.setattr(polymodal.evaluate, "select_samples", lambda *a, **k: pytest.fail("evaluated before checking --out"))
     taken = tmp_path / "a_file.png"
     taken.write_bytes(b"x")
     with pytest.raises(ConfigError, match=r"cannot write the evaluation to .*a_file\.png/eval \(the --out folder\)"):

@@ -14,7 +14,6 @@ images are decoded batch by batch in the data loader and never held all at once.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ import torch
 
 from polymodal.atomic import write_text
 from polymodal.data.sample import Sample
+from polymodal.data.selection import select_samples
 from polymodal.data.world.overlap import TrainingWorld
 from polymodal.errors import ConfigError, DataError
 from polymodal.metrics.meteor import meteor_session
@@ -64,27 +64,6 @@ def _pick_splits(groups: Mapping[str, list[Any]], splits: Sequence[str] | None, 
         return list(dict.fromkeys(splits))
     chosen = [s for s in groups if s != "train"]
     return chosen or list(groups)
-
-
-def _select(sources: list[Any], task: Any, max_samples: int | None) -> tuple[list[Sample], int]:
-    """The samples the task uses, read source by source (stops reading at ``max_samples``)."""
-    from polymodal.data.formats import describe, read_source
-    from polymodal.data.report import DataReport
-
-    kept: list[Sample] = []
-    problems = 0
-    for source in sources:
-        if max_samples is not None and len(kept) >= max_samples:
-            break
-        report = DataReport(describe(source))
-        selected = (s for s in read_source(source, report) if task.select(s))
-        if max_samples is not None:
-            selected = itertools.islice(selected, max_samples - len(kept))
-        kept.extend(selected)
-        if report.num_problems:
-            problems += report.num_problems
-            log.warning("%s: %d problem records skipped\n%s", describe(source), report.num_problems, report.format())
-    return kept, problems
 
 
 def run_dir_of(checkpoint_dir: Path) -> Path | None:
@@ -237,7 +216,7 @@ def evaluate_checkpoint(
     # caption metrics: METEOR's jar (about 5 s to start) starts now, while the model works, and serves every split
     with meteor_session() if task.scores_captions else contextlib.nullcontext():
         for split in chosen:
-            samples, problems = _select(groups[split], task, max_samples)
+            samples, problems = select_samples(groups[split], task, split, max_samples)
             if not samples:
                 skipped[split] = f"no samples for the {task.name} task"
                 log.debug("%s: no %s samples, skipped", split, task.name)  # said once, in the summary

@@ -17,7 +17,7 @@ from polymodal.train.data import load_split
 
 
 def _split(source: dict, task: str, caplog: pytest.LogCaptureFixture) -> list:
-    with caplog.at_level(logging.INFO, logger="polymodal.train.data"):
+    with caplog.at_level(logging.INFO, logger="polymodal"):
         return load_split(DataConfig(train=[source]), "train", build_task(task, None, 16))
 
 

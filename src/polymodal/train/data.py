@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -19,11 +18,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from polymodal.config import DataConfig, ImageSettings, RunConfig
 from polymodal.data.dataset import Collator, SampleDataset
 from polymodal.data.media import MediaPlan
-from polymodal.data.formats import describe, read_source
 from polymodal.data.images import DecodedImageCache
 from polymodal.data.processors import ImageProcessor, ImageProcessorConfig
-from polymodal.data.report import DataReport
 from polymodal.data.sample import Sample
+from polymodal.data.selection import select_samples
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.errors import DataError
 from polymodal.tasks.base import Task
@@ -33,30 +31,7 @@ log = logging.getLogger(__name__)
 
 def load_split(data: DataConfig, split: str, task: Task) -> list[Sample]:
     """All samples of a split that the task trains on; skipped records are counted in the log."""
-    samples: list[Sample] = []
-    for spec in getattr(data, split):
-        report = DataReport(describe(spec))
-        kept: list[Sample] = []
-        unusable: Counter[str] = Counter()  # records the task cannot use, by reason
-        first: dict[str, str] = {}
-        other_kinds = 0
-        for sample in read_source(spec, report):
-            if task.select(sample):
-                kept.append(sample)
-            elif (reason := task.rejection(sample)) is not None:
-                unusable[reason] += 1
-                first.setdefault(reason, sample.origin or sample.sample_id)
-            else:
-                other_kinds += 1
-        if report.num_problems:
-            log.warning("%s: %d problem records skipped\n%s", describe(spec), report.num_problems, report.format())
-        if unusable:
-            reasons = "; ".join(f"{n} x {reason} (first: {first[reason]})" for reason, n in unusable.most_common())
-            log.warning("%s: %d records the %s task cannot use, left out: %s", describe(spec), sum(unusable.values()), task.name, reasons)
-        more = f" ({other_kinds} records of other kinds left to other tasks)" if other_kinds else ""
-        log.info("%s split: %d %s samples from %s%s", split, len(kept), task.name, describe(spec), more)
-        samples += kept
-    return samples
+    return select_samples(getattr(data, split), task, split)[0]
 
 
 def require(samples: Sequence[Sample], split: str, task: Task) -> None:
