@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.cli_runner import run_cli
-from polymodal.errors import ConfigError
+from polymodal.errors import ConfigError, DataError
 from polymodal.evaluate import _compact, evaluate_checkpoint, format_metrics
 from polymodal.metrics import meteor
 from polymodal.tasks import captioning
@@ -229,3 +230,21 @@ def test_an_out_folder_that_cannot_be_made_fails_before_the_work(runs: TinyRuns,
     taken.write_bytes(b"x")
     with pytest.raises(ConfigError, match=r"cannot write the evaluation to .*a_file\.png/eval \(the --out folder\)"):
         evaluate_checkpoint(runs.runs["retrieval"], runs.world, out_dir=taken / "eval", splits=["test"], max_samples=5, num_workers=0)
+
+
+def test_a_split_that_fails_keeps_the_splits_evaluated_before_it(runs: TinyRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a corrupt test image failed the run after val was evaluated, and --out was left empty."""
+    import polymodal.evaluate
+    from polymodal.data.selection import select_samples
+
+    def select(sources: Any, task: Any, split: str, max_samples: int | None = None) -> Any:
+        if split == "test":
+            raise DataError("retrieval evaluation: 1 gallery image(s) could not be read")
+        return select_samples(sources, task, split, max_samples)
+
+    monkeypatch.setattr(polymodal.evaluate, "select_samples", select)
+    with pytest.raises(DataError, match="could not be read"):
+        evaluate_checkpoint(runs.runs["retrieval"], runs.world, out_dir=tmp_path, splits=["val", "test"], max_samples=5, num_workers=0)
+    kept = json.loads((tmp_path / "eval.json").read_text())
+    assert list(kept["metrics"]) == ["val"] and "t2i_R@1" in kept["metrics"]["val"]
+    assert kept["failed_split"] == {"test": "retrieval evaluation: 1 gallery image(s) could not be read"}

@@ -213,36 +213,66 @@ def evaluate_checkpoint(
     samples_of: dict[str, list[Sample]] = {}
     training_world = TrainingWorld.of_run(run_dir_of(source)) if ckpt is not None else None  # same-seed worlds share items
     skipped: dict[str, str] = {}
+
+    def _summary() -> dict[str, Any]:
+        return {
+            "checkpoint": str(source),
+            "model_type": proc.model_type,
+            "task": task.name,
+            "global_step": ckpt.global_step if ckpt is not None else None,
+            "data": str(data_spec),
+            "device": str(dev),
+            "max_samples": max_samples,
+            "metrics": {s: r["metrics"] for s, r in results.items()},
+            "splits": results,
+            "skipped_splits": skipped,
+        }
+
+    def _keep_finished_splits(failed: str, error: Exception) -> None:
+        """A split that fails must not throw away the ones evaluated before it (hours, for COCO captioning)."""
+        if not results:
+            return
+        _write_json(out / EVAL_FILE, _summary() | {"failed_split": {failed: str(error)}})
+        log.error("%s failed; the splits evaluated before it (%s) are in %s", failed, ", ".join(results), out / EVAL_FILE)
+
+    def _evaluate_split(split: str) -> None:
+        samples, problems = select_samples(groups[split], task, split, max_samples)
+        if not samples:
+            skipped[split] = f"no samples for the {task.name} task"
+            log.debug("%s: no %s samples, skipped", split, task.name)  # said once, in the summary
+            return
+        log.info("%s: evaluating %d %s samples", split, len(samples), task.name)
+        seen = training_world.seen_in(samples) if training_world is not None else None
+        if seen is not None and seen.shared:
+            log.warning("%s", seen.message(split))
+        started = time.perf_counter()
+        dropped.clear()
+        with torch.no_grad():
+            result = task.evaluate(model, samples, loader, dev)
+        losses = {k: v for k, v in dropped.items() if v}
+        if losses:
+            log.warning("%s: %s (unreadable inputs skipped / missing modalities filled; see the warnings above)", split, losses)
+        results[split] = {
+            "samples": len(samples),
+            "problem_records": problems,
+            "dropped": losses,
+            "seconds": round(time.perf_counter() - started, 3),
+            "metrics": {k: float(v) for k, v in result.metrics.items()},
+            "details": _compact(result.details),
+        }
+        if seen is not None and seen.shared:
+            results[split]["seen_in_training"] = seen.to_dict()
+        samples_of[split] = samples
+
     # caption metrics: METEOR's jar (about 5 s to start) starts now, while the model works, and serves every split
     with meteor_session() if task.scores_captions else contextlib.nullcontext():
         for split in chosen:
-            samples, problems = select_samples(groups[split], task, split, max_samples)
-            if not samples:
-                skipped[split] = f"no samples for the {task.name} task"
-                log.debug("%s: no %s samples, skipped", split, task.name)  # said once, in the summary
-                continue
-            log.info("%s: evaluating %d %s samples", split, len(samples), task.name)
-            seen = training_world.seen_in(samples) if training_world is not None else None
-            if seen is not None and seen.shared:
-                log.warning("%s", seen.message(split))
-            started = time.perf_counter()
-            dropped.clear()
-            with torch.no_grad():
-                result = task.evaluate(model, samples, loader, dev)
-            losses = {k: v for k, v in dropped.items() if v}
-            if losses:
-                log.warning("%s: %s (unreadable inputs skipped / missing modalities filled; see the warnings above)", split, losses)
-            results[split] = {
-                "samples": len(samples),
-                "problem_records": problems,
-                "dropped": losses,
-                "seconds": round(time.perf_counter() - started, 3),
-                "metrics": {k: float(v) for k, v in result.metrics.items()},
-                "details": _compact(result.details),
-            }
-            if seen is not None and seen.shared:
-                results[split]["seen_in_training"] = seen.to_dict()
-            samples_of[split] = samples
+            try:
+                _evaluate_split(split)
+            except Exception as e:
+                _keep_finished_splits(split, e)
+                raise
+
     if not results:
         raise DataError(
             f"{data_spec}: none of the splits {', '.join(chosen)} has samples for the {task.name} task of "
@@ -263,18 +293,7 @@ def evaluate_checkpoint(
                 tokenizer=proc.tokenizer, max_length=proc.max_length, progress=progress,
                 image_mean=getattr(image_config, "mean", CLIP_MEAN), image_std=getattr(image_config, "std", CLIP_STD),
             )
-    summary: dict[str, Any] = {
-        "checkpoint": str(source),
-        "model_type": proc.model_type,
-        "task": task.name,
-        "global_step": ckpt.global_step if ckpt is not None else None,
-        "data": str(data_spec),
-        "device": str(dev),
-        "max_samples": max_samples,
-        "metrics": {s: r["metrics"] for s, r in results.items()},
-        "splits": results,
-        "skipped_splits": skipped,
-    }
+    summary: dict[str, Any] = _summary()
     if robustness:
         summary["robustness"] = _compact(curves)
     out.mkdir(parents=True, exist_ok=True)
