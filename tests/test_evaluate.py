@@ -248,3 +248,22 @@ def test_a_split_that_fails_keeps_the_splits_evaluated_before_it(runs: TinyRuns,
     kept = json.loads((tmp_path / "eval.json").read_text())
     assert list(kept["metrics"]) == ["val"] and "t2i_R@1" in kept["metrics"]["val"]
     assert kept["failed_split"] == {"test": "retrieval evaluation: 1 gallery image(s) could not be read"}
+
+
+def test_classifier_labels_outside_its_classes_are_named(runs: TinyRuns, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: labels 'true'/'false' for classes '0'/'1' scored accuracy 0 without a word; a CSV's '1.0'
+    did not match the class '1'."""
+    rows = [json.loads(line) for line in (runs.world / "classification/test.jsonl").read_text().splitlines()][:12]
+    for i, row in enumerate(rows):
+        row["image"] = str(runs.world / row["image"])
+    (tmp_path / "words.jsonl").write_text("".join(json.dumps(r | {"label": "true" if r["label"] else "false"}) + "\n" for r in rows))
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r | {"label": float(r["label"]) if i % 2 else ("maybe" if i % 4 else r["label"])}) + "\n" for i, r in enumerate(rows)))
+    for name in ("words", "mixed"):
+        (tmp_path / f"{name}.yaml").write_text(f"format: jsonl\npath: {tmp_path / name}.jsonl\nid_field: id\n")
+    with pytest.raises(DataError, match=r"none of the 12 samples has a label among the model's classes \('0', '1'\); the data's labels are '(true|false)', '(true|false)'"):
+        evaluate_checkpoint(runs.runs["classification"], tmp_path / "words.yaml", out_dir=tmp_path / "a", num_workers=0)
+    with caplog.at_level(logging.WARNING, logger="polymodal"):
+        result = evaluate_checkpoint(runs.runs["classification"], tmp_path / "mixed.yaml", out_dir=tmp_path / "b", num_workers=0)
+    (split,) = result["splits"].values()
+    assert split["details"]["outside_classes"] == 3  # the 'maybe' rows; the floats 1.0/0.0 are the classes '1'/'0'
+    assert "3 of 12 samples have labels outside the model's classes ('0', '1'), e.g. 'maybe'; they count as wrong" in caplog.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from typing import Any, Sequence
 
 import torch
@@ -11,6 +13,17 @@ from polymodal.data.sample import Sample
 from polymodal.errors import DataError
 from polymodal.metrics import classification_scores, confusion_matrix
 from polymodal.tasks.base import EvalResult, LoaderFactory, StepOutput, Task, batch_device, to_device
+
+log = logging.getLogger(__name__)
+
+
+def _class_index(label: Any, index: dict[str, int]) -> int:
+    """The class of ``label``, -100 (ignored by the loss, wrong in accuracy) for none. A whole-number float
+    (a CSV cell '1.0') is the class '1' when the classes were learned from integer labels."""
+    found = index.get(str(label))
+    if found is None and isinstance(label, float) and label.is_integer():
+        found = index.get(str(int(label)))
+    return -100 if found is None else found
 
 
 class ClassificationTask(Task):
@@ -36,8 +49,8 @@ class ClassificationTask(Task):
         return {"num_outputs": len(self.classes)}
 
     def targets_known(self, samples: Sequence[Sample]) -> list[tuple[str, bool, str] | None]:
-        known = set(self.classes)
-        return [("classes", str(s.label) in known, str(s.label)) if self.select(s) else None for s in samples]
+        index = {c: i for i, c in enumerate(self.classes)}
+        return [("classes", _class_index(s.label, index) >= 0, str(s.label)) if self.select(s) else None for s in samples]
 
     def state(self) -> dict[str, Any]:
         return {"classes": self.classes}
@@ -47,7 +60,7 @@ class ClassificationTask(Task):
 
     def targets(self, samples: Sequence[Sample]) -> torch.Tensor:
         index = {c: i for i, c in enumerate(self.classes)}
-        return torch.tensor([index.get(str(s.label), -100) for s in samples])
+        return torch.tensor([_class_index(s.label, index) for s in samples])
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         labels = self.targets(batch["samples"]).to(batch_device(batch))
@@ -55,8 +68,28 @@ class ClassificationTask(Task):
         acc = (out.logits.argmax(-1) == labels).float().mean()
         return StepOutput(out.loss, {"acc": acc.detach()})
 
+    def _outside_classes(self, samples: Sequence[Sample]) -> int:
+        """How many samples have a label the model has no class for (they can only count as wrong);
+        said in the log, and an error when it is all of them (a relabelled file, 'true' for '1')."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        outside = Counter(str(s.label) for s in samples if _class_index(s.label, index) < 0)
+        if not outside:
+            return 0
+        n = sum(outside.values())
+        examples = ", ".join(repr(label) for label, _ in outside.most_common(5))
+        classes = ", ".join(map(repr, self.classes[:10])) + (" ..." if len(self.classes) > 10 else "")
+        if n == len(samples):
+            raise DataError(
+                f"classification: none of the {n} samples has a label among the model's classes ({classes}); "
+                f"the data's labels are {examples}: map them to the classes the model was trained with"
+            )
+        log.warning("classification: %d of %d samples have labels outside the model's classes (%s), e.g. %s; they count as wrong",
+                    n, len(samples), classes, examples)
+        return n
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:
+        outside = self._outside_classes(samples)
         truth: list[int] = []
         pred: list[int] = []
         for b in make_loader(samples, True):
@@ -64,4 +97,4 @@ class ClassificationTask(Task):
             pred += model(batch).logits.argmax(-1).tolist()
             truth += self.targets(b["samples"]).tolist()
         scores = classification_scores(truth, pred, zero_division=0)
-        return EvalResult(dict(scores), {"classes": self.classes, "confusion": confusion_matrix(truth, pred, len(self.classes))})
+        return EvalResult(dict(scores), {"classes": self.classes, "confusion": confusion_matrix(truth, pred, len(self.classes)), "outside_classes": outside})
