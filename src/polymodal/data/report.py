@@ -68,5 +68,6 @@ PROBLEM_KINDS = frozenset(
         "bad_conversation",
         "image_marker_mismatch",
         "unreadable_source",
+        "truncated_shard",
     }
 )

@@ -131,6 +131,38 @@ def test_truncated_shard_names_shard_and_member(tmp_path: Path, report: DataRepo
         list(read_source(spec, report))
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_shard_cut_at_a_member_boundary_is_reported(tmp_path: Path, gz: bool) -> None:
+    """Before: 3 of 20 samples were read and data check said 'no problems'."""
+    members = [(f"{i:04d}.{ext}", data) for i in range(6) for ext, data in (("png", _png((i, 0, 0))), ("txt", f"caption {i}".encode()))]
+    whole = _write_shard(tmp_path / "whole.tar", members)
+    with tarfile.open(whole) as tar:  # the byte offsets where each member's data (padded to 512 bytes) ends
+        ends = [m.offset_data + -(-m.size // 512) * 512 for m in tar.getmembers()]
+    raw = whole.read_bytes()[: ends[3]]  # after sample 0001's caption: the archive's end blocks are gone
+    cut = tmp_path / ("cut.tar.gz" if gz else "cut.tar")
+    if gz:
+        import gzip
+
+        raw = gzip.compress(raw)
+    cut.write_bytes(raw)
+    report = DataReport("cut")
+    samples = list(read_source(WebDatasetSource(format="webdataset", urls=str(cut)), report))
+    assert [s.text for s in samples] == ["caption 0", "caption 1"]
+    assert report.num_problems == 1
+    assert "without tar's end-of-archive blocks" in report.format() and "after member '0001.txt'" in report.format()
+    whole_report = DataReport("whole")
+    assert len(list(read_source(WebDatasetSource(format="webdataset", urls=str(whole)), whole_report))) == 6
+    assert whole_report.num_problems == 0
+
+
+def test_a_gzip_of_a_few_bytes_is_a_corrupt_shard(tmp_path: Path, report: DataReport) -> None:
+    """Before: tarfile's TypeError ('ord() expected a character') came out bare."""
+    tiny = tmp_path / "tiny.tar.gz"
+    tiny.write_bytes(b"\x1f\x8b\x08")
+    with pytest.raises(DataError, match=r"corrupt shard .*tiny\.tar\.gz at the start of the archive"):
+        list(read_source(WebDatasetSource(format="webdataset", urls=str(tiny)), report))
+
+
 def test_non_tar_shard(tmp_path: Path, report: DataReport) -> None:
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"this is not a tar file at all" * 40)

@@ -177,19 +177,27 @@ def _groups(shard: str, report: DataReport) -> Iterator[tuple[str, dict[str, byt
                     key, files = member_key, {}
                 files[base[dot + 1 :].lower()] = data
                 where = f"after member {member.name!r}"
-            _check_end(tar, f)
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            marked = _check_end(tar, f)
+    except (tarfile.TarError, EOFError, zlib.error, OSError, TypeError) as e:  # TypeError: tarfile on a gzip of a few bytes
         raise DataError(f"{FORMAT} source: corrupt shard {shard} {where}: {e}") from None
     if key is not None:
         yield key, files
+    if not marked:
+        report.add(
+            "truncated_shard", shard,
+            f"the archive stops {where} without tar's end-of-archive blocks: a download or copy cut at a member boundary "
+            "loses the members after it unseen (the members before were read)",
+        )
 
 
-def _check_end(tar: tarfile.TarFile, raw: Any) -> None:
-    """Fail unless the archive ended cleanly.
+def _check_end(tar: tarfile.TarFile, raw: Any) -> bool:
+    """Fail unless the archive ended cleanly; False when it ends without the end-of-archive blocks.
 
     ``tarfile`` stops quietly at a truncated or damaged header after the first member, which would
-    drop the rest of a half-downloaded shard without a word. A sound archive ends at its last
-    member or in zero blocks, so anything else after the last member read is damage.
+    drop the rest of a half-downloaded shard without a word. Anything but zero blocks after the last
+    member read is damage. Tar writers (tarfile, GNU tar, webdataset's TarWriter) end an archive with
+    zero blocks, so one that stops right after a member was most likely cut there; it is reported,
+    not refused, since tar itself reads such archives.
     """
     end = tar.offset  # where the header that stopped the iteration starts
     stream = tar.fileobj
@@ -201,12 +209,14 @@ def _check_end(tar: tarfile.TarFile, raw: Any) -> None:
         if 0 < consumed < tarfile.BLOCKSIZE:
             raise tarfile.ReadError(f"truncated header at byte {end}")
         rest = stream
+    marked = False
     while True:
         chunk = rest.read(1 << 16)
         if not chunk:
-            return
+            return marked
         if chunk.strip(b"\0"):
             raise tarfile.ReadError(f"truncated or damaged archive: unreadable header at byte {end}")
+        marked = True
 
 
 def _label(raw: str) -> str | int:
