@@ -69,5 +69,6 @@ PROBLEM_KINDS = frozenset(
         "image_marker_mismatch",
         "unreadable_source",
         "truncated_shard",
+        "duplicate_id",
     }
 )

@@ -108,3 +108,14 @@ def test_captions_and_ids_of_the_wrong_type_are_bad_records(tmp_path: Path, writ
         "'caption' should be a string, got int 42",
         "'id' should be a string or an integer id, got list [3]",
     ]
+
+
+def test_an_image_id_listed_twice_keeps_its_first_file(tmp_path: Path, write_json, report: DataReport) -> None:
+    """Before: the second listing replaced the first, so image 9's captions were loaded with another file."""
+    tree = _coco_tree()
+    tree["images"].append({"id": 9, "file_name": "someone_else.jpg"})
+    ann = write_json(tmp_path / "captions_val2014.json", tree)
+    (tmp_path / "val2014").mkdir()
+    samples = list(coco_captions.read(CocoCaptionsSource(format="coco_captions", annotations=ann, images=tmp_path / "val2014"), report))
+    assert {s.image_path.name for s in samples if s.image_id == "9"} == {"COCO_val2014_000000000009.jpg"}
+    assert "[duplicate_id]" in report.format() and "image id 9 is listed again (first as 'COCO_val2014_000000000009.jpg')" in report.format()

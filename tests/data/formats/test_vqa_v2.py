@@ -199,3 +199,14 @@ def test_empty_or_ill_typed_answers_and_ids_are_bad_records(tmp_path: Path, writ
     assert "'answer' should be a string or a number, got NoneType None" in messages
     assert "'question' should be a string, got int 42" in messages
     assert "'question_id' should be a string or an integer id, got list [4]" in messages
+
+
+def test_a_question_annotated_twice_keeps_its_first_answers(vqa_files, write_json, report: DataReport) -> None:
+    """Before: the second annotation replaced the first's ten answers without a word."""
+    annotations = _annotations()
+    first = next(a for a in annotations["annotations"] if a["question_id"] == 42000)
+    annotations["annotations"].append(first | {"answers": _answers(*["no"] * 10)})
+    write_json(vqa_files["annotations"], annotations)
+    samples = {s.sample_id: s for s in read_source(VqaV2Source(format="vqa_v2", **vqa_files), report)}
+    assert samples["42000"].answers == tuple(["yes"] * 9 + ["no"])
+    assert "question_id 42000 is annotated again (first in record" in report.format()

@@ -163,6 +163,23 @@ def test_a_gzip_of_a_few_bytes_is_a_corrupt_shard(tmp_path: Path, report: DataRe
         list(read_source(WebDatasetSource(format="webdataset", urls=str(tiny)), report))
 
 
+def test_repeated_keys_and_members_are_counted_not_merged(tmp_path: Path) -> None:
+    """Before: a second '.txt' of one sample replaced the first, and a key met again later made a second
+    sample with the same id, both without a report."""
+    shard = _write_shard(tmp_path / "dups.tar", [
+        ("a.png", _png((1, 0, 0))), ("a.txt", b"caption A"), ("a.txt", b"caption B"),
+        ("b.png", _png((2, 0, 0))), ("b.txt", b"caption of b"),
+        ("a.png", _png((3, 0, 0))), ("a.txt", b"a second sample a"),
+        ("c.png", _png((4, 0, 0))), ("c.txt", b"caption of c"),
+    ])
+    report = DataReport("dups")
+    samples = list(read_source(WebDatasetSource(format="webdataset", urls=str(shard)), report))
+    assert [(s.sample_id, s.text) for s in samples] == [("a", "caption A"), ("b", "caption of b"), ("c", "caption of c")]
+    assert report.num_problems == 2
+    assert "the sample has two 'txt' members; the first is kept" in report.format()
+    assert "dups.tar:a: the key appears again after other samples" in report.format()
+
+
 def test_non_tar_shard(tmp_path: Path, report: DataReport) -> None:
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"this is not a tar file at all" * 40)

@@ -41,6 +41,9 @@ def _samples(
             if not isinstance(img["file_name"], str) or not img["file_name"].strip():
                 report.add("bad_record", iwhere, f"'file_name' should be a file name, got {img['file_name']!r:.40}")
                 continue
+            if img["id"] in file_of:  # replacing would give the first image's captions to another file
+                report.add("duplicate_id", iwhere, f"image id {img['id']!r} is listed again (first as {file_of[img['id']]!r}); the first is kept")
+                continue
             file_of[img["id"]] = img["file_name"]
 
     for i, ann in enumerate(annotations):

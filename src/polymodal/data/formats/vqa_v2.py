@@ -98,6 +98,10 @@ def _index_annotations(
         texts = [answer_text(a["answer"], "answer", report, f"{where} answer {j}") for j, a in enumerate(answers)]
         if any(t is None for t in texts):
             continue
+        if ann["question_id"] in by_question:  # replacing would swap a question's answers for another record's
+            first = by_question[ann["question_id"]][0]
+            report.add("duplicate_id", where, f"question_id {ann['question_id']!r} is annotated again (first in record {first}); the first is kept")
+            continue
         by_question[ann["question_id"]] = (i, ann, tuple(texts))  # type: ignore[arg-type]
     return by_question
 

@@ -153,8 +153,10 @@ def _groups(shard: str, report: DataReport) -> Iterator[tuple[str, dict[str, byt
     if not Path(shard).is_file():
         raise DataError(f"{FORMAT} source: shard not found: {shard}")
     where = "at the start of the archive"
-    key: str | None = None
+    key: str | None = None  # the key of the current run of adjacent members
     files: dict[str, bytes] = {}
+    done: set[str] = set()  # keys whose members have all been read: a later run of one is a second sample
+    repeated = False  # the current run is such a second sample
     try:
         with open(shard, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
@@ -170,17 +172,26 @@ def _groups(shard: str, report: DataReport) -> Iterator[tuple[str, dict[str, byt
                 data = extracted.read() if extracted is not None else b""
                 if len(data) != member.size:
                     raise tarfile.ReadError(f"unexpected end of data ({len(data)} of {member.size} bytes)")
+                where = f"after member {member.name!r}"
                 member_key = posixpath.join(posixpath.dirname(member.name), base[:dot])
                 if member_key != key:
-                    if key is not None:
+                    if key is not None and not repeated:
+                        done.add(key)
                         yield key, files
-                    key, files = member_key, {}
-                files[base[dot + 1 :].lower()] = data
-                where = f"after member {member.name!r}"
+                    key, files, repeated = member_key, {}, member_key in done
+                    if repeated:
+                        report.add("duplicate_id", f"{shard}:{key}", "the key appears again after other samples; this second sample is left out")
+                if repeated:
+                    continue
+                ext = base[dot + 1 :].lower()
+                if ext in files:  # a second member would replace the first's bytes
+                    report.add("duplicate_id", f"{shard}:{key}", f"the sample has two {ext!r} members; the first is kept")
+                    continue
+                files[ext] = data
             marked = _check_end(tar, f)
     except (tarfile.TarError, EOFError, zlib.error, OSError, TypeError) as e:  # TypeError: tarfile on a gzip of a few bytes
         raise DataError(f"{FORMAT} source: corrupt shard {shard} {where}: {e}") from None
-    if key is not None:
+    if key is not None and not repeated:
         yield key, files
     if not marked:
         report.add(
