@@ -85,6 +85,17 @@ def test_score_command_on_world_files(tmp_path: Path, capsys: pytest.CaptureFixt
     (tmp_path / "vqa.json").write_text(json.dumps(right[:-1]))  # one question without a prediction
     code, _, err = run(capsys, "score", "vqa", str(tmp_path / "vqa.json"), str(tmp_path / "w/vqa/annotations_val.json"))
     assert code == 2 and "vqa.json" in err
+    # an unknown metric and a --json below a folder that does not exist: were a ValueError and a FileNotFoundError
+    # traceback (the latter after the scores were printed)
+    code, _, err = run(capsys, "score", "caption", str(tmp_path / "caps.json"), str(tmp_path / "w/annotations/captions_val.json"), "--metric", "foo")
+    assert code == 2 and "unknown caption metric 'foo'" in err and "Traceback" not in err
+    deep = tmp_path / "not/yet/there.json"
+    code, _, err = run(capsys, "score", "caption", str(tmp_path / "caps.json"), str(tmp_path / "w/annotations/captions_val.json"), "--metric", "bleu", "--json", str(deep))
+    assert code == 0, err
+    assert "Bleu_4" in json.loads(deep.read_text())
+    (tmp_path / "a_file").write_text("")
+    code, _, err = run(capsys, "score", "caption", str(tmp_path / "caps.json"), str(tmp_path / "w/annotations/captions_val.json"), "--json", str(tmp_path / "a_file/s.json"))
+    assert code == 2 and "--json" in err and "cannot make its folder" in err
 
 
 def test_an_unknown_option_is_a_usage_message_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:

@@ -237,3 +237,16 @@ def test_cli_predict_help_lists_every_subcommand(capsys: pytest.CaptureFixture[s
     assert code == 0 and "Example" in out
     for action in ("caption", "answer", "rank-texts", "rank-images", "classify"):
         assert action in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["answer", "--image", "IMG", "--question", "   "], "--question was given an empty text"),
+    (["rank-texts", "--image", "IMG", "--texts", "a red cube", "--texts", ""], "--texts was given an empty text"),
+    (["caption", "IMG", "--method", "foo"], "--method 'foo': choose greedy, beam or nucleus"),
+])
+def test_empty_texts_and_unknown_methods_are_refused_before_loading(images: list[Path], capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    """Before: an empty question was answered ('yes (0.548)'), an empty candidate ranked, and an unknown
+    --method was a ValueError traceback after the weights were loaded."""
+    args = [str(images[0]) if a == "IMG" else a for a in args]
+    code, _, err = run_cli(capsys, "predict", *args, "--checkpoint", "no/such/run")  # never read: the request fails first
+    assert code == 2 and message in err

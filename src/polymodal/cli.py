@@ -287,10 +287,20 @@ def score(
 
     from polymodal.metrics import format_table, score_file
 
+    if json_out is not None:  # before the scoring: a bad --json path must not cost the work
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PolymodalError(f"--json {json_out}: cannot make its folder ({e.strerror or e})") from None
     scores = score_file(task, predictions, annotations, questions, allow_missing=allow_missing, metrics=metrics)
     typer.echo(format_table(scores, percent=percent))
     if json_out is not None:
-        json_out.write_text(json.dumps(scores, indent=1))
+        from polymodal.atomic import write_text
+
+        try:
+            write_text(json_out, json.dumps(scores, indent=1))
+        except OSError as e:
+            raise PolymodalError(f"--json {json_out}: cannot write it ({e.strerror or e}); the scores are printed above") from None
 
 
 @app.command()
@@ -480,6 +490,11 @@ def predict(
     rest = list(inputs or [])
     images, questions, queries = list(image or []), list(question or []), list(text or [])
     # check the request before reading any weights
+    for option, values in (("--question", questions), ("--text", queries), ("--texts", texts or []), ("--labels", labels or []), ("--template", template or [])):
+        if any(not v.strip() for v in values):  # an empty question was answered, an empty candidate ranked
+            raise PolymodalError(f"predict {act}: {option} was given an empty text; give some words")
+    if act == "caption" and method not in ("greedy", "beam", "nucleus"):
+        raise PolymodalError(f"predict caption: --method {method!r}: choose greedy, beam or nucleus")
     class_names = _read_texts(list(labels or []))
     if act == "zero-shot" and not class_names:
         raise PolymodalError("predict zero-shot: give the class names with --labels cat --labels dog (or --labels classes.txt)")

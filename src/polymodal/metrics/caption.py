@@ -56,7 +56,7 @@ def resolve_metrics(metrics: Iterable[str] | None) -> tuple[str, ...]:
         elif key in _ALIASES:
             wanted.update(_ALIASES[key])
         else:
-            raise ValueError(f"unknown caption metric {m!r}; choose from {', '.join(ALL_METRICS)} (or bleu, meteor, rouge_l, cider)")
+            raise MetricInputError(f"unknown caption metric {m!r}; choose from {', '.join(ALL_METRICS)} (or bleu, meteor, rouge_l, cider)")
     return tuple(m for m in ALL_METRICS if m in wanted)
 
 
@@ -92,7 +92,7 @@ def _normalise_tokenizer(tokenizer: str) -> str:
         return "java"
     if t in ("none", "pretokenized", "pre-tokenized"):
         return "none"
-    raise ValueError(f"tokenizer must be 'ptb' (pure Python), 'java' or 'none', got {tokenizer!r}")
+    raise MetricInputError(f"tokenizer must be 'ptb' (pure Python), 'java' or 'none', got {tokenizer!r}")
 
 
 @overload
@@ -153,7 +153,7 @@ def caption_scores(
     """
     wanted = resolve_metrics(metrics)
     if not wanted:
-        raise ValueError("no metric to compute")
+        raise MetricInputError("no metric to compute")
     tok = _normalise_tokenizer(tokenizer)
     if "METEOR" in wanted and meteor_scorer is None:
         meteor_scorer = session_scorer()
