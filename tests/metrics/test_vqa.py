@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from polymodal.metrics import normalize_answer, official_percent, vqa_accuracy, vqa_scores
+from polymodal.metrics import answer_accuracy, normalize_answer, official_percent, vqa_accuracy, vqa_scores
 from polymodal.metrics.errors import MetricInputError
 from polymodal.metrics.vqa import process_digit_article, process_punctuation
 
@@ -123,3 +123,16 @@ def test_single_answer_questions_are_scored_by_exact_match_after_normalisation()
     assert answer_accuracy("cube", ["sphere"]) == 0.0
     answers = ["2"] * 3 + ["3"] * 7
     assert answer_accuracy("2", answers) == vqa_accuracy("2", answers)  # human-answer lists: the official score
+
+
+def test_questions_with_2_to_9_answers_are_counted_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """VQA's formula caps an answer given by one or two of a few humans at 1/3 or 2/3: repeating the right
+    answer changes the score. That is the official number, so it stays, but the count is said."""
+    from polymodal.metrics.vqa import warn_about_few_answers
+
+    assert answer_accuracy("red", ["red", "red"]) == pytest.approx(1 / 3) and answer_accuracy("red", ["red"]) == 1.0
+    with caplog.at_level("WARNING", logger="polymodal"):
+        assert warn_about_few_answers([["red"], ["red", "crimson"], ["yes"] * 10, ["a", "b", "c"]], "vqa evaluation") == 2
+    assert "vqa evaluation: 2 question(s) have 2 to 9 answers" in caplog.text
+    caplog.clear()
+    assert warn_about_few_answers([["red"], ["no"] * 10], "vqa evaluation") == 0 and not caplog.text

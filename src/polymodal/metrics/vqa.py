@@ -40,11 +40,14 @@ The official tool reports ``round(100 * acc, 2)``; the functions here return raw
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections import defaultdict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 from polymodal.metrics.errors import MetricInputError
+
+log = logging.getLogger(__name__)
 
 CONTRACTIONS: dict[str, str] = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
@@ -140,6 +143,23 @@ def answer_accuracy(prediction: str, answers: Sequence[str]) -> float:
             raise MetricInputError(f"a VQA prediction must be a string, got {type(prediction).__name__}")
         return float(normalize_answer(prediction) == normalize_answer(answers[0]))
     return vqa_accuracy(prediction, answers)
+
+
+def warn_about_few_answers(answer_lists: Iterable[Sequence[str]], task: str) -> int:
+    """Log, and return, how many questions have 2 to 9 answers.
+
+    VQA's formula gives full credit when 3 of the other humans gave the answer. Listed once, an answer
+    of a question with a few alternatives (['red', 'crimson']) scores 1/3 at best, and repeating the
+    right answer changes the score; the numbers are then not what a reader of 'accuracy' expects, so
+    the count is said. One answer is scored by exact match, ten as VQA v2."""
+    few = sum(1 for answers in answer_lists if 1 < len(answers) < 10)
+    if few:
+        log.warning(
+            "%s: %d question(s) have 2 to 9 answers; they are scored with VQA's formula (full credit when 3 of the "
+            "other answers match, averaged over leaving each out), so an alternative listed once scores at most 1/3",
+            task, few,
+        )
+    return few
 
 
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:

@@ -43,6 +43,7 @@ from polymodal.data.sample import Sample
 from polymodal.errors import DataError
 from polymodal.losses.mlm import IGNORE_INDEX
 from polymodal.metrics import answer_accuracy, caption_scores
+from polymodal.metrics.vqa import warn_about_few_answers
 from polymodal.metrics.meteor import meteor_available
 from polymodal.metrics.vqa import normalize_answer
 from polymodal.models.factory import BuildContext
@@ -227,6 +228,7 @@ class MLLMTask(Task):
 
     def _vqa(self, model: nn.Module, questions: Sequence[Sample], device: torch.device) -> tuple[dict[str, float], dict[str, Any]]:
         replies = self.generate(model, self._prompts([(s, question_turns(s.text or "")) for s in questions]), device)
+        warn_about_few_answers((s.answers for s in questions), "mllm vqa evaluation")
         by_family: dict[str, list[float]] = defaultdict(list)
         scores = []
         for s, r in zip(questions, replies):

@@ -16,6 +16,7 @@ from polymodal.data.sample import Sample
 from polymodal.errors import DataError
 from polymodal.data.tokenizers import TextTokenizer
 from polymodal.metrics import answer_accuracy
+from polymodal.metrics.vqa import warn_about_few_answers
 from polymodal.metrics.vqa import normalize_answer
 from polymodal.models.factory import BuildContext
 from polymodal.models.vqa import AnswerVocab
@@ -84,6 +85,7 @@ class VQATask(Task):
         preds = self.predict(model, samples, make_loader, device)
         if len(preds) != len(samples):
             raise DataError(f"vqa evaluation: {len(samples) - len(preds)} questions were skipped (unreadable images); run 'polymodal data check' on the data")
+        warn_about_few_answers((s.answers for s in samples), "vqa evaluation")
         by_family: dict[str, list[float]] = defaultdict(list)
         by_type: dict[str, list[float]] = defaultdict(list)
         scores = []
