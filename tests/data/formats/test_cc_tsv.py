@@ -73,3 +73,19 @@ def test_missing_files_name_the_field(tmp_path: Path, report: DataReport) -> Non
 
 def test_is_url() -> None:
     assert is_url("https://a/b.jpg") and not is_url("C:\\x\\y.jpg") and not is_url("a/b.jpg")
+
+
+def test_two_urls_ending_in_one_file_name_are_not_aliased(tmp_path: Path, report: DataReport) -> None:
+    """Before: three hosts' '0.jpg' all became images/0.jpg, with the three captions on one image."""
+    (tmp_path / "images").mkdir()
+    tsv = _write(tmp_path / "cc.tsv", [
+        "a red car\thttps://a.example/photos/0.jpg",
+        "the red car again\thttps://a.example/photos/0.jpg",  # the same URL: the same image, another caption
+        "a blue boat\thttps://b.example/u/99/0.jpg",
+        "a mapped one\thttps://c.example/img/0.jpg",
+    ])
+    url_map = _write(tmp_path / "map.tsv", ["https://c.example/img/0.jpg\tc0.jpg"])
+    samples = list(read_source(CcTsvSource(format="cc_tsv", path=tsv, images=tmp_path / "images", url_map=url_map), report))
+    assert [(s.text, s.image_path.name) for s in samples] == [("a red car", "0.jpg"), ("the red car again", "0.jpg"), ("a mapped one", "c0.jpg")]
+    assert report.num_problems == 1
+    assert "https://b.example/u/99/0.jpg and https://a.example/photos/0.jpg" in report.format() and "Give a url_map" in report.format()

@@ -67,6 +67,9 @@ def _resolve(image: str, spec: CcTsvSource, url_map: dict[str, Path]) -> Path | 
 
 def _samples(spec: CcTsvSource, url_map: dict[str, Path], report: DataReport) -> Iterator[Sample]:
     first = True
+    # URLs found by their file name in the images folder: two URLs ending in one name ('.../0.jpg' on two
+    # hosts) would both get that one file, so the second is a problem, not a silent alias
+    named_by: dict[Path, tuple[str, str]] = {}
     for lineno, line in text_lines(spec.path, FORMAT, "path"):
         if first and spec.has_header:
             first = False
@@ -97,6 +100,15 @@ def _samples(spec: CcTsvSource, url_map: dict[str, Path], report: DataReport) ->
             )
             report.add("missing_image", where, f"cannot resolve {image} to a local file: {why}")
             continue
+        if is_url(image) and image not in url_map:
+            url, first_where = named_by.setdefault(image_path, (image, where))
+            if url != image:
+                report.add(
+                    "duplicate_id", where,
+                    f"{image} and {url} ({first_where}) both end in {image_path.name!r}, so both would be {image_path}; "
+                    "the first keeps it. Give a url_map that names each URL's own file",
+                )
+                continue
         yield Sample(
             sample_id=str(lineno),
             origin=where,
