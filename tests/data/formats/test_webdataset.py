@@ -180,6 +180,20 @@ def test_repeated_keys_and_members_are_counted_not_merged(tmp_path: Path) -> Non
     assert "dups.tar:a: the key appears again after other samples" in report.format()
 
 
+def test_json_captions_and_labels_of_the_wrong_type_are_bad_records(tmp_path: Path) -> None:
+    """Before: {"caption": 5} dropped the sample without a report, and "label": true became a class."""
+    shard = _write_shard(tmp_path / "json.tar", [
+        ("a.png", _png((1, 0, 0))), ("a.json", json.dumps({"caption": 5}).encode()),
+        ("b.png", _png((2, 0, 0))), ("b.json", json.dumps({"caption": "a fine caption", "label": True}).encode()),
+        ("c.png", _png((3, 0, 0))), ("c.json", json.dumps({"caption": "a fine caption", "label": 2}).encode()),
+    ])
+    report = DataReport("json")
+    samples = list(read_source(WebDatasetSource(format="webdataset", urls=str(shard)), report))
+    assert [(s.sample_id, s.label) for s in samples] == [("c", 2)]
+    assert "'caption' should be a string, got int 5" in report.format()
+    assert "'label' should be a class name or number, got bool True" in report.format()
+
+
 def test_non_tar_shard(tmp_path: Path, report: DataReport) -> None:
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"this is not a tar file at all" * 40)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from polymodal.data.formats._common import value_kind
 from polymodal.data.report import DataReport
 from polymodal.data.sample import Sample
 from polymodal.data.sources import WebDatasetSource
@@ -253,11 +254,19 @@ def _to_sample(
         return None
 
     if text is None:
-        from_json = meta.get("caption", meta.get("text"))
-        text = from_json.strip() if isinstance(from_json, str) else None
+        field = "caption" if "caption" in meta else "text"
+        from_json = meta.get(field)
+        if from_json is not None and not isinstance(from_json, str):
+            report.add("bad_record", where, f"the JSON member's {field!r} should be a string, got {value_kind(from_json)}")
+            return None
+        text = from_json.strip() if from_json is not None else None
     if label is None:
-        from_json = meta.get("label", meta.get("cls"))
-        label = from_json if isinstance(from_json, (str, int, float)) else None
+        field = "label" if "label" in meta else "cls"
+        from_json = meta.get(field)
+        if from_json is not None and (isinstance(from_json, bool) or not isinstance(from_json, (str, int, float))):
+            report.add("bad_record", where, f"the JSON member's {field!r} should be a class name or number, got {value_kind(from_json)}")
+            return None
+        label = from_json
     if text is not None and not text:
         report.add("empty_text", where, "empty caption")
         return None
