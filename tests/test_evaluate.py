@@ -243,9 +243,11 @@ def test_a_split_that_fails_keeps_the_splits_evaluated_before_it(runs: TinyRuns,
         return select_samples(sources, task, split, max_samples)
 
     monkeypatch.setattr(polymodal.evaluate, "select_samples", select)
+    (tmp_path / "eval.json").write_text('{"an earlier": "complete evaluation"}')  # its report matches it: kept
     with pytest.raises(DataError, match="could not be read"):
         evaluate_checkpoint(runs.runs["retrieval"], runs.world, out_dir=tmp_path, splits=["val", "test"], max_samples=5, num_workers=0)
-    kept = json.loads((tmp_path / "eval.json").read_text())
+    assert json.loads((tmp_path / "eval.json").read_text()) == {"an earlier": "complete evaluation"}
+    kept = json.loads((tmp_path / "eval.partial.json").read_text())
     assert list(kept["metrics"]) == ["val"] and "t2i_R@1" in kept["metrics"]["val"]
     assert kept["failed_split"] == {"test": "retrieval evaluation: 1 gallery image(s) could not be read"}
 
@@ -260,7 +262,7 @@ def test_classifier_labels_outside_its_classes_are_named(runs: TinyRuns, tmp_pat
     (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r | {"label": float(r["label"]) if i % 2 else ("maybe" if i % 4 else r["label"])}) + "\n" for i, r in enumerate(rows)))
     for name in ("words", "mixed"):
         (tmp_path / f"{name}.yaml").write_text(f"format: jsonl\npath: {tmp_path / name}.jsonl\nid_field: id\n")
-    with pytest.raises(DataError, match=r"none of the 12 samples has a label among the model's classes \('0', '1'\); the data's labels are '(true|false)', '(true|false)'"):
+    with pytest.raises(DataError, match=r"none of the 12 \S+ samples has a label among the model's classes \('0', '1'\); their labels are '(true|false)', '(true|false)'"):
         evaluate_checkpoint(runs.runs["classification"], tmp_path / "words.yaml", out_dir=tmp_path / "a", num_workers=0)
     with caplog.at_level(logging.WARNING, logger="polymodal"):
         result = evaluate_checkpoint(runs.runs["classification"], tmp_path / "mixed.yaml", out_dir=tmp_path / "b", num_workers=0)

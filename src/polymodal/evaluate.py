@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = ["EVAL_FILE", "default_out_dir", "evaluate_checkpoint", "format_metrics", "read_splits", "run_dir_of"]
 
 EVAL_FILE = "eval.json"
+PARTIAL_EVAL_FILE = "eval.partial.json"  # the splits finished before one failed
 _INDEXED = re.compile(r"^(?P<split>.+)\[\d+\]$")
 _MAX_LIST = 1000  # longer lists in the details are summarised in eval.json, not written out
 
@@ -229,11 +230,13 @@ def evaluate_checkpoint(
         }
 
     def _keep_finished_splits(failed: str, error: Exception) -> None:
-        """A split that fails must not throw away the ones evaluated before it (hours, for COCO captioning)."""
+        """A split that fails must not throw away the ones evaluated before it (hours, for COCO captioning).
+        They go beside eval.json, which may hold an earlier complete evaluation that its report matches."""
         if not results:
             return
-        _write_json(out / EVAL_FILE, _summary() | {"failed_split": {failed: str(error)}})
-        log.error("%s failed; the splits evaluated before it (%s) are in %s", failed, ", ".join(results), out / EVAL_FILE)
+        partial = out / PARTIAL_EVAL_FILE
+        _write_json(partial, _summary() | {"failed_split": {failed: str(error)}})
+        log.error("%s failed; the splits evaluated before it (%s) are in %s", failed, ", ".join(results), partial)
 
     def _evaluate_split(split: str) -> None:
         samples, problems = select_samples(groups[split], task, split, max_samples)
@@ -241,6 +244,7 @@ def evaluate_checkpoint(
             skipped[split] = f"no samples for the {task.name} task"
             log.debug("%s: no %s samples, skipped", split, task.name)  # said once, in the summary
             return
+        task.check_eval_targets(samples, split)
         log.info("%s: evaluating %d %s samples", split, len(samples), task.name)
         seen = training_world.seen_in(samples) if training_world is not None else None
         if seen is not None and seen.shared:

@@ -75,39 +75,61 @@ def _origin_file(sample: Sample) -> str:
 def _image_identity(sample: Sample, source: int) -> tuple[Any, ...] | None:
     """What one image is: its file, or for images carried as bytes (shards) the file that holds them."""
     if sample.image_path is not None:
-        return ("path", os.path.abspath(sample.image_path))
+        return ("path", str(sample.image_path))
     if sample.image_bytes is not None:
         return ("bytes", source, _origin_file(sample))
     return None
 
 
+def _same_file(ident: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A path identity as the file it reaches (one image may be named through a symlinked folder)."""
+    if ident[0] != "path":
+        return ident
+    try:
+        st = os.stat(ident[1])
+    except OSError:
+        return ("path", os.path.realpath(ident[1]))
+    return ("file", st.st_dev, st.st_ino)
+
+
 def keep_images_apart(samples: Sequence[Sample], source_of: Sequence[int], split: str = "") -> list[Sample]:
     """``samples`` with each image id that names more than one image made unique (``'0@captions_val.json'``):
-    the id, then the file the record came from (its source's number too, where file names repeat)."""
-    identities: dict[str, dict[tuple[Any, ...], list[int]]] = {}
-    for i, (s, source) in enumerate(zip(samples, source_of)):
+    the id, then the name of the file the record came from (with its source's number where names repeat).
+
+    One pass keeps only each id's first image; the ids met with another are looked at again, with the
+    files resolved, so the cost stays near a dict lookup per sample on collections without clashes."""
+    first: dict[str, tuple[Any, ...]] = {}
+    suspects: set[str] = set()
+    for s, source in zip(samples, source_of):
         ident = _image_identity(s, source)
-        if ident is not None:
-            identities.setdefault(s.image_key, {}).setdefault(ident, []).append(i)
-    shared = {key: found for key, found in identities.items() if len(found) > 1}
-    if not shared:
+        if ident is not None and first.setdefault(s.image_key, ident) != ident:
+            suspects.add(s.image_key)
+    if not suspects:
+        return list(samples)
+    found: dict[str, dict[tuple[Any, ...], list[int]]] = {}
+    for i, (s, source) in enumerate(zip(samples, source_of)):
+        if s.image_key in suspects and (ident := _image_identity(s, source)) is not None:
+            found.setdefault(s.image_key, {}).setdefault(_same_file(ident), []).append(i)
+    shared = {key: images for key, images in found.items() if len(images) > 1}
+    if not shared:  # one file reached by two names
         return list(samples)
     renamed = list(samples)
-    for key, found in shared.items():
-        files = {ident: (source_of[rows[0]], _origin_file(samples[rows[0]])) for ident, rows in found.items()}
-        labels = {ident: Path(f).name or f for ident, (_, f) in files.items()}
-        if len(set(labels.values())) < len(labels):
-            labels = {ident: f"source {n + 1}:{f}" for ident, (n, f) in files.items()}
-        if len(set(labels.values())) < len(labels):  # one file names two images by one id: its own records differ
-            labels = {ident: f"{labels[ident]}#{k + 1}" for k, ident in enumerate(found)}
-        for ident, rows in found.items():
+    for key, images in shared.items():
+        files = {ident: (source_of[rows[0]], Path(_origin_file(samples[rows[0]])).name) for ident, rows in images.items()}
+        labels = {ident: name for ident, (_, name) in files.items()}
+        if len(set(labels.values())) < len(labels):  # never a full path: the label is part of the data's fingerprint
+            labels = {ident: f"source {n + 1}:{name}" for ident, (n, name) in files.items()}
+        if len(set(labels.values())) < len(labels):  # one file names two images by one id
+            labels = {ident: f"{labels[ident]}#{k + 1}" for k, ident in enumerate(images)}
+        for ident, rows in images.items():
             for row in rows:
                 renamed[row] = dataclasses.replace(samples[row], image_id=f"{key}@{labels[ident]}")
     example_key, example = next(iter(shared.items()))
+    shown = [samples[rows[0]] for rows in itertools.islice(example.values(), 2)]
     log.warning(
         "%s%d image ids name more than one image (e.g. %r: %s); they are kept apart by the file they came from, as %s",
         f"{split} split: " if split else "", len(shared), example_key,
-        " and ".join(str(ident[-1]) for ident in itertools.islice(example, 2)),
+        " and ".join(str(s.image_path or _origin_file(s)) for s in shown),
         " and ".join(repr(renamed[rows[0]].image_id) for rows in itertools.islice(example.values(), 2)),
     )
     return renamed

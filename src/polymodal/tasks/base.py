@@ -109,6 +109,9 @@ class Task:
         vanish without a word. None: the record is of another kind."""
         return None
 
+    def check_eval_targets(self, samples: Sequence[Sample], where: str) -> None:
+        """Raise when ``samples`` cannot be scored meaningfully by this task's model (see classification)."""
+
     def prepare(self, train: Sequence[Sample]) -> None:
         """Learn what the model's shape depends on (answer vocabulary, class names) from training data."""
 
