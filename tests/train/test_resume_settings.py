@@ -33,6 +33,9 @@ def _first_run(tmp_path: Path, world: Path, **train: object) -> Path:  # noqa: F
         ("image.mean=[0.5,0.5,0.5]", r"image\.mean \[0\.48145466, .*\] -> \[0\.5, 0\.5, 0\.5\] \(the saved weights were trained on that preprocessing\)"),
         ("model.embed_dim=16", r"model\.embed_dim 32 -> 16 \(the saved weights were built for it\)"),
         ("seed=2", r"seed 1 -> 2 \(it orders the samples of every epoch\)"),
+        # keys on one side only: an encoder option added, an early-stopping rule added
+        ("model.vision.pool=mean", r"model\.vision\.pool \(not set\) -> \"mean\" \(the saved weights were built for it\)"),
+        ("train.early_stopping={metric: t2i_R@1}", r"train\.early_stopping\.metric \(not set\) -> \"t2i_R@1\" \(the restored best value"),
     ],
 )
 def test_a_setting_the_saved_state_depends_on_cannot_change_on_resume(tmp_path: Path, world: Path, change: str, named: str) -> None:  # noqa: F811

@@ -725,3 +725,13 @@ def test_init_from_records_and_keeps_the_runs_draft_decoding_unless_the_config_c
     trainer = Trainer(load_config(path), progress=False)
     trainer.setup()
     assert not trainer.eval_processor.config.jpeg_draft  # a decoding speed choice, the config's to make
+
+
+def test_validation_labels_outside_the_training_classes_fail_before_training(tmp_path: Path, world: Path) -> None:
+    """Found at the first validation, the error would end the run after a full epoch, before its checkpoint."""
+    rows = [json.loads(line) for line in (world / "classification/val.jsonl").read_text().splitlines()]
+    (tmp_path / "val_words.jsonl").write_text("".join(json.dumps(r | {"label": "yes" if r["label"] else "no"}) + "\n" for r in rows))
+    path = write_config(tmp_path, world, "classification", max_steps=2)
+    with pytest.raises(DataError, match=r"none of the \d+ val samples has a label among the model's classes \('0', '1'\)"):
+        Trainer(load_config(path, [f"data.val={{format: jsonl, path: {tmp_path / 'val_words.jsonl'}, root: {world}, id_field: id}}"]), progress=False).fit()
+    assert not (tmp_path / "run/checkpoints").exists()

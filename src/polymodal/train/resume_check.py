@@ -45,13 +45,16 @@ _FIXED: dict[str, str] = {
     "train.accumulation": "the saved position in the epoch counts micro-batches of the saved steps",
     "train.contrastive_accumulation": "it decides which negatives the saved steps' losses saw",
     "train.questions_per_image": "the saved position in the epoch counts batches drawn with it",
+    "train.early_stopping": "the restored best value and patience count were measured with it",
+    "model.path": "the checkpoint's tokenizer and preprocessing are read from it again",
+    "model.lm": "the language model's tokenizer is read from it again",
     **{f"{section}.{key}": "the saved weights were trained on that preprocessing" for section, keys in INPUT_SETTINGS.items() for key in keys},
 }
-# may change: the data's location (their content is checked by fingerprint), where a model or
-# tokenizer is read from (the weights and tokenizer come from the checkpoint), the training schedule's
+# may change: the data's location (their content is checked by fingerprint), where a tower or the
+# tokenizer is read from (the weights and the tokenizer come from the run), the training schedule's
 # length, and every operational setting
 _FREE = ("output_dir", "init_from", "data", "optim.grad_clip", "model.allow_download")
-_LOCATION_KEYS = ("path", "lm", "init_from")
+_LOCATION_KEYS = ("path", "init_from")
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -71,13 +74,32 @@ def _reason(key: str) -> str | None:
     """Why ``key`` may not change, or None when it may."""
     if any(_matches(key, p) for p in _FREE):
         return None
-    if key.split(".")[0] in ("model", "tokenizer") and key.rsplit(".", 1)[-1] in _LOCATION_KEYS:
+    if key.split(".")[0] in ("model", "tokenizer") and key.rsplit(".", 1)[-1] in _LOCATION_KEYS and key not in _FIXED:
         return None
     fixed = [p for p in _FIXED if _matches(key, p)]
     return _FIXED[max(fixed, key=len)] if fixed else None
 
 
+_ABSENT = object()
+
+
+def _with_defaults(saved: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
+    """The saved config with every key today's schema has (settings added since take their defaults),
+    and whether that worked; the data section is left out of the validation (its files may have moved)."""
+    from pydantic import ValidationError
+
+    from polymodal.config import RunConfig
+
+    try:
+        checked = RunConfig.model_validate({**saved, "data": {}})
+    except (ValidationError, ValueError, TypeError):
+        return saved, False
+    return {**json.loads(checked.model_dump_json()), "data": saved.get("data")}, True
+
+
 def _show(value: Any) -> str:
+    if value is _ABSENT:
+        return "(not set)"
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -123,12 +145,17 @@ def check_settings(saved: Mapping[str, Any], current: Mapping[str, Any], run_dir
     """Refuse a resume whose fixed settings differ from the saved run's; log the other changes."""
     if not saved:
         return
-    before = dict(_flatten(saved))
+    saved, complete = _with_defaults(saved)
+    before, after = dict(_flatten(saved)), dict(_flatten(current))
+    # a key on one side only is a change too (an encoder option or objective weight added or removed),
+    # unless the saved tree could not be completed with today's defaults: then only shared keys compare
+    keys = list(dict.fromkeys([*before, *after])) if complete else [k for k in after if k in before]
     refused, changed = [], []
-    for key, value in _flatten(current):
-        if key not in before or before[key] == value:  # keys newer than the saved run cannot be compared
+    for key in keys:
+        old, new = before.get(key, _ABSENT), after.get(key, _ABSENT)
+        if old == new:
             continue
-        change = f"{key} {_show(before[key])} -> {_show(value)}"
+        change = f"{key} {_show(old)} -> {_show(new)}"
         reason = _reason(key)
         (refused if reason else changed).append(f"{change} ({reason})" if reason else change)
     if refused:

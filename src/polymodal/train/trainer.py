@@ -124,7 +124,7 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     """
     import torch.distributed as dist
 
-    if dist.is_initialized():  # started by the caller
+    if dist.is_available() and dist.is_initialized():  # started by the caller (a torch without distributed has no is_initialized)
         return dist.get_rank(), dist.get_world_size()
     world = _env_int("WORLD_SIZE", 1, 1)
     if world == 1:
@@ -356,13 +356,15 @@ class Trainer:
     def _note_resumed_schedule(self) -> None:
         """Say what a resume that trains longer or shorter, or on other ranks, does to the saved run."""
         saved, st, o = self.saved_run, self.state, self.cfg.optim
-        total = saved.get("total_steps")
+        total, world = saved.get("total_steps"), saved.get("world_size")
         if isinstance(total, int) and total != self.total_steps:
-            before = o.lr * lr_factor(st.global_step, o.warmup_steps, total, o.min_lr_ratio)
-            after = o.lr * lr_factor(st.global_step, o.warmup_steps, self.total_steps, o.min_lr_ratio)
-            log.warning("--resume: the learning-rate schedule now ends at step %d, not %d (train.epochs/max_steps changed); "
-                        "at step %d the learning rate is %.3g instead of %.3g", self.total_steps, total, st.global_step, after, before)
-        world = saved.get("world_size")
+            # the first resumed step uses the restored learning rate; the new schedule takes over after it
+            before = o.lr * lr_factor(st.global_step + 1, o.warmup_steps, total, o.min_lr_ratio)
+            after = o.lr * lr_factor(st.global_step + 1, o.warmup_steps, self.total_steps, o.min_lr_ratio)
+            cause = (f"{world} processes then, {self.world} now, so the steps per epoch changed"
+                     if isinstance(world, int) and world != self.world else "train.epochs or train.max_steps changed")
+            log.warning("--resume: the learning-rate schedule now ends at step %d, not %d (%s); from step %d the learning "
+                        "rate is %.3g instead of %.3g", self.total_steps, total, cause, st.global_step + 2, after, before)
         if isinstance(world, int) and world != self.world and st.step_in_epoch:
             log.warning("--resume: the run was saved with %d processes and now has %d, mid-epoch: the rest of epoch %d is "
                         "taken from the same position of each process's new share, so some of its samples may be seen twice "
@@ -422,6 +424,9 @@ class Trainer:
         check_data(self.saved_run.get("train_data"), self.data_fingerprint, self.run_dir)
         self.val_samples = load_split(self.cfg.data, "val", self.task)
         self.test_samples = load_split(self.cfg.data, "test", self.task)
+        for split, samples in (("val", self.val_samples), ("test", self.test_samples)):
+            if samples:  # before training: found at the first validation, the epoch's checkpoint would be lost
+                self.task.check_eval_targets(samples, split)
         self.model_config = self._model_config(self.task)
         self.model = build_model(self.model_config, self._context()).to(self.device)
         if self.pretrained:
