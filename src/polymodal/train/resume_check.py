@@ -16,6 +16,7 @@ folder's config.yaml, and their data cannot be checked.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -97,6 +98,25 @@ def _with_defaults(saved: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
     return {**json.loads(checked.model_dump_json()), "data": saved.get("data")}, True
 
 
+def _encoder_default(key: str, *trees: Mapping[str, Any]) -> Any:
+    """The default of an encoder option (``model.vision.depth``), which a spec may leave out or spell
+    out: encoder specs are free-form, so schema defaults do not cover them. _ABSENT when unknown."""
+    parent, _, option = key.rpartition(".")
+    name = next((t[f"{parent}.name"] for t in trees if f"{parent}.name" in t), None)
+    if not key.startswith("model.") or not isinstance(name, str):
+        return _ABSENT
+    if option == "freeze":  # read by the model factory, not the encoder
+        return False
+    from polymodal.modules.encoders import ENCODERS
+
+    factory = ENCODERS.get(name)
+    try:
+        param = inspect.signature(factory).parameters.get(option) if factory is not None else None
+    except (TypeError, ValueError):
+        param = None
+    return _ABSENT if param is None or param.default is inspect.Parameter.empty else param.default
+
+
 def _show(value: Any) -> str:
     if value is _ABSENT:
         return "(not set)"
@@ -153,7 +173,7 @@ def check_settings(saved: Mapping[str, Any], current: Mapping[str, Any], run_dir
     refused, changed = [], []
     for key in keys:
         old, new = before.get(key, _ABSENT), after.get(key, _ABSENT)
-        if old == new:
+        if old == new or (_ABSENT in (old, new) and _encoder_default(key, before, after) == (new if old is _ABSENT else old)):
             continue
         change = f"{key} {_show(old)} -> {_show(new)}"
         reason = _reason(key)
