@@ -68,19 +68,20 @@ class ClassificationTask(Task):
         acc = (out.logits.argmax(-1) == labels).float().mean()
         return StepOutput(out.loss, {"acc": acc.detach()})
 
-    def _outside_classes(self, samples: Sequence[Sample]) -> tuple[int, str, str]:
-        """(samples whose label the model has no class for, examples of those labels, the classes)."""
-        index = {c: i for i, c in enumerate(self.classes)}
-        outside = Counter(str(s.label) for s in samples if self.select(s) and _class_index(s.label, index) < 0)
+    def _outside_classes(self, samples: Sequence[Sample]) -> tuple[int, int, str, str]:
+        """(samples whose label the model has no class for, samples with a label, examples of the
+        outside labels, the classes), from :meth:`targets_known`."""
+        verdicts = [v for v in self.targets_known(samples) if v is not None]
+        outside = Counter(label for _, known, label in verdicts if not known)
         examples = ", ".join(repr(label) for label, _ in outside.most_common(5))
         classes = ", ".join(map(repr, self.classes[:10])) + (" ..." if len(self.classes) > 10 else "")
-        return sum(outside.values()), examples, classes
+        return sum(outside.values()), len(verdicts), examples, classes
 
     def check_eval_targets(self, samples: Sequence[Sample], where: str) -> None:
         """Refuse samples none of whose labels the model has a class for (a relabelled file, 'true' for
         '1'): every one would count as wrong. Called before any work (before training, for its val/test)."""
-        n, examples, classes = self._outside_classes(samples)
-        if n and n == sum(1 for s in samples if self.select(s)):
+        n, labelled, examples, classes = self._outside_classes(samples)
+        if n and n == labelled:
             raise DataError(
                 f"classification: none of the {n} {where} samples has a label among the model's classes ({classes}); "
                 f"their labels are {examples}: map them to the classes the model is trained with"
@@ -88,7 +89,7 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, samples: Sequence[Sample], make_loader: LoaderFactory, device: torch.device) -> EvalResult:
-        outside, examples, classes = self._outside_classes(samples)
+        outside, _, examples, classes = self._outside_classes(samples)
         if outside:  # they can only count as wrong
             log.warning("classification: %d of %d samples have labels outside the model's classes (%s), e.g. %s; they count as wrong",
                         outside, len(samples), classes, examples)
