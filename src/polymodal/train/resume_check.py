@@ -87,13 +87,11 @@ _ABSENT = object()
 def _with_defaults(saved: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
     """The saved config with every key today's schema has (settings added since take their defaults),
     and whether that worked; the data section is left out of the validation (its files may have moved)."""
-    from pydantic import ValidationError
-
     from polymodal.config import RunConfig
 
     try:
         checked = RunConfig.model_validate({**saved, "data": {}})
-    except (ValidationError, ValueError, TypeError):
+    except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
         return saved, False
     return {**json.loads(checked.model_dump_json()), "data": saved.get("data")}, True
 

@@ -370,9 +370,6 @@ class Trainer:
                         "taken from the same position of each process's new share, so some of its samples may be seen twice "
                         "or not at all (from the next epoch on, every sample is seen once)", world, self.world, st.epoch + 1)
 
-    def _run_record(self) -> bytes:
-        return run_record(self._config_tree(), self.data_fingerprint, self.total_steps, self.world)
-
     def setup(self) -> None:
         s = self.settings
         seed_everything(self.cfg.seed)
@@ -463,6 +460,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(micro_per_epoch / s.accumulation)
         self.total_steps = min(s.max_steps or math.inf, self.steps_per_epoch * s.epochs)
         self.scheduler = warmup_cosine(self.optimizer, o.warmup_steps, self.total_steps, o.min_lr_ratio)
+        # what a later --resume compares itself with: fixed once set up, so built once, not at every save
+        self.run_record = run_record(self._config_tree(), self.data_fingerprint, self.total_steps, self.world)
         self.scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" and self.device.type == "cuda" else None
         if self.checkpoint is not None:
             checkpoint = self.checkpoint
@@ -583,7 +582,7 @@ class Trainer:
             self.run_dir, model=self.eval_model, model_config=self.model_config.model_dump(), global_step=st.global_step,
             processors=self.processors(), tokenizer=None if self.pretrained or self.assistant else self.tokenizer, optimizer=optimizer,
             scheduler=self.scheduler, scaler=self.scaler, train_state=train_state, keep_last=self.settings.keep_checkpoints,
-            extra_files={**(self.extra_files or {}), RUN_RECORD: self._run_record()},
+            extra_files={**(self.extra_files or {}), RUN_RECORD: self.run_record},
         )
         _barrier(self.world)
         return path
