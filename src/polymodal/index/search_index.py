@@ -337,10 +337,11 @@ class SearchIndex:
             generation = self.store.generation()
             for kind in MODALITIES:
                 vi, why = V.load(self._faiss_path(kind), self.manifest.model.embed_dim, kind)
-                if vi is not None and vi.generation == generation and vi.ntotal != self.store.count(kind):
-                    vi, why = None, f"holds {vi.ntotal} vectors where the store has {self.store.count(kind)} at the same generation"
+                stored = self.store.count(kind)
+                if vi is not None and vi.generation == generation and vi.ntotal != stored:
+                    vi, why = None, f"holds {vi.ntotal} vectors where the store has {stored} at the same generation"
                 if vi is None:
-                    if why != "missing" or self.store.count(kind):
+                    if why != "missing" or stored:
                         self.repairs.append(f"{FAISS_FILES[kind]} {why}: rebuilt from {STORE_FILE}")
                     vi = self._rebuild(kind, generation)
                 else:
